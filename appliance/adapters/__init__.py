@@ -1,0 +1,1 @@
+"""Adapters: one third-party library each, implementing the ports in `appliance.ports`."""

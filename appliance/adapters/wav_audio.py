@@ -1,0 +1,443 @@
+"""Headless audio: a WAV file or a raw stdin pipe as the microphone, a WAV file as the speaker.
+
+Used by `appliance run --input in.wav --output out.wav` and by the end-to-end tests. Reading uses
+a small RIFF parser instead of the stdlib `wave` module because `wave` in Python 3.11 rejects
+IEEE-float and WAVE_FORMAT_EXTENSIBLE files (what most DAWs and `sox` write for float and
+24-bit); the parser handles 8/16/24/32-bit PCM and 32/64-bit float, any rate and channel count,
+and streams the data chunk block by block. Writing uses `wave` (16-bit mono), whose header is
+patched on every write, so out.wav is valid even if the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import queue
+import struct
+import threading
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.adapters.resample import BlockAssembler, Resampler, resample
+from appliance.errors import AudioDeviceError
+from appliance.ports import MIC_RATE_HZ, Clock, Pcm16
+
+_LOGGER = logging.getLogger(__name__)
+
+_FORMAT_PCM = 0x0001
+_FORMAT_FLOAT = 0x0003
+_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def _bad_file(path: str, why: str) -> AudioDeviceError:
+    return AudioDeviceError(f"cannot read WAV file {path}: {why}", code="audio_file_invalid", retryable=False)
+
+
+@dataclass(frozen=True)
+class WavFormat:
+    """What the `fmt ` and `data` chunks of a WAV file say."""
+
+    sample_rate_hz: int
+    channels: int
+    sample_bytes: int
+    is_float: bool
+    frames: int
+    data_offset: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.sample_bytes * self.channels
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate_hz
+
+
+def read_wav_format(f: BinaryIO, path: str = "<wav>") -> WavFormat:
+    """Parse the RIFF header; leaves `f` positioned at the start of the sample data."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise _bad_file(path, "not a RIFF/WAVE file")
+    fmt: tuple[int, int, int, int, int] | None = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise _bad_file(path, "no data chunk")
+        chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if chunk_id == b"fmt ":
+            body = f.read(size + (size & 1))
+            if size < 16:
+                raise _bad_file(path, "fmt chunk too short")
+            tag, channels, rate, _byte_rate, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag == _FORMAT_EXTENSIBLE and size >= 40:
+                tag = struct.unpack("<H", body[24:26])[0]
+            fmt = (tag, channels, rate, block_align, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise _bad_file(path, "data chunk before fmt chunk")
+            break
+        else:
+            f.seek(size + (size & 1), os.SEEK_CUR)
+    tag, channels, rate, block_align, bits = fmt
+    if channels < 1 or rate < 1 or block_align < channels:
+        raise _bad_file(path, f"invalid format ({channels} channels, {rate} Hz, block {block_align})")
+    sample_bytes = block_align // channels
+    if tag == _FORMAT_PCM and sample_bytes in (1, 2, 3, 4):
+        is_float = False
+    elif tag == _FORMAT_FLOAT and sample_bytes in (4, 8):
+        is_float = True
+    else:
+        raise _bad_file(path, f"unsupported sample format (tag 0x{tag:04x}, {bits} bits)")
+    data_offset = f.tell()
+    # Streamed WAVs (arecord/sox to a pipe) carry 0 or 0xFFFFFFFF: trust the file size then.
+    available = os.fstat(f.fileno()).st_size - data_offset if _has_fileno(f) else size
+    if size in (0, 0xFFFFFFFF) or size > available:
+        size = available
+    return WavFormat(rate, channels, sample_bytes, is_float, max(0, size) // block_align, data_offset)
+
+
+def _has_fileno(f: BinaryIO) -> bool:
+    try:
+        f.fileno()
+    except (OSError, AttributeError, ValueError):
+        return False
+    return True
+
+
+def decode_samples(raw: bytes, fmt: WavFormat) -> npt.NDArray[Any]:
+    """Little-endian WAV sample bytes to `[frames, channels]`: int16 for 8/16-bit, else float32."""
+    usable = len(raw) - len(raw) % fmt.frame_bytes
+    buf = np.frombuffer(raw[:usable], dtype=np.uint8)
+    width = fmt.sample_bytes
+    data: npt.NDArray[Any]
+    if fmt.is_float:
+        data = buf.view("<f4" if width == 4 else "<f8").astype(np.float32)
+    elif width == 1:
+        data = ((buf.astype(np.int16) - 128) << 8).astype(np.int16)
+    elif width == 2:
+        data = buf.view("<i2").astype(np.int16)
+    elif width == 3:
+        wide = np.zeros((buf.size // 3, 4), dtype=np.uint8)
+        wide[:, 1:] = buf.reshape(-1, 3)
+        data = wide.reshape(-1).view("<i4").astype(np.float32) / np.float32(2**31)
+    else:
+        data = buf.view("<i4").astype(np.float32) / np.float32(2**31)
+    return data.reshape(-1, fmt.channels)
+
+
+class _Pacer:
+    """Wall-clock pacing against a monotonic schedule: block k is due at start + samples_k / rate.
+
+    Sleeping until an absolute deadline (not for a fixed interval) means scheduling jitter never
+    accumulates into drift.
+    """
+
+    def __init__(self, rate_hz: int) -> None:
+        self._rate_hz = rate_hz
+        self._start: float | None = None
+        self._samples = 0
+
+    async def wait(self, samples: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        self._samples += samples
+        delay = self._start + self._samples / self._rate_hz - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class WavFileMicrophone:
+    """A WAV file as the microphone: 16 kHz mono int16 blocks of `block_ms`, then the end.
+
+    `realtime=True` delivers each block when a real microphone would have (block k at
+    (k + 1) * block_ms after the first pull); otherwise as fast as the consumer pulls.
+    The last block may be shorter than `block_ms`.
+    """
+
+    sample_rate_hz: int = MIC_RATE_HZ
+    dropped_blocks: int = 0
+
+    def __init__(self, path: str | os.PathLike[str], realtime: bool, block_ms: int = 80) -> None:
+        self.path = os.fspath(path)
+        self.realtime = realtime
+        self.block_ms = block_ms
+        self.dropped_blocks = 0
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise AudioDeviceError(
+                f"cannot open input WAV {self.path}: {err.strerror or err}",
+                code="audio_file_invalid",
+                retryable=False,
+            ) from err
+        try:
+            self.format = read_wav_format(self._file, self.path)
+        except BaseException:
+            self._file.close()
+            raise
+        self._closed = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.format.duration_s
+
+    async def frames(self) -> AsyncIterator[Pcm16]:
+        fmt = self.format
+        block_samples = MIC_RATE_HZ * self.block_ms // 1000
+        in_frames = max(1, math.ceil(fmt.sample_rate_hz * self.block_ms / 1000))
+        resampler = Resampler(fmt.sample_rate_hz, MIC_RATE_HZ)
+        assembler = BlockAssembler(block_samples)
+        pacer = _Pacer(MIC_RATE_HZ)
+        self._file.seek(fmt.data_offset)
+        remaining = fmt.frames
+        while remaining > 0 and not self._closed:
+            n = min(in_frames, remaining)
+            raw = self._file.read(n * fmt.frame_bytes)
+            got = len(raw) // fmt.frame_bytes
+            remaining = remaining - got if got == n else 0  # a short read: the file was truncated
+            out = resampler.process(decode_samples(raw, fmt), last=remaining == 0)
+            for block in assembler.push(out):
+                yield await self._deliver(block, pacer)
+        if self._closed:
+            return
+        tail = assembler.flush()
+        if tail is not None:
+            yield await self._deliver(tail, pacer)
+
+    async def _deliver(self, block: Pcm16, pacer: _Pacer) -> Pcm16:
+        if self.realtime:
+            await pacer.wait(block.size)
+        else:
+            await asyncio.sleep(0)
+        return block
+
+    async def close(self) -> None:
+        self._closed = True
+        self._file.close()
+
+
+class _ThreadReader:
+    """Blocking reads of a binary stream on one daemon thread, awaited from asyncio.
+
+    A daemon thread (rather than `asyncio.to_thread`) because a read blocked on a stdin that
+    never closes would otherwise make `asyncio.run` wait forever for the default executor at exit.
+    One read at a time, on demand, so there is back-pressure on the writer of the pipe.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._requests: queue.SimpleQueue[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bytes]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    async def read(self, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="raw-pipe-reader", daemon=True)
+            self._thread.start()
+        self._requests.put((n, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            n, loop, future = self._requests.get()
+            try:
+                data = self._stream.read(n)
+                result: bytes | BaseException = bytes(data) if data is not None else b""
+            except Exception as err:  # handed to the awaiting task
+                result = err
+            try:
+                loop.call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+
+def _settle(future: asyncio.Future[bytes], result: bytes | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class RawPipeMicrophone:
+    """Raw 16 kHz mono s16le from a pipe (stdin) as the microphone, until end of file.
+
+    The stream is read on a thread so the event loop never blocks. An odd trailing byte (a
+    partial sample) at end of input is dropped.
+    """
+
+    sample_rate_hz: int = MIC_RATE_HZ
+    dropped_blocks: int = 0
+
+    def __init__(self, stream: BinaryIO, realtime: bool, block_ms: int = 80) -> None:
+        self.realtime = realtime
+        self.block_ms = block_ms
+        self.dropped_blocks = 0
+        self.received_samples = 0
+        self._reader = _ThreadReader(stream)
+        self._closed = False
+
+    async def frames(self) -> AsyncIterator[Pcm16]:
+        block_samples = MIC_RATE_HZ * self.block_ms // 1000
+        assembler = BlockAssembler(block_samples)
+        pacer = _Pacer(MIC_RATE_HZ)
+        carry = b""
+        while not self._closed:
+            data = await self._reader.read(block_samples * 2)
+            if not data:
+                break
+            data = carry + data
+            even = len(data) - len(data) % 2
+            carry = data[even:]
+            samples = np.frombuffer(data[:even], dtype="<i2").astype(np.int16)
+            self.received_samples += int(samples.size)
+            for block in assembler.push(samples):
+                yield await self._deliver(block, pacer)
+        if carry:
+            _LOGGER.debug("raw input ended with a partial sample (%d byte); dropped", len(carry))
+        tail = assembler.flush()
+        if tail is not None and not self._closed:
+            yield await self._deliver(tail, pacer)
+
+    async def _deliver(self, block: Pcm16, pacer: _Pacer) -> Pcm16:
+        if self.realtime:
+            await pacer.wait(block.size)
+        else:
+            await asyncio.sleep(0)
+        return block
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+class WavFileSpeaker:
+    """The speaker as a 16-bit mono WAV file at `sample_rate_hz` (whatever `play()` gets is resampled).
+
+    `timeline=None` (fast headless runs): each `play()` is appended right after the previous one
+    and returns at once. `timeline=clock` (realtime headless runs): each `play()` starts at the
+    sample position `clock.now() * rate` (silence fills the gap; never earlier than the end of
+    what is already written) and is written in blocks of `block_ms` paced at wall-clock speed,
+    so `stop()` cuts it within one block. `close(pad_to_s)` pads the file with silence so it
+    lines up with the input recording.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        timeline: Clock | None = None,
+        *,
+        sample_rate_hz: int = MIC_RATE_HZ,
+        block_ms: int = 20,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.sample_rate_hz = sample_rate_hz
+        self.block_ms = block_ms
+        self._timeline = timeline
+        try:
+            self._wav = wave.open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            raise AudioDeviceError(
+                f"cannot write output WAV {self.path}: {err.strerror or err}",
+                code="audio_file_invalid",
+                retryable=False,
+            ) from err
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate_hz)
+        self._written = 0
+        self._played = 0
+        self._stop_generation = 0
+        self._playing = False
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def played_s(self) -> float:
+        """Seconds of audio written by `play()` (not counting gap or padding silence)."""
+        return self._played / self.sample_rate_hz
+
+    @property
+    def written_s(self) -> float:
+        """Length of the output file so far, silence included."""
+        return self._written / self.sample_rate_hz
+
+    @property
+    def playing(self) -> bool:
+        return self._playing
+
+    def stop(self) -> None:
+        self._stop_generation += 1
+
+    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
+        generation = self._stop_generation
+        data = resample(audio, sample_rate_hz, self.sample_rate_hz) if audio.size else audio
+        async with self._lock:
+            if self._closed:
+                _LOGGER.warning("play() on a closed WAV speaker (%s) ignored", self.path)
+                return False
+            if generation != self._stop_generation:
+                return False
+            if self._timeline is None:
+                self._write(data)
+                self._played += int(data.size)
+                return True
+            return await self._play_paced(data, generation)
+
+    async def _play_paced(self, data: Pcm16, generation: int) -> bool:
+        assert self._timeline is not None
+        start = round(self._timeline.now() * self.sample_rate_hz)
+        if start > self._written:
+            self._write_silence(start - self._written)
+        block = max(1, self.sample_rate_hz * self.block_ms // 1000)
+        pacer = _Pacer(self.sample_rate_hz)
+        self._playing = True
+        try:
+            for offset in range(0, data.size, block):
+                if generation != self._stop_generation:
+                    return False
+                piece = data[offset : offset + block]
+                self._write(piece)
+                self._played += int(piece.size)
+                await pacer.wait(piece.size)
+            return generation == self._stop_generation
+        finally:
+            self._playing = False
+
+    def _write(self, data: Pcm16) -> None:
+        if data.size:
+            self._wav.writeframes(data.astype("<i2").tobytes())
+            self._written += int(data.size)
+
+    def _write_silence(self, samples: int) -> None:
+        chunk = self.sample_rate_hz  # one second at a time
+        while samples > 0:
+            n = min(samples, chunk)
+            self._write(np.zeros(n, dtype=np.int16))
+            samples -= n
+
+    async def close(self, pad_to_s: float | None = None) -> None:
+        """Stop, pad with silence to `pad_to_s` seconds if given, and finish the WAV header."""
+        if self._closed:
+            return
+        self.stop()
+        async with self._lock:
+            if self._closed:
+                return
+            if pad_to_s is not None:
+                target = round(pad_to_s * self.sample_rate_hz)
+                if target > self._written:
+                    self._write_silence(target - self._written)
+            self._closed = True
+            self._wav.close()

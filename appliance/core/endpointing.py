@@ -1,0 +1,170 @@
+"""Utterance boundaries from voice-activity probabilities, on audio time.
+
+Pure and clock-free in the manner of Home Assistant's `VoiceCommandSegmenter`: the caller
+feeds one VAD frame at a time (its probability, its samples as 16-bit little-endian bytes and
+the audio time at the end of the frame) and gets back what happened.
+
+`turn_eagerness` (ElevenLabs `conversation_config.turn.turn_eagerness`) picks how much
+trailing silence ends a turn:
+
+| eagerness | end-of-speech silence |
+|-----------|-----------------------|
+| eager     | 0.40 s                |
+| normal    | 0.75 s                |
+| patient   | 1.50 s                |
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+SAMPLE_RATE_HZ = 16000
+BYTES_PER_SAMPLE = 2
+
+
+class TurnEagerness(StrEnum):
+    EAGER = "eager"
+    NORMAL = "normal"
+    PATIENT = "patient"
+
+
+END_SILENCE_S: dict[TurnEagerness, float] = {
+    TurnEagerness.EAGER: 0.40,
+    TurnEagerness.NORMAL: 0.75,
+    TurnEagerness.PATIENT: 1.50,
+}
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    threshold: float = 0.5
+    """A frame with probability at or above this is speech."""
+    release_threshold: float = 0.35
+    """While in speech, a frame below this counts as silence (hysteresis)."""
+    min_speech_s: float = 0.20
+    """Speech must last this long before an utterance starts (filters clicks and coughs)."""
+    end_silence_s: float = END_SILENCE_S[TurnEagerness.NORMAL]
+    max_utterance_s: float = 15.0
+    preroll_s: float = 0.30
+    """Audio kept from before the detected start, so the first phoneme is not clipped."""
+
+    @classmethod
+    def for_eagerness(cls, eagerness: TurnEagerness | str, **overrides: float) -> EndpointConfig:
+        return cls(end_silence_s=END_SILENCE_S[TurnEagerness(eagerness)], **overrides)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    t: float
+    """Audio time at which speech began (start of the first speech frame)."""
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    start_t: float
+    end_t: float
+    """Audio time of the end of the last speech frame."""
+    reason: str
+    """`silence` (trailing silence reached) or `max_length`."""
+    audio: bytes = field(repr=False)
+    """16 kHz mono s16le, preroll included, trailing silence trimmed to at most 0.2 s."""
+    declared_t: float = -1.0
+    """Audio time at which the end was decided (end_t plus the trailing silence waited)."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_t - self.start_t
+
+
+EndpointEvent = SpeechStarted | UtteranceEnded
+
+
+@dataclass
+class Endpointer:
+    config: EndpointConfig = field(default_factory=EndpointConfig)
+    _in_speech: bool = False
+    _speech_run_s: float = 0.0
+    _silence_run_s: float = 0.0
+    _start_t: float = 0.0
+    _last_speech_end_t: float = 0.0
+    _preroll: deque[bytes] = field(default_factory=deque)
+    _preroll_s: float = 0.0
+    _audio: list[bytes] = field(default_factory=list)
+    _trailing: list[bytes] = field(default_factory=list)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    def reset(self) -> None:
+        self._in_speech = False
+        self._speech_run_s = 0.0
+        self._silence_run_s = 0.0
+        self._preroll.clear()
+        self._preroll_s = 0.0
+        self._audio = []
+        self._trailing = []
+
+    def process(self, prob: float, frame: bytes, t_end: float) -> list[EndpointEvent]:
+        frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
+        cfg = self.config
+        out: list[EndpointEvent] = []
+        if not self._in_speech:
+            self._remember_preroll(frame, frame_s)
+            if prob >= cfg.threshold:
+                self._speech_run_s += frame_s
+            else:
+                self._speech_run_s = 0.0
+            if self._speech_run_s >= cfg.min_speech_s - 1e-9:
+                self._in_speech = True
+                self._start_t = t_end - self._speech_run_s
+                self._last_speech_end_t = t_end
+                self._silence_run_s = 0.0
+                self._audio = list(self._preroll)
+                self._trailing = []
+                self._preroll.clear()
+                self._preroll_s = 0.0
+                out.append(SpeechStarted(t=self._start_t))
+            return out
+
+        if prob < cfg.release_threshold:
+            self._silence_run_s += frame_s
+            self._trailing.append(frame)
+        else:
+            self._silence_run_s = 0.0
+            self._audio.extend(self._trailing)
+            self._trailing = []
+            self._audio.append(frame)
+            self._last_speech_end_t = t_end
+
+        if self._silence_run_s >= cfg.end_silence_s - 1e-9:
+            out.append(self._finish("silence", t_end))
+        elif t_end - self._start_t >= cfg.max_utterance_s - 1e-9:
+            self._audio.extend(self._trailing)
+            self._trailing = []
+            self._last_speech_end_t = t_end
+            out.append(self._finish("max_length", t_end))
+        return out
+
+    def _remember_preroll(self, frame: bytes, frame_s: float) -> None:
+        self._preroll.append(frame)
+        self._preroll_s += frame_s
+        while self._preroll and self._preroll_s - frame_s > self.config.preroll_s + 1e-9:
+            dropped = self._preroll.popleft()
+            self._preroll_s -= len(dropped) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
+
+    def _finish(self, reason: str, t_end: float) -> UtteranceEnded:
+        keep_tail = int(0.2 * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE
+        tail = b"".join(self._trailing)[:keep_tail]
+        audio = b"".join(self._audio) + tail
+        event = UtteranceEnded(
+            start_t=self._start_t,
+            end_t=self._last_speech_end_t,
+            reason=reason,
+            audio=audio,
+            declared_t=t_end,
+        )
+        self.reset()
+        return event

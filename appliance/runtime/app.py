@@ -1,0 +1,278 @@
+"""The composition root: the only place that builds adapters (with lazy imports).
+
+`run_appliance(options)` loads the config, resolves models, opens audio (or the headless
+WAV/pipe backends), wires the loop and runs it until the input ends or a signal arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config
+from appliance.core.device import Chime, DeviceConfig, DeviceMachine
+from appliance.core.endpointing import EndpointConfig, Endpointer
+from appliance.core.wakeword import WakeWordGate, WakeWordRule
+from appliance.errors import AudioDeviceError, ModelError
+from appliance.ports import AgentSession, Clock, EventSink, Microphone, Speaker
+from appliance.runtime.chimes import ChimePlayer
+from appliance.runtime.clock import MonotonicClock, StreamClock
+from appliance.runtime.event_log import EventLog
+from appliance.runtime.loop import ApplianceLoop, LoopResult
+from appliance.runtime.router import AudioRouter
+from appliance.runtime.timers import Timers
+
+_LOGGER = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXAMPLE_RECORDING = ASSETS / "example-hey-jarvis.wav"
+FALLBACK_OUTPUT = Path("appliance-output.wav")
+
+
+@dataclass
+class RunOptions:
+    input: str | None = None
+    """A WAV path, `-` for raw 16 kHz s16le on stdin, or None for the microphone."""
+    output: str | None = None
+    """A WAV path for what the speaker would play, or None for the speaker."""
+    events: str | None = None
+    realtime: bool = False
+    say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+@dataclass
+class Wiring:
+    """What a run is built from; tests build one with fakes."""
+
+    microphone: Microphone
+    speaker: Speaker
+    clock: Clock
+    events: EventLog
+    timers: Timers
+    input_duration_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def wake_word_rules(config: Config) -> dict[str, WakeWordRule]:
+    return {
+        w.name: WakeWordRule(
+            name=w.name,
+            threshold=w.threshold,
+            patience_frames=w.patience_frames,
+            refractory_s=w.refractory_s,
+        )
+        for w in config.appliance.wake_words.words
+    }
+
+
+def endpoint_config(config: Config) -> EndpointConfig:
+    vad = config.appliance.vad
+    base = EndpointConfig.for_eagerness(config.eagerness)
+    return EndpointConfig(
+        threshold=vad.threshold,
+        release_threshold=max(0.05, vad.threshold - 0.15),
+        min_speech_s=vad.min_speech_s,
+        end_silence_s=vad.end_silence_s if vad.end_silence_s is not None else base.end_silence_s,
+        max_utterance_s=vad.max_utterance_s,
+        preroll_s=vad.preroll_s,
+    )
+
+
+def open_audio(config: Config, options: RunOptions) -> Wiring:
+    """Microphone, speaker, clock and events for this run. Never dies on a missing device."""
+    from appliance.adapters.wav_audio import RawPipeMicrophone, WavFileMicrophone, WavFileSpeaker
+
+    notes: list[str] = []
+    audio = config.appliance.audio
+    fast = options.input is not None and not options.realtime
+    clock: Clock = StreamClock() if fast else MonotonicClock()
+    mic: Microphone
+    duration: float | None = None
+    if options.input == "-":
+        mic = RawPipeMicrophone(sys.stdin.buffer, realtime=options.realtime)
+    elif options.input is not None:
+        wav_mic = WavFileMicrophone(Path(options.input), realtime=options.realtime)
+        duration = wav_mic.duration_s
+        mic = wav_mic
+    else:
+        try:
+            from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
+
+            mic = SounddeviceMicrophone(
+                device=audio.input_device,
+                input_block_ms=audio.input_block_ms,
+                input_queue_blocks=audio.input_queue_blocks,
+            )
+        except (AudioDeviceError, OSError) as err:
+            notes.append(
+                f"no microphone available ({err}); running on the bundled example recording "
+                f"{EXAMPLE_RECORDING.name} in real time instead"
+            )
+            wav_mic = WavFileMicrophone(EXAMPLE_RECORDING, realtime=True)
+            duration = wav_mic.duration_s
+            mic = wav_mic
+    speaker: Speaker
+    timeline = None if fast else clock
+    if options.output is not None:
+        speaker = WavFileSpeaker(Path(options.output), timeline=timeline)
+    else:
+        try:
+            from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+
+            speaker = SounddeviceSpeaker(
+                device=audio.output_device, output_block_ms=audio.output_block_ms, volume=audio.output_volume
+            )
+        except (AudioDeviceError, OSError) as err:
+            notes.append(f"no speaker available ({err}); writing what it would play to {FALLBACK_OUTPUT}")
+            speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
+    events = EventLog(clock, options.events)
+    return Wiring(
+        microphone=mic,
+        speaker=speaker,
+        clock=clock,
+        events=events,
+        timers=Timers(clock),
+        input_duration_s=duration,
+        notes=notes,
+    )
+
+
+def load_listeners(config: Config) -> tuple[Any, Any]:
+    """The wake-word detector and the VAD, from the model store (clear errors if missing)."""
+    from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
+    from appliance.adapters.silero_vad import SileroVad
+    from appliance.config import resolve_models_dir
+    from appliance.modelstore import ModelStore, find_custom_wakewords, load_manifest
+
+    store = ModelStore(resolve_models_dir(config, os.environ), load_manifest())
+    custom_dir = config.appliance.wake_words.custom_dir
+    custom = find_custom_wakewords(Path(custom_dir)) if custom_dir else {}
+    files: list[WakeWordModelFile] = []
+    for word in config.appliance.wake_words.words:
+        if word.path:
+            files.append(WakeWordModelFile(word.name, Path(word.path)))
+        elif word.name in custom:
+            files.append(WakeWordModelFile(word.name, custom[word.name]))
+        else:
+            known = store.manifest.names
+            if word.name not in known:
+                raise ModelError(
+                    f"appliance.wake_words.words: unknown wake word '{word.name}': not a bundled model "
+                    f"({', '.join(n for n in known if store.manifest.get(n).kind == 'wakeword')}) and not "
+                    f"in the custom folder {custom_dir or '(none configured)'}",
+                    code="wakeword_missing",
+                )
+            model_dir = store.path(word.name)
+            onnx = sorted(model_dir.glob("*.onnx"))
+            files.append(WakeWordModelFile(word.name, onnx[0]))
+    features = store.path("oww-features")
+    detector = OpenWakeWordDetector(
+        files, features / "melspectrogram.onnx", features / "embedding_model.onnx"
+    )
+    vad = SileroVad(store.path("silero-vad") / "silero_vad.onnx")
+    return detector, vad
+
+
+def build_loop(
+    config: Config,
+    wiring: Wiring,
+    *,
+    detector: Any,
+    vad: Any,
+    session_factory: Callable[[str], AgentSession],
+    executor: ThreadPoolExecutor,
+) -> ApplianceLoop:
+    chime_cfg = config.appliance.chimes
+    chimes = ChimePlayer(
+        wiring.speaker,
+        enabled=chime_cfg.enabled,
+        volume=chime_cfg.volume,
+        paths={
+            Chime.WAKE: Path(chime_cfg.wake) if chime_cfg.wake else None,
+            Chime.DONE: Path(chime_cfg.done) if chime_cfg.done else None,
+            Chime.ERROR: Path(chime_cfg.error) if chime_cfg.error else None,
+        },
+    )
+    machine = DeviceMachine(DeviceConfig(no_speech_timeout_s=config.appliance.vad.no_speech_timeout_s))
+    loop_ref: list[ApplianceLoop] = []
+    router = AudioRouter(
+        detector=detector,
+        gate=WakeWordGate(wake_word_rules(config)),
+        vad=vad,
+        endpointer=Endpointer(endpoint_config(config)),
+        executor=executor,
+        post=lambda event: loop_ref[0].post(event),
+    )
+    loop = ApplianceLoop(
+        timers=wiring.timers,
+        machine=machine,
+        microphone=wiring.microphone,
+        router=router,
+        session_factory=session_factory,
+        chimes=chimes,
+        events=wiring.events,
+        clock=wiring.clock,
+    )
+    loop_ref.append(loop)
+    return loop
+
+
+def session_factory_for(config: Config, events: EventSink, speaker: Speaker) -> Callable[[str], AgentSession]:
+    from appliance.runtime.capture_session import CaptureSession
+
+    def make(wake_word: str) -> AgentSession:
+        return CaptureSession()
+
+    return make
+
+
+async def run_async(config: Config, options: RunOptions) -> LoopResult:
+    detector, vad = load_listeners(config)
+    wiring = open_audio(config, options)
+    for note in wiring.notes:
+        options.say(note)
+        _LOGGER.warning("%s", note)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
+    loop = build_loop(
+        config,
+        wiring,
+        detector=detector,
+        vad=vad,
+        session_factory=session_factory_for(config, wiring.events, wiring.speaker),
+        executor=executor,
+    )
+    aio = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            aio.add_signal_handler(sig, loop.stop, f"signal_{signal.Signals(sig).name.lower()}")
+    try:
+        result = await loop.run()
+    finally:
+        await wiring.microphone.close()
+        await _close_speaker(wiring)
+        wiring.events.close()
+        executor.shutdown(wait=True)
+    return result
+
+
+async def _close_speaker(wiring: Wiring) -> None:
+    from appliance.adapters.wav_audio import WavFileSpeaker
+
+    if isinstance(wiring.speaker, WavFileSpeaker):
+        pad = wiring.input_duration_s if isinstance(wiring.clock, MonotonicClock) else None
+        await wiring.speaker.close(pad_to_s=pad)
+    else:
+        await wiring.speaker.close()
+
+
+def run_appliance(config: Config, options: RunOptions) -> LoopResult:
+    return asyncio.run(run_async(config, options))

@@ -1,0 +1,179 @@
+"""The audio router: the hot path from microphone frames to outcomes.
+
+Frames never enter the event queue. The router cuts the 16 kHz stream into 80 ms wake-word
+frames and 32 ms VAD frames, runs the models on the single model thread (ONNX sessions are
+never used concurrently) and posts only outcomes (`WakeWordDetected`, `SpeechStarted`,
+`UtteranceEnded`) to the loop. While a session runs, every frame is also handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.core.device import DeviceEvent, WakeWordDetected
+from appliance.core.endpointing import Endpointer
+from appliance.core.wakeword import WakeWordGate
+from appliance.ports import MIC_RATE_HZ, Pcm16, VoiceActivityDetector, WakeWordDetector
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterStats:
+    frames_in: int = 0
+    wake_frames: int = 0
+    vad_frames: int = 0
+    peak_scores: dict[str, float] = field(default_factory=dict)
+
+
+class _Chunker:
+    """Re-blocks an int16 stream into frames of exactly `size` samples."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buf = np.zeros(0, dtype=np.int16)
+
+    def push(self, block: Pcm16) -> list[Pcm16]:
+        self._buf = np.concatenate([self._buf, block]) if self._buf.size else np.asarray(block, np.int16)
+        n = self._buf.size // self.size
+        frames = [self._buf[i * self.size : (i + 1) * self.size] for i in range(n)]
+        self._buf = self._buf[n * self.size :]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return int(self._buf.size)
+
+    def take(self) -> Pcm16:
+        rest, self._buf = self._buf, np.zeros(0, dtype=np.int16)
+        return rest
+
+    def clear(self) -> None:
+        self._buf = np.zeros(0, dtype=np.int16)
+
+
+class AudioRouter:
+    def __init__(
+        self,
+        *,
+        detector: WakeWordDetector,
+        gate: WakeWordGate,
+        vad: VoiceActivityDetector,
+        endpointer: Endpointer,
+        executor: Executor,
+        post: Callable[[DeviceEvent], None],
+        wake_vad_gate: float | None = 0.5,
+        wake_vad_window_s: float = 1.0,
+    ) -> None:
+        self._detector = detector
+        self._gate = gate
+        self._vad = vad
+        self._endpointer = endpointer
+        self._executor = executor
+        self._post = post
+        self._wake_chunks = _Chunker(detector.frame_samples)
+        self._vad_chunks = _Chunker(vad.frame_samples)
+        self._listening = False
+        # Wake words fire only if the VAD heard speech recently: noise that fools a wake-word
+        # model (it happens with loud broadband noise) is not speech to Silero.
+        self._wake_vad_gate = wake_vad_gate
+        self._vad_history: deque[float] = deque(
+            maxlen=max(1, int(wake_vad_window_s * MIC_RATE_HZ / vad.frame_samples))
+        )
+        self._pending_listen: bool | None = None
+        self._pending_wake_reset = False
+        self.samples_in = 0
+        self.stats = RouterStats()
+
+    @property
+    def audio_t(self) -> float:
+        """Seconds of microphone audio processed so far."""
+        return self.samples_in / MIC_RATE_HZ
+
+    def set_listening(self, on: bool) -> None:
+        """Applied on the model thread before the next block, so state never races."""
+        self._pending_listen = on
+
+    def reset_wake_word(self) -> None:
+        self._pending_wake_reset = True
+
+    async def process(self, block: Pcm16) -> None:
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(self._executor, self._process_sync, block)
+        for event in events:
+            self._post(event)
+
+    def _set_listening(self, on: bool) -> None:
+        if on != self._listening:
+            self._listening = on
+            self._endpointer.reset()
+            self._vad.reset()
+            self._vad_chunks.clear()
+            self._wake_chunks.clear()
+
+    def _apply_pending(self) -> None:
+        if self._pending_listen is not None:
+            on, self._pending_listen = self._pending_listen, None
+            self._set_listening(on)
+        if self._pending_wake_reset:
+            self._pending_wake_reset = False
+            self._detector.reset()
+            self._gate.reset()
+            self._wake_chunks.clear()
+            self._vad_history.clear()
+
+    def _process_sync(self, block: Pcm16) -> list[DeviceEvent]:
+        """Runs on the model thread."""
+        self._apply_pending()
+        events: list[DeviceEvent] = []
+        self.stats.frames_in += 1
+        start = self.samples_in
+        self.samples_in += int(block.size)
+        if not self._listening:
+            rest = self._wake_path(block, start, events)
+            if rest is None:
+                return events
+            # The wake word fired: the rest of this block already belongs to the session.
+            self._set_listening(True)
+            block, start = rest
+        offset = start - self._vad_chunks.pending
+        for frame in self._vad_chunks.push(block):
+            offset += frame.size
+            prob = self._vad.probability(frame)
+            self.stats.vad_frames += 1
+            events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
+        return events
+
+    def _wake_path(self, block: Pcm16, start: int, events: list[DeviceEvent]) -> tuple[Pcm16, int] | None:
+        """Run the wake word; on a detection return the samples after it and their offset."""
+        if self._wake_vad_gate is not None:
+            for frame in self._vad_chunks.push(block):
+                self._vad_history.append(self._vad.probability(frame))
+                self.stats.vad_frames += 1
+        offset = start - self._wake_chunks.pending
+        frames = self._wake_chunks.push(block)
+        for i, frame in enumerate(frames):
+            offset += frame.size
+            scores = self._detector.scores(frame)
+            self.stats.wake_frames += 1
+            peaks = self.stats.peak_scores
+            for name, score in scores.items():
+                peaks[name] = max(peaks.get(name, 0.0), score)
+            if self._wake_vad_gate is not None and (
+                not self._vad_history or max(self._vad_history) < self._wake_vad_gate
+            ):
+                scores = {name: 0.0 for name in scores}
+            detection = self._gate.process(scores, offset / MIC_RATE_HZ)
+            if detection is not None:
+                _LOGGER.info("wake word %s (score %.3f)", detection.name, detection.score)
+                events.append(WakeWordDetected(detection.name, detection.score, detection.t))
+                rest = [*frames[i + 1 :], self._wake_chunks.take()]
+                return np.concatenate(rest).astype(np.int16), offset
+        return None

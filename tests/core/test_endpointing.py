@@ -1,0 +1,121 @@
+"""Endpointer: utterance boundaries from VAD probabilities, table-driven on audio time."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.core.endpointing import (
+    END_SILENCE_S,
+    EndpointConfig,
+    Endpointer,
+    SpeechStarted,
+    TurnEagerness,
+    UtteranceEnded,
+)
+
+FRAME_SAMPLES = 512
+FRAME_S = FRAME_SAMPLES / 16000  # 0.032 s
+
+
+def frame(value: int = 0) -> bytes:
+    return int(value).to_bytes(2, "little", signed=True) * FRAME_SAMPLES
+
+
+def drive(ep: Endpointer, probs: list[float]) -> list[tuple[str, float, float]]:
+    out: list[tuple[str, float, float]] = []
+    for i, p in enumerate(probs):
+        t_end = (i + 1) * FRAME_S
+        for ev in ep.process(p, frame(1 if p >= 0.5 else 0), t_end):
+            if isinstance(ev, SpeechStarted):
+                out.append(("start", round(ev.t, 3), 0.0))
+            else:
+                assert isinstance(ev, UtteranceEnded)
+                out.append((ev.reason, round(ev.start_t, 3), round(ev.end_t, 3)))
+    return out
+
+
+def seq(*parts: tuple[float, int]) -> list[float]:
+    probs: list[float] = []
+    for p, n in parts:
+        probs += [p] * n
+    return probs
+
+
+@pytest.mark.parametrize(
+    ("eagerness", "silence_frames", "ends"),
+    [
+        # end-of-speech silence: eager 0.40 s = 12.5 frames → 13, normal 0.75 s → 24, patient 1.5 s → 47
+        (TurnEagerness.EAGER, 12, False),
+        (TurnEagerness.EAGER, 13, True),
+        (TurnEagerness.NORMAL, 23, False),
+        (TurnEagerness.NORMAL, 24, True),
+        (TurnEagerness.PATIENT, 46, False),
+        (TurnEagerness.PATIENT, 47, True),
+    ],
+)
+def test_eagerness_sets_end_silence(eagerness: TurnEagerness, silence_frames: int, ends: bool) -> None:
+    ep = Endpointer(EndpointConfig.for_eagerness(eagerness))
+    events = drive(ep, seq((0.0, 10), (0.9, 30), (0.0, silence_frames)))
+    # speech begins at frame 10 (t = 0.32 s) and its last frame ends at 40 * 0.032 = 1.28 s
+    assert events[0] == ("start", 0.32, 0.0)
+    if ends:
+        assert events[1:] == [("silence", 0.32, 1.28)]
+    else:
+        assert events[1:] == []
+
+
+def test_documented_table_values() -> None:
+    assert END_SILENCE_S == {
+        TurnEagerness.EAGER: 0.40,
+        TurnEagerness.NORMAL: 0.75,
+        TurnEagerness.PATIENT: 1.50,
+    }
+
+
+def test_short_blip_does_not_start_speech() -> None:
+    ep = Endpointer(EndpointConfig(min_speech_s=0.2))
+    # 6 frames = 0.192 s < 0.2 s; 7 frames = 0.224 s
+    assert drive(ep, seq((0.0, 5), (0.9, 6), (0.0, 40))) == []
+    ep.reset()
+    assert drive(ep, seq((0.0, 5), (0.9, 7)))[0] == ("start", 0.16, 0.0)
+
+
+def test_hysteresis_keeps_speech_through_mid_probabilities() -> None:
+    ep = Endpointer(EndpointConfig(end_silence_s=0.2))
+    # 0.4 is below the start threshold but above the release threshold: still speech
+    events = drive(ep, seq((0.9, 10), (0.4, 20), (0.0, 7)))
+    assert events == [("start", 0.0, 0.0), ("silence", 0.0, 0.96)]
+
+
+def test_pause_shorter_than_end_silence_continues_the_utterance() -> None:
+    ep = Endpointer(EndpointConfig(end_silence_s=0.4))
+    events = drive(ep, seq((0.9, 10), (0.0, 10), (0.9, 10), (0.0, 13)))
+    assert events == [("start", 0.0, 0.0), ("silence", 0.0, 0.96)]
+
+
+def test_max_length_cuts_the_utterance() -> None:
+    ep = Endpointer(EndpointConfig(max_utterance_s=1.0))
+    events = drive(ep, seq((0.9, 80)))
+    assert events[0] == ("start", 0.0, 0.0)
+    assert events[1][0] == "max_length"
+    assert events[1][2] == pytest.approx(1.024)  # first frame end at or past 1.0 s
+
+
+def test_audio_has_preroll_and_trimmed_tail() -> None:
+    ep = Endpointer(EndpointConfig(preroll_s=0.1, end_silence_s=0.5, min_speech_s=0.064))
+    ended: list[UtteranceEnded] = []
+    probs = seq((0.0, 20), (0.9, 10), (0.0, 16))
+    for i, p in enumerate(probs):
+        ended += [e for e in ep.process(p, frame(0), (i + 1) * FRAME_S) if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 1
+    samples = len(ended[0].audio) // 2
+    # preroll: frames kept while waiting (>= 0.1 s → 4 frames incl. the 2 speech frames that
+    # started it), plus the 8 further speech frames, plus 0.2 s of trailing silence (3200 samples)
+    assert samples == (4 + 8) * FRAME_SAMPLES + 3200
+
+
+def test_reset_between_utterances() -> None:
+    ep = Endpointer(EndpointConfig(end_silence_s=0.2))
+    first = drive(ep, seq((0.9, 10), (0.0, 7)))
+    assert [e[0] for e in first] == ["start", "silence"]
+    assert not ep.in_speech

@@ -1,0 +1,696 @@
+"""The configuration file: defaults, ranges, exact problem lines, warnings and secrets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.agent_config import CLOUD_ONLY, ClientEvent
+from appliance.config import (
+    DEFAULT_SOURCE,
+    Config,
+    check_config,
+    load_config,
+    load_config_text,
+    read_secret,
+    resolve_models_dir,
+)
+from appliance.core.endpointing import TurnEagerness
+from appliance.core.wakeword import WakeWordRule
+from appliance.errors import ConfigError
+
+ASSETS = Path(__file__).parents[1] / "appliance" / "assets"
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "sk_live_0123456789abcdef"
+
+
+def build(settings: dict[str, Any]) -> str:
+    """A YAML document with each dotted path set to its value."""
+    doc: dict[str, Any] = {}
+    for path, value in settings.items():
+        node = doc
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return yaml.safe_dump(doc, allow_unicode=True)
+
+
+def load(settings: dict[str, Any]) -> Config:
+    return load_config_text(build(settings), "test.yaml", log_warnings=False)
+
+
+def problems(settings: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load(settings)
+    assert exc.value.source == "test.yaml"
+    return exc.value.problems
+
+
+def voices(n: int) -> list[dict[str, str]]:
+    return [{"label": f"v{i}", "voice_id": "joe"} for i in range(n)]
+
+
+# --- shipped files -------------------------------------------------------------------------
+
+
+def test_default_config_loads_without_warnings() -> None:
+    cfg = load_config(None)
+    assert cfg.warnings == []
+    assert cfg.source == DEFAULT_SOURCE and cfg.base_dir is None
+    cc, ap = cfg.conversation_config, cfg.appliance
+    assert ap.mode == "local"
+    assert [w.name for w in ap.wake_words.words] == ["hey_jarvis"]
+    assert cc.agent.language == "en" and cc.agent.first_message == ""
+    assert "# Personality" in cc.agent.prompt.prompt and "# Guardrails" in cc.agent.prompt.prompt
+    assert cc.turn.turn_timeout == 7 and cfg.eagerness is TurnEagerness.NORMAL
+    assert cfg.soft_timeout_s == 3.0 and cc.turn.soft_timeout_config.message == "Hhmmmm...yeah."
+    assert cfg.interruptions_enabled
+    assert cc.tts.speed == 1.0 and cfg.voice(cc.tts.voice_id)[0] == "joe"
+    assert cfg.platform_settings.privacy.record_voice is False
+
+
+def test_example_config_loads_without_problems() -> None:
+    cfg, warnings = check_config(ASSETS / "example-config.yaml")
+    assert cfg is not None, warnings
+    assert warnings == []
+    assert cfg.base_dir == ASSETS.resolve()
+    assert [t.name for t in cfg.appliance.tools] == ["set_timer", "get_weather"]
+    assert cfg.resolve_path("lexicons/names.pls") == ASSETS.resolve() / "lexicons" / "names.pls"
+    assert set(cfg.conversation_config.agent.prompt.built_in_tools.enabled()) == {"end_call", "skip_turn"}
+
+
+def test_empty_mapping_gives_the_documented_defaults() -> None:
+    cfg = load_config_text("{}", "empty.yaml")
+    cc, ap = cfg.conversation_config, cfg.appliance
+    assert cfg.warnings == []
+    assert cc.turn.turn_timeout == 7 and cc.turn.silence_end_call_timeout == -1
+    assert cfg.soft_timeout_s is None and cfg.silence_end_call_timeout_s is None
+    assert cc.conversation.max_duration_seconds == 600
+    assert ClientEvent.INTERRUPTION in cc.conversation.client_events
+    assert ap.audio.input_block_ms == 80 and ap.vad.no_speech_timeout_s == 8
+    assert ap.local.default_voice == "joe" and ap.remote.base_url == "wss://api.elevenlabs.io"
+    assert cfg.wake_word_rules() == {"hey_jarvis": WakeWordRule("hey_jarvis", 0.5, 1, 2.0)}
+
+
+# --- ranges: inside is fine, outside is one exact line ----------------------------------------
+
+T = "conversation_config.turn"
+S = "conversation_config.turn.soft_timeout_config"
+A = "appliance"
+
+RANGE_CASES: list[tuple[str, Any, str | None]] = [
+    (f"{T}.turn_timeout", 1, None),
+    (f"{T}.turn_timeout", 30, None),
+    (f"{T}.turn_timeout", 0.5, f"{T}.turn_timeout: 0.5 is outside 1–30 seconds"),
+    (f"{T}.turn_timeout", 45, f"{T}.turn_timeout: 45 is outside 1–30 seconds"),
+    (f"{T}.silence_end_call_timeout", -1, None),
+    (f"{T}.silence_end_call_timeout", 20, None),
+    (
+        f"{T}.silence_end_call_timeout",
+        0,
+        f"{T}.silence_end_call_timeout: 0 is not more than 0 seconds (-1 = off)",
+    ),
+    (f"{T}.turn_eagerness", "patient", None),
+    (
+        f"{T}.turn_eagerness",
+        "slow",
+        f"{T}.turn_eagerness: 'slow' is not one of 'eager', 'normal' or 'patient'",
+    ),
+    (f"{S}.timeout_seconds", -1, None),
+    (f"{S}.timeout_seconds", 0.5, None),
+    (f"{S}.timeout_seconds", 8.0, None),
+    (f"{S}.timeout_seconds", 0.3, f"{S}.timeout_seconds: 0.3 is outside 0.5–8.0 seconds (-1 = off)"),
+    (f"{S}.timeout_seconds", 8.5, f"{S}.timeout_seconds: 8.5 is outside 0.5–8.0 seconds (-1 = off)"),
+    (f"{S}.message", "x" * 200, None),
+    (f"{S}.message", "", f"{S}.message: '' is outside 1–200 characters"),
+    (f"{S}.message", "x" * 201, f"{S}.message: {'x' * 37!r}... (201 characters) is outside 1–200 characters"),
+    (f"{S}.use_llm_generated_message", "yes", f"{S}.use_llm_generated_message: 'yes' is not true or false"),
+    ("conversation_config.tts.speed", 0.7, None),
+    ("conversation_config.tts.speed", 1.2, None),
+    ("conversation_config.tts.speed", 0.69, "conversation_config.tts.speed: 0.69 is outside 0.7–1.2"),
+    ("conversation_config.tts.speed", 1.21, "conversation_config.tts.speed: 1.21 is outside 0.7–1.2"),
+    ("conversation_config.tts.speed", "fast", "conversation_config.tts.speed: 'fast' is not a number"),
+    ("conversation_config.tts.supported_voices", voices(9), None),
+    (
+        "conversation_config.tts.supported_voices",
+        voices(10),
+        "conversation_config.tts.supported_voices: 10 voices; at most 9 (10 voices per agent including the "
+        "default voice)",
+    ),
+    (
+        "conversation_config.tts.agent_output_audio_format",
+        "mp3_44100",
+        "conversation_config.tts.agent_output_audio_format: 'mp3_44100' is not one of 'pcm_8000', "
+        "'pcm_16000', 'pcm_22050', 'pcm_24000', 'pcm_44100', 'pcm_48000' or 'ulaw_8000'",
+    ),
+    ("conversation_config.asr.user_input_audio_format", "ulaw_8000", None),
+    ("conversation_config.conversation.max_duration_seconds", 1, None),
+    (
+        "conversation_config.conversation.max_duration_seconds",
+        0,
+        "conversation_config.conversation.max_duration_seconds: 0 is not more than 0 seconds",
+    ),
+    (
+        "conversation_config.conversation.max_duration_seconds",
+        1.5,
+        "conversation_config.conversation.max_duration_seconds: 1.5 is not an integer",
+    ),
+    ("conversation_config.agent.prompt.temperature", 2, None),
+    (
+        "conversation_config.agent.prompt.temperature",
+        2.5,
+        "conversation_config.agent.prompt.temperature: 2.5 is outside 0–2",
+    ),
+    ("conversation_config.agent.prompt.max_tokens", 256, None),
+    (
+        "conversation_config.agent.prompt.max_tokens",
+        0,
+        "conversation_config.agent.prompt.max_tokens: 0 is not more than 0 (-1 = no limit)",
+    ),
+    ("conversation_config.agent.prompt.timezone", "Europe/Helsinki", None),
+    (
+        "conversation_config.agent.prompt.timezone",
+        "Mars/Olympus",
+        "conversation_config.agent.prompt.timezone: 'Mars/Olympus' is not a known time zone (e.g. "
+        "'Europe/Berlin', 'UTC')",
+    ),
+    ("platform_settings.privacy.retention_days", -1, None),
+    (
+        "platform_settings.privacy.retention_days",
+        -2,
+        "platform_settings.privacy.retention_days: -2 is not at least -1 days",
+    ),
+    (f"{A}.mode", "cloud", f"{A}.mode: 'cloud' is not one of 'remote', 'local' or 'auto'"),
+    (f"{A}.audio.input_device", "USB", None),
+    (f"{A}.audio.input_device", 2, None),
+    (f"{A}.audio.input_device", -1, f"{A}.audio.input_device: -1 is not a device name or index"),
+    (f"{A}.audio.input_block_ms", 10, None),
+    (f"{A}.audio.input_block_ms", 501, f"{A}.audio.input_block_ms: 501 is outside 10–500 ms"),
+    (f"{A}.audio.output_block_ms", 4, f"{A}.audio.output_block_ms: 4 is outside 5–200 ms"),
+    (f"{A}.audio.input_queue_blocks", 1, f"{A}.audio.input_queue_blocks: 1 is outside 2–1024 blocks"),
+    (f"{A}.audio.output_volume", 2.5, f"{A}.audio.output_volume: 2.5 is outside 0–2"),
+    (f"{A}.vad.threshold", 0.96, f"{A}.vad.threshold: 0.96 is outside 0.05–0.95"),
+    (f"{A}.vad.min_speech_s", 0.02, f"{A}.vad.min_speech_s: 0.02 is outside 0.03–2 seconds"),
+    (f"{A}.vad.end_silence_s", 5, None),
+    (f"{A}.vad.end_silence_s", 0.05, f"{A}.vad.end_silence_s: 0.05 is outside 0.1–5 seconds"),
+    (f"{A}.vad.max_utterance_s", 121, f"{A}.vad.max_utterance_s: 121 is outside 1–120 seconds"),
+    (f"{A}.vad.no_speech_timeout_s", 61, f"{A}.vad.no_speech_timeout_s: 61 is outside 1–60 seconds"),
+    (f"{A}.vad.preroll_s", 2.5, f"{A}.vad.preroll_s: 2.5 is outside 0–2 seconds"),
+    (f"{A}.chimes.volume", 1.5, f"{A}.chimes.volume: 1.5 is outside 0–1"),
+    (f"{A}.local.stt.threads", 9, f"{A}.local.stt.threads: 9 is outside 1–8"),
+    (f"{A}.local.stt.beam_size", 0, f"{A}.local.stt.beam_size: 0 is outside 1–10"),
+    (
+        f"{A}.local.stt.compute_type",
+        "fp16",
+        f"{A}.local.stt.compute_type: 'fp16' is not one of 'int8', 'int8_float32', 'int16' or 'float32'",
+    ),
+    (f"{A}.local.llm.n_ctx", 255, f"{A}.local.llm.n_ctx: 255 is outside 256–32768 tokens"),
+    (f"{A}.local.llm.threads", 17, f"{A}.local.llm.threads: 17 is outside 1–16"),
+    (
+        f"{A}.local.llm.history_tokens",
+        4096,
+        f"{A}.local.llm.history_tokens: 4096 is outside 64–2048 tokens (at most n_ctx)",
+    ),
+    (f"{A}.local.voice_cache_size", 11, f"{A}.local.voice_cache_size: 11 is outside 1–10 voices"),
+    (f"{A}.remote.chunk_ms", 19, f"{A}.remote.chunk_ms: 19 is outside 20–500 ms"),
+    (f"{A}.remote.reconnect_attempts", 11, f"{A}.remote.reconnect_attempts: 11 is outside 0–10"),
+    (
+        f"{A}.remote.base_url",
+        "https://api.elevenlabs.io",
+        f"{A}.remote.base_url: 'https://api.elevenlabs.io' is not a wss:// or ws:// URL",
+    ),
+    (f"{A}.logging.level", "debug", None),
+    (
+        f"{A}.logging.level",
+        "TRACE",
+        f"{A}.logging.level: 'TRACE' is not one of 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), RANGE_CASES)
+def test_ranges(path: str, value: Any, expected: str | None) -> None:
+    if expected is None:
+        load({path: value})
+    else:
+        assert problems({path: value}) == [expected]
+
+
+WAKE = "appliance.wake_words.words"
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ({"name": "alexa", "threshold": 0.99, "patience_frames": 25, "refractory_s": 30}, None),
+        ({"name": "alexa", "threshold": 0}, f"{WAKE}[0].threshold: 0 is outside 0–1 (exclusive)"),
+        ({"name": "alexa", "threshold": 1}, f"{WAKE}[0].threshold: 1 is outside 0–1 (exclusive)"),
+        ({"name": "alexa", "patience_frames": 26}, f"{WAKE}[0].patience_frames: 26 is outside 1–25 frames"),
+        ({"name": "alexa", "refractory_s": 31}, f"{WAKE}[0].refractory_s: 31 is outside 0–30 seconds"),
+        ({"threshold": 0.5}, f"{WAKE}[0]: give a name (a bundled or custom model) or a path to a model file"),
+        (
+            {"name": "alexa", "dynamic_variables": {"system__time": "x"}},
+            f"{WAKE}[0].dynamic_variables: 'system__time' uses the reserved prefix system__ "
+            "(system variables are set by the agent)",
+        ),
+        (
+            {"name": "alexa", "dynamic_variables": {"room": ["a"]}},
+            f"{WAKE}[0].dynamic_variables.room: a list is not a string, number or boolean",
+        ),
+    ],
+)
+def test_wake_word_fields(word: dict[str, Any], expected: str | None) -> None:
+    if expected is None:
+        load({WAKE: [word]})
+    else:
+        assert problems({WAKE: [word]}) == [expected]
+
+
+def test_wake_word_lists() -> None:
+    assert problems({WAKE: []}) == [f"{WAKE}: at least one wake word is required"]
+    assert problems({WAKE: [{"name": "alexa"}, {"name": "alexa"}]}) == [
+        f"{WAKE}: 'alexa' listed more than once"
+    ]
+    cfg = load({WAKE: [{"path": "models/hey_kitchen.onnx", "threshold": 0.6}]})
+    assert cfg.wake_word_rules() == {"hey_kitchen": WakeWordRule("hey_kitchen", 0.6, 1, 2.0)}
+
+
+V = "conversation_config.tts.supported_voices"
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (
+            [{"label": "a b", "voice_id": "joe"}],
+            f"{V}[0].label: 'a b' is not allowed (a label has no spaces and no < > /)",
+        ),
+        (
+            [{"label": "<x>", "voice_id": "joe"}],
+            f"{V}[0].label: '<x>' is not allowed (a label has no spaces and no < > /)",
+        ),
+        ([{"label": "x"}], f"{V}[0].voice_id: required"),
+        ([{"label": "x", "voice_id": "joe", "speed": 1.3}], f"{V}[0].speed: 1.3 is outside 0.7–1.2"),
+        (
+            [{"label": "Joe", "voice_id": "joe"}, {"label": "Joe", "voice_id": "joe"}],
+            f"{V}: label 'Joe' is used 2 times; labels must be unique",
+        ),
+    ],
+)
+def test_supported_voices(entries: list[dict[str, Any]], expected: str) -> None:
+    assert problems({V: entries}) == [expected]
+
+
+def test_supported_voices_cloud_fields_are_warnings() -> None:
+    cfg = load({V: [{"label": "Narrator", "voice_id": "joe", "model_family": "flash", "stability": 0.4}]})
+    assert cfg.warnings == [f"{V}[0].model_family: {CLOUD_ONLY}", f"{V}[0].stability: {CLOUD_ONLY}"]
+
+
+# --- unknown keys, top level, several problems at once ---------------------------------------
+
+
+def test_unknown_appliance_keys_name_the_allowed_keys() -> None:
+    assert problems({"appliance.audio.inptu_device": 1}) == [
+        "appliance.audio.inptu_device: unknown key (allowed: input_device, output_device, input_block_ms, "
+        "output_block_ms, input_queue_blocks, output_volume)"
+    ]
+    (line,) = problems({"appliance.local.voices": {"joe": {"model": "m", "sped": 1.0}}})
+    assert line.startswith(
+        "appliance.local.voices.joe.sped: unknown key (allowed: model, config, speaker, speed,"
+    )
+    (line,) = problems({"appliance.colour": "red"})
+    assert line.startswith("appliance.colour: unknown key (allowed: mode, models_dir, audio, wake_words,")
+
+
+def test_top_level() -> None:
+    (line,) = problems({"conversation_config": {}, "agent": {}})
+    assert line.startswith(
+        "agent: unknown top-level key (allowed: conversation_config, platform_settings, appliance"
+    )
+    for text, expected in [("", "empty"), ("- a\n", "a list, not a mapping"), ("7\n", "7, not a mapping")]:
+        with pytest.raises(ConfigError) as exc:
+            load_config_text(text, "t.yaml")
+        assert exc.value.problems == [
+            f"top level: the document is {expected} "
+            "(expected keys: conversation_config, platform_settings, appliance)"
+        ]
+    assert problems({"appliance": [1]}) == ["appliance: a list is not a mapping"]
+    assert load({"appliance": None}).appliance.mode == "local"
+
+
+def test_several_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(
+            {
+                f"{T}.turn_timeout": 45,
+                "conversation_config.tts.speed": "fast",
+                "appliance.audio.inptu_device": 1,
+                "appliance.vad.threshold": 0,
+            }
+        )
+    assert len(exc.value.problems) == 4
+    text = str(exc.value)
+    assert text.startswith("invalid configuration in test.yaml:\n  ")
+    assert f"{T}.turn_timeout: 45 is outside 1–30 seconds" in text
+    assert "conversation_config.tts.speed: 'fast' is not a number" in text
+    assert exc.value.code == "config_invalid"
+
+
+def test_cross_field_checks() -> None:
+    assert problems({"appliance.mode": "remote"}) == [
+        "appliance.remote.agent_id: required when appliance.mode is 'remote'"
+    ]
+    assert problems({"appliance.mode": "auto"}) == [
+        "appliance.remote.agent_id: required when appliance.mode is 'auto'"
+    ]
+    assert (
+        load({"appliance.mode": "remote", "appliance.remote.agent_id": "agent_123"}).appliance.mode
+        == "remote"
+    )
+    assert problems({"appliance.local.default_voice": "amy"}) == [
+        "appliance.local.default_voice: 'amy' is not in voices (joe)"
+    ]
+    assert problems({"appliance.local.preload_voices": ["joe", "amy"]}) == [
+        "appliance.local.preload_voices[1]: 'amy' is not in voices (joe)"
+    ]
+    assert problems({"appliance.local.llm.backend": "openai"}) == [
+        "conversation_config.agent.prompt.custom_llm.url: "
+        "required when appliance.local.llm.backend is 'openai'"
+    ]
+    assert problems({"conversation_config.agent.prompt.llm": "custom-llm"}) == [
+        "conversation_config.agent.prompt.custom_llm.url: required when conversation_config.agent.prompt.llm "
+        "is 'custom-llm'"
+    ]
+    cfg = load(
+        {
+            "appliance.local.llm.backend": "openai",
+            "conversation_config.agent.prompt.custom_llm.url": "http://h:8/v1",
+        }
+    )
+    assert cfg.conversation_config.agent.prompt.custom_llm is not None
+
+
+def test_unknown_voice_ids_fall_back_to_the_default_voice_with_a_warning() -> None:
+    cfg = load({"conversation_config.tts.voice_id": "amy", V: [{"label": "Kid", "voice_id": "kid"}]})
+    assert cfg.warnings == [
+        "conversation_config.tts.voice_id: unknown local voice 'amy'; the default voice 'joe' is used",
+        f"{V}[0].voice_id: unknown local voice 'kid'; the default voice 'joe' is used",
+    ]
+    assert cfg.voice("amy")[0] == "joe" and cfg.voice(None)[0] == "joe"
+    remote = {
+        "appliance.mode": "remote",
+        "appliance.remote.agent_id": "a",
+        "conversation_config.tts.voice_id": "x",
+    }
+    assert load(remote).warnings == []
+
+
+# --- ElevenLabs export and cloud-only fields ---------------------------------------------------
+
+
+def test_elevenlabs_export_loads_with_one_warning_per_cloud_only_field(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="appliance.config"):
+        cfg = load_config(FIXTURES / "elevenlabs_export.yaml")
+    cloud = [
+        "agent_id",
+        "name",
+        "tags",
+        "metadata",
+        "access_info",
+        "conversation_config.vad",
+        "conversation_config.asr.quality",
+        "conversation_config.asr.provider",
+        "conversation_config.turn.mode",
+        "conversation_config.tts.model_id",
+        "conversation_config.tts.optimize_streaming_latency",
+        "conversation_config.tts.stability",
+        "conversation_config.tts.similarity_boost",
+        "conversation_config.agent.prompt.rag",
+        "platform_settings.auth",
+        "platform_settings.evaluation",
+        "platform_settings.widget",
+        "platform_settings.call_limits",
+        "platform_settings.workspace_overrides",
+        "platform_settings.safety",
+    ]
+    voice = (
+        "conversation_config.tts.voice_id: unknown local voice 'cjVigY5qzO86Huf0OWal'; "
+        "the default voice 'joe' is used"
+    )
+    assert sorted(cfg.warnings) == sorted([f"{p}: {CLOUD_ONLY}" for p in cloud] + [voice])
+    assert len(caplog.records) == len(cfg.warnings)
+    assert {r.getMessage() for r in caplog.records} == {f"{cfg.source}: {w}" for w in cfg.warnings}
+    cc, ps = cfg.conversation_config, cfg.platform_settings
+    assert cfg.eagerness is TurnEagerness.EAGER and cfg.end_silence_s == 0.40
+    assert cc.agent.first_message == "Hi, what can I do for you?"
+    assert cc.agent.prompt.built_in_tools.enabled()["end_call"].params == {"system_tool_type": "end_call"}
+    assert ps.overrides.conversation_config_override.tts.voice_id is True
+    assert ps.overrides.conversation_config_override.agent.prompt.prompt is False
+    assert ps.privacy.record_voice is True and ps.privacy.retention_days == -1
+
+
+def test_deprecated_and_cloud_only_tools_warn() -> None:
+    base = "conversation_config.agent.prompt"
+    cfg = load(
+        {f"{base}.tools": [{"type": "webhook", "name": "x"}], f"{base}.built_in_tools.transfer_to_number": {}}
+    )
+    assert cfg.warnings == [
+        f"{base}.tools: deprecated by ElevenLabs; use tool_ids and built_in_tools "
+        "(device tools go under appliance.tools)",
+        f"{base}.built_in_tools.transfer_to_number: cloud-only tool, ignored on the device",
+    ]
+    assert problems({f"{base}.tools": [{"type": "mcp"}]}) == [
+        f"{base}.tools[0]: type 'mcp' is not one of 'webhook', 'client' or 'system'"
+    ]
+
+
+def test_pronunciation_dictionaries() -> None:
+    loc = "conversation_config.tts.pronunciation_dictionary_locators"
+    cfg = load({loc: [{"path": "names.pls"}, {"pronunciation_dictionary_id": "abc", "version_id": "v1"}]})
+    assert cfg.warnings == [f"{loc}[1]: platform dictionary without a local path, ignored on the device"]
+    assert problems({loc: [{"version_id": "v1"}]}) == [
+        f"{loc}[0]: give pronunciation_dictionary_id (platform) or path (a local .pls file)"
+    ]
+
+
+def test_dynamic_variable_placeholders() -> None:
+    path = "conversation_config.agent.dynamic_variables.dynamic_variable_placeholders"
+    values = {"user_name": "Thor", "age": 30, "ratio": 1.5, "vip": True}
+    assert (
+        load({path: values}).conversation_config.agent.dynamic_variables.dynamic_variable_placeholders
+        == values
+    )
+    assert problems({path: {"system__agent_id": "x"}}) == [
+        f"{path}: 'system__agent_id' uses the reserved prefix system__ "
+        "(system variables are set by the agent)"
+    ]
+
+
+# --- device tools ------------------------------------------------------------------------------
+
+HOOK = {
+    "type": "webhook",
+    "name": "get_weather",
+    "description": "d",
+    "api_schema": {"url": "https://x.test/a"},
+}
+CLIENT = {"type": "client", "name": "set_timer", "description": "d", "handler": "pkg.tools:set_timer"}
+
+
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [
+        (HOOK, None),
+        (CLIENT, None),
+        ({**HOOK, "api_schema": None}, "appliance.tools[0].api_schema: required for a webhook tool"),
+        ({**CLIENT, "handler": None}, "appliance.tools[0].handler: required for a client tool"),
+        (
+            {**CLIENT, "api_schema": {"url": "https://x.test"}},
+            "appliance.tools[0].api_schema: only for webhook tools",
+        ),
+        (
+            {**CLIENT, "handler": "pkg.tools"},
+            "appliance.tools[0].handler: 'pkg.tools' is not allowed (package.module:function)",
+        ),
+        (
+            {**CLIENT, "name": "set timer"},
+            "appliance.tools[0].name: 'set timer' is not allowed (1–64 letters, digits, _ or -)",
+        ),
+        (
+            {**CLIENT, "name": "x" * 65},
+            f"appliance.tools[0].name: {'x' * 37!r}... (65 characters) "
+            "is not allowed (1–64 letters, digits, _ or -)",
+        ),
+        (
+            {**CLIENT, "response_timeout_secs": 121},
+            "appliance.tools[0].response_timeout_secs: 121 is outside 1–120 seconds",
+        ),
+        (
+            {**HOOK, "api_schema": {"url": "ftp://x.test"}},
+            "appliance.tools[0].api_schema.url: 'ftp://x.test' is not a http:// or https:// URL",
+        ),
+        (
+            {"type": "mcp", "name": "x", "description": "d"},
+            "appliance.tools[0].type: 'mcp' is not one of 'webhook' or 'client'",
+        ),
+    ],
+)
+def test_device_tools(tool: dict[str, Any], expected: str | None) -> None:
+    if expected is None:
+        assert load({"appliance.tools": [tool]}).appliance.tools[0].name == tool["name"]
+    else:
+        assert problems({"appliance.tools": [tool]}) == [expected]
+
+
+def test_device_tool_unknown_keys_and_kept_dicts() -> None:
+    tool = {**HOOK, "api_schema": {"url": "https://x.test", "verb": 1}}
+    (line,) = problems({"appliance.tools": [tool]})
+    assert line == (
+        "appliance.tools[0].api_schema.verb: unknown key (allowed: url, method, path_params_schema, "
+        "query_params_schema, request_body_schema, request_headers, auth_connection)"
+    )
+    params = {"type": "object", "properties": {"minutes": {"type": "integer"}}}
+    cfg = load({"appliance.tools": [{**CLIENT, "parameters": params, "expects_response": True}]})
+    assert cfg.appliance.tools[0].parameters == params
+
+
+def test_device_tool_names_are_unique() -> None:
+    assert problems({"appliance.tools": [CLIENT, CLIENT]}) == [
+        "appliance.tools: tool names must be unique: 'set_timer' listed more than once"
+    ]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+SECRET_LINE = (
+    "secrets are not read from the config file; "
+    "set the ELEVENLABS_API_KEY environment variable or a systemd credential"
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "conversation_config.agent.prompt.custom_llm.api_key",
+        "appliance.remote.api_key",
+        "appliance.remote.xi_api_key",
+        "platform_settings.widget.token",
+        "conversation_config.agent.prompt.custom_llm.request_headers.xi-api-key",
+        "appliance.local.llm.password",
+        "appliance.Secret",
+        "appliance.ApiKey",
+    ],
+)
+def test_plain_string_secrets_are_errors_and_never_echoed(path: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load({path: SECRET})
+    assert exc.value.problems == [f"{path}: {SECRET_LINE}"]
+    assert SECRET not in str(exc.value)
+
+
+def test_secret_in_a_list_and_secret_references() -> None:
+    tools = [{**HOOK, "api_schema": {"url": "https://x.test", "request_headers": {"token": SECRET}}}]
+    with pytest.raises(ConfigError) as exc:
+        load({"appliance.tools": tools})
+    assert exc.value.problems == [f"appliance.tools[0].api_schema.request_headers.token: {SECRET_LINE}"]
+    assert SECRET not in str(exc.value)
+    ref = {"url": "https://llm.test/v1", "api_key": {"secret_id": "abc"}}
+    assert load(
+        {"conversation_config.agent.prompt.custom_llm": ref}
+    ).conversation_config.agent.prompt.custom_llm
+
+
+def test_read_secret_from_env_then_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "elevenlabs_api_key").write_text("from-file\n")
+    creds = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_secret("ELEVENLABS_API_KEY", {"ELEVENLABS_API_KEY": "from-env", **creds}) == "from-env"
+    assert read_secret("ELEVENLABS_API_KEY", {"ELEVENLABS_API_KEY": "", **creds}) == "from-file"
+    assert read_secret("ELEVENLABS_API_KEY", creds) == "from-file"
+    assert read_secret("OTHER_KEY", creds) is None
+    assert read_secret("ELEVENLABS_API_KEY", {}) is None
+
+
+# --- YAML and files ----------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_gives_line_and_column() -> None:
+    text = "appliance:\n  mode: local\n  audio: [1, 2\n  vad: {}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "bad.yaml")
+    (line,) = exc.value.problems
+    assert line.startswith("line 4, column ") and exc.value.source == "bad.yaml"
+
+
+def test_duplicate_keys_are_errors_and_no_is_not_false() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text("appliance:\n  mode: local\n  mode: remote\n", "dup.yaml")
+    assert exc.value.problems == ["line 3, column 3: duplicate key 'mode'"]
+    cfg = load_config_text("conversation_config:\n  agent:\n    language: no\n", "no.yaml")
+    assert cfg.conversation_config.agent.language == "no"
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    cfg, lines = check_config(missing)
+    assert cfg is None and lines == [f"{missing}: cannot read the file (No such file or directory)"]
+    cfg, lines = check_config(tmp_path)
+    assert cfg is None and len(lines) == 1 and lines[0].startswith(f"{tmp_path}: cannot read the file")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"appliance:\n  mode: \xff\n")
+    assert check_config(binary) == (None, [f"{binary}: not UTF-8 text (bad byte at offset 19)"])
+
+
+def test_check_config_returns_warnings_without_logging(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(build({"name": "x", "conversation_config.tts.model_id": "eleven_flash_v2"}))
+    with caplog.at_level(logging.WARNING):
+        cfg, warnings = check_config(path)
+    assert cfg is not None and cfg.base_dir == tmp_path.resolve()
+    assert warnings == [f"name: {CLOUD_ONLY}", f"conversation_config.tts.model_id: {CLOUD_ONLY}"]
+    assert caplog.records == []
+
+
+# --- accessors ---------------------------------------------------------------------------------
+
+
+def test_accessors() -> None:
+    cfg = load(
+        {
+            f"{T}.turn_eagerness": "patient",
+            f"{T}.silence_end_call_timeout": 12,
+            f"{S}.timeout_seconds": 2.5,
+            "conversation_config.conversation.client_events": ["audio", "agent_response"],
+            "appliance.vad.threshold": 0.3,
+        }
+    )
+    assert cfg.eagerness is TurnEagerness.PATIENT and cfg.end_silence_s == 1.5
+    assert cfg.interruptions_enabled is False
+    assert cfg.soft_timeout_s == 2.5 and cfg.silence_end_call_timeout_s == 12
+    endpoint = cfg.endpoint_config()
+    assert endpoint.threshold == 0.3 and endpoint.release_threshold == 0.3 and endpoint.end_silence_s == 1.5
+    assert load({"appliance.vad.end_silence_s": 1.0}).end_silence_s == 1.0
+
+
+def test_resolve_models_dir(tmp_path: Path) -> None:
+    cfg = load({})
+    env = {"HOME": "/home/pi"}
+    assert resolve_models_dir(cfg, env) == Path("/home/pi/.cache/appliance/models")
+    assert resolve_models_dir(cfg, {**env, "XDG_CACHE_HOME": "/var/cache"}) == Path(
+        "/var/cache/appliance/models"
+    )
+    assert resolve_models_dir(cfg, {**env, "APPLIANCE_MODELS_DIR": "/opt/models"}) == Path("/opt/models")
+    path = tmp_path / "c.yaml"
+    path.write_text(build({"appliance.models_dir": "models"}))
+    assert (
+        resolve_models_dir(load_config(path), {"APPLIANCE_MODELS_DIR": "/opt/models"})
+        == tmp_path.resolve() / "models"
+    )
