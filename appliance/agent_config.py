@@ -16,7 +16,16 @@ from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, NoReturn, Self, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from appliance.core.endpointing import TurnEagerness
@@ -121,7 +130,7 @@ def _is_zone(name: str) -> bool:
     return True
 
 
-Num = Annotated[float, Strict()]
+Num = Annotated[float, Strict(), AllowInfNan(False)]
 Int = Annotated[int, Strict()]
 Bool = Annotated[bool, Strict()]
 Text = Annotated[str, length(1, 10_000)]
@@ -478,6 +487,7 @@ def agent_warnings(cc: ConversationConfig) -> list[str]:
 
 _TYPE_PROBLEMS = {
     "float_type": "is not a number",
+    "finite_number": "is not a finite number",
     "int_type": "is not an integer",
     "bool_type": "is not true or false",
     "string_type": "is not a string",

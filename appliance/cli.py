@@ -176,12 +176,17 @@ def _cmd_devices() -> int:
 
 
 def _cmd_check_config(path: str) -> int:
-    from appliance.config import load_config
+    from appliance.config import check_config
 
-    config = load_config(path)
-    for warning in config.warnings:
+    config, lines = check_config(path)
+    if config is None:
+        print(f"{path}: invalid", file=sys.stderr)
+        for line in lines:
+            print(f"  {redact(line)}", file=sys.stderr)
+        return EXIT_USAGE
+    for warning in lines:
         print(f"warning: {warning}")
-    print(f"{path}: OK (mode {config.appliance.mode}, {len(config.warnings)} warning(s))")
+    print(f"{path}: OK (mode {config.appliance.mode}, {len(lines)} warning(s))")
     return EXIT_OK
 
 

@@ -214,17 +214,16 @@ class DeviceTool(_Device):
     parameters: dict[str, Any] | None = None
     expects_response: Bool = False
     api_schema: ApiSchema | None = Field(None, validate_default=True)
-    handler: Annotated[str, matches(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", "package.module:function")] | None = (
-        Field(None, validate_default=True)
-    )
+    handler: Annotated[str, matches(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", "package.module:function")] | None = None
+    """Client tools: the Python function that runs it; None = one the runtime registers by name."""
 
-    @field_validator("api_schema", "handler")
+    @field_validator("api_schema", "handler", "parameters", "expects_response")
     @classmethod
     def _for_kind(cls, v: object, info: ValidationInfo) -> object:
         kind, needs = info.data.get("type"), "webhook" if info.field_name == "api_schema" else "client"
-        if kind == needs and v is None:
-            fail(f"required for a {needs} tool")
-        if kind is not None and kind != needs and v is not None:
+        if kind == needs == "webhook" and v is None:
+            fail("required for a webhook tool")
+        if kind is not None and kind != needs and v not in (None, False):
             fail(f"only for {needs} tools")
         return v
 

@@ -510,7 +510,9 @@ CLIENT = {"type": "client", "name": "set_timer", "description": "d", "handler": 
         (HOOK, None),
         (CLIENT, None),
         ({**HOOK, "api_schema": None}, "appliance.tools[0].api_schema: required for a webhook tool"),
-        ({**CLIENT, "handler": None}, "appliance.tools[0].handler: required for a client tool"),
+        ({**CLIENT, "handler": None}, None),
+        ({**HOOK, "handler": "pkg.tools:get"}, "appliance.tools[0].handler: only for client tools"),
+        ({**HOOK, "expects_response": True}, "appliance.tools[0].expects_response: only for client tools"),
         (
             {**CLIENT, "api_schema": {"url": "https://x.test"}},
             "appliance.tools[0].api_schema: only for webhook tools",
@@ -634,6 +636,16 @@ def test_duplicate_keys_are_errors_and_no_is_not_false() -> None:
     assert exc.value.problems == ["line 3, column 3: duplicate key 'mode'"]
     cfg = load_config_text("conversation_config:\n  agent:\n    language: no\n", "no.yaml")
     assert cfg.conversation_config.agent.language == "no"
+    anchors = "appliance:\n  audio: &a {input_block_ms: 40, output_block_ms: 10}\n  vad: {threshold: .nan}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(anchors, "nan.yaml")
+    assert exc.value.problems == ["appliance.vad.threshold: nan is not a finite number"]
+    merged = (
+        "appliance:\n  local:\n    voices:\n"
+        "      joe: &j {model: m, speed: 0.9}\n      fast: {<<: *j, speed: 1.2}\n"
+    )
+    fast = load_config_text(merged, "m.yaml").appliance.local.voices["fast"]
+    assert (fast.model, fast.speed) == ("m", 1.2)
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:

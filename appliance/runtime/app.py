@@ -20,10 +20,10 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.core.device import Chime, DeviceConfig, DeviceMachine
-from appliance.core.endpointing import EndpointConfig, Endpointer
-from appliance.core.wakeword import WakeWordGate, WakeWordRule
-from appliance.errors import AudioDeviceError, ModelError
-from appliance.ports import AgentSession, Clock, EventSink, Microphone, Speaker
+from appliance.core.endpointing import Endpointer
+from appliance.core.wakeword import WakeWordGate
+from appliance.errors import ApplianceError, AudioDeviceError, ModelError
+from appliance.ports import AgentSession, Clock, Microphone, Speaker
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
@@ -60,31 +60,6 @@ class Wiring:
     timers: Timers
     input_duration_s: float | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def wake_word_rules(config: Config) -> dict[str, WakeWordRule]:
-    return {
-        w.name: WakeWordRule(
-            name=w.name,
-            threshold=w.threshold,
-            patience_frames=w.patience_frames,
-            refractory_s=w.refractory_s,
-        )
-        for w in config.appliance.wake_words.words
-    }
-
-
-def endpoint_config(config: Config) -> EndpointConfig:
-    vad = config.appliance.vad
-    base = EndpointConfig.for_eagerness(config.eagerness)
-    return EndpointConfig(
-        threshold=vad.threshold,
-        release_threshold=max(0.05, vad.threshold - 0.15),
-        min_speech_s=vad.min_speech_s,
-        end_silence_s=vad.end_silence_s if vad.end_silence_s is not None else base.end_silence_s,
-        max_utterance_s=vad.max_utterance_s,
-        preroll_s=vad.preroll_s,
-    )
 
 
 def open_audio(config: Config, options: RunOptions) -> Wiring:
@@ -155,11 +130,11 @@ def load_listeners(config: Config) -> tuple[Any, Any]:
 
     store = ModelStore(resolve_models_dir(config, os.environ), load_manifest())
     custom_dir = config.appliance.wake_words.custom_dir
-    custom = find_custom_wakewords(Path(custom_dir)) if custom_dir else {}
+    custom = find_custom_wakewords(config.resolve_path(custom_dir)) if custom_dir else {}
     files: list[WakeWordModelFile] = []
     for word in config.appliance.wake_words.words:
         if word.path:
-            files.append(WakeWordModelFile(word.name, Path(word.path)))
+            files.append(WakeWordModelFile(word.name, config.resolve_path(word.path)))
         elif word.name in custom:
             files.append(WakeWordModelFile(word.name, custom[word.name]))
         else:
@@ -197,18 +172,18 @@ def build_loop(
         enabled=chime_cfg.enabled,
         volume=chime_cfg.volume,
         paths={
-            Chime.WAKE: Path(chime_cfg.wake) if chime_cfg.wake else None,
-            Chime.DONE: Path(chime_cfg.done) if chime_cfg.done else None,
-            Chime.ERROR: Path(chime_cfg.error) if chime_cfg.error else None,
+            Chime.WAKE: config.resolve_path(chime_cfg.wake) if chime_cfg.wake else None,
+            Chime.DONE: config.resolve_path(chime_cfg.done) if chime_cfg.done else None,
+            Chime.ERROR: config.resolve_path(chime_cfg.error) if chime_cfg.error else None,
         },
     )
     machine = DeviceMachine(DeviceConfig(no_speech_timeout_s=config.appliance.vad.no_speech_timeout_s))
     loop_ref: list[ApplianceLoop] = []
     router = AudioRouter(
         detector=detector,
-        gate=WakeWordGate(wake_word_rules(config)),
+        gate=WakeWordGate(config.wake_word_rules()),
         vad=vad,
-        endpointer=Endpointer(endpoint_config(config)),
+        endpointer=Endpointer(config.endpoint_config()),
         executor=executor,
         post=lambda event: loop_ref[0].post(event),
     )
@@ -226,17 +201,60 @@ def build_loop(
     return loop
 
 
-def session_factory_for(config: Config, events: EventSink, speaker: Speaker) -> Callable[[str], AgentSession]:
+def session_factory_for(
+    config: Config, wiring: Wiring, local_models: Any | None
+) -> Callable[[str], AgentSession]:
+    """Which agent a wake word talks to."""
+    if local_models is not None:
+        from appliance.runtime.local_agent import local_session_factory
+
+        return local_session_factory(
+            config,
+            local_models,
+            speaker=wiring.speaker,
+            events=wiring.events,
+            clock=wiring.clock,
+            timers=wiring.timers,
+        )
     from appliance.runtime.capture_session import CaptureSession
 
-    def make(wake_word: str) -> AgentSession:
-        return CaptureSession()
-
-    return make
+    return lambda wake_word: CaptureSession()
 
 
-async def run_async(config: Config, options: RunOptions) -> LoopResult:
+def load_agent_models(config: Config) -> Any | None:
+    """Models of the local agent (None when the configured mode does not use it)."""
+    mode = config.appliance.mode
+    if mode == "remote":
+        raise ApplianceError(
+            "appliance.mode: remote is not available in this version yet; use mode: local",
+            code="mode_unavailable",
+        )
+    if mode == "auto":
+        _LOGGER.warning("appliance.mode auto: the remote agent is not available yet; using the local agent")
+    from appliance.runtime.local_agent import load_local_models
+
+    return load_local_models(config)
+
+
+@dataclass
+class Preloaded:
+    """Models loaded once and reused across runs (tests, benchmarks, config reloads)."""
+
+    detector: Any
+    vad: Any
+    local_models: Any | None
+
+
+def preload(config: Config) -> Preloaded:
     detector, vad = load_listeners(config)
+    return Preloaded(detector, vad, load_agent_models(config))
+
+
+async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | None = None) -> LoopResult:
+    models = preloaded or preload(config)
+    detector, vad, local_models = models.detector, models.vad, models.local_models
+    detector.reset()
+    vad.reset()
     wiring = open_audio(config, options)
     for note in wiring.notes:
         options.say(note)
@@ -247,7 +265,7 @@ async def run_async(config: Config, options: RunOptions) -> LoopResult:
         wiring,
         detector=detector,
         vad=vad,
-        session_factory=session_factory_for(config, wiring.events, wiring.speaker),
+        session_factory=session_factory_for(config, wiring, local_models),
         executor=executor,
     )
     aio = asyncio.get_running_loop()

@@ -59,7 +59,7 @@ def espeak_say(text: str, voice: str = "en-us") -> Pcm16:
 
 
 def silence(seconds: float) -> Pcm16:
-    return np.zeros(int(round(seconds * RATE_HZ)), dtype=np.int16)
+    return np.zeros(round(seconds * RATE_HZ), dtype=np.int16)
 
 
 def noise(seconds: float, level: float = 300.0, seed: int = 0) -> Pcm16:

@@ -105,7 +105,9 @@ def test_agent_failure_ends_session_with_error_chime() -> None:
     m = DeviceMachine()
     m.handle(WakeWordDetected("hey_jarvis", 0.9), now=1.0)
     effects = m.handle(StageFailed("agent", "llm_unreachable", "connection refused", True), now=2.0)
-    assert effects[0] == Emit("error", {"code": "llm_unreachable", "message": "connection refused", "stage": "agent"})
+    assert effects[0] == Emit(
+        "error", {"code": "llm_unreachable", "message": "connection refused", "stage": "agent"}
+    )
     assert EndSession("error") in effects
     assert PlayChime(Chime.ERROR) in effects
     assert m.state is DeviceState.IDLE

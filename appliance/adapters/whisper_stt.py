@@ -1,0 +1,163 @@
+"""`FasterWhisperStt`: the SpeechToText port on faster-whisper (CTranslate2 Whisper).
+
+The model is a converted CTranslate2 directory (`model.bin`, `config.json`, `tokenizer.json`,
+vocabulary) that is already on disk: nothing is ever downloaded. The device VAD has already cut
+the utterance, so Whisper's own VAD is off, decoding is greedy by default (`beam_size=1`), every
+call is independent (`condition_on_previous_text=False`) and no timestamps are produced.
+
+Languages: with a multilingual model, `language=None` detects the language and returns its code.
+An English-only model (`tiny.en`, `base.en`, ...) always decodes English; asking it for another
+language logs one warning per language and returns "en".
+
+Not thread-safe by design: the runtime owns one worker thread per model and calls `transcribe`
+and `detect_language` only from it (a CTranslate2 model is never used concurrently).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.errors import ModelError
+from appliance.ports import MIC_RATE_HZ, Pcm16
+
+_LOGGER = logging.getLogger(__name__)
+
+_FIX_HINT = "run 'appliance models provision'"
+
+
+class FasterWhisperStt:
+    """Speech to text with a local faster-whisper model on the CPU."""
+
+    sample_rate_hz = MIC_RATE_HZ
+
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 2,
+        compute_type: str = "int8",
+        beam_size: int = 1,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelError(
+                f"speech-to-text model directory {model_dir} does not exist; {_FIX_HINT}",
+                code="stt_missing",
+            )
+        if not (model_dir / "model.bin").is_file():
+            raise ModelError(
+                f"speech-to-text model directory {model_dir} has no model.bin; {_FIX_HINT}",
+                code="stt_missing",
+            )
+        try:
+            from faster_whisper import WhisperModel
+
+            self._model: Any = WhisperModel(
+                str(model_dir),
+                device="cpu",
+                compute_type=compute_type,
+                cpu_threads=threads,
+                num_workers=1,
+                local_files_only=True,
+            )
+        except Exception as err:
+            raise ModelError(
+                f"cannot load speech-to-text model {model_dir}: {err}; {_FIX_HINT}",
+                code="stt_load",
+            ) from err
+        self.model_dir = model_dir
+        self.threads = threads
+        self.compute_type = compute_type
+        self.beam_size = beam_size
+        self.multilingual = _is_multilingual(self._model, model_dir)
+        self.languages: frozenset[str] = frozenset(self._model.supported_languages)
+        self._warned_languages: set[str] = set()
+
+    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
+        """Text heard in 16 kHz mono int16 `audio`, and its language.
+
+        `language` is an ISO 639-1 code ("en", "de", "pt-br" is read as "pt") or None to detect
+        it (multilingual models; an English-only model answers "en").
+        """
+        lang = self._decoding_language(language)
+        samples = _to_float32(audio)
+        if samples.size == 0:
+            return "", lang or "en"
+        segments, info = self._model.transcribe(
+            samples,
+            language=lang,
+            beam_size=self.beam_size,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            without_timestamps=True,
+        )
+        # `segments` is a lazy generator: decoding happens while it is consumed.
+        text = " ".join(part for part in (segment.text.strip() for segment in segments) if part)
+        heard = lang if lang is not None else str(info.language)
+        return text.strip(), heard
+
+    def detect_language(self, audio: Pcm16) -> tuple[str, float]:
+        """The most likely language of `audio` and its probability (English-only: ("en", 1.0))."""
+        if not self.multilingual:
+            return "en", 1.0
+        samples = _to_float32(audio)
+        if samples.size == 0:
+            return "en", 0.0
+        language, probability, _ = self._model.detect_language(samples)
+        return str(language), float(probability)
+
+    def _decoding_language(self, language: str | None) -> str | None:
+        """The code to pass to Whisper: "en" for English-only models, None to detect."""
+        if language is None:
+            return None if self.multilingual else "en"
+        code = _whisper_code(language, self.languages)
+        if not self.multilingual:
+            if code != "en":
+                self._warn_once(
+                    language,
+                    "speech-to-text model %s is English-only; transcribing %r as English",
+                )
+            return "en"
+        if code is None:
+            self._warn_once(
+                language, "speech-to-text model %s does not know language %r; detecting the language"
+            )
+        return code
+
+    def _warn_once(self, language: str, message: str) -> None:
+        if language not in self._warned_languages:
+            self._warned_languages.add(language)
+            _LOGGER.warning(message, self.model_dir, language)
+
+
+def _whisper_code(language: str, known: frozenset[str]) -> str | None:
+    """Map a language tag ("en", "EN", "pt-br", "zh_CN") to a Whisper code, or None."""
+    tag = language.strip().lower().replace("_", "-")
+    if tag in known:
+        return tag
+    base = tag.split("-", 1)[0]
+    return base if base in known else None
+
+
+def _is_multilingual(model: Any, model_dir: Path) -> bool:
+    try:
+        return bool(model.model.is_multilingual)
+    except AttributeError:
+        return not model_dir.name.endswith(".en")
+
+
+def _to_float32(audio: Pcm16) -> npt.NDArray[np.float32]:
+    samples = np.asarray(audio)
+    if samples.ndim != 1:
+        raise ValueError(f"expected mono audio [samples], got shape {samples.shape}")
+    if samples.dtype != np.int16:
+        raise TypeError(f"expected int16 samples, got {samples.dtype}")
+    return samples.astype(np.float32) / np.float32(32768.0)

@@ -1,0 +1,638 @@
+"""The local agent's conversation flow, as the ElevenLabs platform defines it. Pure.
+
+`ConversationMachine.handle(event, now) -> list[Effect]` reproduces on the device: the first
+message, turn timeout re-prompts and silence end-call, the soft-timeout filler (once per
+turn, only while no reply text has come), interruptions with transcript truncation, system
+tools (end_call, skip_turn, language_detection), device tools and max duration. Workers (STT,
+LLM, TTS, playback) live in the runtime; they report back with the events below.
+
+Where the seeds are silent (see ARCHITECTURE.md):
+- `agent_response` carries the complete reply text, so it is emitted once the reply text is
+  complete *and* its first audio plays (normally the LLM finishes during the first chunk).
+- With `silence_end_call_timeout` off (-1), the session ends after `max_reprompts` turn
+  timeouts in a row without an answer, so a device on a shelf never talks to an empty room.
+- User speech while the reply is still being generated (nothing audible yet) cancels it
+  silently: the user was not done talking.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, assert_never
+
+from appliance.core.history import ConversationHistory
+
+TURN_TIMEOUT = "turn_timeout"
+SOFT_TIMEOUT = "soft_timeout"
+SILENCE_END_CALL = "silence_end_call"
+MAX_DURATION = "max_duration"
+
+REPROMPT_NOTE = (
+    "The user has not said anything for {seconds:g} seconds. In one short sentence, check "
+    "whether they are still there or need more time. Do not repeat your previous answer."
+)
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    LISTENING = "listening"
+    TRANSCRIBING = "transcribing"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+class OutputKind(StrEnum):
+    FIRST_MESSAGE = "first_message"
+    REPLY = "reply"
+    FILLER = "soft_timeout_filler"
+    FAREWELL = "farewell"
+    REPROMPT = "reprompt"
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    system_prompt: str = ""
+    first_message: str = ""
+    turn_timeout_s: float = 7.0
+    silence_end_call_timeout_s: float | None = None
+    soft_timeout_s: float | None = None
+    soft_timeout_message: str = "Hhmmmm...yeah."
+    soft_timeout_use_llm: bool = False
+    interruptions_enabled: bool = True
+    disable_first_message_interruptions: bool = False
+    max_duration_s: float | None = 600.0
+    max_reprompts: int = 2
+    max_tool_rounds: int = 3
+    history_budget_tokens: int = 1024
+    language: str = "en"
+    system_tool_names: frozenset[str] = frozenset()
+    device_tool_names: frozenset[str] = frozenset()
+    tools: tuple[dict[str, Any], ...] = ()
+    """OpenAI function schemas offered to the LLM (system tools first)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw_arguments: str = ""
+
+
+# ------------------------------------------------------------------ events (facts)
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class UserSpeechStarted:
+    pass
+
+
+@dataclass(frozen=True)
+class UserUtterance:
+    audio: bytes = field(repr=False)
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    turn: int
+    text: str
+    language: str
+
+
+@dataclass(frozen=True)
+class ReplyTextStarted:
+    turn: int
+
+
+@dataclass(frozen=True)
+class ReplyGenerated:
+    turn: int
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputStarted:
+    turn: int
+
+
+@dataclass(frozen=True)
+class OutputFinished:
+    turn: int
+    spoken_text: str
+    interrupted: bool = False
+    queued_text: str = ""
+    """Everything that was queued to be said in this turn (the original, when interrupted)."""
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    turn: int
+    call: ToolCall
+    result: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True)
+class EndRequested:
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkFailed:
+    stage: str
+    code: str
+    message: str
+
+
+ConversationEvent = (
+    Started
+    | UserSpeechStarted
+    | UserUtterance
+    | Transcribed
+    | ReplyTextStarted
+    | ReplyGenerated
+    | OutputStarted
+    | OutputFinished
+    | ToolFinished
+    | TimerFired
+    | EndRequested
+    | WorkFailed
+)
+
+
+# ------------------------------------------------------------------ effects (requests)
+@dataclass(frozen=True)
+class Emit:
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    turn: int
+    audio: bytes = field(repr=False)
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateReply:
+    turn: int
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...]
+    kind: OutputKind = OutputKind.REPLY
+
+
+@dataclass(frozen=True)
+class Say:
+    turn: int
+    text: str
+    kind: OutputKind
+
+
+@dataclass(frozen=True)
+class SayFiller:
+    """Speak a filler now: LLM-generated from `context` if asked and possible, else `fallback`."""
+
+    turn: int
+    fallback: str
+    context: tuple[dict[str, Any], ...] | None
+
+
+@dataclass(frozen=True)
+class SealOutput:
+    """Nothing more will be queued for this turn: report OutputFinished once it has played."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class CancelOutput:
+    """Stop playback within one block, cancel generation and synthesis, report OutputFinished."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class RunTool:
+    turn: int
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class SwitchLanguage:
+    language: str
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    name: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str
+
+
+Effect = (
+    Emit
+    | Transcribe
+    | GenerateReply
+    | Say
+    | SayFiller
+    | SealOutput
+    | CancelOutput
+    | RunTool
+    | SwitchLanguage
+    | ArmTimer
+    | CancelTimer
+    | Close
+)
+
+
+@dataclass
+class _Turn:
+    id: int
+    kind: OutputKind
+    interruptible: bool = True
+    reply_text: str | None = None
+    reply_started: bool = False
+    audio_started: bool = False
+    response_emitted: bool = False
+    filler_used: bool = False
+    tool_rounds: int = 0
+    end_after: str | None = None
+    skip: bool = False
+    spoken_parts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversationMachine:
+    settings: ConversationSettings
+    phase: Phase = Phase.STARTING
+    language: str = ""
+    history: ConversationHistory = field(init=False)
+    _turn: _Turn | None = None
+    _next_turn: int = 0
+    _reprompts: int = 0
+    _started_at: float = 0.0
+    _closing_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.history = ConversationHistory(self.settings.system_prompt, self.settings.history_budget_tokens)
+        self.language = self.settings.language
+
+    # ------------------------------------------------------------ helpers
+    def _new_turn(self, kind: OutputKind, interruptible: bool = True) -> _Turn:
+        self._next_turn += 1
+        self._turn = _Turn(self._next_turn, kind, interruptible)
+        return self._turn
+
+    def _current(self, turn: int) -> _Turn | None:
+        return self._turn if self._turn is not None and self._turn.id == turn else None
+
+    def _t(self, now: float) -> float:
+        return round(now - self._started_at, 3)
+
+    def _generate(self, turn: _Turn, extra: list[dict[str, Any]] | None = None) -> GenerateReply:
+        messages = self.history.messages() + (extra or [])
+        return GenerateReply(turn.id, tuple(messages), self.settings.tools, turn.kind)
+
+    def _listen(self, now: float, *, arm_turn_timeout: bool) -> list[Effect]:
+        self.phase = Phase.LISTENING
+        self._turn = None
+        if arm_turn_timeout:
+            return [ArmTimer(TURN_TIMEOUT, now + self.settings.turn_timeout_s)]
+        return []
+
+    def _close(self, reason: str) -> list[Effect]:
+        self.phase = Phase.ENDED
+        return [
+            CancelTimer(TURN_TIMEOUT),
+            CancelTimer(SOFT_TIMEOUT),
+            CancelTimer(SILENCE_END_CALL),
+            CancelTimer(MAX_DURATION),
+            Close(reason),
+        ]
+
+    # ------------------------------------------------------------ entry point
+    def handle(self, event: ConversationEvent, now: float) -> list[Effect]:
+        if self.phase is Phase.ENDED:
+            return []
+        match event:
+            case Started():
+                return self._on_started(now)
+            case UserSpeechStarted():
+                return self._on_user_speech(now)
+            case UserUtterance():
+                return self._on_utterance(event, now)
+            case Transcribed():
+                return self._on_transcribed(event, now)
+            case ReplyTextStarted():
+                turn = self._current(event.turn)
+                if turn is None:
+                    return []
+                turn.reply_started = True
+                return [CancelTimer(SOFT_TIMEOUT)]
+            case ReplyGenerated():
+                return self._on_reply(event, now)
+            case OutputStarted():
+                return self._on_output_started(event, now)
+            case OutputFinished():
+                return self._on_output_finished(event, now)
+            case ToolFinished():
+                return self._on_tool_finished(event)
+            case TimerFired():
+                return self._on_timer(event, now)
+            case EndRequested():
+                return self._on_end_requested(event)
+            case WorkFailed():
+                return [
+                    Emit("error", {"code": event.code, "message": event.message, "stage": event.stage}),
+                    *self._close("error"),
+                ]
+            case _:
+                assert_never(event)
+
+    # ------------------------------------------------------------ handlers
+    def _on_started(self, now: float) -> list[Effect]:
+        self._started_at = now
+        s = self.settings
+        effects: list[Effect] = []
+        if s.max_duration_s:
+            effects.append(ArmTimer(MAX_DURATION, now + s.max_duration_s))
+        if s.silence_end_call_timeout_s:
+            effects.append(ArmTimer(SILENCE_END_CALL, now + s.silence_end_call_timeout_s))
+        if s.first_message:
+            turn = self._new_turn(
+                OutputKind.FIRST_MESSAGE,
+                interruptible=s.interruptions_enabled and not s.disable_first_message_interruptions,
+            )
+            turn.reply_text = s.first_message
+            self.phase = Phase.SPEAKING
+            effects += [Say(turn.id, s.first_message, OutputKind.FIRST_MESSAGE), SealOutput(turn.id)]
+        else:
+            self.phase = Phase.LISTENING
+        return effects
+
+    def _on_user_speech(self, now: float) -> list[Effect]:
+        effects: list[Effect] = [CancelTimer(TURN_TIMEOUT)]
+        self._reprompts = 0
+        if self.settings.silence_end_call_timeout_s:
+            effects.append(ArmTimer(SILENCE_END_CALL, now + self.settings.silence_end_call_timeout_s))
+        turn = self._turn
+        if turn is None or self.phase is Phase.ENDING:
+            return effects
+        if self.phase is Phase.SPEAKING and turn.audio_started:
+            if turn.interruptible and self.settings.interruptions_enabled:
+                effects.append(CancelOutput(turn.id))
+            return effects
+        not_audible_yet = self.phase in (Phase.THINKING, Phase.TRANSCRIBING) or (
+            self.phase is Phase.SPEAKING and not turn.audio_started
+        )
+        if (
+            not_audible_yet
+            and turn.interruptible
+            and self.settings.interruptions_enabled
+            and turn.end_after is None
+        ):
+            # The user was not done talking: drop the pending reply.
+            effects += [CancelOutput(turn.id), CancelTimer(SOFT_TIMEOUT)]
+        return effects
+
+    def _on_utterance(self, event: UserUtterance, now: float) -> list[Effect]:
+        if self.phase is Phase.ENDING:
+            return []
+        if self.phase is Phase.SPEAKING and self._turn is not None:
+            # Speech while the agent was talking and could not be interrupted: ignored.
+            return []
+        turn = self._new_turn(OutputKind.REPLY)
+        self.phase = Phase.TRANSCRIBING
+        effects: list[Effect] = [CancelTimer(TURN_TIMEOUT)]
+        if self.settings.soft_timeout_s is not None:
+            effects.append(ArmTimer(SOFT_TIMEOUT, now + self.settings.soft_timeout_s))
+        effects.append(Transcribe(turn.id, event.audio, None if self.language == "auto" else self.language))
+        return effects
+
+    def _on_transcribed(self, event: Transcribed, now: float) -> list[Effect]:
+        turn = self._current(event.turn)
+        if turn is None:
+            return []
+        text = event.text.strip()
+        if not text:
+            # Nothing intelligible: listen again without answering.
+            return [CancelTimer(SOFT_TIMEOUT), *self._listen(now, arm_turn_timeout=True)]
+        self.history.add_user(text, t=self._t(now))
+        self.phase = Phase.THINKING
+        return [
+            Emit("user_transcript", {"user_transcript": text, "language": event.language}),
+            self._generate(turn),
+        ]
+
+    def _on_reply(self, event: ReplyGenerated, now: float) -> list[Effect]:
+        turn = self._current(event.turn)
+        if turn is None:
+            return []
+        turn.reply_text = (turn.reply_text + " " if turn.reply_text else "") + event.text.strip()
+        turn.reply_text = turn.reply_text.strip()
+        effects: list[Effect] = [CancelTimer(SOFT_TIMEOUT)]
+        if not event.tool_calls:
+            if event.text.strip():
+                self.history.add_agent(event.text.strip(), t=self._t(now))
+            self.phase = Phase.SPEAKING
+            return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
+        if event.text.strip():
+            self.history.add_agent(event.text.strip(), t=self._t(now))
+        continue_generation = False
+        for call in event.tool_calls:
+            tool_type = "system" if call.name in self.settings.system_tool_names else "client"
+            self.history.add_tool_call(
+                call.id, call.name, call.raw_arguments or json.dumps(call.arguments), tool_type=tool_type
+            )
+            if call.name == "end_call" and "end_call" in self.settings.system_tool_names:
+                effects += self._system_tool(turn, call, "end_call_success")
+                farewell = str(call.arguments.get("message") or "").strip()
+                if farewell:
+                    effects.append(Say(turn.id, farewell, OutputKind.FAREWELL))
+                    self.history.add_agent(farewell, t=self._t(now))
+                    turn.reply_text = (turn.reply_text + " " + farewell).strip()
+                turn.end_after = "end_call"
+            elif call.name == "skip_turn" and "skip_turn" in self.settings.system_tool_names:
+                effects += self._system_tool(turn, call, "skip_turn_success")
+                turn.skip = True
+            elif (
+                call.name == "language_detection" and "language_detection" in self.settings.system_tool_names
+            ):
+                language = str(call.arguments.get("language") or "").strip()
+                effects += self._system_tool(turn, call, "language_detection_success")
+                if language:
+                    self.language = language
+                    effects.append(SwitchLanguage(language))
+                    effects.append(Emit("language_switched", {"language": language}))
+                continue_generation = True
+            elif call.name in self.settings.device_tool_names:
+                effects.append(RunTool(turn.id, call))
+                turn.tool_rounds += 1
+                self.phase = Phase.THINKING
+                return effects
+            else:
+                self.history.add_tool_result(call.id, call.name, f"error: unknown tool '{call.name}'")
+                effects.append(
+                    Emit("agent_tool_response", self._tool_response(call, "unknown", is_error=True))
+                )
+                continue_generation = True
+        if continue_generation and turn.end_after is None and not turn.skip:
+            turn.tool_rounds += 1
+            if turn.tool_rounds <= self.settings.max_tool_rounds:
+                self.phase = Phase.THINKING
+                effects.append(self._generate(turn))
+                return effects
+        self.phase = Phase.ENDING if turn.end_after else Phase.SPEAKING
+        return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
+
+    def _system_tool(self, turn: _Turn, call: ToolCall, result_type: str) -> list[Effect]:
+        result = {"result_type": result_type, "status": "success", **call.arguments}
+        self.history.add_tool_result(call.id, call.name, json.dumps(result), result=result)
+        return [Emit("agent_tool_response", self._tool_response(call, "system", is_error=False))]
+
+    @staticmethod
+    def _tool_response(call: ToolCall, tool_type: str, *, is_error: bool) -> dict[str, Any]:
+        return {"tool_name": call.name, "tool_call_id": call.id, "tool_type": tool_type, "is_error": is_error}
+
+    def _on_tool_finished(self, event: ToolFinished) -> list[Effect]:
+        turn = self._current(event.turn)
+        if turn is None:
+            return []
+        self.history.add_tool_result(event.call.id, event.call.name, event.result, is_error=event.is_error)
+        effects: list[Effect] = [
+            Emit("agent_tool_response", self._tool_response(event.call, "client", is_error=event.is_error))
+        ]
+        if turn.tool_rounds > self.settings.max_tool_rounds:
+            self.phase = Phase.SPEAKING
+            return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
+        self.phase = Phase.THINKING
+        effects.append(self._generate(turn))
+        return effects
+
+    def _maybe_emit_response(self, turn: _Turn) -> list[Effect]:
+        if turn.response_emitted or not turn.audio_started or not turn.reply_text:
+            return []
+        if turn.kind in (OutputKind.REPLY, OutputKind.REPROMPT) and self.phase is Phase.THINKING:
+            return []
+        turn.response_emitted = True
+        return [Emit("agent_response", {"agent_response": turn.reply_text, "kind": turn.kind.value})]
+
+    def _on_output_started(self, event: OutputStarted, now: float) -> list[Effect]:
+        turn = self._current(event.turn)
+        if turn is None or turn.audio_started:
+            return []
+        turn.audio_started = True
+        if self.phase is Phase.THINKING and turn.reply_text is None:
+            # The first audio of a turn whose reply is still streaming (or a filler).
+            return []
+        return self._maybe_emit_response(turn)
+
+    def _on_output_finished(self, event: OutputFinished, now: float) -> list[Effect]:
+        turn = self._current(event.turn)
+        if turn is None:
+            return []
+        effects: list[Effect] = []
+        if event.interrupted:
+            original = (turn.reply_text or event.queued_text).strip()
+            spoken = event.spoken_text.strip()
+            if turn.audio_started:
+                effects.append(Emit("interruption", {"reason": "user_speech"}))
+                if original and spoken != original:
+                    effects.append(
+                        Emit(
+                            "agent_response_correction",
+                            {"original_agent_response": original, "corrected_agent_response": spoken},
+                        )
+                    )
+            self._keep_only_spoken(turn, spoken, original, now)
+            effects += [CancelTimer(SOFT_TIMEOUT)]
+            if turn.end_after:
+                return effects + self._close(turn.end_after)
+            return effects + self._listen(now, arm_turn_timeout=False)
+        if not turn.response_emitted and turn.reply_text and turn.audio_started:
+            effects += self._maybe_emit_response(turn)
+        if turn.end_after:
+            return effects + self._close(turn.end_after)
+        if self._closing_reason is not None:
+            return effects + self._close(self._closing_reason)
+        return effects + self._listen(now, arm_turn_timeout=not turn.skip)
+
+    def _keep_only_spoken(self, turn: _Turn, spoken: str, original: str, now: float) -> None:
+        """After an interruption the history holds what the user heard, nothing more."""
+        if turn.kind is OutputKind.FIRST_MESSAGE:
+            return
+        if turn.reply_text is not None and turn.kind is not OutputKind.FILLER:
+            self.history.replace_last_agent(spoken)
+        elif spoken:
+            self.history.add_agent(spoken, interrupted=True, original=original, t=self._t(now))
+
+    def _on_timer(self, event: TimerFired, now: float) -> list[Effect]:
+        s = self.settings
+        if event.name == MAX_DURATION:
+            return self._end_now("max_duration")
+        if event.name == SILENCE_END_CALL:
+            return self._end_now("silence_end_call_timeout")
+        if event.name == SOFT_TIMEOUT:
+            turn = self._turn
+            if (
+                turn is None
+                or turn.filler_used
+                or turn.reply_started
+                or self.phase
+                not in (
+                    Phase.TRANSCRIBING,
+                    Phase.THINKING,
+                )
+            ):
+                return []
+            turn.filler_used = True
+            context = tuple(self.history.recent_context()) if s.soft_timeout_use_llm else None
+            return [SayFiller(turn.id, s.soft_timeout_message, context)]
+        if event.name == TURN_TIMEOUT:
+            if self.phase is not Phase.LISTENING:
+                return []
+            if s.silence_end_call_timeout_s is None and self._reprompts >= s.max_reprompts:
+                return self._close("silence")
+            self._reprompts += 1
+            turn = self._new_turn(OutputKind.REPROMPT)
+            self.phase = Phase.THINKING
+            note = {"role": "system", "content": REPROMPT_NOTE.format(seconds=s.turn_timeout_s)}
+            return [Emit("turn_timeout", {"reprompt": self._reprompts}), self._generate(turn, [note])]
+        return []
+
+    def _end_now(self, reason: str) -> list[Effect]:
+        effects: list[Effect] = []
+        if self._turn is not None and self.phase in (Phase.SPEAKING, Phase.THINKING, Phase.TRANSCRIBING):
+            effects.append(CancelOutput(self._turn.id))
+        return effects + self._close(reason)
+
+    def _on_end_requested(self, event: EndRequested) -> list[Effect]:
+        if self._turn is None or self.phase in (Phase.LISTENING, Phase.STARTING):
+            return self._close(event.reason)
+        # Finish what is being said (or about to be), then close.
+        self._closing_reason = event.reason
+        return []

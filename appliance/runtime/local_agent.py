@@ -1,0 +1,234 @@
+"""Builds the offline agent: models loaded once at start, a `LocalAgentSession` per wake.
+
+The agent configuration is the platform's (`conversation_config`): prompt and first message
+with dynamic variables, turn/soft timeouts, interruptions, system tools, custom LLM. The
+device side (`appliance.local`) names the STT/LLM models and the piper voices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config, read_secret, resolve_models_dir
+from appliance.core import variables as dv
+from appliance.core.conversation import ConversationSettings
+from appliance.core.system_tools import client_tool_schema, system_tool_schemas, webhook_tool_schema
+from appliance.errors import ModelError
+from appliance.logs import register_secret
+from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
+from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
+from appliance.runtime.timers import Timers
+
+_LOGGER = logging.getLogger(__name__)
+
+LLM_API_KEY_ENV = "APPLIANCE_LLM_API_KEY"
+LOCAL_AGENT_ID = "local"
+
+
+@dataclass
+class LocalModels:
+    stt: Any
+    llm: LanguageModel
+    tts: Any
+    concurrent_llm: bool
+    stt_executor: ThreadPoolExecutor
+    tts_executor: ThreadPoolExecutor
+
+
+def _model_file(config: Config, ref: str, suffix: str) -> Path:
+    """A manifest model name (its file with `suffix`) or a path from the config."""
+    from appliance.modelstore import ModelStore, load_manifest
+
+    candidate = config.resolve_path(ref)
+    if candidate.exists() or "/" in ref or (suffix and ref.endswith(suffix)):
+        if not candidate.exists():
+            raise ModelError(f"model file {candidate} does not exist", code="model_not_installed")
+        return candidate
+    store = ModelStore(resolve_models_dir(config, os.environ), load_manifest())
+    model_dir = store.path(ref)
+    if not suffix:
+        return model_dir
+    files = sorted(p for p in model_dir.iterdir() if p.name.endswith(suffix))
+    if not files:
+        raise ModelError(f"model '{ref}' has no {suffix} file in {model_dir}", code="model_not_installed")
+    return files[0]
+
+
+def load_local_models(config: Config) -> LocalModels:
+    """Load STT, LLM and TTS once (seconds on a Pi); sessions share them."""
+    from appliance.adapters.piper_tts import PiperTts, PiperVoiceSpec
+    from appliance.adapters.whisper_stt import FasterWhisperStt
+
+    local = config.appliance.local
+    stt = FasterWhisperStt(
+        _model_file(config, local.stt.model, ""),
+        threads=local.stt.threads,
+        compute_type=local.stt.compute_type,
+        beam_size=local.stt.beam_size,
+    )
+    llm: LanguageModel
+    concurrent = False
+    if local.llm.backend == "openai":
+        from appliance.adapters.openai_llm import OpenAiCompatibleLlm
+
+        custom = config.conversation_config.agent.prompt.custom_llm
+        if custom is None or not custom.url:
+            raise ModelError(
+                "appliance.local.llm.backend openai needs conversation_config.agent.prompt.custom_llm.url",
+                code="llm_not_configured",
+            )
+        key = read_secret(LLM_API_KEY_ENV)
+        register_secret(key)
+        llm = OpenAiCompatibleLlm(custom.url, custom.model_id, key)
+        concurrent = True
+    else:
+        from appliance.adapters.llama_cpp_llm import LlamaCppLlm
+
+        llm = LlamaCppLlm(
+            _model_file(config, local.llm.model, ".gguf"), n_ctx=local.llm.n_ctx, n_threads=local.llm.threads
+        )
+    voices = {
+        name: PiperVoiceSpec(
+            name=name,
+            model=_model_file(config, v.model, ".onnx"),
+            config=config.resolve_path(v.config) if v.config else None,
+            speaker=v.speaker,
+            speed=v.speed,
+            noise_scale=v.noise_scale,
+            noise_w_scale=v.noise_w_scale,
+            language=v.language,
+        )
+        for name, v in local.voices.items()
+    }
+    tts = PiperTts(voices, local.default_voice, cache_size=local.voice_cache_size)
+    tts.preload([local.default_voice, *local.preload_voices])
+    return LocalModels(
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        concurrent_llm=concurrent,
+        stt_executor=ThreadPoolExecutor(1, thread_name_prefix="stt"),
+        tts_executor=ThreadPoolExecutor(1, thread_name_prefix="tts"),
+    )
+
+
+def agent_tools(config: Config) -> tuple[list[dict[str, Any]], frozenset[str], frozenset[str]]:
+    """(OpenAI tool schemas, system tool names, device tool names) offered to the LLM."""
+    prompt = config.conversation_config.agent.prompt
+    built_in = {name: tool.model_dump() for name, tool in prompt.built_in_tools.enabled().items()}
+    languages = sorted(
+        {config.conversation_config.agent.language, *config.conversation_config.language_presets}
+    )
+    schemas, unsupported = system_tool_schemas(built_in, languages)
+    for name in unsupported:
+        _LOGGER.warning("system tool %s is not available on the device (telephony / hosted agents)", name)
+    device: list[dict[str, Any]] = []
+    for tool in config.appliance.tools:
+        raw = tool.model_dump(exclude_none=True)
+        device.append(webhook_tool_schema(raw) if tool.type == "webhook" else client_tool_schema(raw))
+    system_names = frozenset(s["function"]["name"] for s in schemas)
+    device_names = frozenset(t.name for t in config.appliance.tools)
+    return [*schemas, *device], system_names, device_names
+
+
+def session_variables(
+    config: Config, wake_word: str, conversation_id: str, now_utc: datetime
+) -> dict[str, dv.VariableValue]:
+    agent = config.conversation_config.agent
+    per_wake: dict[str, dv.VariableValue] = {}
+    for word in config.appliance.wake_words.words:
+        if word.name == wake_word:
+            per_wake = dict(word.dynamic_variables)
+    system = dv.system_variables(
+        now_utc=now_utc,
+        timezone=agent.prompt.timezone,
+        conversation_id=conversation_id,
+        agent_id=config.appliance.remote.agent_id or LOCAL_AGENT_ID,
+        call_duration_secs=0.0,
+    )
+    merged = dv.merge_variables(dict(agent.dynamic_variables.dynamic_variable_placeholders), per_wake, system)
+    for name in dv.secret_names(merged):
+        value = merged[name]
+        if isinstance(value, str):
+            register_secret(value)
+    return merged
+
+
+def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]) -> ConversationSettings:
+    cc = config.conversation_config
+    agent = cc.agent
+    tools, system_names, device_names = agent_tools(config)
+    system_prompt = dv.render(agent.prompt.prompt or "", variables, where="the system prompt")
+    first_message = dv.render(agent.first_message or "", variables, where="the first message")
+    soft = cc.turn.soft_timeout_config
+    return ConversationSettings(
+        system_prompt=system_prompt,
+        first_message=first_message,
+        turn_timeout_s=cc.turn.turn_timeout,
+        silence_end_call_timeout_s=config.silence_end_call_timeout_s,
+        soft_timeout_s=config.soft_timeout_s,
+        soft_timeout_message=soft.message,
+        soft_timeout_use_llm=soft.use_llm_generated_message,
+        interruptions_enabled=config.interruptions_enabled,
+        disable_first_message_interruptions=agent.disable_first_message_interruptions,
+        max_duration_s=float(cc.conversation.max_duration_seconds),
+        history_budget_tokens=config.appliance.local.llm.history_tokens,
+        language=config.appliance.local.stt.language or agent.language,
+        system_tool_names=system_names,
+        device_tool_names=device_names,
+        tools=tuple(tools),
+    )
+
+
+def local_session_factory(
+    config: Config,
+    models: LocalModels,
+    *,
+    speaker: Speaker,
+    events: EventSink,
+    clock: Clock,
+    timers: Timers,
+    now_utc: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Callable[[str], AgentSession]:
+    prompt = config.conversation_config.agent.prompt
+    options: dict[str, Any] = {"temperature": prompt.temperature, "max_tokens": prompt.max_tokens}
+    if config.platform_settings.overrides.custom_llm_extra_body:
+        options["extra_body"] = {}
+    voice_name, _ = config.voice(config.conversation_config.tts.voice_id)
+
+    def voice_for_language(language: str) -> str | None:
+        for name, voice in config.appliance.local.voices.items():
+            if voice.language == language:
+                return name
+        return None
+
+    def make(wake_word: str) -> AgentSession:
+        session_id = os.urandom(8).hex()
+        variables = session_variables(config, wake_word, f"local_{session_id}", now_utc())
+        settings = conversation_settings(config, variables)
+        deps = LocalAgentDeps(
+            stt=models.stt,
+            llm=models.llm,
+            tts=models.tts,
+            speaker=speaker,
+            events=events,
+            clock=clock,
+            timers=timers,
+            stt_executor=models.stt_executor,
+            tts_executor=models.tts_executor,
+            voice=voice_name,
+            speed=config.conversation_config.tts.speed,
+            llm_options=options,
+            concurrent_llm=models.concurrent_llm,
+            voice_for_language=voice_for_language,
+        )
+        return LocalAgentSession(settings, deps)
+
+    return make

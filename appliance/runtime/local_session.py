@@ -1,0 +1,357 @@
+"""`LocalAgentSession`: the offline agent behind the AgentSession port.
+
+faster-whisper → local LLM (streamed) → chunker → piper → speaker, driven by the pure
+`ConversationMachine`. This module only runs effects and reports facts back; every decision
+(turns, timeouts, fillers, interruptions, tools) is the machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, assert_never
+
+import numpy as np
+
+from appliance.core import conversation as cv
+from appliance.core.chunker import SpeechChunker
+from appliance.core.endpointing import UtteranceEnded
+from appliance.errors import ApplianceError
+from appliance.logs import redact, set_turn_id
+from appliance.ports import (
+    Clock,
+    EventSink,
+    LanguageModel,
+    Pcm16,
+    Speaker,
+    SpeechToText,
+    TextDelta,
+    TextToSpeech,
+    ToolCallRequest,
+)
+from appliance.runtime.clock import MonotonicClock
+from appliance.runtime.speech_output import SpeechOutput
+from appliance.runtime.timers import Timers
+
+_LOGGER = logging.getLogger(__name__)
+
+FILLER_DEADLINE_S = 1.0
+FILLER_PROMPT = (
+    "Reply with a very short, natural filler phrase (one to three words, like 'Hmm...' or "
+    "'Let me see...') that acknowledges the user's last message while you think. No answer, "
+    "no time indications."
+)
+
+
+class ToolRunner(Protocol):
+    async def run(self, call: cv.ToolCall) -> tuple[str, bool]:
+        """Run a device tool; the result text and whether it is an error."""
+        ...
+
+
+@dataclass
+class LocalAgentDeps:
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech
+    speaker: Speaker
+    events: EventSink
+    clock: Clock
+    timers: Timers
+    stt_executor: Executor
+    tts_executor: Executor
+    voice: str
+    speed: float = 1.0
+    llm_options: Mapping[str, Any] = field(default_factory=dict)
+    tools: ToolRunner | None = None
+    concurrent_llm: bool = False
+    """True if the LLM can serve a filler request while a reply is generating."""
+    voice_for_language: Callable[[str], str | None] | None = None
+    stopwatch: Clock = field(default_factory=MonotonicClock)
+    """Wall-clock time for `turn_metrics` (fast headless runs freeze the appliance clock)."""
+
+
+@dataclass
+class _Metrics:
+    endpoint_at: float = 0.0
+    speech_end_lag_s: float = 0.0
+    stt_s: float | None = None
+    llm_started_at: float | None = None
+    llm_first_token_s: float | None = None
+    first_chunk_at: float | None = None
+
+
+class LocalAgentSession:
+    def __init__(self, settings: cv.ConversationSettings, deps: LocalAgentDeps) -> None:
+        self._d = deps
+        self._machine = cv.ConversationMachine(settings)
+        self._voice = deps.voice
+        self._queue: asyncio.Queue[cv.ConversationEvent] = asyncio.Queue()
+        self._closed: asyncio.Future[str] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._turn_tasks: dict[int, set[asyncio.Task[None]]] = {}
+        self._metrics: dict[int, _Metrics] = {}
+        self._first_audio_at: dict[int, float] = {}
+        self._pending_metrics: _Metrics | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._key = f"session-{uuid.uuid4().hex[:8]}:"
+        self.conversation_id = f"local_{uuid.uuid4().hex[:16]}"
+        self._output = SpeechOutput(
+            synthesize=self._synthesize,
+            speaker=deps.speaker,
+            events=deps.events,
+            clock=deps.clock,
+            on_started=self._on_output_started,
+            on_finished=lambda turn, spoken, interrupted, queued: self._post(
+                cv.OutputFinished(turn, spoken, interrupted, queued)
+            ),
+        )
+
+    # ------------------------------------------------------------ AgentSession port
+    @property
+    def busy(self) -> bool:
+        phase = self._machine.phase
+        return self._output.active or phase in (
+            cv.Phase.TRANSCRIBING,
+            cv.Phase.THINKING,
+            cv.Phase.SPEAKING,
+            cv.Phase.ENDING,
+        )
+
+    @property
+    def machine(self) -> cv.ConversationMachine:
+        return self._machine
+
+    async def start(self) -> None:
+        self._closed = asyncio.get_running_loop().create_future()
+        self._output.start()
+        self._consumer = asyncio.create_task(self._consume(), name="conversation")
+        self._d.events.emit(
+            "conversation_initiation_metadata",
+            conversation_id=self.conversation_id,
+            agent_output_audio_format="pcm_16000",
+            user_input_audio_format="pcm_16000",
+            mode="local",
+        )
+        self._post(cv.Started())
+
+    def push_audio(self, frame: Pcm16) -> None:
+        return None
+
+    async def speech_started(self, t: float) -> None:
+        self._post(cv.UserSpeechStarted())
+
+    async def utterance(self, utterance: UtteranceEnded) -> None:
+        now = self._d.stopwatch.now()
+        lag = max(0.0, utterance.declared_t - utterance.end_t) if utterance.declared_t >= 0 else 0.0
+        self._pending_metrics = _Metrics(endpoint_at=now, speech_end_lag_s=lag)
+        self._post(cv.UserUtterance(utterance.audio, utterance.duration_s))
+
+    async def end(self, reason: str) -> None:
+        self._post(cv.EndRequested(reason))
+
+    async def closed(self) -> str:
+        if self._closed is None:
+            raise RuntimeError("session not started")
+        try:
+            return await asyncio.shield(self._closed)
+        finally:
+            await self._shutdown()
+
+    # ------------------------------------------------------------ machinery
+    def _post(self, event: cv.ConversationEvent) -> None:
+        self._queue.put_nowait(event)
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                effects = self._machine.handle(event, self._d.clock.now())
+            except Exception:
+                _LOGGER.exception("conversation machine failed on %s", type(event).__name__)
+                effects = [cv.Close("error")]
+            for effect in effects:
+                try:
+                    self._run(effect)
+                except Exception as err:
+                    _LOGGER.exception("effect %s failed", type(effect).__name__)
+                    self._d.events.emit("error", code="internal", message=redact(str(err)), stage="agent")
+
+    def _spawn(self, coro: Awaitable[None], name: str, turn: int | None = None) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except ApplianceError as err:
+                _LOGGER.warning("%s failed: %s", name, redact(str(err)))
+                self._post(cv.WorkFailed(name, err.code, redact(str(err))))
+            except Exception as err:
+                _LOGGER.exception("%s failed", name)
+                self._post(cv.WorkFailed(name, f"{name}_failed", redact(f"{type(err).__name__}: {err}")))
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if turn is not None:
+            group = self._turn_tasks.setdefault(turn, set())
+            group.add(task)
+            task.add_done_callback(group.discard)
+
+    def _run(self, effect: cv.Effect) -> None:
+        d = self._d
+        match effect:
+            case cv.Emit(type=type_, fields=fields):
+                d.events.emit(type_, **fields)
+            case cv.Transcribe(turn=turn, audio=audio, language=language):
+                self._metrics[turn] = self._pending_metrics or _Metrics(endpoint_at=d.stopwatch.now())
+                self._pending_metrics = None
+                set_turn_id(f"{self.conversation_id[-4:]}-{turn}")
+                self._spawn(self._transcribe(turn, audio, language), "stt", turn)
+            case cv.GenerateReply():
+                self._spawn(self._generate(effect), "llm", effect.turn)
+            case cv.Say(turn=turn, text=text):
+                self._output.enqueue(turn, text)
+            case cv.SayFiller():
+                self._spawn(self._filler(effect), "filler", effect.turn)
+            case cv.SealOutput(turn=turn):
+                self._output.seal(turn)
+            case cv.CancelOutput(turn=turn):
+                for task in list(self._turn_tasks.get(turn, ())):
+                    task.cancel()
+                self._output.cancel(turn)
+            case cv.RunTool(turn=turn, call=call):
+                self._spawn(self._tool(turn, call), "tool", turn)
+            case cv.SwitchLanguage(language=language):
+                if d.voice_for_language is not None:
+                    self._voice = d.voice_for_language(language) or self._voice
+            case cv.ArmTimer(name=name, deadline=deadline):
+                d.timers.arm(self._key + name, deadline, functools.partial(self._post, cv.TimerFired(name)))
+            case cv.CancelTimer(name=name):
+                d.timers.cancel(self._key + name)
+            case cv.Close(reason=reason):
+                d.timers.cancel_prefix(self._key)
+                if self._closed is not None and not self._closed.done():
+                    self._closed.set_result(reason)
+            case _:
+                assert_never(effect)
+
+    async def _shutdown(self) -> None:
+        self._d.timers.cancel_prefix(self._key)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+        await asyncio.gather(*self._tasks, *(t for t in (self._consumer,) if t), return_exceptions=True)
+        await self._output.close()
+        set_turn_id(None)
+
+    # ------------------------------------------------------------ workers
+    async def _transcribe(self, turn: int, audio: bytes, language: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
+        t0 = self._d.stopwatch.now()
+        text, heard = await loop.run_in_executor(self._d.stt_executor, self._d.stt.transcribe, pcm, language)
+        metrics = self._metrics.get(turn)
+        if metrics is not None:
+            metrics.stt_s = self._d.stopwatch.now() - t0
+        self._post(cv.Transcribed(turn, text, heard))
+
+    async def _synthesize(self, text: str) -> tuple[Pcm16, int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._d.speed
+        )
+
+    async def _generate(self, effect: cv.GenerateReply) -> None:
+        turn = effect.turn
+        metrics = self._metrics.setdefault(turn, _Metrics(endpoint_at=self._d.stopwatch.now()))
+        metrics.llm_started_at = self._d.stopwatch.now()
+        chunker = SpeechChunker()
+        parts: list[str] = []
+        calls: list[cv.ToolCall] = []
+        started = False
+        stream = self._d.llm.stream_chat(
+            list(effect.messages), list(effect.tools) or None, self._d.llm_options
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    if not item.text:
+                        continue
+                    if not started:
+                        started = True
+                        metrics.llm_first_token_s = self._d.stopwatch.now() - metrics.llm_started_at
+                        self._post(cv.ReplyTextStarted(turn))
+                    parts.append(item.text)
+                    for chunk in chunker.push(item.text):
+                        self._queue_chunk(turn, chunk)
+                elif isinstance(item, ToolCallRequest):
+                    calls.append(cv.ToolCall(item.id, item.name, dict(item.arguments), item.raw_arguments))
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        for chunk in chunker.flush():
+            self._queue_chunk(turn, chunk)
+        self._post(cv.ReplyGenerated(turn, "".join(parts).strip(), tuple(calls)))
+
+    def _queue_chunk(self, turn: int, chunk: str) -> None:
+        metrics = self._metrics.get(turn)
+        if metrics is not None and metrics.first_chunk_at is None:
+            metrics.first_chunk_at = self._d.stopwatch.now()
+        self._output.enqueue(turn, chunk)
+
+    async def _filler(self, effect: cv.SayFiller) -> None:
+        text = effect.fallback
+        if effect.context is not None and self._d.concurrent_llm:
+            try:
+                text = await asyncio.wait_for(self._llm_filler(effect.context), FILLER_DEADLINE_S) or text
+            except (TimeoutError, ApplianceError) as err:
+                _LOGGER.info("LLM filler unavailable (%s); using the configured message", err)
+        self._output.enqueue(effect.turn, text)
+
+    async def _llm_filler(self, context: tuple[dict[str, Any], ...]) -> str:
+        messages = [{"role": "system", "content": FILLER_PROMPT}, *context]
+        out: list[str] = []
+        async for item in self._d.llm.stream_chat(messages, None, {**self._d.llm_options, "max_tokens": 12}):
+            if isinstance(item, TextDelta):
+                out.append(item.text)
+        text = "".join(out).strip().strip('"')
+        return text if 0 < len(text) <= 200 else ""
+
+    async def _tool(self, turn: int, call: cv.ToolCall) -> None:
+        if self._d.tools is None:
+            self._post(cv.ToolFinished(turn, call, f"error: no device tool '{call.name}'", True))
+            return
+        result, is_error = await self._d.tools.run(call)
+        self._post(cv.ToolFinished(turn, call, result, is_error))
+
+    def _on_output_started(self, turn: int) -> None:
+        self._first_audio_at[turn] = self._d.stopwatch.now()
+        self._post(cv.OutputStarted(turn))
+        metrics = self.turn_metrics(turn)
+        if metrics:
+            self._d.events.emit("turn_metrics", **metrics)
+
+    def turn_metrics(self, turn: int) -> dict[str, float | None]:
+        m = self._metrics.get(turn)
+        first_audio = self._first_audio_at.get(turn)
+        if m is None or first_audio is None or m.llm_started_at is None:
+            return {}
+        return {
+            "stt_s": _r(m.stt_s),
+            "llm_first_token_s": _r(m.llm_first_token_s),
+            "tts_first_audio_s": _r(first_audio - m.first_chunk_at if m.first_chunk_at else None),
+            "end_of_speech_to_first_audio_s": _r(first_audio - m.endpoint_at + m.speech_end_lag_s),
+            "endpoint_to_first_audio_s": _r(first_audio - m.endpoint_at),
+        }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,325 @@
+"""ConversationMachine: the platform's conversation flow, driven with explicit times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.core import conversation as cv
+from appliance.core.conversation import ConversationMachine, ConversationSettings, OutputKind
+
+SYS = frozenset({"end_call", "skip_turn", "language_detection"})
+
+
+def machine(**kw: Any) -> ConversationMachine:
+    base: dict[str, Any] = {
+        "system_prompt": "You are helpful.",
+        "system_tool_names": SYS,
+        "max_duration_s": None,
+    }
+    base.update(kw)
+    return ConversationMachine(ConversationSettings(**base))
+
+
+def of(effects: list[cv.Effect], kind: type) -> list[Any]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def emitted(effects: list[cv.Effect]) -> list[str]:
+    return [e.type for e in effects if isinstance(e, cv.Emit)]
+
+
+def ask(m: ConversationMachine, now: float, text: str = "What is the capital of France?") -> int:
+    """User speaks and is transcribed; returns the turn id. The machine then asks for a reply."""
+    m.handle(cv.UserSpeechStarted(), now - 1.5)
+    effects = m.handle(cv.UserUtterance(b"\0\0", 1.5), now)
+    turn = of(effects, cv.Transcribe)[0].turn
+    effects = m.handle(cv.Transcribed(turn, text, "en"), now + 0.3)
+    assert emitted(effects) == ["user_transcript"]
+    assert of(effects, cv.GenerateReply)
+    return turn
+
+
+def reply(m: ConversationMachine, turn: int, now: float, text: str = "Paris.") -> list[cv.Effect]:
+    effects = m.handle(cv.ReplyTextStarted(turn), now)
+    effects += m.handle(cv.ReplyGenerated(turn, text), now + 0.2)
+    effects += m.handle(cv.OutputStarted(turn), now + 0.3)
+    return effects
+
+
+def test_first_message_is_spoken_then_turn_timeout_armed() -> None:
+    m = machine(first_message="Hi, how can I help?", turn_timeout_s=7.0)
+    effects = m.handle(cv.Started(), 0.0)
+    says = of(effects, cv.Say)
+    assert [(s.text, s.kind) for s in says] == [("Hi, how can I help?", OutputKind.FIRST_MESSAGE)]
+    assert of(effects, cv.SealOutput)
+    effects = m.handle(cv.OutputStarted(says[0].turn), 0.2)
+    assert effects == [
+        cv.Emit("agent_response", {"agent_response": "Hi, how can I help?", "kind": "first_message"})
+    ]
+    effects = m.handle(cv.OutputFinished(says[0].turn, "Hi, how can I help?"), 2.0)
+    assert cv.ArmTimer(cv.TURN_TIMEOUT, 9.0) in effects
+    assert m.phase is cv.Phase.LISTENING
+
+
+def test_no_first_message_waits_for_the_user() -> None:
+    m = machine()
+    effects = m.handle(cv.Started(), 0.0)
+    assert not of(effects, cv.Say) and m.phase is cv.Phase.LISTENING
+
+
+def test_a_full_turn() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 5.0)
+    gen = m.history.messages()
+    assert [x["role"] for x in gen] == ["system", "user"]
+    effects = reply(m, turn, 6.0, "The capital of France is Paris.")
+    assert emitted(effects) == ["agent_response"]
+    assert of(effects, cv.SealOutput) == [cv.SealOutput(turn)]
+    effects = m.handle(cv.OutputFinished(turn, "The capital of France is Paris."), 8.0)
+    assert of(effects, cv.ArmTimer) == [cv.ArmTimer(cv.TURN_TIMEOUT, 15.0)]
+    assert [x["role"] for x in m.history.messages()] == ["system", "user", "assistant"]
+
+
+def test_empty_transcript_listens_again_without_answering() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = of(m.handle(cv.UserUtterance(b"", 0.3), 1.0), cv.Transcribe)[0].turn
+    effects = m.handle(cv.Transcribed(turn, "  ", "en"), 1.2)
+    assert not of(effects, cv.GenerateReply) and m.phase is cv.Phase.LISTENING
+
+
+# ------------------------------------------------------------------ soft timeout
+def test_soft_timeout_speaks_the_filler_once_when_the_llm_is_slow() -> None:
+    m = machine(soft_timeout_s=3.0, soft_timeout_message="Hhmmmm...yeah.")
+    m.handle(cv.Started(), 0.0)
+    effects = m.handle(cv.UserUtterance(b"", 1.0), 10.0)
+    assert cv.ArmTimer(cv.SOFT_TIMEOUT, 13.0) in effects
+    turn = of(effects, cv.Transcribe)[0].turn
+    m.handle(cv.Transcribed(turn, "Tell me a long story", "en"), 10.4)
+    effects = m.handle(cv.TimerFired(cv.SOFT_TIMEOUT), 13.0)
+    assert effects == [cv.SayFiller(turn, "Hhmmmm...yeah.", None)]
+    assert m.handle(cv.TimerFired(cv.SOFT_TIMEOUT), 16.0) == []  # once per turn
+    # the reply follows; agent_response carries the reply text
+    effects = m.handle(cv.OutputStarted(turn), 13.1)  # the filler's audio
+    assert emitted(effects) == []
+    effects = m.handle(cv.ReplyGenerated(turn, "Once upon a time."), 15.0)
+    assert emitted(effects) == ["agent_response"]
+
+
+def test_soft_timeout_not_spoken_when_the_reply_is_faster() -> None:
+    m = machine(soft_timeout_s=3.0)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 10.0)
+    effects = m.handle(cv.ReplyTextStarted(turn), 11.0)
+    assert effects == [cv.CancelTimer(cv.SOFT_TIMEOUT)]
+    assert m.handle(cv.TimerFired(cv.SOFT_TIMEOUT), 13.0) == []  # stale timer: no filler
+
+
+def test_soft_timeout_llm_generated_filler_gets_recent_context() -> None:
+    m = machine(soft_timeout_s=0.5, soft_timeout_use_llm=True)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 10.0, "Explain quantum physics")
+    (filler,) = m.handle(cv.TimerFired(cv.SOFT_TIMEOUT), 10.5)
+    assert isinstance(filler, cv.SayFiller) and filler.turn == turn
+    assert filler.context is not None and filler.context[-1]["content"] == "Explain quantum physics"
+
+
+def test_soft_timeout_disabled_arms_nothing() -> None:
+    m = machine(soft_timeout_s=None)
+    m.handle(cv.Started(), 0.0)
+    effects = m.handle(cv.UserUtterance(b"", 1.0), 10.0)
+    assert not [e for e in of(effects, cv.ArmTimer) if e.name == cv.SOFT_TIMEOUT]
+
+
+# ------------------------------------------------------------------ interruptions
+def test_barge_in_stops_output_and_truncates_history() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 5.0)
+    reply(m, turn, 6.0, "The capital of France is Paris, a city of light and art.")
+    effects = m.handle(cv.UserSpeechStarted(), 7.0)
+    assert cv.CancelOutput(turn) in effects
+    effects = m.handle(cv.OutputFinished(turn, "The capital of France", interrupted=True), 7.05)
+    assert emitted(effects) == ["interruption", "agent_response_correction"]
+    correction = of(effects, cv.Emit)[1].fields
+    assert correction == {
+        "original_agent_response": "The capital of France is Paris, a city of light and art.",
+        "corrected_agent_response": "The capital of France",
+    }
+    assert m.history.messages()[-1] == {"role": "assistant", "content": "The capital of France"}
+    assert m.phase is cv.Phase.LISTENING
+    assert not of(effects, cv.ArmTimer)  # the user is talking: no turn timeout
+
+
+def test_interruptions_disabled_ignores_user_speech_until_done() -> None:
+    m = machine(interruptions_enabled=False)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 5.0)
+    reply(m, turn, 6.0)
+    assert of(m.handle(cv.UserSpeechStarted(), 7.0), cv.CancelOutput) == []
+    assert m.handle(cv.UserUtterance(b"", 1.0), 8.0) == []
+    effects = m.handle(cv.OutputFinished(turn, "Paris."), 9.0)
+    assert m.phase is cv.Phase.LISTENING and emitted(effects) == []
+
+
+def test_first_message_not_interruptible_when_disabled_but_replies_are() -> None:
+    m = machine(first_message="Welcome to the museum.", disable_first_message_interruptions=True)
+    first = of(m.handle(cv.Started(), 0.0), cv.Say)[0].turn
+    m.handle(cv.OutputStarted(first), 0.1)
+    assert of(m.handle(cv.UserSpeechStarted(), 0.5), cv.CancelOutput) == []
+    m.handle(cv.OutputFinished(first, "Welcome to the museum."), 2.0)
+    turn = ask(m, 5.0)
+    reply(m, turn, 6.0)
+    assert cv.CancelOutput(turn) in m.handle(cv.UserSpeechStarted(), 6.5)
+
+
+def test_user_speech_before_any_reply_audio_cancels_silently() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 5.0)
+    effects = m.handle(cv.UserSpeechStarted(), 5.5)
+    assert cv.CancelOutput(turn) in effects
+    effects = m.handle(cv.OutputFinished(turn, "", interrupted=True), 5.6)
+    assert emitted(effects) == []  # nothing was heard: no interruption, no correction
+
+
+# ------------------------------------------------------------------ timeouts
+def test_turn_timeout_reprompts_then_ends_after_max_reprompts() -> None:
+    m = machine(turn_timeout_s=5.0, max_reprompts=2)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0)
+    reply(m, turn, 3.0)
+    m.handle(cv.OutputFinished(turn, "Paris."), 4.0)
+    for n in (1, 2):
+        effects = m.handle(cv.TimerFired(cv.TURN_TIMEOUT), 9.0 * n)
+        assert emitted(effects) == ["turn_timeout"]
+        gen = of(effects, cv.GenerateReply)[0]
+        assert gen.kind is OutputKind.REPROMPT
+        assert gen.messages[-1]["role"] == "system" and "5 seconds" in gen.messages[-1]["content"]
+        effects = m.handle(cv.ReplyGenerated(gen.turn, "Are you still there?"), 9.0 * n + 0.5)
+        m.handle(cv.OutputStarted(gen.turn), 9.0 * n + 0.6)
+        effects = m.handle(cv.OutputFinished(gen.turn, "Are you still there?"), 9.0 * n + 1.0)
+        assert of(effects, cv.ArmTimer)[0].name == cv.TURN_TIMEOUT
+    effects = m.handle(cv.TimerFired(cv.TURN_TIMEOUT), 30.0)
+    assert of(effects, cv.Close) == [cv.Close("silence")]
+
+
+def test_user_speech_resets_turn_timeout_and_reprompt_count() -> None:
+    m = machine(turn_timeout_s=5.0, max_reprompts=1)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0)
+    reply(m, turn, 3.0)
+    m.handle(cv.OutputFinished(turn, "Paris."), 4.0)
+    assert cv.CancelTimer(cv.TURN_TIMEOUT) in m.handle(cv.UserSpeechStarted(), 6.0)
+
+
+def test_silence_end_call_timeout_ends_the_session() -> None:
+    m = machine(silence_end_call_timeout_s=15.0)
+    effects = m.handle(cv.Started(), 0.0)
+    assert cv.ArmTimer(cv.SILENCE_END_CALL, 15.0) in effects
+    assert cv.ArmTimer(cv.SILENCE_END_CALL, 20.0) in m.handle(cv.UserSpeechStarted(), 5.0)
+    effects = m.handle(cv.TimerFired(cv.SILENCE_END_CALL), 20.0)
+    assert cv.Close("silence_end_call_timeout") in effects
+
+
+def test_max_duration_cuts_the_agent_off() -> None:
+    m = machine(max_duration_s=60.0)
+    assert cv.ArmTimer(cv.MAX_DURATION, 60.0) in m.handle(cv.Started(), 0.0)
+    turn = ask(m, 55.0)
+    reply(m, turn, 56.0)
+    effects = m.handle(cv.TimerFired(cv.MAX_DURATION), 60.0)
+    assert effects[0] == cv.CancelOutput(turn)
+    assert cv.Close("max_duration") in effects
+    assert m.handle(cv.UserSpeechStarted(), 61.0) == []  # ended: nothing more happens
+
+
+def test_end_requested_finishes_speaking_first() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0)
+    reply(m, turn, 3.0)
+    assert m.handle(cv.EndRequested("input_ended"), 3.5) == []
+    effects = m.handle(cv.OutputFinished(turn, "Paris."), 4.0)
+    assert cv.Close("input_ended") in effects
+
+
+# ------------------------------------------------------------------ tools
+def call(name: str, **args: Any) -> cv.ToolCall:
+    return cv.ToolCall(f"call_{name}", name, args)
+
+
+def test_end_call_says_goodbye_then_ends() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Thanks, bye!")
+    effects = m.handle(
+        cv.ReplyGenerated(turn, "", (call("end_call", reason="user said bye", message="Goodbye!"),)), 3.0
+    )
+    assert emitted(effects)[0] == "agent_tool_response"
+    assert of(effects, cv.Emit)[0].fields == {
+        "tool_name": "end_call",
+        "tool_call_id": "call_end_call",
+        "tool_type": "system",
+        "is_error": False,
+    }
+    assert of(effects, cv.Say) == [cv.Say(turn, "Goodbye!", OutputKind.FAREWELL)]
+    assert of(effects, cv.SealOutput) and m.phase is cv.Phase.ENDING
+    m.handle(cv.OutputStarted(turn), 3.2)
+    effects = m.handle(cv.OutputFinished(turn, "Goodbye!"), 4.0)
+    assert of(effects, cv.Close) == [cv.Close("end_call")]
+
+
+def test_end_call_not_offered_is_an_unknown_tool() -> None:
+    m = machine(system_tool_names=frozenset())
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0)
+    effects = m.handle(cv.ReplyGenerated(turn, "", (call("end_call", reason="x"),)), 3.0)
+    assert of(effects, cv.Emit)[0].fields["is_error"] is True
+    assert of(effects, cv.GenerateReply)  # the error goes back to the LLM
+
+
+def test_skip_turn_stays_silent_without_turn_timeout() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Give me a second to think.")
+    effects = m.handle(cv.ReplyGenerated(turn, "", (call("skip_turn", reason="user needs time"),)), 3.0)
+    assert not of(effects, cv.Say) and of(effects, cv.SealOutput)
+    effects = m.handle(cv.OutputFinished(turn, ""), 3.1)
+    assert m.phase is cv.Phase.LISTENING and not of(effects, cv.ArmTimer)
+
+
+def test_language_detection_switches_and_continues() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Can we speak Spanish?")
+    effects = m.handle(
+        cv.ReplyGenerated(turn, "", (call("language_detection", reason="asked", language="es"),)), 3.0
+    )
+    assert cv.SwitchLanguage("es") in effects
+    assert of(effects, cv.GenerateReply)  # the reply continues in the new language
+    assert m.language == "es"
+    reply(m, turn, 3.5, "¡Claro!")
+    m.handle(cv.OutputFinished(turn, "¡Claro!"), 4.0)
+    effects = m.handle(cv.UserUtterance(b"", 1.0), 6.0)
+    assert of(effects, cv.Transcribe)[0].language == "es"
+
+
+def test_device_tool_round_trip() -> None:
+    m = machine(device_tool_names=frozenset({"get_weather"}))
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Weather in Paris?")
+    c = call("get_weather", city="Paris")
+    effects = m.handle(cv.ReplyGenerated(turn, "", (c,)), 3.0)
+    assert of(effects, cv.RunTool) == [cv.RunTool(turn, c)]
+    effects = m.handle(cv.ToolFinished(turn, c, '{"temp": 21}'), 3.5)
+    assert of(effects, cv.Emit)[0].fields["tool_type"] == "client"
+    gen = of(effects, cv.GenerateReply)[0]
+    assert gen.messages[-1] == {"role": "tool", "tool_call_id": "call_get_weather", "content": '{"temp": 21}'}
+
+
+def test_failure_ends_with_error() -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    effects = m.handle(cv.WorkFailed("llm", "llm_unreachable", "connection refused"), 1.0)
+    assert emitted(effects) == ["error"] and cv.Close("error") in effects

@@ -1,0 +1,294 @@
+"""The offline agent end to end: real wake word, VAD, whisper, piper; an LLM that is either the
+real SmolLM2 or a scripted OpenAI-compatible server (to make timing and tool calls exact)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from appliance.config import load_config, load_config_text
+from appliance.runtime.app import Preloaded, RunOptions, preload, run_async
+from appliance.testing.openai_server import Reply, ScriptedOpenAiServer, text_reply, tool_call_reply
+from appliance.testing.speech import concat, read_wav, silence, write_wav
+
+RATE = 16000
+Events = list[dict[str, Any]]
+
+
+def words(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", " ", text.lower())
+
+
+@pytest.fixture(scope="module")
+def whisper(models_dir: Path) -> Any:
+    from appliance.adapters.whisper_stt import FasterWhisperStt
+
+    return FasterWhisperStt(models_dir / "whisper-tiny.en")
+
+
+def hear(whisper: Any, path: Path) -> str:
+    from appliance.adapters.resample import resample
+
+    audio, rate = read_wav(path)
+    text, _ = whisper.transcribe(resample(audio, rate, RATE), "en")
+    return str(text)
+
+
+@pytest.fixture(scope="module")
+def preloaded(models_dir: Path) -> Preloaded:
+    """Wake word, VAD, whisper, piper and SmolLM2 loaded once for the module."""
+    os.environ["APPLIANCE_MODELS_DIR"] = str(models_dir)
+    return preload(load_config(None))
+
+
+def scripted_config(url: str, **turn: Any) -> dict[str, Any]:
+    return {
+        "conversation_config": {
+            "agent": {
+                "first_message": "",
+                "prompt": {
+                    "prompt": "You are a test agent.",
+                    "llm": "custom-llm",
+                    "custom_llm": {"url": url, "model_id": "scripted-model"},
+                    "temperature": 0.3,
+                    "max_tokens": 120,
+                    "built_in_tools": {"end_call": {}, "skip_turn": {}},
+                },
+            },
+            "turn": {"turn_timeout": 7, **turn},
+        },
+        "appliance": {"local": {"llm": {"backend": "openai"}}},
+    }
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedOpenAiServer]:
+    with ScriptedOpenAiServer() as server:
+        yield server
+
+
+def run_inprocess(
+    preloaded: Preloaded,
+    tmp_path: Path,
+    config: dict[str, Any],
+    audio: np.ndarray,
+    *,
+    realtime: bool,
+) -> tuple[Events, Path]:
+    """The real appliance loop in this process, with the shared models (LLM per config)."""
+    from appliance.adapters.openai_llm import OpenAiCompatibleLlm
+
+    cfg = load_config_text(yaml.safe_dump(config, allow_unicode=True), "test.yaml")
+    models = preloaded
+    custom = cfg.conversation_config.agent.prompt.custom_llm
+    if cfg.appliance.local.llm.backend == "openai" and custom is not None:
+        llm = OpenAiCompatibleLlm(custom.url, custom.model_id, None)
+        models = dataclasses.replace(
+            preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
+        )
+    wav = write_wav(tmp_path / "in.wav", audio)
+    out, events_path = tmp_path / "out.wav", tmp_path / "events.jsonl"
+    options = RunOptions(input=str(wav), output=str(out), events=str(events_path), realtime=realtime)
+    asyncio.run(run_async(cfg, options, models))
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    return events, out
+
+
+def types(events: Events) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def audio_texts(events: Events) -> list[str]:
+    return [e["text"] for e in events if e["type"] == "audio"]
+
+
+# ---------------------------------------------------------------------- the real conversation
+def test_cli_realtime_conversation_with_smollm2_is_heard_back(
+    tmp_path: Path, models_dir: Path, whisper: Any, say: Callable[[str], np.ndarray]
+) -> None:
+    """README's promise: wake word + question in, a spoken answer out (real SmolLM2)."""
+    config = yaml.safe_load(Path("appliance/assets/default-config.yaml").read_text())
+    config["conversation_config"]["agent"]["prompt"]["temperature"] = 0.0
+    config["conversation_config"]["turn"]["soft_timeout_config"]["timeout_seconds"] = -1
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    wav = write_wav(
+        tmp_path / "in.wav",
+        concat(
+            silence(1.0),
+            say("Hey Jarvis!"),
+            silence(0.5),
+            say("What is the capital of France?"),
+            silence(9.0),
+        ),
+    )
+    out, events_path = tmp_path / "out.wav", tmp_path / "events.jsonl"
+    env = {**os.environ, "APPLIANCE_MODELS_DIR": str(models_dir)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path), "--input", str(wav),
+         "--output", str(out), "--events", str(events_path), "--realtime"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    t = types(events)
+    for name in ("user_transcript", "agent_response", "audio", "turn_metrics"):
+        assert name in t, t
+    transcript = next(e for e in events if e["type"] == "user_transcript")["user_transcript"]
+    assert "capital" in words(transcript)
+    response = next(e for e in events if e["type"] == "agent_response")["agent_response"]
+    assert "paris" in words(response), response
+    metrics = next(e for e in events if e["type"] == "turn_metrics")
+    for key in ("stt_s", "llm_first_token_s", "tts_first_audio_s", "end_of_speech_to_first_audio_s"):
+        assert metrics[key] is not None and metrics[key] >= 0
+    # out.wav is on the input's timeline (at least as long; longer if the answer ran past the
+    # end of the input: the appliance finishes what it is saying) and the answer is heard in it
+    played, rate = read_wav(out)
+    assert played.size / rate >= (wav.stat().st_size - 44) / 2 / RATE - 0.1
+    assert "paris" in words(hear(whisper, out))
+
+
+# ---------------------------------------------------------------------- soft timeout
+def soft_timeout_run(
+    preloaded: Preloaded,
+    tmp_path: Path,
+    scripted: ScriptedOpenAiServer,
+    say: Callable[[str], np.ndarray],
+    reply: Reply,
+) -> Events:
+    scripted.add(reply)
+    config = scripted_config(
+        scripted.url, soft_timeout_config={"timeout_seconds": 2.5, "message": "Hmm, let me see."}
+    )
+    audio = concat(
+        silence(1.0), say("Hey Jarvis!"), silence(0.5), say("What is the meaning of life?"), silence(7.0)
+    )
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True)
+    return events
+
+
+def test_soft_timeout_filler_when_the_llm_is_slow(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    events = soft_timeout_run(
+        preloaded, tmp_path, scripted, say, text_reply("The answer is forty two.", first_byte_delay_s=5.0)
+    )
+    assert audio_texts(events) == ["Hmm, let me see.", "The answer is forty two."]
+    filler, answer = [e for e in events if e["type"] == "audio"]
+    # the filler comes 2.5 s after the end of the turn, the reply never overlaps it
+    turn_end = next(e for e in events if e["type"] == "utterance_ended")["t"]
+    assert 2.4 <= filler["t"] - turn_end <= 3.5
+    assert answer["t"] >= filler["t"] + filler["duration_s"] - 0.05
+    responses = [e["agent_response"] for e in events if e["type"] == "agent_response"]
+    assert responses == ["The answer is forty two."]
+
+
+def test_no_filler_when_the_llm_is_fast(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    events = soft_timeout_run(preloaded, tmp_path, scripted, say, text_reply("The answer is forty two."))
+    assert audio_texts(events) == ["The answer is forty two."]
+
+
+# ---------------------------------------------------------------------- barge-in
+LONG = (
+    "Once upon a time, in a quiet village by the sea, there lived an old fisherman. "
+    "Every morning he rowed his small boat past the lighthouse and cast his nets. "
+    "One day he caught a golden fish that could speak. "
+    "The fish promised him three wishes if he would let it go. "
+    "The fisherman thought for a long time about what to wish for."
+)
+
+
+def test_barge_in_interrupts_and_truncates_history(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    scripted.add(text_reply(*[w + " " for w in LONG.split()]), text_reply("Okay, I stopped."))
+    config = scripted_config(scripted.url)
+    question = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."))
+    # the user talks over the agent about 4 s after the question ends
+    audio = concat(question, silence(4.0), say("Stop, stop please."), silence(8.0))
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True)
+    t = types(events)
+    assert "interruption" in t and "agent_response_correction" in t, t
+    correction = next(e for e in events if e["type"] == "agent_response_correction")
+    assert correction["original_agent_response"] == LONG
+    spoken = correction["corrected_agent_response"]
+    assert spoken and LONG.startswith(spoken) and len(spoken) < len(LONG)
+    # playback stopped: no audio segment of the story started after the interruption
+    t_int = next(e for e in events if e["type"] == "interruption")["t"]
+    story = [e for e in events if e["type"] == "audio" and e["text"] in LONG]
+    assert all(e["t"] <= t_int for e in story)
+    # the next LLM request holds only what was spoken
+    second = scripted.chat_requests[1].body["messages"]
+    assistant = [m["content"] for m in second if m["role"] == "assistant"]
+    assert assistant == [spoken]
+    assert "stop" in words(second[-1]["content"])
+
+
+# ---------------------------------------------------------------------- turn timeout, tools
+def test_turn_timeout_reprompts_then_ends(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    scripted.add(text_reply("Paris."), text_reply("Are you still there?"), text_reply("I will be here."))
+    config = scripted_config(scripted.url, turn_timeout=2)
+    audio = concat(
+        silence(1.0), say("Hey Jarvis!"), silence(0.5), say("What is the capital of France?"), silence(12.0)
+    )
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=False)
+    assert types(events).count("turn_timeout") == 2
+    assert audio_texts(events) == ["Paris.", "Are you still there?", "I will be here."]
+    assert next(e for e in events if e["type"] == "session_ended")["reason"] == "silence"
+    # the re-prompt request carries the platform-style note about the silence
+    note = scripted.chat_requests[1].body["messages"][-1]
+    assert note["role"] == "system" and "2 seconds" in note["content"]
+
+
+def test_end_call_says_goodbye_and_ends(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    scripted.add(tool_call_reply("end_call", {"reason": "the user said goodbye", "message": "Goodbye!"}))
+    config = scripted_config(scripted.url)
+    audio = concat(
+        silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Thanks, that is all. Goodbye."), silence(4.0)
+    )
+    events, _out = run_inprocess(preloaded, tmp_path, config, audio, realtime=False)
+    tool = next(e for e in events if e["type"] == "agent_tool_response")
+    assert tool["tool_name"] == "end_call" and tool["tool_type"] == "system" and tool["is_error"] is False
+    assert audio_texts(events) == ["Goodbye!"]
+    assert next(e for e in events if e["type"] == "session_ended")["reason"] == "end_call"
+    offered = {t["function"]["name"] for t in scripted.chat_requests[0].body["tools"]}
+    assert offered == {"end_call", "skip_turn"}
+    assert scripted.chat_requests[0].body["temperature"] == 0.3
+    assert scripted.chat_requests[0].body["max_tokens"] == 120
+
+
+def test_skip_turn_stays_silent_until_the_user_speaks(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    scripted.add(
+        tool_call_reply("skip_turn", {"reason": "the user needs a moment"}), text_reply("It is four.")
+    )
+    config = scripted_config(scripted.url, turn_timeout=2)
+    audio = concat(
+        silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Give me a second to think."), silence(4.0),
+        say("Okay, what is two plus two?"), silence(1.5),
+    )  # fmt: skip
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=False)
+    t = types(events)
+    assert next(e for e in events if e["type"] == "agent_tool_response")["tool_name"] == "skip_turn"
+    assert "turn_timeout" not in t  # 4 s of silence > 2 s turn timeout, but the agent skipped its turn
+    assert audio_texts(events) == ["It is four."]
+    assert t.count("user_transcript") == 2
