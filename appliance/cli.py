@@ -142,7 +142,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.config is None:
         print("using the embedded default configuration", file=sys.stderr)
     result = run_appliance(
-        config, RunOptions(input=args.input, output=args.output, events=args.events, realtime=args.realtime)
+        config,
+        RunOptions(
+            input=args.input,
+            output=args.output,
+            events=args.events,
+            realtime=args.realtime,
+            simulate_echo=args.simulate_echo,
+        ),
     )
     _LOGGER.info(
         "stopped: %s (%d session(s), %d microphone block(s) dropped)",

@@ -8,6 +8,7 @@ its per-model classifiers; decisions (threshold, patience, refractory) are made 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from appliance.ports import Pcm16
 _LOGGER = logging.getLogger(__name__)
 
 FRAME_SAMPLES = 1280  # 80 ms at 16 kHz: openWakeWord's native step
+RAW_BUFFER_SAMPLES = 4000  # ≥ 1280 + 480 samples that the streaming melspectrogram reads
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,20 @@ class OpenWakeWordDetector:
             )
         except Exception as err:
             raise ModelError(f"cannot load wake-word models: {err}", code="wakeword_load") from err
+        self._trim_audio_buffer()
         # openWakeWord names models by file stem (hey_jarvis_v0.1); we use our names.
         self._names_by_key = {Path(m.path).stem: m.name for m in models}
         self.names = [m.name for m in models]
         _LOGGER.info("wake words loaded: %s", ", ".join(self.names))
+
+    def _trim_audio_buffer(self) -> None:
+        """openWakeWord keeps 10 s of raw audio in a deque and copies it to a list on every
+        80 ms frame, while its melspectrogram only reads the newest 1,760 samples. Keeping
+        0.25 s is enough and removes a large share of the idle-loop cost."""
+        pre = getattr(self._model, "preprocessor", None)
+        buffer = getattr(pre, "raw_data_buffer", None)
+        if pre is not None and isinstance(buffer, deque):
+            pre.raw_data_buffer = deque(buffer, maxlen=RAW_BUFFER_SAMPLES)
 
     def scores(self, frame: Pcm16) -> dict[str, float]:
         raw = self._model.predict(np.asarray(frame, dtype=np.int16))

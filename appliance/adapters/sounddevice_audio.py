@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import sounddevice as sd
 
-from appliance.adapters.resample import BlockAssembler, Resampler, resample
+from appliance.adapters.resample import BlockAssembler, Resampler
 from appliance.errors import AudioDeviceError
 from appliance.ports import MIC_RATE_HZ, Pcm16
 
@@ -211,11 +211,21 @@ class PortAudioBackend:
             return stream
 
     def refresh(self) -> None:
-        """Re-initialise PortAudio so it enumerates devices again (closes speaker streams first)."""
+        """Re-initialise PortAudio so it enumerates devices again.
+
+        Every open stream dies with it, so the live speakers' streams are closed first (they
+        reopen on their next `play()`); while a speaker is playing, the refresh waits for a
+        later retry rather than cut it off.
+        """
         with _PA_LOCK:
-            for speaker in list(_LIVE_SPEAKERS):
+            speakers = list(_LIVE_SPEAKERS)
+            if any(speaker.playing for speaker in speakers):
+                _LOGGER.debug("not re-initialising PortAudio while the speaker is playing")
+                return
+            for speaker in speakers:
                 speaker._release_stream("PortAudio is re-initialised")
-            sd._terminate()
+            if sd._initialized:
+                sd._terminate()
             sd._initialize()
 
 
@@ -439,7 +449,10 @@ class SounddeviceMicrophone:
             reason = await self._watch()
             if self._closed:
                 break
-            await asyncio.to_thread(self._close_current)
+            try:
+                await asyncio.to_thread(self._close_current)
+            except Exception as err:
+                _LOGGER.debug("closing the failed input stream: %s", err)
             outage_started = time.monotonic()
             _LOGGER.warning("microphone lost (%s); reconnecting", reason)
             self._set_state(StreamState.RECONNECTING, reason)
@@ -468,15 +481,21 @@ class SounddeviceMicrophone:
             context.closing = True
             _close_stream(stream)
             raise
-        self.device_info = info
-        self._context = context
+        with _PA_LOCK:
+            if self._closed:  # close() ran while this thread was opening
+                context.closing = True
+                _close_stream(stream)
+                return
+            self.device_info = info
+            self._context = context
         _LOGGER.info("microphone open: %s at %d Hz, %d channel(s)", info.name, rate, channels)
 
     def _close_current(self) -> None:
-        context, self._context = self._context, None
-        if context is not None and context.stream is not None:
-            context.closing = True
-            _close_stream(context.stream)
+        with _PA_LOCK:
+            context, self._context = self._context, None
+            if context is not None and context.stream is not None:
+                context.closing = True
+                _close_stream(context.stream)
 
     async def _watch(self) -> str:
         """Until the stream fails, ends or stalls; returns why."""
@@ -513,23 +532,41 @@ class SounddeviceMicrophone:
 
 
 class _Playback:
-    """One `play()` call's samples at the device rate, consumed by the callback."""
+    """One `play()` call's samples at the device rate, consumed by the callback.
 
-    __slots__ = ("cancelled", "data", "future", "generation", "loop", "position")
+    `sealed` is False while the resampler may still owe this playback its filter tail: the
+    callback then waits at the end of `data` (playing silence) instead of finishing it. The loop
+    seals it either by appending the flushed tail (no successor came) or because the next
+    `play()` continues the same resampler stream (its output starts with this tail).
+    """
+
+    __slots__ = (
+        "cancelled",
+        "data",
+        "future",
+        "generation",
+        "loop",
+        "low_water",
+        "low_water_sent",
+        "position",
+        "sealed",
+    )
 
     def __init__(
         self,
         data: npt.NDArray[np.int16],
         generation: int,
-        future: asyncio.Future[bool],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.data = data
         self.generation = generation
-        self.future = future
         self.loop = loop
+        self.future: asyncio.Future[bool] = loop.create_future()
+        self.low_water: asyncio.Future[bool] = loop.create_future()
+        self.low_water_sent = False
         self.position = 0
         self.cancelled = False
+        self.sealed = False
 
 
 def _settle(future: asyncio.Future[bool], value: bool) -> None:
@@ -543,10 +580,12 @@ class SounddeviceSpeaker:
     The output stream runs continuously (silence when idle: no start-up delay or click per
     utterance) at the device's native rate (or `device_rate_hz`). `play()` resamples to that
     rate and queues the samples; the callback copies them out block by block and resolves the
-    `play()` once its last sample is handed to the device. `stop()` empties the queue and
-    bumps a generation number that the callback checks at every block, so output is silent from
-    the next block on. If the stream dies, pending `play()`s return False and the next `play()`
-    reopens the device (raising `AudioDeviceError` if it is still gone).
+    `play()` once its last sample is handed to the device. Back-to-back `play()` calls at the
+    same rate (streamed TTS chunks) share one streaming resampler, so chunk edges do not click;
+    the filter tail is flushed when the queue is about to run dry. `stop()` empties the queue
+    and bumps a generation number that the callback checks at every block, so output is silent
+    from the next block on. If the stream dies, pending `play()`s return False and the next
+    `play()` reopens the device (raising `AudioDeviceError` if it is still gone).
     """
 
     def __init__(
@@ -573,6 +612,9 @@ class SounddeviceSpeaker:
         self._current: _Playback | None = None  # owned by the callback thread
         self._pending: set[_Playback] = set()
         self._generation = 0
+        self._resampler: Resampler | None = None
+        self._tail_owner: _Playback | None = None  # the playback the resampler still owes a tail
+        self._low_water_frames = 0
         self._stream: AudioStream | None = None
         self._stream_alive: list[bool] = [False]  # per opened stream; False once it has ended
         self._last_callback = time.monotonic()
@@ -603,35 +645,47 @@ class SounddeviceSpeaker:
             return True
         if self._stream is None or not self._stream_alive[0]:
             await asyncio.to_thread(self._reopen)
-        loop = asyncio.get_running_loop()
-        data = resample(audio, sample_rate_hz, self.sample_rate_hz)
-        playback = _Playback(data, self._generation, loop.create_future(), loop)
+            if self._closed:
+                return False
+        playback = _Playback(
+            self._resample(audio, sample_rate_hz), self._generation, asyncio.get_running_loop()
+        )
+        self._tail_owner = playback
+        ahead = sum(p.data.size - p.position for p in self._pending)
         self._pending.add(playback)
         self._queue.append(playback)
+        if ahead + playback.data.size <= self._low_water_frames:
+            # The device reaches its end within a few blocks: no time to wait for a successor.
+            self._seal(playback, flush=True)
         interval = max(0.01, min(0.25, self._stall_timeout_s / 4))
         try:
             while True:
-                done, _ = await asyncio.wait({playback.future}, timeout=interval)
-                if done:
+                waiting = {playback.future} if playback.sealed else {playback.future, playback.low_water}
+                done, _ = await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                if playback.future.done():
                     return playback.future.result()
-                if self._stream is None or not self._stream_alive[0]:
-                    _LOGGER.warning("speaker stream ended during playback; reopening on the next play")
-                    return False
-                silent_s = time.monotonic() - self._last_callback
-                if silent_s > self._stall_timeout_s:
-                    _LOGGER.warning("speaker stalled (no callback for %.1f s); reopening", silent_s)
-                    await asyncio.to_thread(self._release_stream, "stalled")
-                    return False
+                if playback.low_water in done and not playback.sealed:
+                    self._seal(playback, flush=True)
+                if not done:
+                    failure = self._stream_failure()
+                    if failure == "stalled":
+                        await asyncio.to_thread(self._release_stream, failure)
+                    if failure:
+                        return False
         except asyncio.CancelledError:
             playback.cancelled = True
             raise
         finally:
             playback.cancelled = playback.cancelled or not playback.future.done()
+            if self._tail_owner is playback:
+                self._tail_owner = None
             self._pending.discard(playback)
 
     def stop(self) -> None:
         self._generation += 1
         self._queue.clear()
+        self._tail_owner = None
+        self._resampler = None
         for playback in list(self._pending):
             _settle(playback.future, False)
 
@@ -643,6 +697,47 @@ class SounddeviceSpeaker:
         _LIVE_SPEAKERS.discard(self)
         await asyncio.to_thread(self._release_stream, None)
 
+    # ----- resampling (event loop)
+
+    def _resample(self, audio: Pcm16, rate_hz: int) -> npt.NDArray[np.int16]:
+        previous = self._tail_owner
+        resampler = self._resampler
+        continues = (
+            previous is not None
+            and not previous.sealed
+            and previous.generation == self._generation
+            and resampler is not None
+            and resampler.in_rate_hz == rate_hz
+            and resampler.out_rate_hz == self.sample_rate_hz
+        )
+        if continues and previous is not None and resampler is not None:
+            previous.sealed = True  # its filter tail starts this playback's samples
+        else:
+            if previous is not None and not previous.sealed:
+                self._seal(previous, flush=True)
+            resampler = self._resampler = Resampler(rate_hz, self.sample_rate_hz)
+        return resampler.process(audio)
+
+    def _seal(self, playback: _Playback, *, flush: bool) -> None:
+        """Give `playback` the resampler's remaining tail and let the callback finish it."""
+        if flush and self._resampler is not None and self._tail_owner is playback:
+            tail = self._resampler.flush()
+            if tail.size:
+                playback.data = np.concatenate([playback.data, tail])
+        if self._tail_owner is playback:
+            self._tail_owner = None
+        playback.sealed = True  # after `data`: the callback reads `sealed` first
+
+    def _stream_failure(self) -> str | None:
+        if self._stream is None or not self._stream_alive[0]:
+            _LOGGER.warning("speaker stream ended during playback; reopening on the next play")
+            return "ended"
+        silent_s = time.monotonic() - self._last_callback
+        if silent_s > self._stall_timeout_s:
+            _LOGGER.warning("speaker stalled (no callback for %.1f s); reopening", silent_s)
+            return "stalled"
+        return None
+
     # ----- streams
 
     def _reopen(self) -> None:
@@ -653,17 +748,18 @@ class SounddeviceSpeaker:
 
     def _open(self) -> None:
         with _PA_LOCK:
-            if self._stream is not None:
+            if self._stream is not None or self._closed:
                 return
             alive = [True]
             info = self._backend.lookup(self.device, "output")
             rate = self._device_rate_hz or round(info.default_sample_rate_hz)
             channels = self._device_channels or max(1, min(2, info.max_output_channels))
+            block_frames = max(1, round(rate * self.output_block_ms / 1000))
             request = StreamRequest(
                 device=info.index if self.device is not None else None,
                 sample_rate_hz=rate,
                 channels=channels,
-                block_frames=max(1, round(rate * self.output_block_ms / 1000)),
+                block_frames=block_frames,
                 callback=self._callback,
                 finished_callback=lambda: alive.__setitem__(0, False),
             )
@@ -679,6 +775,7 @@ class SounddeviceSpeaker:
                     raise AudioDeviceError(f"cannot start audio output {info.describe()}: {err}") from err
                 raise
             self._last_callback = time.monotonic()
+            self._low_water_frames = 3 * block_frames
             self._stream = stream
             self._stream_alive = alive
             self.sample_rate_hz = rate
@@ -699,7 +796,7 @@ class SounddeviceSpeaker:
 
     # ----- PortAudio thread
 
-    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+    def _callback(self, outdata: Any, frames: int, _time_info: Any, status: Any) -> None:
         try:
             self._last_callback = time.monotonic()
             if status and getattr(status, "output_underflow", False):
@@ -718,19 +815,33 @@ class SounddeviceSpeaker:
                 if playback.generation != generation or playback.cancelled:
                     self._current = None
                     continue
-                n = min(frames - filled, playback.data.size - playback.position)
-                chunk = playback.data[playback.position : playback.position + n]
-                if volume != 1.0:
-                    chunk = np.clip(np.rint(chunk * volume), -32768, 32767).astype(np.int16)
-                outdata[filled : filled + n] = chunk[:, None]
-                playback.position += n
-                filled += n
-                if playback.position >= playback.data.size:
-                    self._current = None
-                    with contextlib.suppress(RuntimeError):
-                        playback.loop.call_soon_threadsafe(_settle, playback.future, True)
+                sealed = playback.sealed  # read before `data`: see `_seal`
+                data = playback.data
+                n = min(frames - filled, data.size - playback.position)
+                if n > 0:
+                    chunk = data[playback.position : playback.position + n]
+                    if volume != 1.0:
+                        chunk = np.clip(np.rint(chunk * volume), -32768, 32767).astype(np.int16)
+                    outdata[filled : filled + n] = chunk[:, None]
+                    playback.position += n
+                    filled += n
+                remaining = data.size - playback.position
+                if not playback.low_water_sent and remaining <= self._low_water_frames:
+                    playback.low_water_sent = True
+                    self._call_soon(playback, _settle, playback.low_water, True)
+                if remaining > 0:
+                    continue
+                if not sealed:
+                    break  # the tail is on its way: silence until then
+                self._current = None
+                self._call_soon(playback, _settle, playback.future, True)
             if filled < frames:
                 outdata[filled:] = 0
         except Exception:  # never raise into PortAudio; play silence instead
             with contextlib.suppress(Exception):
                 outdata.fill(0)
+
+    @staticmethod
+    def _call_soon(playback: _Playback, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            playback.loop.call_soon_threadsafe(fn, *args)

@@ -28,6 +28,7 @@ from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
 from appliance.runtime.loop import ApplianceLoop, LoopResult
+from appliance.runtime.playback_monitor import MonitoredSpeaker
 from appliance.runtime.router import AudioRouter
 from appliance.runtime.timers import Timers
 
@@ -46,6 +47,8 @@ class RunOptions:
     """A WAV path for what the speaker would play, or None for the speaker."""
     events: str | None = None
     realtime: bool = False
+    simulate_echo: float | None = None
+    """Testing aid: mix the speaker's output back into the input at this gain (30 ms late)."""
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
@@ -109,10 +112,18 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         except (AudioDeviceError, OSError) as err:
             notes.append(f"no speaker available ({err}); writing what it would play to {FALLBACK_OUTPUT}")
             speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
+    monitored = MonitoredSpeaker(speaker, clock)
+    if options.simulate_echo:
+        from appliance.testing.echo import EchoMicrophone
+
+        mic = EchoMicrophone(mic, monitored, clock, gain=options.simulate_echo)
+        notes.append(
+            f"simulating a room echo: the speaker comes back into the input at gain {options.simulate_echo}"
+        )
     events = EventLog(clock, options.events)
     return Wiring(
         microphone=mic,
-        speaker=speaker,
+        speaker=monitored,
         clock=clock,
         events=events,
         timers=Timers(clock),
@@ -166,6 +177,8 @@ def build_loop(
     session_factory: Callable[[str], AgentSession],
     executor: ThreadPoolExecutor,
 ) -> ApplianceLoop:
+    from appliance.adapters.echo_suppressor import EchoSuppressor
+
     chime_cfg = config.appliance.chimes
     chimes = ChimePlayer(
         wiring.speaker,
@@ -186,6 +199,9 @@ def build_loop(
         endpointer=Endpointer(config.endpoint_config()),
         executor=executor,
         post=lambda event: loop_ref[0].post(event),
+        playback=wiring.speaker if isinstance(wiring.speaker, MonitoredSpeaker) else None,
+        echo=EchoSuppressor() if config.appliance.vad.playback_gating else None,
+        now=wiring.clock.now,
     )
     loop = ApplianceLoop(
         timers=wiring.timers,
@@ -285,9 +301,10 @@ async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | 
 async def _close_speaker(wiring: Wiring) -> None:
     from appliance.adapters.wav_audio import WavFileSpeaker
 
-    if isinstance(wiring.speaker, WavFileSpeaker):
+    inner = wiring.speaker.inner if isinstance(wiring.speaker, MonitoredSpeaker) else wiring.speaker
+    if isinstance(inner, WavFileSpeaker):
         pad = wiring.input_duration_s if isinstance(wiring.clock, MonotonicClock) else None
-        await wiring.speaker.close(pad_to_s=pad)
+        await inner.close(pad_to_s=pad)
     else:
         await wiring.speaker.close()
 

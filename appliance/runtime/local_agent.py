@@ -20,7 +20,7 @@ from appliance.config import Config, read_secret, resolve_models_dir
 from appliance.core import variables as dv
 from appliance.core.conversation import ConversationSettings
 from appliance.core.system_tools import client_tool_schema, system_tool_schemas, webhook_tool_schema
-from appliance.errors import ModelError
+from appliance.errors import ConfigError, ModelError
 from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
@@ -209,10 +209,21 @@ def local_session_factory(
                 return name
         return None
 
+    from appliance.runtime.tools import DeviceToolRunner, ToolSetupError
+
+    device_tools = list(config.appliance.tools)
+    try:  # resolve client-tool handlers now: a typo fails at start, not mid-conversation
+        DeviceToolRunner(device_tools, {}, events=events, clock=clock)
+    except ToolSetupError as err:
+        raise ConfigError([str(err)], source=config.source) from err
+
     def make(wake_word: str) -> AgentSession:
         session_id = os.urandom(8).hex()
         variables = session_variables(config, wake_word, f"local_{session_id}", now_utc())
         settings = conversation_settings(config, variables)
+        runner = (
+            DeviceToolRunner(device_tools, variables, events=events, clock=clock) if device_tools else None
+        )
         deps = LocalAgentDeps(
             stt=models.stt,
             llm=models.llm,
@@ -228,6 +239,7 @@ def local_session_factory(
             llm_options=options,
             concurrent_llm=models.concurrent_llm,
             voice_for_language=voice_for_language,
+            tools=runner,
         )
         return LocalAgentSession(settings, deps)
 

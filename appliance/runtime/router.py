@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from appliance.core.device import DeviceEvent, WakeWordDetected
 from appliance.core.endpointing import Endpointer
@@ -31,6 +32,19 @@ class RouterStats:
     wake_frames: int = 0
     vad_frames: int = 0
     peak_scores: dict[str, float] = field(default_factory=dict)
+
+
+class PlaybackReference(Protocol):
+    @property
+    def playing(self) -> bool: ...
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]: ...
+
+
+class EchoReducer(Protocol):
+    max_delay_samples: int
+
+    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16: ...
 
 
 class _Chunker:
@@ -71,6 +85,9 @@ class AudioRouter:
         post: Callable[[DeviceEvent], None],
         wake_vad_gate: float | None = 0.5,
         wake_vad_window_s: float = 1.0,
+        playback: PlaybackReference | None = None,
+        echo: EchoReducer | None = None,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -81,12 +98,17 @@ class AudioRouter:
         self._wake_chunks = _Chunker(detector.frame_samples)
         self._vad_chunks = _Chunker(vad.frame_samples)
         self._listening = False
-        # Wake words fire only if the VAD heard speech recently: noise that fools a wake-word
-        # model (it happens with loud broadband noise) is not speech to Silero.
+        self._playback = playback
+        self._echo = echo
+        self._now = now
+        # Wake words fire only if the VAD hears speech in the last second: noise that fools a
+        # wake-word model (loud broadband noise does) is not speech to Silero. The VAD runs only
+        # when a wake-word score crosses its threshold, so the idle loop pays nothing for it.
         self._wake_vad_gate = wake_vad_gate
-        self._vad_history: deque[float] = deque(
-            maxlen=max(1, int(wake_vad_window_s * MIC_RATE_HZ / vad.frame_samples))
-        )
+        self._recent_samples = int(wake_vad_window_s * MIC_RATE_HZ)
+        self._recent = np.zeros(0, dtype=np.int16)
+        self.gate_checks = 0
+        self.gate_rejections = 0
         self._pending_listen: bool | None = None
         self._pending_wake_reset = False
         self.samples_in = 0
@@ -127,7 +149,7 @@ class AudioRouter:
             self._detector.reset()
             self._gate.reset()
             self._wake_chunks.clear()
-            self._vad_history.clear()
+            self._recent = np.zeros(0, dtype=np.int16)
 
     def _process_sync(self, block: Pcm16) -> list[DeviceEvent]:
         """Runs on the model thread."""
@@ -143,6 +165,12 @@ class AudioRouter:
             # The wake word fired: the rest of this block already belongs to the session.
             self._set_listening(True)
             block, start = rest
+        echo, playback = self._echo, self._playback
+        if echo is not None and playback is not None and self._now is not None and playback.playing:
+            # the block just arrived: it ends now on the appliance clock
+            delay = echo.max_delay_samples
+            t0 = self._now() - (block.size + delay) / MIC_RATE_HZ
+            block = echo.process(block, playback.reference(t0, block.size + delay))
         offset = start - self._vad_chunks.pending
         for frame in self._vad_chunks.push(block):
             offset += frame.size
@@ -151,12 +179,28 @@ class AudioRouter:
             events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
         return events
 
+    def _would_fire(self, scores: dict[str, float]) -> bool:
+        rules = self._gate.rules
+        return any(name in rules and score >= rules[name].threshold for name, score in scores.items())
+
+    def _recent_speech(self) -> bool:
+        """Silero over the last second, from a fresh state (runs only on wake candidates)."""
+        self.gate_checks += 1
+        self._vad.reset()
+        n = self._vad.frame_samples
+        gate = self._wake_vad_gate or 0.0
+        starts = range(0, self._recent.size - n + 1, n)
+        speech = any(self._vad.probability(self._recent[i : i + n]) >= gate for i in starts)
+        self._vad.reset()
+        if not speech:
+            self.gate_rejections += 1
+            _LOGGER.info("wake word candidate rejected: no speech in the last second")
+        return speech
+
     def _wake_path(self, block: Pcm16, start: int, events: list[DeviceEvent]) -> tuple[Pcm16, int] | None:
         """Run the wake word; on a detection return the samples after it and their offset."""
         if self._wake_vad_gate is not None:
-            for frame in self._vad_chunks.push(block):
-                self._vad_history.append(self._vad.probability(frame))
-                self.stats.vad_frames += 1
+            self._recent = np.concatenate([self._recent, block])[-self._recent_samples :]
         offset = start - self._wake_chunks.pending
         frames = self._wake_chunks.push(block)
         for i, frame in enumerate(frames):
@@ -166,9 +210,7 @@ class AudioRouter:
             peaks = self.stats.peak_scores
             for name, score in scores.items():
                 peaks[name] = max(peaks.get(name, 0.0), score)
-            if self._wake_vad_gate is not None and (
-                not self._vad_history or max(self._vad_history) < self._wake_vad_gate
-            ):
+            if self._wake_vad_gate is not None and self._would_fire(scores) and not self._recent_speech():
                 scores = {name: 0.0 for name in scores}
             detection = self._gate.process(scores, offset / MIC_RATE_HZ)
             if detection is not None:

@@ -64,7 +64,9 @@ def test_same_rate_mono_is_bit_exact_passthrough() -> None:
 def test_downmix_of_equal_channels_is_exact_and_float_is_converted() -> None:
     mono = np.array([1, -2, 32767, -32768], dtype=np.int16)
     assert np.array_equal(downmix(np.stack([mono, mono], axis=1)), mono)
-    assert np.array_equal(resample(np.array([0.5, -1.0, 1.5], dtype=np.float32), 8000, 8000), [16384, -32768, 32767])
+    assert np.array_equal(
+        resample(np.array([0.5, -1.0, 1.5], dtype=np.float32), 8000, 8000), [16384, -32768, 32767]
+    )
 
 
 def test_resampler_can_be_reused_after_flush() -> None:

@@ -15,8 +15,10 @@ import pytest
 import sounddevice as sd
 import soxr
 
+from appliance.adapters.resample import resample
 from appliance.adapters.sounddevice_audio import (
     DeviceInfo,
+    PortAudioBackend,
     SounddeviceMicrophone,
     SounddeviceSpeaker,
     StreamRequest,
@@ -155,7 +157,9 @@ SCRIPT = textwrap.dedent(
         native, res["micnative"] = await record(None, ref.size + 4000)
         native.astype("<i2").tofile("micnative.raw")
 
-        spk = sda.SounddeviceSpeaker("speaker16k", backend=PacedBackend(), device_rate_hz=16000, device_channels=1)
+        spk = sda.SounddeviceSpeaker(
+            "speaker16k", backend=PacedBackend(), device_rate_hz=16000, device_channels=1
+        )
         res["play_full"] = await spk.play(ref, 16000)
         tone = np.full(48000, 1234, dtype=np.int16)  # 3 s
         task = asyncio.create_task(spk.play(tone, 16000))
@@ -169,6 +173,11 @@ SCRIPT = textwrap.dedent(
 
         spk = sda.SounddeviceSpeaker(None, backend=PacedBackend())
         res["native_out"] = {"rate": spk.sample_rate_hz, "channels": spk.channels}
+        # Re-initialising PortAudio (microphone recovery) closes the speaker's stream first;
+        # the next play() reopens it.
+        sda.PortAudioBackend().refresh()
+        res["devices_after_refresh"] = [d.name for d in sda.list_devices()]
+        res["released_by_refresh"] = spk._stream is None
         res["native_play_full"] = await spk.play(ref, 16000)
         await spk.close()
         print(json.dumps(res))
@@ -234,8 +243,9 @@ def test_real_sounddevice_through_alsa_file_plugin(tmp_path: Path) -> None:
     assert 0.1 * 16000 < tone.size < 0.6 * 16000  # cut ~0.3 s in, not the whole 3 s
     assert not out[tone[-1] + 1 :].any()  # silence after the stop
 
-    # Speaker at the native rate: resampled to 44.1 kHz stereo.
+    # Speaker at the native rate: resampled to 44.1 kHz stereo, reopened after a PortAudio refresh.
     assert res["native_out"] == {"rate": 44100, "channels": 2} and res["native_play_full"] is True
+    assert res["released_by_refresh"] is True and res["devices_after_refresh"] == res["devices"]
     played = np.fromfile(tmp_path / "outnative.raw", dtype="<i2").reshape(-1, 2)
     assert np.array_equal(played[:, 0], played[:, 1])
     back = soxr.resample(played[:, 0].astype(np.float32), 44100, 16000)
@@ -303,9 +313,12 @@ def _block(value: int, frames: int = 1280, channels: int = 1) -> np.ndarray:
 def test_microphone_reconnects_after_open_failures_and_stream_loss() -> None:
     backend = FakeBackend(open_failures=2)
     delays: list[int] = []
-    mic = SounddeviceMicrophone(
-        "fake", backend=backend, backoff_s=lambda n: delays.append(n) or 0.01, stall_timeout_s=0.3
-    )
+
+    def backoff_s(attempt: int) -> float:
+        delays.append(attempt)
+        return 0.01
+
+    mic = SounddeviceMicrophone("fake", backend=backend, backoff_s=backoff_s, stall_timeout_s=0.3)
     assert isinstance(mic, Microphone)
     states: list[tuple[StreamState, str | None]] = []
     mic.on_state_change(lambda state, reason: states.append((state, reason)))
@@ -323,7 +336,9 @@ def test_microphone_reconnects_after_open_failures_and_stream_loss() -> None:
         assert "Device unavailable" in (states[0][1] or "")
         assert delays == [0, 1] and backend.refreshes == 2
         stream = backend.streams[-1]
-        assert stream.started and stream.request.sample_rate_hz == 16000 and stream.request.block_frames == 1280
+        assert (
+            stream.started and stream.request.sample_rate_hz == 16000 and stream.request.block_frames == 1280
+        )
         stream.request.callback(_block(1), 1280, None, None)
         await _until(lambda: len(received) == 1)
 
@@ -367,17 +382,33 @@ def test_microphone_drops_oldest_blocks_and_counts_overflows() -> None:
         for value in range(10):
             request.callback(_block(value * 1000, 3840, 2), 3840, None, overflow if value == 0 else None)
         assert mic.dropped_blocks == 6 and mic.input_overflows == 1
-        blocks = [await first]
-        while sum(b.size for b in blocks) < 4 * 1280 - 200:  # resampler delay: a few samples short
-            blocks.append(await anext(frames))
+        blocks = [await asyncio.wait_for(first, 2.0)]
+        # The resampler holds back its filter delay, so 4 input blocks give 3 whole output blocks.
+        while len(blocks) < 3:
+            blocks.append(await asyncio.wait_for(anext(frames), 2.0))
         await mic.close()
         return blocks
 
     audio = np.concatenate(asyncio.run(run()))
     # The surviving blocks are 6000..9000 (steps at each block edge, smoothed by the resampler).
-    assert abs(int(audio[600]) - 6000) < 50
-    assert abs(int(audio[1280 * 3 + 600]) - 9000) < 50
-    assert np.abs(audio).min() > 5000
+    for index, value in enumerate([6000, 7000, 8000]):
+        assert abs(int(audio[1280 * index + 640]) - value) < 50
+        assert abs(np.median(audio[1280 * index : 1280 * (index + 1)]) - value) < 50
+
+
+class FakeOutput:
+    """Drives a fake output stream's callback like PortAudio would, one block per `pull()`."""
+
+    def __init__(self, stream: FakeStream) -> None:
+        self.stream = stream
+        self.channels = stream.request.channels
+
+    async def pull(self, frames: int = 320) -> np.ndarray:
+        for _ in range(5):  # let the event loop run between blocks, as in real time
+            await asyncio.sleep(0)
+        out = np.full((frames, self.channels), 99, dtype=np.int16)
+        self.stream.request.callback(out, frames, None, None)
+        return out
 
 
 def test_speaker_plays_stops_within_a_block_and_applies_volume() -> None:
@@ -386,62 +417,75 @@ def test_speaker_plays_stops_within_a_block_and_applies_volume() -> None:
     assert isinstance(speaker, Speaker)
     stream = backend.streams[0]
     assert stream.started and stream.request.block_frames == 320 and stream.request.channels == 2
-
-    def pull(frames: int = 320) -> np.ndarray:
-        out = np.full((frames, 2), 99, dtype=np.int16)
-        stream.request.callback(out, frames, None, None)
-        return out
+    device = FakeOutput(stream)
 
     async def run() -> None:
         audio = np.arange(1, 801, dtype=np.int16)
         task = asyncio.create_task(speaker.play(audio, 16000))
         await asyncio.sleep(0)
         assert speaker.playing
-        first, second, third = pull(), pull(), pull()
+        first, second, third = await device.pull(), await device.pull(), await device.pull()
         assert np.array_equal(first[:, 0], audio[:320]) and np.array_equal(first[:, 1], audio[:320])
         assert np.array_equal(second[:, 0], audio[320:640])
         assert np.array_equal(third[:160, 0], audio[640:]) and not third[160:].any()
-        assert await task is True and not speaker.playing
+        assert await asyncio.wait_for(task, 1.0) is True and not speaker.playing
 
         # stop(): the pending play returns False and the next block is silent.
         task = asyncio.create_task(speaker.play(np.full(16000, 500, dtype=np.int16), 16000))
-        await asyncio.sleep(0)
-        assert pull()[:, 0].tolist() == [500] * 320
+        assert (await device.pull())[:, 0].tolist() == [500] * 320
         speaker.stop()
         speaker.stop()  # idempotent
         assert await task is False
-        assert not pull().any()
+        assert not (await device.pull()).any()
 
         # volume: gain with clipping.
         speaker.volume = 5.0
         assert speaker.volume == 2.0
         task = asyncio.create_task(speaker.play(np.array([100, 20000, -20000], dtype=np.int16), 16000))
-        await asyncio.sleep(0)
-        assert pull()[:3, 0].tolist() == [200, 32767, -32768]
-        assert await task is True
+        assert (await device.pull())[:3, 0].tolist() == [200, 32767, -32768]
+        assert await asyncio.wait_for(task, 1.0) is True
 
         # A cancelled play (barge-in by cancellation) is silent from the next block.
         speaker.volume = 1.0
         task = asyncio.create_task(speaker.play(np.full(16000, 7, dtype=np.int16), 16000))
-        await asyncio.sleep(0)
-        assert pull()[0, 0] == 7
+        assert (await device.pull())[0, 0] == 7
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not pull().any()
-
-        # Other rates are resampled to the device rate.
-        task = asyncio.create_task(speaker.play(np.full(2205, 1000, dtype=np.int16), 22050))
-        await asyncio.sleep(0)
-        blocks = [pull() for _ in range(6)]
-        assert await task is True
-        assert np.count_nonzero(np.concatenate(blocks)[:, 0]) == pytest.approx(1600, abs=8)
+        assert not (await device.pull()).any()
 
         await speaker.close()
         assert stream.closed
         assert await speaker.play(np.ones(10, dtype=np.int16), 16000) is False
 
     asyncio.run(run())
+
+
+def test_speaker_resamples_back_to_back_chunks_as_one_stream() -> None:
+    backend = FakeBackend(rate_hz=48000, channels=1)
+    speaker = SounddeviceSpeaker(None, backend=backend, output_block_ms=20)
+    device = FakeOutput(backend.streams[0])
+    t = np.arange(16000) / 16000
+    speech = (8000 * np.sin(2 * np.pi * 200 * t) + 3000 * np.sin(2 * np.pi * 1500 * t)).astype(np.int16)
+    chunks = np.split(speech, 10)  # 100 ms chunks, as a streamed reply arrives
+
+    async def run() -> np.ndarray:
+        tasks = [asyncio.create_task(speaker.play(chunk, 16000)) for chunk in chunks[:3]]
+        blocks = []
+        for index in range(80):  # 20 ms blocks; a new 100 ms chunk arrives every 100 ms
+            if index % 5 == 0 and 3 + index // 5 < len(chunks):
+                tasks.append(asyncio.create_task(speaker.play(chunks[3 + index // 5], 16000)))
+            blocks.append(await device.pull(960))
+        assert await asyncio.gather(*tasks) == [True] * 10
+        await speaker.close()
+        return np.concatenate(blocks)[:, 0]
+
+    played = asyncio.run(run())
+    start = int(np.flatnonzero(played)[0])
+    played = played[start : start + 48000].astype(np.int32)
+    one_shot = resample(speech, 16000, 48000).astype(np.int32)
+    assert played.size == 48000
+    assert np.abs(played - one_shot).max() <= 2  # no edges at the 100 ms chunk boundaries
 
 
 def test_speaker_reopens_after_the_stream_dies() -> None:
@@ -459,6 +503,27 @@ def test_speaker_reopens_after_the_stream_dies() -> None:
         out = np.zeros((320, 1), dtype=np.int16)
         backend.streams[1].request.callback(out, 320, None, None)
         assert await task is True
+        await speaker.close()
+
+    asyncio.run(run())
+
+
+def test_portaudio_refresh_waits_while_a_speaker_plays(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(sd, "_terminate", lambda: calls.append("terminate"))
+    monkeypatch.setattr(sd, "_initialize", lambda: calls.append("initialize"))
+    backend = FakeBackend()
+    speaker = SounddeviceSpeaker(None, backend=backend)
+
+    async def run() -> None:
+        task = asyncio.create_task(speaker.play(np.ones(16000, dtype=np.int16), 16000))
+        await asyncio.sleep(0)
+        PortAudioBackend().refresh()  # playing: not now
+        assert calls == [] and not backend.streams[0].closed
+        speaker.stop()
+        assert await task is False
+        PortAudioBackend().refresh()
+        assert calls == ["terminate", "initialize"] and backend.streams[0].closed
         await speaker.close()
 
     asyncio.run(run())

