@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="pace the input at wall-clock speed; the output WAV then follows the input's timeline",
     )
     run.add_argument(
+        "--simulate-echo",
+        type=float,
+        metavar="GAIN",
+        help="testing aid: mix the speaker's output back into the input at GAIN (0-1), as a room would",
+    )
+    run.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the log level"
     )
 
@@ -161,9 +167,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_devices() -> int:
-    from appliance.adapters.sounddevice_audio import list_devices
+    try:  # importing sounddevice loads PortAudio: OSError when libportaudio2 is missing
+        from appliance.adapters.sounddevice_audio import list_devices
 
-    try:
         devices = list_devices()
     except OSError as err:
         print(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import idle_loop
+from benchmarks import idle_loop, local_agent
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "idle.latency": idle_loop.latency_table,
     "idle.latency.runs": idle_loop.latency_runs_table,
     "idle.memory": idle_loop.memory_table,
+    **local_agent.BENCHMARKS,
 }
 
 

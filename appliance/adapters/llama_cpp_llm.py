@@ -282,6 +282,21 @@ class LlamaCppLlm:
 
         return await asyncio.shield(asyncio.wrap_future(self._executor.submit(work)))
 
+    def prime(self, messages: list[dict[str, Any]]) -> float:
+        """Evaluate `messages` once (one token) so the model's prompt cache holds their prefix.
+
+        The system prompt is the same at every turn: once evaluated here, at start, a turn
+        only pays for its new tokens. Blocking; returns the seconds it took."""
+
+        def work() -> float:
+            start = time.monotonic()
+            self._llm.create_chat_completion(
+                messages=chat_messages_for_template(messages), max_tokens=1, temperature=0.0
+            )
+            return time.monotonic() - start
+
+        return self._executor.submit(work).result()
+
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes with this model's tokenizer (no BOS), for history budgets.
 

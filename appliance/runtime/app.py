@@ -49,7 +49,6 @@ class RunOptions:
     realtime: bool = False
     simulate_echo: float | None = None
     """Testing aid: mix the speaker's output back into the input at this gain (30 ms late)."""
-    say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
 @dataclass
@@ -74,6 +73,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
     fast = options.input is not None and not options.realtime
     clock: Clock = StreamClock() if fast else MonotonicClock()
     mic: Microphone
+    device_mic: Any = None
     duration: float | None = None
     if options.input == "-":
         mic = RawPipeMicrophone(sys.stdin.buffer, realtime=options.realtime)
@@ -85,11 +85,13 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         try:
             from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
 
-            mic = SounddeviceMicrophone(
+            sd_mic = SounddeviceMicrophone(
                 device=audio.input_device,
                 input_block_ms=audio.input_block_ms,
                 input_queue_blocks=audio.input_queue_blocks,
             )
+            mic = sd_mic
+            device_mic = sd_mic
         except (AudioDeviceError, OSError) as err:
             notes.append(
                 f"no microphone available ({err}); running on the bundled example recording "
@@ -121,6 +123,8 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
             f"simulating a room echo: the speaker comes back into the input at gain {options.simulate_echo}"
         )
     events = EventLog(clock, options.events)
+    if device_mic is not None:
+        device_mic.on_state_change(lambda state, reason: _report_microphone(events, str(state), reason))
     return Wiring(
         microphone=mic,
         speaker=monitored,
@@ -130,6 +134,37 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         input_duration_s=duration,
         notes=notes,
     )
+
+
+def _log_conversation(event: dict[str, Any]) -> None:
+    """What a person at the console wants to see: who said what, and how fast."""
+    kind = event["type"]
+    if kind == "user_transcript":
+        _LOGGER.info("user: %s", event.get("user_transcript"))
+    elif kind == "agent_response":
+        _LOGGER.info("agent: %s", event.get("agent_response"))
+    elif kind == "agent_response_correction":
+        _LOGGER.info("agent interrupted after: %s", event.get("corrected_agent_response"))
+    elif kind == "turn_metrics":
+        _LOGGER.info(
+            "turn: stt %.2fs, llm first token %.2fs, tts first audio %.2fs, end of speech to audio %.2fs",
+            event.get("stt_s") or 0.0,
+            event.get("llm_first_token_s") or 0.0,
+            event.get("tts_first_audio_s") or 0.0,
+            event.get("end_of_speech_to_first_audio_s") or 0.0,
+        )
+    elif kind in ("session_started", "session_ended"):
+        _LOGGER.info("%s %s", kind.replace("_", " "), event.get("reason") or event.get("wake_word") or "")
+
+
+def _report_microphone(events: EventLog, state: str, reason: str | None) -> None:
+    """An unplugged microphone is an error event, not a crash; its return is said too."""
+    if state == "reconnecting":
+        message = f"microphone lost ({reason or 'no audio'}); retrying until it comes back"
+        _LOGGER.warning("%s", message)
+        events.emit("error", code="audio_device", message=message, stage="microphone")
+    elif state == "open":
+        events.emit("microphone_ready")
 
 
 def load_listeners(config: Config) -> tuple[Any, Any]:
@@ -273,8 +308,8 @@ async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | 
     vad.reset()
     wiring = open_audio(config, options)
     for note in wiring.notes:
-        options.say(note)
         _LOGGER.warning("%s", note)
+    wiring.events.subscribe(_log_conversation)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
     loop = build_loop(
         config,

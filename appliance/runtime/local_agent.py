@@ -20,7 +20,7 @@ from appliance.config import Config, read_secret, resolve_models_dir
 from appliance.core import variables as dv
 from appliance.core.conversation import ConversationSettings
 from appliance.core.system_tools import client_tool_schema, system_tool_schemas, webhook_tool_schema
-from appliance.errors import ConfigError, ModelError
+from appliance.errors import ApplianceError, ConfigError, ModelError
 from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
@@ -91,9 +91,11 @@ def load_local_models(config: Config) -> LocalModels:
     else:
         from appliance.adapters.llama_cpp_llm import LlamaCppLlm
 
-        llm = LlamaCppLlm(
+        llama = LlamaCppLlm(
             _model_file(config, local.llm.model, ".gguf"), n_ctx=local.llm.n_ctx, n_threads=local.llm.threads
         )
+        _prime(config, llama)
+        llm = llama
     voices = {
         name: PiperVoiceSpec(
             name=name,
@@ -117,6 +119,18 @@ def load_local_models(config: Config) -> LocalModels:
         stt_executor=ThreadPoolExecutor(1, thread_name_prefix="stt"),
         tts_executor=ThreadPoolExecutor(1, thread_name_prefix="tts"),
     )
+
+
+def _prime(config: Config, llm: Any) -> None:
+    """Evaluate the system prompt once at start so the first turn is not a cold start."""
+    try:
+        variables = session_variables(config, "", "local_prime", datetime.now(UTC))
+        prompt = conversation_settings(config, variables).system_prompt
+    except ApplianceError as err:  # e.g. a variable that only a session provides
+        _LOGGER.info("system prompt not primed: %s", err)
+        return
+    seconds = llm.prime([{"role": "system", "content": prompt}, {"role": "user", "content": "Hello"}])
+    _LOGGER.info("LLM primed with the system prompt in %.2f s", seconds)
 
 
 def agent_tools(config: Config) -> tuple[list[dict[str, Any]], frozenset[str], frozenset[str]]:

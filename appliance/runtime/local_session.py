@@ -108,6 +108,7 @@ class LocalAgentSession:
             events=deps.events,
             clock=deps.clock,
             on_started=self._on_output_started,
+            on_reply_audio=self._on_reply_audio,
             on_finished=lambda turn, spoken, interrupted, queued: self._post(
                 cv.OutputFinished(turn, spoken, interrupted, queued)
             ),
@@ -216,8 +217,8 @@ class LocalAgentSession:
                 self._spawn(self._transcribe(turn, audio, language), "stt", turn)
             case cv.GenerateReply():
                 self._spawn(self._generate(effect), "llm", effect.turn)
-            case cv.Say(turn=turn, text=text):
-                self._output.enqueue(turn, text)
+            case cv.Say(turn=turn, text=text, kind=kind):
+                self._output.enqueue(turn, text, kind.value)
             case cv.SayFiller():
                 self._spawn(self._filler(effect), "filler", effect.turn)
             case cv.SealOutput(turn=turn):
@@ -314,7 +315,7 @@ class LocalAgentSession:
                 text = await asyncio.wait_for(self._llm_filler(effect.context), FILLER_DEADLINE_S) or text
             except (TimeoutError, ApplianceError) as err:
                 _LOGGER.info("LLM filler unavailable (%s); using the configured message", err)
-        self._output.enqueue(effect.turn, text)
+        self._output.enqueue(effect.turn, text, cv.OutputKind.FILLER.value)
 
     async def _llm_filler(self, context: tuple[dict[str, Any], ...]) -> str:
         messages = [{"role": "system", "content": FILLER_PROMPT}, *context]
@@ -333,8 +334,10 @@ class LocalAgentSession:
         self._post(cv.ToolFinished(turn, call, result, is_error))
 
     def _on_output_started(self, turn: int) -> None:
-        self._first_audio_at[turn] = self._d.stopwatch.now()
         self._post(cv.OutputStarted(turn))
+
+    def _on_reply_audio(self, turn: int) -> None:
+        self._first_audio_at[turn] = self._d.stopwatch.now()
         metrics = self.turn_metrics(turn)
         if metrics:
             self._d.events.emit("turn_metrics", **metrics)
@@ -342,7 +345,7 @@ class LocalAgentSession:
     def turn_metrics(self, turn: int) -> dict[str, float | None]:
         m = self._metrics.get(turn)
         first_audio = self._first_audio_at.get(turn)
-        if m is None or first_audio is None or m.llm_started_at is None:
+        if m is None or first_audio is None or m.llm_started_at is None or m.stt_s is None:
             return {}
         return {
             "stt_s": _r(m.stt_s),

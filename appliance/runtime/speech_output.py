@@ -25,6 +25,7 @@ Synthesize = Callable[[str], Awaitable[tuple[Pcm16, int]]]
 class _Segment:
     turn: int
     text: str
+    origin: str = "reply"
     audio: Pcm16 | None = None
     rate: int = 0
 
@@ -36,6 +37,7 @@ class _TurnOutput:
     sealed: bool = False
     cancelled: bool = False
     started: bool = False
+    reply_started: bool = False
     spoken: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
@@ -58,6 +60,7 @@ class SpeechOutput:
         clock: Clock,
         on_started: Callable[[int], None],
         on_finished: Callable[[int, str, bool, str], None],
+        on_reply_audio: Callable[[int], None] | None = None,
     ) -> None:
         self._synthesize = synthesize
         self._speaker = speaker
@@ -65,6 +68,7 @@ class SpeechOutput:
         self._clock = clock
         self._on_started = on_started
         self._on_finished = on_finished
+        self._on_reply_audio = on_reply_audio
         self._texts: asyncio.Queue[_Segment] = asyncio.Queue()
         self._audio: asyncio.Queue[_Segment] = asyncio.Queue(maxsize=2)
         self._turns: dict[int, _TurnOutput] = {}
@@ -92,14 +96,15 @@ class SpeechOutput:
     def _turn(self, turn: int) -> _TurnOutput:
         return self._turns.setdefault(turn, _TurnOutput())
 
-    def enqueue(self, turn: int, text: str) -> None:
+    def enqueue(self, turn: int, text: str, origin: str = "reply") -> None:
+        """Queue `text` for the turn; `origin` says what it is (reply, filler, first_message...)."""
         text = text.strip()
         state = self._turn(turn)
         if not text or state.cancelled:
             return
         state.queued += 1
         state.texts.append(text)
-        self._texts.put_nowait(_Segment(turn, text))
+        self._texts.put_nowait(_Segment(turn, text, origin))
 
     def seal(self, turn: int) -> None:
         state = self._turn(turn)
@@ -155,6 +160,10 @@ class SpeechOutput:
             if not state.started:
                 state.started = True
                 self._on_started(seg.turn)
+            if seg.origin == "reply" and not state.reply_started:
+                state.reply_started = True
+                if self._on_reply_audio is not None:
+                    self._on_reply_audio(seg.turn)
             self._event_id += 1
             self._events.emit(
                 "audio",
@@ -162,6 +171,7 @@ class SpeechOutput:
                 duration_s=round(seg.audio.size / seg.rate, 3),
                 sample_rate_hz=seg.rate,
                 text=seg.text,
+                origin=seg.origin,
             )
             self._playing = seg
             self._play_started_at = self._clock.now()
