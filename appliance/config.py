@@ -251,6 +251,7 @@ class ApplianceConfig(_Device):
     local: LocalConfig = Field(default_factory=LocalConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     tools: Annotated[list[DeviceTool], AfterValidator(_unique_tools)] = []
+    custom_llm_extra_body: dict[str, Any] = {}
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 

@@ -182,6 +182,8 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
     system_prompt = dv.render(agent.prompt.prompt or "", variables, where="the system prompt")
     first_message = dv.render(agent.first_message or "", variables, where="the first message")
     soft = cc.turn.soft_timeout_config
+    if tools and config.appliance.local.llm.backend == "llama_cpp":
+        system_prompt += textual_tool_instructions(tools)
     return ConversationSettings(
         system_prompt=system_prompt,
         first_message=first_message,
@@ -201,6 +203,24 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
     )
 
 
+def textual_tool_instructions(tools: list[dict[str, Any]]) -> str:
+    """Small local models have no tool-call format: ask for the `CALL name {json}` line that
+    the llama.cpp adapter turns into a tool call (see `adapters/llama_cpp_llm.py`)."""
+    lines = [
+        "",
+        "",
+        "# Tools",
+        "To use a tool, answer with one line and nothing else: CALL <tool name> <JSON arguments>",
+        'For example: CALL end_call {"reason": "the user said goodbye", "message": "Goodbye!"}',
+        "Available tools:",
+    ]
+    for tool in tools:
+        fn = tool["function"]
+        params = ", ".join(fn.get("parameters", {}).get("properties", {}))
+        lines.append(f"- {fn['name']}({params}): {fn.get('description', '')}")
+    return "\n".join(lines)
+
+
 def local_session_factory(
     config: Config,
     models: LocalModels,
@@ -214,7 +234,7 @@ def local_session_factory(
     prompt = config.conversation_config.agent.prompt
     options: dict[str, Any] = {"temperature": prompt.temperature, "max_tokens": prompt.max_tokens}
     if config.platform_settings.overrides.custom_llm_extra_body:
-        options["extra_body"] = {}
+        options["extra_body"] = dict(config.appliance.custom_llm_extra_body)
     voice_name, _ = config.voice(config.conversation_config.tts.voice_id)
 
     def voice_for_language(language: str) -> str | None:

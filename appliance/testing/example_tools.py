@@ -23,3 +23,10 @@ def broken() -> None:
 def slow() -> str:
     time.sleep(1.5)
     return "too late"
+
+
+def set_timer(minutes: int) -> dict[str, Any]:
+    """A kitchen timer as a device tool would report it (the example config's `set_timer`)."""
+    if not 0 < int(minutes) <= 24 * 60:
+        raise ValueError(f"a timer of {minutes} minutes is out of range (1 to 1440)")
+    return {"status": "started", "minutes": int(minutes)}

