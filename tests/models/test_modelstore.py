@@ -428,7 +428,8 @@ def test_fetch_connection_refused_is_retryable(tmp_path: Path, monkeypatch: pyte
 
 
 def test_fetch_without_url_says_how_to_provision(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "m.yaml", model_entry("local-only", [file_entry("w.bin", b"x", None)]))
+    entry = model_entry("local-only", [file_entry("w.bin", b"x", None)])
+    manifest = write_manifest(tmp_path / "m.yaml", entry)
     store = ModelStore(tmp_path / "store", manifest, env={})
     with pytest.raises(ModelError) as info:
         store.fetch("local-only")
