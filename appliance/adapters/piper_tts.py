@@ -162,6 +162,12 @@ class PiperTts:
         spec = self.voices[self._resolve(voice)]
         return int(self._config(spec).sample_rate)
 
+    def phoneme_symbols(self, voice: str) -> tuple[frozenset[str], str]:
+        """The symbols `voice` accepts in `[[ ... ]]` phoneme input (its `phoneme_id_map`) and
+        its espeak-ng voice (`en-us`), from its config file (the model is not loaded)."""
+        config = self._config(self.voices[self._resolve(voice)])
+        return frozenset(config.phoneme_id_map), str(config.espeak_voice)
+
     def load_stats(self) -> dict[str, float]:
         """Seconds spent loading models, per voice name whose use triggered the load.
 

@@ -13,6 +13,8 @@ Where the seeds are silent (see ARCHITECTURE.md):
   timeouts in a row without an answer, so a device on a shelf never talks to an empty room.
 - User speech while the reply is still being generated (nothing audible yet) cancels it
   silently: the user was not done talking.
+- Multi-voice markup (`core/voice_tags.py`) never reaches `agent_response` or the history;
+  when a labelled voice speaks, `agent_response` carries `multivoice_message.parts`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from enum import StrEnum
 from typing import Any, assert_never
 
 from appliance.core.history import ConversationHistory
+from appliance.core.voice_tags import Segment, strip_markup
 
 TURN_TIMEOUT = "turn_timeout"
 SOFT_TIMEOUT = "soft_timeout"
@@ -73,6 +76,9 @@ class ConversationSettings:
     device_tool_names: frozenset[str] = frozenset()
     tools: tuple[dict[str, Any], ...] = ()
     """OpenAI function schemas offered to the LLM (system tools first)."""
+    voice_labels: frozenset[str] = frozenset()
+    """Multi-voice labels (`tts.supported_voices`): their `<Label>` markup is removed from
+    `agent_response` and the history and kept as `multivoice_message.parts`."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ class TimerFired:
 @dataclass(frozen=True)
 class EndRequested:
     reason: str
+    immediate: bool = False
+    """True: stop speaking at once and close (a stop button, mute) instead of finishing."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,20 @@ class WorkFailed:
     stage: str
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class UserText:
+    """A typed user message (`user_message`): answered like a transcribed turn, when listening."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ContextAdded:
+    """A contextual update: background for the LLM, never spoken, no reply of its own."""
+
+    text: str
 
 
 ConversationEvent = (
@@ -171,6 +193,8 @@ ConversationEvent = (
     | TimerFired
     | EndRequested
     | WorkFailed
+    | UserText
+    | ContextAdded
 )
 
 
@@ -283,6 +307,7 @@ class _Turn:
     end_after: str | None = None
     skip: bool = False
     spoken_parts: list[str] = field(default_factory=list)
+    voice_parts: list[Segment] = field(default_factory=list)
 
 
 @dataclass
@@ -296,6 +321,7 @@ class ConversationMachine:
     _reprompts: int = 0
     _started_at: float = 0.0
     _closing_reason: str | None = None
+    _pending_texts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.history = ConversationHistory(self.settings.system_prompt, self.settings.history_budget_tokens)
@@ -320,6 +346,8 @@ class ConversationMachine:
     def _listen(self, now: float, *, arm_turn_timeout: bool) -> list[Effect]:
         self.phase = Phase.LISTENING
         self._turn = None
+        if self._pending_texts and self._closing_reason is None:
+            return self._text_turn(self._pending_texts.pop(0), now)
         if arm_turn_timeout:
             return [ArmTimer(TURN_TIMEOUT, now + self.settings.turn_timeout_s)]
         return []
@@ -370,6 +398,11 @@ class ConversationMachine:
                     Emit("error", {"code": event.code, "message": event.message, "stage": event.stage}),
                     *self._close("error"),
                 ]
+            case UserText():
+                return self._on_user_text(event, now)
+            case ContextAdded():
+                self.history.add_context(event.text, t=self._t(now))
+                return [Emit("contextual_update", {"text": event.text})]
             case _:
                 assert_never(event)
 
@@ -387,11 +420,11 @@ class ConversationMachine:
                 OutputKind.FIRST_MESSAGE,
                 interruptible=s.interruptions_enabled and not s.disable_first_message_interruptions,
             )
-            turn.reply_text = s.first_message
+            turn.reply_text = self._unmarked(turn, s.first_message)
             self.phase = Phase.SPEAKING
             effects += [Say(turn.id, s.first_message, OutputKind.FIRST_MESSAGE), SealOutput(turn.id)]
         else:
-            self.phase = Phase.LISTENING
+            effects += self._listen(now, arm_turn_timeout=False)
         return effects
 
     def _on_user_speech(self, now: float) -> list[Effect]:
@@ -418,6 +451,27 @@ class ConversationMachine:
             # The user was not done talking: drop the pending reply.
             effects += [CancelOutput(turn.id), CancelTimer(SOFT_TIMEOUT)]
         return effects
+
+    def _on_user_text(self, event: UserText, now: float) -> list[Effect]:
+        text = event.text.strip()
+        if not text or self.phase is Phase.ENDING or self._closing_reason is not None:
+            return []
+        if self.phase is not Phase.LISTENING:
+            self._pending_texts.append(text)  # answered when the agent is listening again
+            return []
+        return self._text_turn(text, now)
+
+    def _text_turn(self, text: str, now: float) -> list[Effect]:
+        turn = self._new_turn(OutputKind.REPLY)
+        self._reprompts = 0
+        self.history.add_user(text, t=self._t(now))
+        self.phase = Phase.THINKING
+        effects: list[Effect] = [CancelTimer(TURN_TIMEOUT)]
+        if self.settings.silence_end_call_timeout_s:
+            effects.append(ArmTimer(SILENCE_END_CALL, now + self.settings.silence_end_call_timeout_s))
+        if self.settings.soft_timeout_s is not None:
+            effects.append(ArmTimer(SOFT_TIMEOUT, now + self.settings.soft_timeout_s))
+        return [*effects, Emit("user_message", {"text": text}), self._generate(turn)]
 
     def _on_utterance(self, event: UserUtterance, now: float) -> list[Effect]:
         if self.phase is Phase.ENDING:
@@ -452,16 +506,17 @@ class ConversationMachine:
         turn = self._current(event.turn)
         if turn is None:
             return []
-        turn.reply_text = (turn.reply_text + " " if turn.reply_text else "") + event.text.strip()
+        text = self._unmarked(turn, event.text)
+        turn.reply_text = (turn.reply_text + " " if turn.reply_text else "") + text
         turn.reply_text = turn.reply_text.strip()
         effects: list[Effect] = [CancelTimer(SOFT_TIMEOUT)]
         if not event.tool_calls:
-            if event.text.strip():
-                self.history.add_agent(event.text.strip(), t=self._t(now))
+            if text:
+                self.history.add_agent(text, t=self._t(now))
             self.phase = Phase.SPEAKING
             return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
-        if event.text.strip():
-            self.history.add_agent(event.text.strip(), t=self._t(now))
+        if text:
+            self.history.add_agent(text, t=self._t(now))
         continue_generation = False
         for call in event.tool_calls:
             tool_type = "system" if call.name in self.settings.system_tool_names else "client"
@@ -473,6 +528,7 @@ class ConversationMachine:
                 farewell = str(call.arguments.get("message") or "").strip()
                 if farewell:
                     effects.append(Say(turn.id, farewell, OutputKind.FAREWELL))
+                    farewell = self._unmarked(turn, farewell)
                     self.history.add_agent(farewell, t=self._t(now))
                     turn.reply_text = (turn.reply_text + " " + farewell).strip()
                 turn.end_after = "end_call"
@@ -539,7 +595,22 @@ class ConversationMachine:
         if turn.kind in (OutputKind.REPLY, OutputKind.REPROMPT) and self.phase is Phase.THINKING:
             return []
         turn.response_emitted = True
-        return [Emit("agent_response", {"agent_response": turn.reply_text, "kind": turn.kind.value})]
+        fields: dict[str, Any] = {"agent_response": turn.reply_text, "kind": turn.kind.value}
+        if any(part.voice is not None for part in turn.voice_parts):
+            parts = [{"text": part.text, "voice_label": part.voice} for part in turn.voice_parts]
+            fields["multivoice_message"] = {"parts": parts}
+        return [Emit("agent_response", fields)]
+
+    def _unmarked(self, turn: _Turn, text: str) -> str:
+        """`text` without multi-voice markup; its voice parts are added to the turn's."""
+        plain, parts = strip_markup(text, self.settings.voice_labels)
+        for part in parts:
+            last = turn.voice_parts[-1] if turn.voice_parts else None
+            if last is not None and last.voice == part.voice:
+                turn.voice_parts[-1] = Segment(part.voice, f"{last.text} {part.text}")
+            else:
+                turn.voice_parts.append(part)
+        return plain
 
     def _on_output_started(self, event: OutputStarted, now: float) -> list[Effect]:
         turn = self._current(event.turn)
@@ -631,6 +702,8 @@ class ConversationMachine:
         return effects + self._close(reason)
 
     def _on_end_requested(self, event: EndRequested) -> list[Effect]:
+        if event.immediate:
+            return self._end_now(event.reason)
         if self._turn is None or self.phase in (Phase.LISTENING, Phase.STARTING):
             return self._close(event.reason)
         # Finish what is being said (or about to be), then close.

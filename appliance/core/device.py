@@ -30,6 +30,8 @@ class Chime(StrEnum):
 
 
 NO_SPEECH_TIMER = "no_speech"
+ERROR_REASONS = frozenset({"error", "network_error", "remote_error", "remote_rejected"})
+"""Session end reasons the user hears as the error chime (the others get the done chime)."""
 
 
 # ---------------------------------------------------------------- events (facts)
@@ -243,7 +245,7 @@ class DeviceMachine:
     def _close_session(self, reason: str) -> list[Effect]:
         self.state = DeviceState.IDLE
         self.wake_word = None
-        chime = Chime.ERROR if reason == "error" else Chime.DONE
+        chime = Chime.ERROR if reason in ERROR_REASONS else Chime.DONE
         return [
             CancelTimer(NO_SPEECH_TIMER),
             SetListening(False),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -22,12 +23,12 @@ from appliance.config import Config
 from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
-from appliance.errors import ApplianceError, AudioDeviceError, ModelError
+from appliance.errors import AudioDeviceError, ModelError
 from appliance.ports import AgentSession, Clock, Microphone, Speaker
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
-from appliance.runtime.loop import ApplianceLoop, LoopResult
+from appliance.runtime.loop import ApplianceLoop, LoopResult, SessionFactory
 from appliance.runtime.playback_monitor import MonitoredSpeaker
 from appliance.runtime.router import AudioRouter
 from appliance.runtime.timers import Timers
@@ -49,6 +50,9 @@ class RunOptions:
     realtime: bool = False
     simulate_echo: float | None = None
     """Testing aid: mix the speaker's output back into the input at this gain (30 ms late)."""
+    require_devices: bool = False
+    """A service: a missing microphone or speaker is an error (exit 4, systemd retries) instead
+    of the example recording / a WAV file standing in."""
 
 
 @dataclass
@@ -76,7 +80,10 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
     device_mic: Any = None
     duration: float | None = None
     if options.input == "-":
-        mic = RawPipeMicrophone(sys.stdin.buffer, realtime=options.realtime)
+        # Unbuffered: the reader thread then holds no lock of sys.stdin, which the interpreter
+        # takes at exit (a SIGTERM while it waits for input would otherwise abort the process).
+        stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+        mic = RawPipeMicrophone(stdin, realtime=options.realtime)
     elif options.input is not None:
         wav_mic = WavFileMicrophone(Path(options.input), realtime=options.realtime)
         duration = wav_mic.duration_s
@@ -93,6 +100,8 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
             mic = sd_mic
             device_mic = sd_mic
         except (AudioDeviceError, OSError) as err:
+            if options.require_devices:
+                raise AudioDeviceError(f"no microphone available: {err}") from err
             notes.append(
                 f"no microphone available ({err}); running on the bundled example recording "
                 f"{EXAMPLE_RECORDING.name} in real time instead"
@@ -112,6 +121,8 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
                 device=audio.output_device, output_block_ms=audio.output_block_ms, volume=audio.output_volume
             )
         except (AudioDeviceError, OSError) as err:
+            if options.require_devices:
+                raise AudioDeviceError(f"no speaker available: {err}") from err
             notes.append(f"no speaker available ({err}); writing what it would play to {FALLBACK_OUTPUT}")
             speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
     monitored = MonitoredSpeaker(speaker, clock)
@@ -134,27 +145,6 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         input_duration_s=duration,
         notes=notes,
     )
-
-
-def _log_conversation(event: dict[str, Any]) -> None:
-    """What a person at the console wants to see: who said what, and how fast."""
-    kind = event["type"]
-    if kind == "user_transcript":
-        _LOGGER.info("user: %s", event.get("user_transcript"))
-    elif kind == "agent_response":
-        _LOGGER.info("agent: %s", event.get("agent_response"))
-    elif kind == "agent_response_correction":
-        _LOGGER.info("agent interrupted after: %s", event.get("corrected_agent_response"))
-    elif kind == "turn_metrics":
-        _LOGGER.info(
-            "turn: stt %.2fs, llm first token %.2fs, tts first audio %.2fs, end of speech to audio %.2fs",
-            event.get("stt_s") or 0.0,
-            event.get("llm_first_token_s") or 0.0,
-            event.get("tts_first_audio_s") or 0.0,
-            event.get("end_of_speech_to_first_audio_s") or 0.0,
-        )
-    elif kind in ("session_started", "session_ended"):
-        _LOGGER.info("%s %s", kind.replace("_", " "), event.get("reason") or event.get("wake_word") or "")
 
 
 def _report_microphone(events: EventLog, state: str, reason: str | None) -> None:
@@ -256,6 +246,10 @@ def session_factory_for(
     config: Config, wiring: Wiring, local_models: Any | None
 ) -> Callable[[str], AgentSession]:
     """Which agent a wake word talks to."""
+    if config.appliance.mode in ("remote", "auto"):
+        from appliance.runtime.remote_agent import agent_session_factory
+
+        return agent_session_factory(config, wiring, local_models)
     if local_models is not None:
         from appliance.runtime.local_agent import local_session_factory
 
@@ -274,14 +268,8 @@ def session_factory_for(
 
 def load_agent_models(config: Config) -> Any | None:
     """Models of the local agent (None when the configured mode does not use it)."""
-    mode = config.appliance.mode
-    if mode == "remote":
-        raise ApplianceError(
-            "appliance.mode: remote is not available in this version yet; use mode: local",
-            code="mode_unavailable",
-        )
-    if mode == "auto":
-        _LOGGER.warning("appliance.mode auto: the remote agent is not available yet; using the local agent")
+    if config.appliance.mode == "remote":
+        return None  # auto keeps the local agent loaded: it takes over when the network fails
     from appliance.runtime.local_agent import load_local_models
 
     return load_local_models(config)
@@ -302,30 +290,45 @@ def preload(config: Config) -> Preloaded:
 
 
 async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | None = None) -> LoopResult:
+    """Run until the input ends or SIGTERM/SIGINT; SIGHUP reloads the config (runtime/service.py:
+    validated first, changed models loaded, applied between conversations)."""
+    from appliance.runtime.reload import reload_models
+    from appliance.runtime.service import Service
+
     models = preloaded or preload(config)
-    detector, vad, local_models = models.detector, models.vad, models.local_models
-    detector.reset()
-    vad.reset()
     wiring = open_audio(config, options)
     for note in wiring.notes:
         _LOGGER.warning("%s", note)
-    wiring.events.subscribe(_log_conversation)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
-    loop = build_loop(
+
+    def make_loop(
+        cfg: Config, m: Preloaded, wrap: Callable[[SessionFactory], SessionFactory]
+    ) -> ApplianceLoop:
+        factory = wrap(session_factory_for(cfg, wiring, m.local_models))
+        return build_loop(
+            cfg, wiring, detector=m.detector, vad=m.vad, session_factory=factory, executor=executor
+        )
+
+    service = Service(
         config,
         wiring,
-        detector=detector,
-        vad=vad,
-        session_factory=session_factory_for(config, wiring, local_models),
+        models,
         executor=executor,
+        make_loop=make_loop,
+        load_models=functools.partial(
+            reload_models, load_listeners=load_listeners, load_agent_models=load_agent_models
+        ),
     )
     aio = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            aio.add_signal_handler(sig, loop.stop, f"signal_{signal.Signals(sig).name.lower()}")
+            aio.add_signal_handler(sig, service.stop, f"signal_{signal.Signals(sig).name.lower()}")
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        aio.add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
-        result = await loop.run()
+        result = await service.run()
     finally:
+        await service.close()
         await wiring.microphone.close()
         await _close_speaker(wiring)
         wiring.events.close()

@@ -25,6 +25,13 @@ from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
+from appliance.runtime.voice_rendering import (
+    VoiceRenderer,
+    label_voices,
+    language_voice,
+    load_lexicon,
+    multivoice_prompt,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -182,6 +189,9 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
     system_prompt = dv.render(agent.prompt.prompt or "", variables, where="the system prompt")
     first_message = dv.render(agent.first_message or "", variables, where="the first message")
     soft = cc.turn.soft_timeout_config
+    voices = cc.tts.supported_voices
+    if voices:  # the platform adds this block when voices are configured (seed digest §4.1)
+        system_prompt += "\n\n" + multivoice_prompt(voices)
     if tools and config.appliance.local.llm.backend == "llama_cpp":
         system_prompt += textual_tool_instructions(tools)
     return ConversationSettings(
@@ -200,6 +210,7 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
         system_tool_names=system_names,
         device_tool_names=device_names,
         tools=tuple(tools),
+        voice_labels=frozenset(v.label for v in voices),
     )
 
 
@@ -238,13 +249,11 @@ def local_session_factory(
     voice_name, _ = config.voice(config.conversation_config.tts.voice_id)
 
     def voice_for_language(language: str) -> str | None:
-        for name, voice in config.appliance.local.voices.items():
-            if voice.language == language:
-                return name
-        return None
+        return language_voice(config, language)
 
     from appliance.runtime.tools import DeviceToolRunner, ToolSetupError
 
+    renderer = VoiceRenderer(models.tts, label_voices(config), load_lexicon(config))
     device_tools = list(config.appliance.tools)
     try:  # resolve client-tool handlers now: a typo fails at start, not mid-conversation
         DeviceToolRunner(device_tools, {}, events=events, clock=clock)
@@ -273,6 +282,7 @@ def local_session_factory(
             llm_options=options,
             concurrent_llm=models.concurrent_llm,
             voice_for_language=voice_for_language,
+            renderer=renderer,
             tools=runner,
         )
         return LocalAgentSession(settings, deps)

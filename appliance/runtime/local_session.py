@@ -22,6 +22,7 @@ import numpy as np
 from appliance.core import conversation as cv
 from appliance.core.chunker import SpeechChunker
 from appliance.core.endpointing import UtteranceEnded
+from appliance.core.voice_tags import Segment, VoiceTagParser, parse, speakable
 from appliance.errors import ApplianceError
 from appliance.logs import redact, set_turn_id
 from appliance.ports import (
@@ -38,6 +39,7 @@ from appliance.ports import (
 from appliance.runtime.clock import MonotonicClock
 from appliance.runtime.speech_output import SpeechOutput
 from appliance.runtime.timers import Timers
+from appliance.runtime.voice_rendering import VoiceRenderer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class LocalAgentDeps:
     concurrent_llm: bool = False
     """True if the LLM can serve a filler request while a reply is generating."""
     voice_for_language: Callable[[str], str | None] | None = None
+    renderer: VoiceRenderer | None = None
+    """Multi-voice labels, per-label speed, pronunciation dictionaries (None: one plain voice)."""
     stopwatch: Clock = field(default_factory=MonotonicClock)
     """Wall-clock time for `turn_metrics` (fast headless runs freeze the appliance clock)."""
 
@@ -92,6 +96,7 @@ class LocalAgentSession:
         self._d = deps
         self._machine = cv.ConversationMachine(settings)
         self._voice = deps.voice
+        self._labels = deps.renderer.label_names if deps.renderer is not None else frozenset()
         self._queue: asyncio.Queue[cv.ConversationEvent] = asyncio.Queue()
         self._closed: asyncio.Future[str] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,6 +162,20 @@ class LocalAgentSession:
     async def end(self, reason: str) -> None:
         self._post(cv.EndRequested(reason))
 
+    async def stop(self, reason: str) -> None:
+        """End now: playback stops within one output block (the status feed's stop, mute)."""
+        self._post(cv.EndRequested(reason, immediate=True))
+
+    async def send_contextual_update(self, text: str) -> bool:
+        """Background for the LLM (the history's context note); no reply, nothing spoken."""
+        self._post(cv.ContextAdded(text))
+        return True
+
+    async def send_user_message(self, text: str) -> bool:
+        """A typed user turn: answered like a transcribed one (once the agent is listening)."""
+        self._post(cv.UserText(text))
+        return True
+
     async def closed(self) -> str:
         if self._closed is None:
             raise RuntimeError("session not started")
@@ -218,7 +237,7 @@ class LocalAgentSession:
             case cv.GenerateReply():
                 self._spawn(self._generate(effect), "llm", effect.turn)
             case cv.Say(turn=turn, text=text, kind=kind):
-                self._output.enqueue(turn, text, kind.value)
+                self._say(turn, text, kind.value)
             case cv.SayFiller():
                 self._spawn(self._filler(effect), "filler", effect.turn)
             case cv.SealOutput(turn=turn):
@@ -264,17 +283,28 @@ class LocalAgentSession:
             metrics.stt_s = self._d.stopwatch.now() - t0
         self._post(cv.Transcribed(turn, text, heard))
 
-    async def _synthesize(self, text: str) -> tuple[Pcm16, int]:
+    async def _synthesize(self, text: str, label: str | None) -> tuple[Pcm16, int]:
         loop = asyncio.get_running_loop()
+        renderer = self._d.renderer
+        if renderer is None:
+            return await loop.run_in_executor(
+                self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._d.speed
+            )
         return await loop.run_in_executor(
-            self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._d.speed
+            self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._d.speed
         )
+
+    def _say(self, turn: int, text: str, origin: str) -> None:
+        """Queue a whole text (first message, farewell, filler), one segment per voice."""
+        for segment in parse(text, self._labels):
+            self._output.enqueue(turn, segment.text, origin, segment.voice)
 
     async def _generate(self, effect: cv.GenerateReply) -> None:
         turn = effect.turn
         metrics = self._metrics.setdefault(turn, _Metrics(endpoint_at=self._d.stopwatch.now()))
         metrics.llm_started_at = self._d.stopwatch.now()
         chunker = SpeechChunker()
+        voices = VoiceTagParser(self._labels)
         parts: list[str] = []
         calls: list[cv.ToolCall] = []
         started = False
@@ -292,21 +322,29 @@ class LocalAgentSession:
                         self._post(cv.ReplyTextStarted(turn))
                     parts.append(item.text)
                     for chunk in chunker.push(item.text):
-                        self._queue_chunk(turn, chunk)
+                        self._queue_chunk(turn, chunk, voices)
                 elif isinstance(item, ToolCallRequest):
                     calls.append(cv.ToolCall(item.id, item.name, dict(item.arguments), item.raw_arguments))
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
         for chunk in chunker.flush():
-            self._queue_chunk(turn, chunk)
+            self._queue_chunk(turn, chunk, voices)
+        self._queue_segments(turn, voices.close())
+        if voices.dropped_tags:
+            _LOGGER.info("voice tags dropped (unknown, nested or stray): %s", " ".join(voices.dropped_tags))
         self._post(cv.ReplyGenerated(turn, "".join(parts).strip(), tuple(calls)))
 
-    def _queue_chunk(self, turn: int, chunk: str) -> None:
+    def _queue_chunk(self, turn: int, chunk: str, voices: VoiceTagParser) -> None:
         metrics = self._metrics.get(turn)
         if metrics is not None and metrics.first_chunk_at is None:
             metrics.first_chunk_at = self._d.stopwatch.now()
-        self._output.enqueue(turn, chunk)
+        # chunks are cut at whitespace, which the chunker drops: give it back to the parser
+        self._queue_segments(turn, voices.feed(chunk + " "))
+
+    def _queue_segments(self, turn: int, pieces: list[Segment]) -> None:
+        for segment in speakable(pieces):
+            self._output.enqueue(turn, segment.text, voice_label=segment.voice)
 
     async def _filler(self, effect: cv.SayFiller) -> None:
         text = effect.fallback
@@ -315,7 +353,7 @@ class LocalAgentSession:
                 text = await asyncio.wait_for(self._llm_filler(effect.context), FILLER_DEADLINE_S) or text
             except (TimeoutError, ApplianceError) as err:
                 _LOGGER.info("LLM filler unavailable (%s); using the configured message", err)
-        self._output.enqueue(effect.turn, text, cv.OutputKind.FILLER.value)
+        self._say(effect.turn, text, cv.OutputKind.FILLER.value)
 
     async def _llm_filler(self, context: tuple[dict[str, Any], ...]) -> str:
         messages = [{"role": "system", "content": FILLER_PROMPT}, *context]

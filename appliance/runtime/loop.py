@@ -84,8 +84,19 @@ class ApplianceLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[str] | None = None
         self.sessions = 0
+        self._tick_hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ public
+    @property
+    def session(self) -> AgentSession | None:
+        """The conversation in progress, if any (the status feed's commands use it)."""
+        return self._session
+
+    def add_tick_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook` from the ticker every 20 ms, in every mode: the systemd watchdog pings
+        from here, so a wedged event loop stops pinging. A hook that raises is dropped."""
+        self._tick_hooks.append(hook)
+
     def post(self, event: DeviceEvent) -> None:
         """Thread-unsafe by design: the router calls it on the loop thread."""
         self._queue.put_nowait(event)
@@ -95,7 +106,7 @@ class ApplianceLoop:
         self._events.emit("appliance_started")
         pump = asyncio.create_task(self._pump_audio(), name="audio-pump")
         consumer = asyncio.create_task(self._consume(), name="event-consumer")
-        ticker = None if self._stream_clock else asyncio.create_task(self._tick(), name="timers")
+        ticker = asyncio.create_task(self._tick(), name="timers")
         try:
             reason = await self._done
         finally:
@@ -157,6 +168,14 @@ class ApplianceLoop:
         last = self._clock.now()
         while True:
             await asyncio.sleep(0.02)
+            for hook in list(self._tick_hooks):
+                try:
+                    hook()
+                except Exception:
+                    _LOGGER.exception("tick hook failed; dropped")
+                    self._tick_hooks.remove(hook)
+            if self._stream_clock is not None:
+                continue  # fast runs fire timers from the audio pump, on the audio clock
             now = self._clock.now()
             if self._session is not None and self._session.busy:
                 # The no-speech timeout counts user silence, not the agent's own speech.

@@ -139,6 +139,11 @@ class AudioRouter:
             self._vad.reset()
             self._vad_chunks.clear()
             self._wake_chunks.clear()
+            if not on:
+                # Back to the wake word: its features still hold the audio from before the
+                # session (the wake word itself) and would fire again at once. Reset here, not
+                # only on ResetWakeWord: that flag may land a block later than this one.
+                self._pending_wake_reset = True
 
     def _apply_pending(self) -> None:
         if self._pending_listen is not None:

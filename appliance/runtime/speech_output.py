@@ -18,7 +18,8 @@ from appliance.ports import Clock, EventSink, Pcm16, Speaker
 
 _LOGGER = logging.getLogger(__name__)
 
-Synthesize = Callable[[str], Awaitable[tuple[Pcm16, int]]]
+Synthesize = Callable[[str, str | None], Awaitable[tuple[Pcm16, int]]]
+"""(text, voice label or None for the default voice) → audio and its rate."""
 
 
 @dataclass
@@ -26,6 +27,7 @@ class _Segment:
     turn: int
     text: str
     origin: str = "reply"
+    voice_label: str | None = None
     audio: Pcm16 | None = None
     rate: int = 0
 
@@ -96,15 +98,16 @@ class SpeechOutput:
     def _turn(self, turn: int) -> _TurnOutput:
         return self._turns.setdefault(turn, _TurnOutput())
 
-    def enqueue(self, turn: int, text: str, origin: str = "reply") -> None:
-        """Queue `text` for the turn; `origin` says what it is (reply, filler, first_message...)."""
+    def enqueue(self, turn: int, text: str, origin: str = "reply", voice_label: str | None = None) -> None:
+        """Queue `text` for the turn; `origin` says what it is (reply, filler, first_message...);
+        `voice_label` is the multi-voice label that speaks it (None: the default voice)."""
         text = text.strip()
         state = self._turn(turn)
         if not text or state.cancelled:
             return
         state.queued += 1
         state.texts.append(text)
-        self._texts.put_nowait(_Segment(turn, text, origin))
+        self._texts.put_nowait(_Segment(turn, text, origin, voice_label))
 
     def seal(self, turn: int) -> None:
         state = self._turn(turn)
@@ -138,7 +141,7 @@ class SpeechOutput:
             if self._turn(seg.turn).cancelled:
                 continue
             try:
-                seg.audio, seg.rate = await self._synthesize(seg.text)
+                seg.audio, seg.rate = await self._synthesize(seg.text, seg.voice_label)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -172,6 +175,7 @@ class SpeechOutput:
                 sample_rate_hz=seg.rate,
                 text=seg.text,
                 origin=seg.origin,
+                voice_label=seg.voice_label,
             )
             self._playing = seg
             self._play_started_at = self._clock.now()

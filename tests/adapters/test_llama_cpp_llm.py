@@ -399,7 +399,7 @@ def test_llama_cpp_server_through_the_openai_adapter(tmp_path: Path) -> None:
             finally:
                 await client.aclose()
 
-        out = run(body)
+        out = run(body, timeout_s=120)  # 48 tokens: ~1 s on an idle machine, much more when loaded
         text = "".join(o.text for o in out if isinstance(o, TextDelta))
         assert len([o for o in out if isinstance(o, TextDelta)]) >= 2
         assert "Paris" in text

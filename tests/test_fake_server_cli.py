@@ -1,0 +1,74 @@
+"""`appliance fake-server`: the fake ElevenLabs server from the command line (no account needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from websockets.sync.client import connect
+
+
+def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FAKE_KEY": "sk_cli_0123456789"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "fake-server",
+            "--port",
+            str(port),
+            "--scenario",
+            "conversation",
+            "--voice",
+            "tones",
+            "--pace",
+            "0",
+            "--api-key-env",
+            "FAKE_KEY",
+            "--agent-id",
+            "agent_cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1/convai/conversation/get-signed-url?agent_id=agent_cli"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                request = urllib.request.Request(base, headers={"xi-api-key": "sk_cli_0123456789"})
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    signed = json.loads(response.read())["signed_url"]
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the fake server did not come up"
+                time.sleep(0.1)
+        with connect(signed) as ws:
+            ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+            meta = json.loads(ws.recv(timeout=5))
+            assert meta["type"] == "conversation_initiation_metadata"
+            assert meta["conversation_initiation_metadata_event"]["agent_output_audio_format"] == "pcm_16000"
+            kinds = {json.loads(ws.recv(timeout=5))["type"] for _ in range(3)}
+            assert kinds <= {"agent_response", "audio"} and "audio" in kinds
+        wrong = urllib.request.Request(base, headers={"xi-api-key": "nope"})
+        try:
+            urllib.request.urlopen(wrong, timeout=2)
+            raise AssertionError("a wrong key must be refused")
+        except urllib.error.HTTPError as err:
+            assert err.code == 401
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert f"ws://127.0.0.1:{port}" in out
