@@ -592,7 +592,8 @@ def latency_table(quick: bool = False) -> list[Row]:
     for (client, chunk_ms), runs in results.streams.items():
         if client == "appliance":
             mine += runs
-        rows.append(_latency_row(client, str(chunk_ms), runs, results.paired.get(chunk_ms)))
+        paired = results.paired.get(chunk_ms) if client == "appliance" else None
+        rows.append(_latency_row(client, str(chunk_ms), runs, paired))
     # The verdict pools every appliance run against every SDK run made at the same time (the
     # receive path does not depend on the microphone chunk size): p99 over more frames is
     # steadier than per configuration, where it is the 3rd largest of 300 values.

@@ -234,7 +234,7 @@ async def test_a_conversation_streams_both_ways_and_reports_every_event() -> Non
     assert record.initiation["source_info"]["source"] == "unknown"
     assert record.audio_chunks >= 18 and {b for _, b in record.audio_received_at} == {3200}
     assert record.pongs and len(record.pongs) >= len(record.pong_delays_ms) >= 2
-    assert max(record.pong_delays_ms) < 100  # answered at once (loopback)
+    assert sorted(record.pong_delays_ms)[len(record.pong_delays_ms) // 2] < 50  # at once (loopback)
     assert record.close_code == 1000
 
 
@@ -336,7 +336,7 @@ async def test_an_interruption_stops_playback_within_a_block_and_drops_stale_aud
     assert correction["original_agent_response"] == long_reply
     assert long_reply.startswith(correction["corrected_agent_response"])
     # stop() came with the interruption (not one audio block later)...
-    assert spk.stops and spk.stops[0] - interruption["at"] < 0.02
+    assert spk.stops and abs(spk.stops[0] - interruption["at"]) < 0.02
     # ...the play in progress was cut short, and the stale chunk after it never played
     stale = [e for e in events.of("audio") if e.get("dropped") == "interrupted"]
     assert len(stale) == 1 and stale[0]["event_id"] == interruption["event_id"]
