@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, assert_never
 
+# re-exported: each machine's effects and events read as one vocabulary
+from appliance.core.common import ArmTimer as ArmTimer
+from appliance.core.common import CancelTimer as CancelTimer
+from appliance.core.common import Emit as Emit
+from appliance.core.common import TimerFired as TimerFired
 from appliance.core.history import ConversationHistory
 from appliance.core.voice_tags import Segment, strip_markup
 
@@ -148,11 +153,6 @@ class ToolFinished:
 
 
 @dataclass(frozen=True)
-class TimerFired:
-    name: str
-
-
-@dataclass(frozen=True)
 class EndRequested:
     reason: str
     immediate: bool = False
@@ -199,12 +199,6 @@ ConversationEvent = (
 
 
 # ------------------------------------------------------------------ effects (requests)
-@dataclass(frozen=True)
-class Emit:
-    type: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class Transcribe:
     turn: int
@@ -259,17 +253,6 @@ class RunTool:
 @dataclass(frozen=True)
 class SwitchLanguage:
     language: str
-
-
-@dataclass(frozen=True)
-class ArmTimer:
-    name: str
-    deadline: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    name: str
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, assert_never
+from typing import assert_never
 
+# re-exported: each machine's effects and events read as one vocabulary
+from appliance.core.common import ArmTimer as ArmTimer
+from appliance.core.common import CancelTimer as CancelTimer
+from appliance.core.common import Emit as Emit
+from appliance.core.common import TimerFired as TimerFired
 from appliance.core.endpointing import SpeechStarted, UtteranceEnded
 
 
@@ -51,11 +56,6 @@ class SessionEnded:
 
 
 @dataclass(frozen=True)
-class TimerFired:
-    name: str
-
-
-@dataclass(frozen=True)
 class StageFailed:
     stage: str
     code: str
@@ -76,12 +76,6 @@ DeviceEvent = (
 
 
 # ---------------------------------------------------------------- effects (requests)
-@dataclass(frozen=True)
-class Emit:
-    type: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class PlayChime:
     chime: Chime
@@ -112,17 +106,6 @@ class SetListening:
     """True: run VAD/endpointing on the microphone. False: run only the wake word."""
 
     on: bool
-
-
-@dataclass(frozen=True)
-class ArmTimer:
-    name: str
-    deadline: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    name: str
 
 
 @dataclass(frozen=True)
