@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,3 +40,11 @@ def say() -> Callable[[str], np.ndarray]:
         return cache[text]
 
     return _say
+
+
+@pytest.fixture(scope="session")
+def whisper(models_dir: Path) -> Any:
+    """faster-whisper tiny.en, loaded once, to hear back what the appliance said."""
+    from appliance.adapters.whisper_stt import FasterWhisperStt
+
+    return FasterWhisperStt(models_dir / "whisper-tiny.en")

@@ -31,13 +31,6 @@ def words(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", " ", text.lower())
 
 
-@pytest.fixture(scope="module")
-def whisper(models_dir: Path) -> Any:
-    from appliance.adapters.whisper_stt import FasterWhisperStt
-
-    return FasterWhisperStt(models_dir / "whisper-tiny.en")
-
-
 def hear(whisper: Any, path: Path) -> str:
     from appliance.adapters.resample import resample
 

@@ -45,13 +45,6 @@ def of(events: Events, kind: str) -> Events:
     return [e for e in events if e["type"] == kind]
 
 
-@pytest.fixture(scope="module")
-def whisper(models_dir: Path) -> Any:
-    from appliance.adapters.whisper_stt import FasterWhisperStt
-
-    return FasterWhisperStt(models_dir / "whisper-tiny.en")
-
-
 def hear(whisper: Any, path: Path) -> str:
     from appliance.adapters.resample import resample
 
