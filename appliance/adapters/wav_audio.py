@@ -18,7 +18,7 @@ import queue
 import struct
 import threading
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -34,10 +34,70 @@ _LOGGER = logging.getLogger(__name__)
 _FORMAT_PCM = 0x0001
 _FORMAT_FLOAT = 0x0003
 _FORMAT_EXTENSIBLE = 0xFFFE
+_FORMAT_NAMES = {
+    0x0002: "Microsoft ADPCM",
+    0x0006: "A-law (G.711)",
+    0x0007: "µ-law (G.711)",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0050: "MPEG audio",
+    0x0055: "MP3",
+    0x0161: "WMA",
+    0x2000: "AC-3",
+}
+MIN_WAV_RATE_HZ = 1000
+MAX_WAV_RATE_HZ = 768_000
+SUPPORTED_WAV = (
+    "supported: WAV (RIFF/WAVE) with PCM (8, 16, 24 or 32-bit) or IEEE float (32 or 64-bit) samples, "
+    f"{MIN_WAV_RATE_HZ}–{MAX_WAV_RATE_HZ} Hz, any channel count"
+)
+_MAX_FMT_BYTES = 4096
+_MAX_STREAM_SKIP_BYTES = 16 * 1024 * 1024
+"""A WAV stream may carry this much in chunks before its audio (metadata, pictures)."""
 
 
 def _bad_file(path: str, why: str) -> AudioDeviceError:
     return AudioDeviceError(f"cannot read WAV file {path}: {why}", code="audio_file_invalid", retryable=False)
+
+
+def describe_non_wav(head: bytes, *, strict: bool = False) -> str | None:
+    """What a file that does not start with a RIFF/WAVE header is, from its first bytes; None when
+    nothing is recognised. `strict`: only signatures that raw 16-bit samples practically never
+    start with (for stdin, where raw samples are valid input)."""
+    if head[:3] == b"ID3" and head[3:4] in (b"\x02", b"\x03", b"\x04"):
+        return "it is an MP3 file"
+    if not strict and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE6 in (0xE2, 0xE4, 0xE6):
+        return "it is an MP3 file"
+    if head[:4] == b"fLaC":
+        return "it is a FLAC file"
+    if head[:4] == b"OggS":
+        return "it is an Ogg (Vorbis/Opus) file"
+    if head[:4] == b"RF64":
+        return "it is an RF64 (64-bit WAV) file"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "it is an AIFF file"
+    if head[:4] == b"RIFF" and len(head) >= 12:
+        return f"it is a RIFF {head[8:12].decode('latin-1').strip()!r} file, not WAVE"
+    if not strict and head[4:8] == b"ftyp":
+        return "it is an MP4/M4A file"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "it is a WebM/Matroska file"
+    if head[:4] == b".snd":
+        return "it is a Sun/NeXT AU file"
+    return None
+
+
+def _what_instead(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    known = describe_non_wav(head)
+    if known is not None:
+        return known
+    if len(head) < 12:
+        return f"the file is only {len(head)} bytes"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it looks like text"
+    return "no RIFF/WAVE header"
 
 
 @dataclass(frozen=True)
@@ -60,21 +120,43 @@ class WavFormat:
         return self.frames / self.sample_rate_hz
 
 
-def read_wav_format(f: BinaryIO, path: str = "<wav>") -> WavFormat:
-    """Parse the RIFF header; leaves `f` positioned at the start of the sample data."""
-    head = f.read(12)
+_Fmt = tuple[int, int, int, int, int]  # tag, channels, rate, block_align, bits
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    """Up to `n` bytes; fewer only at the end of the input (pipes return short reads)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        piece = read(n - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def _parse_header(
+    read: Callable[[int], bytes], skip: Callable[[int], None], path: str, head: bytes | None = None
+) -> tuple[_Fmt, int]:
+    """The fmt fields and the data chunk's declared size; `read` is left at the first sample.
+    `head`: the first 12 bytes, when the caller has read them already."""
+    head = _read_exact(read, 12) if head is None else head
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        raise _bad_file(path, "not a RIFF/WAVE file")
-    fmt: tuple[int, int, int, int, int] | None = None
+        raise _bad_file(path, f"not a RIFF/WAVE file: {_what_instead(head)}; {SUPPORTED_WAV}")
+    fmt: _Fmt | None = None
     while True:
-        chunk = f.read(8)
+        chunk = _read_exact(read, 8)
         if len(chunk) < 8:
-            raise _bad_file(path, "no data chunk")
+            missing = "data chunk" if fmt is not None else "fmt chunk"
+            raise _bad_file(path, f"truncated header: the file ends before the {missing}")
         chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if chunk_id == b"fmt ":
-            body = f.read(size + (size & 1))
-            if size < 16:
-                raise _bad_file(path, "fmt chunk too short")
+            if size < 16 or size > _MAX_FMT_BYTES:
+                raise _bad_file(path, f"invalid fmt chunk ({size} bytes)")
+            body = _read_exact(read, size + (size & 1))
+            if len(body) < size:
+                raise _bad_file(path, "truncated header: the file ends inside the fmt chunk")
             tag, channels, rate, _byte_rate, block_align, bits = struct.unpack("<HHIIHH", body[:16])
             if tag == _FORMAT_EXTENSIBLE and size >= 40:
                 tag = struct.unpack("<H", body[24:26])[0]
@@ -82,10 +164,17 @@ def read_wav_format(f: BinaryIO, path: str = "<wav>") -> WavFormat:
         elif chunk_id == b"data":
             if fmt is None:
                 raise _bad_file(path, "data chunk before fmt chunk")
-            break
+            return fmt, size
         else:
-            f.seek(size + (size & 1), os.SEEK_CUR)
+            skip(size + (size & 1))
+
+
+def _check_format(fmt: _Fmt, path: str) -> tuple[int, bool]:
+    """(sample bytes, is float) of a format the reader supports; else a clear error."""
     tag, channels, rate, block_align, bits = fmt
+    if tag not in (_FORMAT_PCM, _FORMAT_FLOAT):  # first: a codec's block is not PCM's
+        name = _FORMAT_NAMES.get(tag, f"format tag 0x{tag:04x}")
+        raise _bad_file(path, f"{name} samples are not supported; {SUPPORTED_WAV}")
     if channels < 1 or rate < 1 or block_align < channels:
         raise _bad_file(path, f"invalid format ({channels} channels, {rate} Hz, block {block_align})")
     sample_bytes = block_align // channels
@@ -94,13 +183,42 @@ def read_wav_format(f: BinaryIO, path: str = "<wav>") -> WavFormat:
     elif tag == _FORMAT_FLOAT and sample_bytes in (4, 8):
         is_float = True
     else:
-        raise _bad_file(path, f"unsupported sample format (tag 0x{tag:04x}, {bits} bits)")
+        kind = "float" if tag == _FORMAT_FLOAT else "PCM"
+        raise _bad_file(
+            path, f"{bits}-bit {kind} ({sample_bytes}-byte samples) is not supported; {SUPPORTED_WAV}"
+        )
+    if not MIN_WAV_RATE_HZ <= rate <= MAX_WAV_RATE_HZ:
+        raise _bad_file(path, f"a sample rate of {rate} Hz is not supported; {SUPPORTED_WAV}")
+    return sample_bytes, is_float
+
+
+def read_wav_format(f: BinaryIO, path: str = "<wav>") -> WavFormat:
+    """Parse the RIFF header of a seekable file; leaves `f` positioned at the start of the samples."""
+
+    def skip(n: int) -> None:
+        f.seek(n, os.SEEK_CUR)
+
+    fmt, size = _parse_header(f.read, skip, path)
+    sample_bytes, is_float = _check_format(fmt, path)
+    _tag, channels, rate, block_align, _bits = fmt
     data_offset = f.tell()
     # Streamed WAVs (arecord/sox to a pipe) carry 0 or 0xFFFFFFFF: trust the file size then.
     available = os.fstat(f.fileno()).st_size - data_offset if _has_fileno(f) else size
     if size in (0, 0xFFFFFFFF) or size > available:
         size = available
     return WavFormat(rate, channels, sample_bytes, is_float, max(0, size) // block_align, data_offset)
+
+
+def probe_wav_file(path: str | os.PathLike[str]) -> WavFormat:
+    """Open and check a WAV file without reading its samples (for checks before anything slow)."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            return read_wav_format(f, name)
+    except OSError as err:
+        raise AudioDeviceError(
+            f"cannot open input WAV {name}: {err.strerror or err}", code="audio_file_invalid", retryable=False
+        ) from err
 
 
 def _has_fileno(f: BinaryIO) -> bool:
@@ -234,26 +352,35 @@ class _ThreadReader:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self._requests: queue.SimpleQueue[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bytes]]] = (
-            queue.SimpleQueue()
-        )
+        self._requests: queue.SimpleQueue[
+            tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]]
+        ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     async def read(self, n: int) -> bytes:
+        def work() -> bytes:
+            data = self._stream.read(n)
+            return bytes(data) if data is not None else b""
+
+        data = await self.call(work)
+        assert isinstance(data, bytes)
+        return data
+
+    async def call(self, work: Callable[[], object]) -> object:
+        """Run `work` (blocking reads of the stream) on the reader thread."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
+        future: asyncio.Future[object] = loop.create_future()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="raw-pipe-reader", daemon=True)
             self._thread.start()
-        self._requests.put((n, loop, future))
+        self._requests.put((work, loop, future))
         return await future
 
     def _run(self) -> None:
         while True:
-            n, loop, future = self._requests.get()
+            work, loop, future = self._requests.get()
             try:
-                data = self._stream.read(n)
-                result: bytes | BaseException = bytes(data) if data is not None else b""
+                result: object = work()
             except Exception as err:  # handed to the awaiting task
                 result = err
             try:
@@ -262,7 +389,7 @@ class _ThreadReader:
                 return
 
 
-def _settle(future: asyncio.Future[bytes], result: bytes | BaseException) -> None:
+def _settle(future: asyncio.Future[object], result: object) -> None:
     if future.done():
         return
     if isinstance(result, BaseException):
@@ -271,11 +398,17 @@ def _settle(future: asyncio.Future[bytes], result: bytes | BaseException) -> Non
         future.set_result(result)
 
 
-class RawPipeMicrophone:
-    """Raw 16 kHz mono s16le from a pipe (stdin) as the microphone, until end of file.
+STDIN_NAME = "<stdin>"
 
-    The stream is read on a thread so the event loop never blocks. An odd trailing byte (a
-    partial sample) at end of input is dropped.
+
+class RawPipeMicrophone:
+    """Audio from a pipe (stdin) as the microphone, until end of file: raw 16 kHz mono s16le, or
+    a WAV stream (`sox ... -t wav -`, `arecord -f S16_LE ...`), recognised by its RIFF/WAVE header
+    and then read like a WAV file (any supported format, resampled to 16 kHz mono).
+
+    The stream is read on a thread so the event loop never blocks. A stream that starts like
+    another audio format (MP3, FLAC, Ogg, ...) is refused with `audio_file_invalid` rather than
+    played as noise. An odd trailing byte (a partial sample) at end of input is dropped.
     """
 
     sample_rate_hz: int = MIC_RATE_HZ
@@ -286,6 +419,9 @@ class RawPipeMicrophone:
         self.block_ms = block_ms
         self.dropped_blocks = 0
         self.received_samples = 0
+        self.format: WavFormat | None = None
+        """The WAV stream's format, once its header was read (None for raw input)."""
+        self._stream = stream
         self._reader = _ThreadReader(stream)
         self._closed = False
 
@@ -293,9 +429,27 @@ class RawPipeMicrophone:
         block_samples = MIC_RATE_HZ * self.block_ms // 1000
         assembler = BlockAssembler(block_samples)
         pacer = _Pacer(MIC_RATE_HZ)
-        carry = b""
+        head = await self._reader.call(lambda: _read_exact(self._stream.read, 12))
+        assert isinstance(head, bytes)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            pieces = self._wav_pieces(head)
+        else:
+            other = describe_non_wav(head, strict=True)
+            if other is not None:
+                raise _bad_file(STDIN_NAME, f"{other}, not raw audio or a WAV stream; {SUPPORTED_WAV}")
+            pieces = self._raw_pieces(head)
+        async for piece in pieces:
+            for block in assembler.push(piece):
+                yield await self._deliver(block, pacer)
+        tail = assembler.flush()
+        if tail is not None and not self._closed:
+            yield await self._deliver(tail, pacer)
+
+    async def _raw_pieces(self, head: bytes) -> AsyncIterator[Pcm16]:
+        carry = head
+        read = MIC_RATE_HZ * self.block_ms // 1000 * 2
         while not self._closed:
-            data = await self._reader.read(block_samples * 2)
+            data = await self._reader.read(read)
             if not data:
                 break
             data = carry + data
@@ -303,13 +457,65 @@ class RawPipeMicrophone:
             carry = data[even:]
             samples = np.frombuffer(data[:even], dtype="<i2").astype(np.int16)
             self.received_samples += int(samples.size)
-            for block in assembler.push(samples):
-                yield await self._deliver(block, pacer)
+            yield samples
+        if len(carry) >= 2 and not self._closed:  # input shorter than the sniffed header
+            even = len(carry) - len(carry) % 2
+            samples = np.frombuffer(carry[:even], dtype="<i2").astype(np.int16)
+            self.received_samples += int(samples.size)
+            carry = carry[even:]
+            yield samples
         if carry:
             _LOGGER.debug("raw input ended with a partial sample (%d byte); dropped", len(carry))
-        tail = assembler.flush()
-        if tail is not None and not self._closed:
-            yield await self._deliver(tail, pacer)
+
+    async def _wav_pieces(self, head: bytes) -> AsyncIterator[Pcm16]:
+        skipped = 0
+
+        def skip(n: int) -> None:
+            nonlocal skipped
+            skipped += n
+            if skipped > _MAX_STREAM_SKIP_BYTES:
+                raise _bad_file(STDIN_NAME, "more than 16 MiB of chunks before the audio data")
+            while n > 0:
+                got = len(_read_exact(self._stream.read, min(n, 65536)))
+                if got == 0:
+                    return
+                n -= got
+
+        def header() -> tuple[_Fmt, int]:
+            return _parse_header(self._stream.read, skip, STDIN_NAME, head)
+
+        parsed = await self._reader.call(header)
+        assert isinstance(parsed, tuple)
+        fmt, size = parsed
+        sample_bytes, is_float = _check_format(fmt, STDIN_NAME)
+        _tag, channels, rate, block_align, _bits = fmt
+        unknown = size in (0, 0xFFFFFFFF)  # streamed: the length was not known when it was written
+        self.format = wav = WavFormat(
+            rate, channels, sample_bytes, is_float, 0 if unknown else size // block_align, 0
+        )
+        remaining = None if unknown else size - size % block_align
+        chunk = max(1, math.ceil(rate * self.block_ms / 1000)) * block_align
+        resampler = Resampler(rate, MIC_RATE_HZ)
+        carry = b""
+        while not self._closed and remaining != 0:
+            data = await self._reader.read(chunk if remaining is None else min(chunk, remaining))
+            if not data:
+                break
+            if remaining is not None:
+                remaining -= len(data)
+            data = carry + data
+            usable = len(data) - len(data) % block_align
+            carry = data[usable:]
+            out = resampler.process(decode_samples(data[:usable], wav))
+            self.received_samples += int(out.size)
+            yield out
+        if self._closed:
+            return
+        out = resampler.flush()
+        self.received_samples += int(out.size)
+        yield out
+        if carry:
+            _LOGGER.debug("WAV input ended with a partial frame (%d bytes); dropped", len(carry))
 
     async def _deliver(self, block: Pcm16, pacer: _Pacer) -> Pcm16:
         if self.realtime:
@@ -346,22 +552,27 @@ class WavFileSpeaker:
         self.block_ms = block_ms
         self._timeline = timeline
         try:
-            self._wav = wave.open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close_now()
+            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 - closed in close_now()
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(sample_rate_hz)
+            # The header now, flushed: the file is a valid (empty) WAV even if the run is killed.
+            self._wav.writeframes(b"")
+            self._file.flush()
         except OSError as err:
             raise AudioDeviceError(
                 f"cannot write output WAV {self.path}: {err.strerror or err}",
                 code="audio_file_invalid",
                 retryable=False,
             ) from err
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(sample_rate_hz)
         self._written = 0
         self._played = 0
         self._stop_generation = 0
         self._playing = False
         self._closed = False
         self._lock = asyncio.Lock()
+        self._file_lock = threading.Lock()  # `close_now()` may come from another thread
 
     @property
     def played_s(self) -> float:
@@ -417,7 +628,13 @@ class WavFileSpeaker:
 
     def _write(self, data: Pcm16) -> None:
         if data.size:
-            self._wav.writeframes(data.astype("<i2").tobytes())
+            with self._file_lock:
+                if self._closed:
+                    return
+                # `wave` patches the header's sizes after every write: flushed, the file on disk
+                # is a valid WAV at every moment
+                self._wav.writeframes(data.astype("<i2").tobytes())
+                self._file.flush()
             self._written += int(data.size)
 
     def _write_silence(self, samples: int) -> None:
@@ -439,5 +656,23 @@ class WavFileSpeaker:
                 target = round(pad_to_s * self.sample_rate_hz)
                 if target > self._written:
                     self._write_silence(target - self._written)
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Finish the WAV header now, from any thread (an emergency exit, a stuck `close()`).
+        Idempotent; later writes are dropped."""
+        self.stop()
+        locked = self._file_lock.acquire(timeout=0.5)
+        if not locked:
+            _LOGGER.warning("the WAV output %s is busy; closing it anyway", self.path)
+        try:
+            if self._closed:
+                return
             self._closed = True
             self._wav.close()
+            self._file.close()
+        except (OSError, wave.Error) as err:
+            _LOGGER.warning("cannot finish the WAV output %s: %s", self.path, err)
+        finally:
+            if locked:
+                self._file_lock.release()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -70,6 +70,21 @@ def format_value(value: object) -> str:
 def references(template: str) -> list[str]:
     """Variable names used in `template`, in order of first use."""
     return list(dict.fromkeys(m.group(1) for m in _REFERENCE.finditer(template)))
+
+
+def unresolved(
+    template: str, defined: Collection[str], *, allow_secrets: bool = False
+) -> tuple[list[str], list[str]]:
+    """What `render` would refuse in `template`, all at once: `(missing, secret)` variable names,
+    each in order of first use. A `secret__` name is a secret problem whether defined or not."""
+    missing: list[str] = []
+    secret: list[str] = []
+    for name in references(template):
+        if name.startswith(SECRET_PREFIX) and not allow_secrets:
+            secret.append(name)
+        elif name not in defined:
+            missing.append(name)
+    return missing, secret
 
 
 def render(

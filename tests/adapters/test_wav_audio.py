@@ -6,12 +6,14 @@ import struct
 import threading
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
 
-from appliance.adapters.wav_audio import RawPipeMicrophone, WavFileMicrophone, WavFileSpeaker
+from appliance.adapters.wav_audio import RawPipeMicrophone, WavFileMicrophone, WavFileSpeaker, probe_wav_file
 from appliance.errors import AudioDeviceError
 from appliance.ports import Microphone, Pcm16, Speaker
 
@@ -161,6 +163,119 @@ def test_raw_pipe_microphone_reads_stdin_like_pipe() -> None:
     thread.join()
     assert [b.size for b in blocks] == [1280, 1280, 1280, 1160]
     assert np.array_equal(np.concatenate(blocks), data)
+
+
+# --- inputs that are not (supported) WAV: named, never read as audio ----------------------------
+
+
+def _ulaw_wav(path: Path) -> None:
+    _write_raw_wav(path, bytes(range(256)) * 40, 8000, 1, 8, tag=0x0007)
+
+
+def _mp3_bytes() -> bytes:
+    return b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_ulaw_wav, "µ-law (G.711) samples are not supported; supported: WAV (RIFF/WAVE) with PCM "
+         "(8, 16, 24 or 32-bit) or IEEE float (32 or 64-bit) samples, 1000–768000 Hz, any channel count"),
+        (lambda p: p.write_bytes(_mp3_bytes()), "not a RIFF/WAVE file: it is an MP3 file; supported:"),
+        (lambda p: p.write_bytes(b"\xff\xfb\x90\x64" + bytes(400)), "not a RIFF/WAVE file: it is an MP3"),
+        (lambda p: p.write_bytes(b"fLaC" + bytes(100)), "not a RIFF/WAVE file: it is a FLAC file"),
+        (lambda p: p.write_bytes(b""), "not a RIFF/WAVE file: the file is empty"),
+        (lambda p: p.write_bytes(b"RIFF\x00\x00"), "not a RIFF/WAVE file: the file is only 6 bytes"),
+        (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00"),
+         "truncated header: the file ends inside the fmt chunk"),
+        (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt "), "truncated header: the file ends before"),
+        (lambda p: _write_raw_wav(p, bytes(100), 16000, 1, 16, tag=0x0002),
+         "Microsoft ADPCM samples are not supported"),
+        (lambda p: _write_raw_wav(p, bytes(100), 16000, 1, 16, tag=0x0003), "16-bit float (2-byte samples)"),
+        (lambda p: _write_raw_wav(p, bytes(100), 500, 1, 16, tag=1), "a sample rate of 500 Hz is not"),
+    ],
+)  # fmt: skip
+def test_files_that_are_not_supported_wavs_say_what_they_are(
+    tmp_path: Path, make: Callable[[Path], None], expected: str
+) -> None:
+    path = tmp_path / "input.wav"
+    make(path)
+    for probe in (probe_wav_file, lambda p: WavFileMicrophone(p, realtime=False)):
+        with pytest.raises(AudioDeviceError) as exc:
+            probe(path)
+        assert exc.value.code == "audio_file_invalid" and not exc.value.retryable
+        assert str(exc.value).startswith(f"cannot read WAV file {path}: {expected}")
+
+
+def _pipe(payload: bytes) -> BinaryIO:
+    """A real pipe (short reads, no seeking) fed by a thread in odd-sized writes."""
+    read_fd, write_fd = os.pipe()
+
+    def writer() -> None:
+        with os.fdopen(write_fd, "wb", buffering=0) as pipe:
+            for i in range(0, len(payload), 777):
+                try:
+                    pipe.write(payload[i : i + 777])
+                except BrokenPipeError:
+                    return
+
+    threading.Thread(target=writer, daemon=True).start()
+    return os.fdopen(read_fd, "rb", buffering=0)
+
+
+def _riff(chunks: bytes, size: int | None = None) -> bytes:
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks) if size is None else size) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_wav_stream_on_stdin_is_parsed_not_played_as_raw_samples(tmp_path: Path, streamed: bool) -> None:
+    """`sox in.wav -t wav - | appliance run --input -`: the header is read, the audio resampled."""
+    path = tmp_path / "stereo.wav"
+    tone = _sine(440.0, 44100, 1.0)
+    _write_pcm16(path, np.stack([tone, 0.5 * tone], axis=1), 44100)
+    data = path.read_bytes()
+    fmt_end = data.index(b"data")
+    payload = data[fmt_end + 8 :]
+    meta = b"LIST" + struct.pack("<I", 4) + b"INFO"
+    # streamed: sizes unknown (0xFFFFFFFF), as arecord/sox write to a pipe; else a trailing chunk
+    # after the data that must not be read as audio
+    size = 0xFFFFFFFF if streamed else len(payload)
+    trailer = b"" if streamed else b"LIST" + struct.pack("<I", 4) + b"INFO"
+    stream = _riff(data[12:fmt_end] + meta + b"data" + struct.pack("<I", size) + payload + trailer)
+    with _pipe(stream) as pipe:
+        mic = RawPipeMicrophone(pipe, realtime=False)
+        audio = np.concatenate(asyncio.run(_collect(mic)))
+    expected = np.concatenate(asyncio.run(_collect(WavFileMicrophone(path, realtime=False))))
+    assert mic.format is not None and (mic.format.sample_rate_hz, mic.format.channels) == (44100, 2)
+    assert audio.size == expected.size == 16000
+    assert np.abs(audio.astype(np.int32) - expected.astype(np.int32)).max() <= 2
+    assert _peak_hz(audio, 16000) == pytest.approx(440.0, abs=1.0)
+
+
+def test_a_stream_in_another_format_or_with_a_bad_header_is_refused() -> None:
+    with _pipe(_mp3_bytes()) as pipe, pytest.raises(AudioDeviceError) as exc:
+        asyncio.run(_collect(RawPipeMicrophone(pipe, realtime=False)))
+    assert str(exc.value).startswith(
+        "cannot read WAV file <stdin>: it is an MP3 file, not raw audio or a WAV stream; supported:"
+    )
+    ulaw = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
+    stream = _riff(b"fmt " + struct.pack("<I", 16) + ulaw + b"data" + struct.pack("<I", 100) + bytes(100))
+    with _pipe(stream) as pipe, pytest.raises(AudioDeviceError, match=r"<stdin>: µ-law \(G.711\) samples"):
+        asyncio.run(_collect(RawPipeMicrophone(pipe, realtime=False)))
+    with (
+        _pipe(_riff(b"fmt " + struct.pack("<I", 16) + ulaw[:6])) as pipe,
+        pytest.raises(
+            AudioDeviceError, match="<stdin>: truncated header: the file ends inside the fmt chunk"
+        ),
+    ):
+        asyncio.run(_collect(RawPipeMicrophone(pipe, realtime=False)))
+
+
+def test_raw_input_shorter_than_a_header_is_still_audio() -> None:
+    samples = np.array([100, -200, 300, -400, 500], dtype=np.int16)
+    with _pipe(samples.astype("<i2").tobytes() + b"\x01") as pipe:
+        blocks = asyncio.run(_collect(RawPipeMicrophone(pipe, realtime=False)))
+    assert np.array_equal(np.concatenate(blocks), samples)
 
 
 def _read_wav(path: Path) -> tuple[int, np.ndarray]:

@@ -21,6 +21,7 @@ from appliance.core.variables import (
     render,
     secret_names,
     system_variables,
+    unresolved,
 )
 from appliance.errors import ApplianceError
 
@@ -80,6 +81,30 @@ def test_secret_variables_are_refused_outside_tool_headers_without_leaking_the_v
 def test_an_undefined_secret_is_still_a_secret_error() -> None:
     with pytest.raises(SecretVariableError):
         render("{{secret__key}}", {})
+
+
+@pytest.mark.parametrize(
+    ("template", "defined", "missing", "secret"),
+    [
+        ("Hi {{user}}", {"user"}, [], []),
+        ("Hi {{user}} in {{ city }}, {{user}}", {"x"}, ["user", "city"], []),
+        ("{{secret__token}} {{secret__key}}", {"secret__token"}, [], ["secret__token", "secret__key"]),
+        ("{{a}} {{secret__b}} {{system__time}}", {"system__time"}, ["a"], ["secret__b"]),
+        ("{{ not a name }} {single}", set(), [], []),
+    ],
+)
+def test_unresolved_finds_every_reference_render_would_refuse(
+    template: str, defined: set[str], missing: list[str], secret: list[str]
+) -> None:
+    assert unresolved(template, defined) == (missing, secret)
+    variables: dict[str, VariableValue] = dict.fromkeys(defined, "v")
+    if missing or secret:
+        with pytest.raises((MissingVariableError, SecretVariableError)) as exc:
+            render(template, variables)
+        assert exc.value.name in missing + secret
+    else:
+        render(template, variables)
+    assert unresolved("{{secret__b}}", set(), allow_secrets=True) == (["secret__b"], [])
 
 
 @pytest.mark.parametrize(
