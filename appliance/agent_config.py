@@ -262,12 +262,26 @@ class SecretRef(Mirror):
     secret_id: str
 
 
+def _header_value(v: object) -> object:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and any(isinstance(v.get(k), str) for k in ("secret_id", "variable_name")):
+        return v
+    fail(f"{show(v)} is not a string, {{secret_id: ...}} or {{variable_name: ...}}")
+
+
 class CustomLlm(Mirror):
+    """The platform's custom LLM: an OpenAI-compatible server the local agent calls when
+    `prompt.llm` is `custom-llm` (see `appliance.config.custom_llm_access` for the key)."""
+
     url: Annotated[str, url_with("http", "https")] | None = None
     model_id: str | None = None
     api_key: SecretRef | None = None
-    request_headers: dict[str, Any] = {}
+    """A platform secret; on the device APPLIANCE_LLM_API_KEY or APPLIANCE_SECRET_<ID>."""
+    request_headers: dict[str, Annotated[Any, AfterValidator(_header_value)]] = {}
+    """name → a string, a platform secret {secret_id} or a dynamic variable {variable_name}."""
     api_version: str | None = None
+    """Sent as the `api-version` query parameter (Azure OpenAI style) when set."""
 
 
 class Assignment(Mirror):

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         "--input",
         "-i",
         metavar="WAV|-",
-        help="read audio from a WAV file (any rate/channels) or '-' for "
-        "raw 16 kHz mono s16le on stdin, instead of the microphone",
+        help="read audio from a WAV file (PCM or float, any rate/channels) or '-' for stdin "
+        "(raw 16 kHz mono s16le, or a WAV stream), instead of the microphone",
     )
     run.add_argument("--output", "-o", metavar="WAV", help="write what the speaker would play to a WAV file")
     run.add_argument(
@@ -185,49 +186,197 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApplianceError as err:
         print(f"error [{err.code}]: {redact(str(err))}", file=sys.stderr)
         return EXIT_FAILURE
+    except UsageError as err:
+        print(redact(str(err)), file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as err:  # a bug: one line for the user, the traceback only at DEBUG
+        _LOGGER.debug("unexpected error", exc_info=True)
+        print(
+            f"error: unexpected {type(err).__name__}: {redact(str(err))[:300]} "
+            "(run with --log-level DEBUG for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     parser.print_help()
     return EXIT_USAGE
+
+
+class UsageError(Exception):
+    """A bad command line: the message names the flag; exit 2."""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from appliance.config import load_config
     from appliance.logs import setup_logging
-    from appliance.runtime.app import RunOptions, run_appliance
+    from appliance.runtime.app import RunOptions, exit_process, run_appliance
 
     if args.realtime and args.input is None:
         print("--realtime applies to --input runs only", file=sys.stderr)
         return EXIT_USAGE
-    if args.input not in (None, "-") and not Path(args.input).is_file():
-        print(f"--input: {args.input} does not exist", file=sys.stderr)
-        return EXIT_USAGE
+    check_run_paths(args.input, args.output, args.events, args.config)
+    if args.simulate_echo is not None and not 0 <= args.simulate_echo <= 1:
+        raise UsageError(f"--simulate-echo: {args.simulate_echo} is outside 0–1")
     if hasattr(signal, "SIGHUP"):  # a reload asked for while the models load is not a kill
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A stop while the models load is a requested stop too: exit 0, like Ctrl-C (the run
+    # installs its own handlers once it is up).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     config = load_config(args.config)
     setup_logging(args.log_level or config.appliance.logging.level)
+    from appliance.preflight import check_runnable
+
+    for warning in check_runnable(config):  # variables and the prompt's size, before models load
+        _LOGGER.warning("%s: %s", config.source, warning)
     if args.require_devices:
         _require_devices(config, microphone=args.input is None, speaker=args.output is None)
     if args.config is None:
         print("using the embedded default configuration", file=sys.stderr)
-    result = run_appliance(
-        config,
-        RunOptions(
-            input=args.input,
-            output=args.output,
-            events=args.events,
-            realtime=args.realtime,
-            simulate_echo=args.simulate_echo,
-            require_devices=args.require_devices,
-        ),
-    )
+    try:
+        result = run_appliance(
+            config,
+            RunOptions(
+                input=args.input,
+                output=args.output,
+                events=args.events,
+                realtime=args.realtime,
+                simulate_echo=args.simulate_echo,
+                require_devices=args.require_devices,
+            ),
+            own_process=True,
+        )
+    except KeyboardInterrupt:  # SIGTERM / SIGINT while the models load: a model thread may
+        _LOGGER.info("stopped while starting")  # still be busy (priming a long prompt)
+        exit_process(EXIT_OK)
+        return EXIT_OK
     _LOGGER.info(
         "stopped: %s (%d session(s), %d microphone block(s) dropped)",
         result.reason,
         result.sessions,
         result.dropped_blocks,
     )
-    return EXIT_OK if result.reason != "microphone_failed" else EXIT_AUDIO
+    code = EXIT_OK if result.reason != "microphone_failed" else EXIT_AUDIO
+    exit_process(code)  # bounded: a model call abandoned by a stop does not hold the exit
+    return code
+
+
+def check_run_paths(input: str | None, output: str | None, events: str | None, config: str | None) -> None:
+    """Refuse at once (`UsageError`, exit 2), before any model loads: an input that is not a
+    readable WAV, an output that would overwrite an input (the recording, the configuration, the
+    file on stdin) or the other output, and an output that cannot be written."""
+    from appliance.adapters.wav_audio import probe_wav_file
+
+    if input is not None and input != "-":
+        if Path(input).is_dir():
+            raise UsageError(f"--input: {input} is a directory, not a WAV file")
+        if not Path(input).exists():
+            raise UsageError(f"--input: {input} does not exist")
+        if not Path(input).is_file():  # reading a FIFO's header here would take it from the run
+            raise UsageError(f"--input: {input} is not a regular file (for a pipe, use --input - < {input})")
+        try:
+            probe_wav_file(input)
+        except AudioDeviceError as err:
+            raise UsageError(f"--input: {err}") from None
+    elif input == "-":
+        _check_stdin_wav()
+    given = [
+        (flag, Path(p)) for flag, p in (("--input", input), ("--config", config)) if p not in (None, "-")
+    ]
+    for flag, value in (("--output", output), ("--events", events)):
+        if value is None:
+            continue
+        path = Path(value)
+        for other_flag, other in given:
+            if _same_file(path, other):
+                what = "the recording" if other_flag == "--input" else "it"
+                if other_flag == "--output":
+                    what = "the audio output"
+                raise UsageError(
+                    f"{flag} and {other_flag} name the same file ({other}): writing {flag} would destroy "
+                    f"{what}; give {flag} a file of its own"
+                )
+        if input == "-" and _is_stdin_file(path):
+            raise UsageError(
+                f"{flag} ({path}) is the file on stdin (--input -): writing it would destroy the recording; "
+                f"give {flag} a file of its own"
+            )
+        _check_writable(flag, path)
+        given.append((flag, path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Two paths of one regular file (symlinks, hard links, `..`), or one path not created yet."""
+    try:
+        if os.path.samefile(a, b):
+            return stat.S_ISREG(os.stat(a).st_mode)
+    except OSError:
+        pass  # one of them does not exist yet
+    if a.expanduser().resolve() != b.expanduser().resolve():
+        return False
+    try:
+        return stat.S_ISREG(os.stat(a).st_mode)
+    except OSError:
+        return True  # neither exists: both would write the same new file
+
+
+def _stdin_stat() -> os.stat_result | None:
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _is_stdin_file(path: Path) -> bool:
+    st = _stdin_stat()
+    if st is None:
+        return False
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _check_stdin_wav() -> None:
+    """`--input - < file`: a WAV file on stdin is checked like `--input file` (a pipe is checked
+    as it is read: `RawPipeMicrophone`). The read position of stdin is left where it was."""
+    from appliance.adapters.wav_audio import STDIN_NAME, describe_non_wav, read_wav_format
+
+    if _stdin_stat() is None:
+        return
+    fd = sys.stdin.fileno()
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    head = os.pread(fd, 12, start)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        try:
+            with open(os.dup(fd), "rb") as f:  # shares the offset with stdin: restored below
+                read_wav_format(f, STDIN_NAME)
+        except AudioDeviceError as err:
+            raise UsageError(f"--input -: {err}") from None
+        finally:
+            os.lseek(fd, start, os.SEEK_SET)
+    elif (other := describe_non_wav(head, strict=True)) is not None:
+        raise UsageError(f"--input -: stdin is not raw audio or a WAV: {other}")
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """Without creating or truncating anything: can `path` be opened for writing?"""
+    p = path.expanduser()
+    if p.is_dir():
+        raise UsageError(f"{flag}: {path} is a directory; give a file name")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise UsageError(f"{flag}: cannot write {path} (permission denied)")
+        return
+    parent = p.parent
+    if not parent.exists():
+        raise UsageError(f"{flag}: cannot create {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: cannot create {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create {path}: no write permission in {parent}")
 
 
 def _require_devices(config: Config, *, microphone: bool, speaker: bool) -> None:
@@ -250,6 +399,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # the checks speak for themselves
     config = load_config(args.config, log_warnings=False)
+    from appliance.preflight import check_runnable
+
+    check_runnable(config)  # what `check-config` finds: variables per wake word, the prompt's size
     return run_doctor(config, audio=not args.no_audio, network=not args.no_network, timeout_s=args.timeout)
 
 
@@ -306,6 +458,12 @@ def _cmd_check_config(path: str) -> int:
         return EXIT_USAGE
     for warning in lines:
         print(f"warning: {warning}")
+    from appliance.config import llm_summary
+
+    llm, *notes = llm_summary(config)  # which LLM the device uses; key/header secrets not found
+    for note in notes:
+        print(f"warning: {redact(note)}")
+    print(redact(llm))
     print(f"{path}: OK (mode {config.appliance.mode}, {len(lines)} warning(s))")
     return EXIT_OK
 

@@ -7,6 +7,13 @@ Every problem is collected and raised at once as a `ConfigError`, one line each:
 
 The CLI's `appliance check-config FILE` calls `check_config(FILE)`: on `(config, warnings)` it
 prints "OK" and the warnings and exits 0; on `(None, problems)` it prints the problems, exit 2.
+
+Which LLM the local agent uses follows the platform: `conversation_config.agent.prompt.llm:
+custom-llm` calls `prompt.custom_llm` (an OpenAI-compatible server), any other value runs the
+device's llama.cpp model; `appliance.local.llm.backend` is an optional explicit override
+(`Config.llm_backend` is the one answer). `custom_llm_access` resolves the custom LLM's key and
+headers from the environment; every key and URL password the configuration names is registered
+with the log redactor when the file is loaded, whatever the mode.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, Self, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -53,9 +61,11 @@ from appliance.agent_config import (
     show,
     url_with,
 )
+from appliance.core.conversation import LLM_FAILURE_MESSAGES
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.wakeword import WakeWordRule
 from appliance.errors import ConfigError
+from appliance.logs import MASK, register_secret
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,6 +77,15 @@ SECRET_PROBLEM = (
     "secrets are not read from the config file; "
     "set the ELEVENLABS_API_KEY environment variable or a systemd credential"
 )
+ELEVENLABS_API_KEY_ENV = "ELEVENLABS_API_KEY"
+LLM_API_KEY_ENV = "APPLIANCE_LLM_API_KEY"
+"""The custom LLM's key (environment or systemd credential `appliance_llm_api_key`)."""
+SECRET_ENV_PREFIX = "APPLIANCE_SECRET_"
+"""A platform secret `{secret_id: ID}` is read from APPLIANCE_SECRET_<ID> (upper case, other
+characters than letters and digits as `_`), or the systemd credential of that name in lower case."""
+CUSTOM_LLM = "custom-llm"
+LlmBackend = Literal["llama_cpp", "openai"]
+_SECRET_NAME_WORDS = ("auth", "key", "token", "secret", "passw", "cookie", "signature", "credential")
 
 
 def _device_ref(v: object) -> object:
@@ -156,7 +175,8 @@ class SttConfig(_Device):
 
 
 class LlmConfig(_Device):
-    backend: Literal["llama_cpp", "openai"] = "llama_cpp"
+    backend: LlmBackend | None = None
+    """An explicit override; None (default) follows conversation_config.agent.prompt.llm."""
     model: Text = "smollm2-135m-instruct"
     n_ctx: Annotated[Int, between(256, 32768, "tokens")] = 2048
     threads: Annotated[Int, between(1, 16)] = 2
@@ -173,6 +193,28 @@ class LocalVoice(_Device):
     language: Text = "en"
 
 
+def _failure_message(v: object) -> object:
+    """One apology (a text) or one per language code (a mapping), each 1–200 characters."""
+
+    def check(text: object, where: str) -> None:
+        if not isinstance(text, str):
+            fail(f"{where}{show(text)} is not a text")
+        if not 1 <= len(text.strip()) <= 200:
+            fail(f"{where}{show(text)} is outside 1–200 characters")
+
+    if isinstance(v, dict):
+        for code, text in v.items():
+            if not isinstance(code, str) or not re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?", code):
+                fail(f"{show(code)} is not a language code (like en or pt-br)")
+            check(text, f"{code}: ")
+    elif v is not None:
+        check(v, "")
+    return v
+
+
+FailureMessage = Annotated[str | dict[str, str] | None, BeforeValidator(_failure_message)]
+
+
 class LocalConfig(_Device):
     stt: SttConfig = Field(default_factory=SttConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
@@ -182,6 +224,22 @@ class LocalConfig(_Device):
     default_voice: Text = "joe"
     preload_voices: list[str] = []
     voice_cache_size: Annotated[Int, between(1, 10, "voices")] = 3
+    max_reply_seconds: Annotated[Num, between(5, 600, "seconds")] = 45.0
+    """A reply ends (at a sentence end) before this much speech, estimated from its text."""
+    max_reply_tokens: Annotated[Int, between(16, 8192, "tokens")] = 400
+    """The most tokens asked of the LLM per reply (with `prompt.max_tokens` if that is lower)."""
+    llm_failure_message: FailureMessage = None
+    """Said when the LLM fails: one text for every language, or one per language code;
+    None = the built-in apology in en, de, fr, es, it, pt or nl (English otherwise)."""
+
+    def llm_failure_messages(self) -> dict[str, str]:
+        """The apology per language code (`en` is the fallback for a language without one)."""
+        configured = self.llm_failure_message
+        if configured is None:
+            return dict(LLM_FAILURE_MESSAGES)
+        if isinstance(configured, str):
+            return {"en": configured.strip()}
+        return {code.lower().replace("_", "-"): text.strip() for code, text in configured.items()}
 
 
 class RemoteConfig(_Device):
@@ -291,6 +349,12 @@ class Config:
     """Relative paths in the file are relative to this (the file's folder; None = the cwd)."""
 
     @property
+    def llm_backend(self) -> LlmBackend:
+        """The LLM the local agent uses: `openai` calls prompt.custom_llm, `llama_cpp` the
+        device's model (`select_llm`)."""
+        return select_llm(self.conversation_config.agent.prompt.llm, self.appliance.local.llm.backend)
+
+    @property
     def eagerness(self) -> TurnEagerness:
         return self.conversation_config.turn.turn_eagerness
 
@@ -342,8 +406,49 @@ class Config:
         return p if p.is_absolute() or self.base_dir is None else self.base_dir / p
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""A configuration file larger than this is refused before it is parsed."""
+MAX_YAML_DEPTH = 100
+"""Nesting limit of the document, counting what aliases expand to."""
+MAX_YAML_VALUES = 100_000
+"""Limit on the values of the document with every alias expanded (a YAML "billion laughs" bomb
+expands a few hundred bytes into billions of values; every later pass copies the expansion)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans (`no`, `on`, `yes` stay strings: `no` is Norwegian) and no duplicate keys."""
+    """YAML 1.2 booleans (`no`, `on`, `yes` stay strings: `no` is Norwegian), no duplicate keys, and
+    bounded documents: at most `MAX_YAML_DEPTH` levels and `MAX_YAML_VALUES` values with every alias
+    expanded, no recursive aliases. Both are checked on the composed nodes, before anything is
+    constructed or copied, so a hostile file is refused in milliseconds."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self.current: yaml.Node | None = None
+        """The node being constructed, to locate a value that cannot be read."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # PyYAML composes recursively: stop before Python's recursion limit does (~490 levels).
+        if self._depth >= MAX_YAML_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        self.current = node
+        return super().construct_object(node, deep)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[object] = set()
@@ -369,16 +474,87 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that is recursive, or too deep or too large once aliases are expanded.
+
+    An alias is the anchored node itself (PyYAML shares it), so each node's expanded size and
+    height are computed once: linear in the size of the text whatever the aliases expand to.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+    open_nodes: set[int] = set()
+
+    def refuse(node: yaml.Node, problem: str) -> NoReturn:
+        raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
+
+    def walk(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in done:
+            size, height = done[key]
+        else:
+            if key in open_nodes:
+                refuse(node, "an alias refers to a node that contains it (a recursive structure)")
+            if depth > MAX_YAML_DEPTH:
+                refuse(node, f"nested more than {MAX_YAML_DEPTH} levels deep once aliases are expanded")
+            open_nodes.add(key)
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            else:
+                children = []
+            size, height = 1, 1
+            for child in children:
+                child_size, child_height = walk(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_YAML_VALUES:
+                    refuse(
+                        node,
+                        f"more than {MAX_YAML_VALUES:,} values once aliases are expanded (a YAML alias "
+                        "bomb?); a configuration needs far fewer",
+                    )
+            open_nodes.discard(key)
+            done[key] = (size, height)
+        if depth + height - 1 > MAX_YAML_DEPTH:
+            refuse(node, f"nested more than {MAX_YAML_DEPTH} levels deep once aliases are expanded")
+        return size, height
+
+    walk(root, 1)
+
+
+_VALUE_KINDS = {
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:binary": "base64 data",
+}
+
+
 def _parse(text: str) -> object:
+    loader: _Loader | None = None
     try:
-        return yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)  # the reader checks the characters here
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as err:
         # Never str(err): its snippet of the line could show a secret.
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise ConfigError([f"{where}: {err.problem or err.context or 'invalid YAML'}"]) from None
+    except yaml.reader.ReaderError as err:
+        what = f"character #x{err.character:04x}" if isinstance(err.character, int) else "byte"
+        raise ConfigError([f"offset {err.position}: unacceptable {what} ({err.reason})"]) from None
     except yaml.YAMLError as err:
         raise ConfigError([f"invalid YAML ({type(err).__name__})"]) from None
+    except (ValueError, OverflowError, TypeError) as err:  # a scalar the constructors cannot convert
+        node = loader.current if loader is not None else None
+        mark = node.start_mark if node is not None else None
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        kind = _VALUE_KINDS.get(node.tag, "a value") if node is not None else "a value"
+        reason = str(err).split(":")[0][:80]
+        raise ConfigError([f"{where}: cannot be read as {kind} ({reason})"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _strip_secrets(node: object, path: str, problems: list[str]) -> object:
@@ -426,16 +602,37 @@ def _device_checks(ap: ApplianceConfig) -> list[str]:
     return out
 
 
-def _joint_checks(cc: ConversationConfig, ap: ApplianceConfig | None) -> tuple[list[str], list[str]]:
-    problems: list[str] = []
-    warnings: list[str] = []
+def select_llm(platform_llm: str | None, override: LlmBackend | None) -> LlmBackend:
+    """The platform's meaning: `custom-llm` calls the custom LLM (`openai`), any other LLM name
+    (or none) runs the device's own model (`llama_cpp`); an explicit `override` wins (a
+    contradicting one is refused by `load_config`)."""
+    if override is not None:
+        return override
+    return "openai" if platform_llm == CUSTOM_LLM else "llama_cpp"
+
+
+def _llm_checks(cc: ConversationConfig, ap: ApplianceConfig | None) -> list[str]:
     prompt = cc.agent.prompt
+    override = ap.local.llm.backend if ap is not None else None
+    problems: list[str] = []
+    if prompt.llm == CUSTOM_LLM and override == "llama_cpp":
+        problems.append(
+            "appliance.local.llm.backend: 'llama_cpp' contradicts conversation_config.agent.prompt.llm "
+            "'custom-llm' (which calls prompt.custom_llm): remove the override to use the custom LLM, "
+            "or set prompt.llm to another model to use the device's llama.cpp model"
+        )
     if prompt.custom_llm is None or prompt.custom_llm.url is None:
         path = "conversation_config.agent.prompt.custom_llm.url"
-        if ap is not None and ap.local.llm.backend == "openai":
+        if override == "openai":
             problems.append(f"{path}: required when appliance.local.llm.backend is 'openai'")
-        elif prompt.llm == "custom-llm":
+        elif prompt.llm == CUSTOM_LLM:
             problems.append(f"{path}: required when conversation_config.agent.prompt.llm is 'custom-llm'")
+    return problems
+
+
+def _joint_checks(cc: ConversationConfig, ap: ApplianceConfig | None) -> tuple[list[str], list[str]]:
+    problems = _llm_checks(cc, ap)
+    warnings: list[str] = []
     if ap is None or ap.mode == "remote" or ap.local.default_voice not in ap.local.voices:
         return problems, warnings
     used = [("conversation_config.tts.voice_id", cc.tts.voice_id)]
@@ -496,10 +693,12 @@ def load_config_text(
         warnings += cloud_only_warnings(ps, "platform_settings")
     if problems or cc is None or ps is None or ap is None:
         raise ConfigError(problems, source=source)
+    config = Config(cc, ps, ap, warnings, source, base_dir)
+    register_config_secrets(config)
     if log_warnings:
         for warning in warnings:
             _LOGGER.warning("%s: %s", source, warning)
-    return Config(cc, ps, ap, warnings, source, base_dir)
+    return config
 
 
 def load_config(path: str | Path | None, *, log_warnings: bool = True) -> Config:
@@ -509,11 +708,16 @@ def load_config(path: str | Path | None, *, log_warnings: bool = True) -> Config
         return load_config_text(text, DEFAULT_SOURCE, log_warnings=log_warnings)
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:  # bounded: /dev/zero or a huge file must not fill the memory
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError([f"{p}: not UTF-8 text (bad byte at offset {err.start})"], source=str(p)) from None
     except OSError as err:  # missing, a directory, no permission...
         raise ConfigError([f"{p}: cannot read the file ({err.strerror or err})"], source=str(p)) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        limit = MAX_CONFIG_BYTES // (1024 * 1024)
+        raise ConfigError([f"{p}: larger than {limit} MiB; this is not a configuration file"], source=str(p))
     return load_config_text(text, str(p), base_dir=p.resolve().parent, log_warnings=log_warnings)
 
 
@@ -532,7 +736,11 @@ def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
                 load_pls(cfg.resolve_path(locator.path))
         except LexiconError as err:
             broken.append(str(err))
-    return (None, broken) if broken else (cfg, cfg.warnings)
+    from appliance.preflight import preflight, token_counter_for
+
+    problems, warnings = preflight(cfg, token_counter_for(cfg))  # what a session would render
+    problems = broken + problems
+    return (None, problems) if problems else (cfg, cfg.warnings + warnings)
 
 
 def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -564,3 +772,173 @@ def resolve_models_dir(cfg: Config, env: Mapping[str, str] | None = None) -> Pat
         home = Path(env["HOME"]) if env.get("HOME") else Path.home()
         cache = home / ".cache"
     return cache / "appliance" / "models"
+
+
+# ---------------------------------------------------------------------- the custom LLM's access
+
+
+def secret_env_name(secret_id: str) -> str:
+    """Where the device reads the platform secret `{secret_id: ...}`: APPLIANCE_SECRET_<ID>."""
+    return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", secret_id).upper()
+
+
+def looks_secret(name: str) -> bool:
+    """A header or query parameter name whose value works as a credential."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_NAME_WORDS)
+
+
+def url_credentials(url: str) -> list[str]:
+    """The parts of a URL that are credentials: the password (the user name when it stands
+    alone, as a token), and query values whose names look secret (`?api_key=...`)."""
+    try:
+        parts = urlsplit(url)
+        username, password = parts.username, parts.password
+    except ValueError:
+        return []
+    out = [password] if password else [username] if username else []
+    out += [value for name, value in parse_qsl(parts.query, keep_blank_values=False) if looks_secret(name)]
+    return [v for v in out if v]
+
+
+def display_url(url: str) -> str:
+    """`url` for people to read: the password (or a lone user name) and secret query values as ***."""
+    try:
+        parts = urlsplit(url)
+        username, password, host = parts.username, parts.password, parts.hostname
+        port = parts.port
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if username or password:
+        hostport = (host or "") + (f":{port}" if port is not None else "")
+        netloc = f"{username}:{MASK}@{hostport}" if password else f"{MASK}@{hostport}"
+    query = "&".join(
+        f"{name}={MASK}" if looks_secret(name) else pair
+        for pair in parts.query.split("&")
+        if pair
+        for name in [pair.partition("=")[0]]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class CustomLlmAccess:
+    """How the device calls `prompt.custom_llm`, with what the environment provides."""
+
+    url: str
+    model_id: str | None
+    api_key: str | None
+    api_key_source: str
+    """Where the key came from (an environment variable name), or "none"."""
+    headers: dict[str, str]
+    """Constant headers and resolved `{secret_id}` headers."""
+    variable_headers: dict[str, str]
+    """Header name → dynamic variable (`{variable_name}`), filled in per conversation."""
+    api_version: str | None
+    notes: list[str]
+    """What could not be resolved, one line each with its dotted path."""
+    secrets: list[str]
+    """Values never to show: the key, secret headers, credentials in the URL."""
+
+
+def custom_llm_access(config: Config, env: Mapping[str, str] | None = None) -> CustomLlmAccess | None:
+    """The resolved key and headers of the custom LLM; None when no URL is configured.
+
+    The key: APPLIANCE_LLM_API_KEY, else the platform secret `custom_llm.api_key` from
+    APPLIANCE_SECRET_<ID>. Headers: a string is sent as is, `{secret_id}` is read like the key,
+    `{variable_name}` takes that dynamic variable's value in each conversation."""
+    env = os.environ if env is None else env
+    custom = config.conversation_config.agent.prompt.custom_llm
+    if custom is None or custom.url is None:
+        return None
+    base = "conversation_config.agent.prompt.custom_llm"
+    notes: list[str] = []
+    key, source = read_secret(LLM_API_KEY_ENV, env), LLM_API_KEY_ENV
+    if key is None and custom.api_key is not None:
+        name = secret_env_name(custom.api_key.secret_id)
+        key, source = read_secret(name, env), name
+        if key is None:
+            notes.append(
+                f"{base}.api_key: the platform secret {show(custom.api_key.secret_id)} is not on the device "
+                f"(set {LLM_API_KEY_ENV} or {name} in the environment or as a systemd credential); "
+                "requests are sent without a key"
+            )
+    headers: dict[str, str] = {}
+    variable_headers: dict[str, str] = {}
+    secrets = [key] if key else []
+    secrets += url_credentials(custom.url)
+    for header, value in custom.request_headers.items():
+        if isinstance(value, str):
+            headers[header] = value
+            if looks_secret(header):
+                secrets.append(value)
+        elif isinstance(value, Mapping) and isinstance(value.get("secret_id"), str):
+            name = secret_env_name(value["secret_id"])
+            secret = read_secret(name, env)
+            if secret is None:
+                notes.append(
+                    f"{base}.request_headers.{header}: the platform secret {show(value['secret_id'])} is not "
+                    f"on the device (set {name} in the environment or as a systemd credential); "
+                    "the header is not sent"
+                )
+            else:
+                headers[header] = secret
+                secrets.append(secret)
+        elif isinstance(value, Mapping) and isinstance(value.get("variable_name"), str):
+            variable_headers[header] = value["variable_name"]
+    return CustomLlmAccess(
+        url=custom.url,
+        model_id=custom.model_id,
+        api_key=key,
+        api_key_source=source if key is not None else "none",
+        headers=headers,
+        variable_headers=variable_headers,
+        api_version=custom.api_version,
+        notes=notes,
+        secrets=secrets,
+    )
+
+
+def register_config_secrets(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """Register every key, header secret and URL password the configuration uses with the log
+    redactor (in every mode), so none can reach a log line, an event, an error or a transcript."""
+    env = os.environ if env is None else env
+    register_secret(read_secret(ELEVENLABS_API_KEY_ENV, env))
+    register_secret(read_secret(LLM_API_KEY_ENV, env))
+    access = custom_llm_access(config, env)
+    for secret in access.secrets if access is not None else ():
+        register_secret(secret)
+    for credential in url_credentials(config.appliance.remote.base_url):
+        register_secret(credential)
+    for tool in config.appliance.tools:
+        if tool.api_schema is not None:
+            for credential in url_credentials(tool.api_schema.url):
+                register_secret(credential)
+            for header, value in (tool.api_schema.request_headers or {}).items():
+                if isinstance(value, str) and looks_secret(header):
+                    register_secret(value)
+    variables: list[Mapping[str, object]] = [
+        config.conversation_config.agent.dynamic_variables.dynamic_variable_placeholders,
+        *(word.dynamic_variables for word in config.appliance.wake_words.words),
+    ]
+    for mapping in variables:
+        for name, value in mapping.items():
+            if name.startswith("secret__") and isinstance(value, str):
+                register_secret(value)
+
+
+def llm_summary(config: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """Which LLM the device will use, for `check-config` and the start log (URL password masked),
+    then anything about its access that could not be resolved."""
+    if config.appliance.mode == "remote":
+        return ["LLM: the remote agent's (appliance.mode is remote: no LLM runs on the device)"]
+    prefix = "LLM (local fallback)" if config.appliance.mode == "auto" else "LLM"
+    if config.llm_backend == "llama_cpp":
+        return [f"{prefix}: local llama.cpp {config.appliance.local.llm.model}"]
+    access = custom_llm_access(config, env)
+    if access is None:  # refused by load_config; kept for a hand-built Config
+        return [f"{prefix}: custom LLM without a URL (set conversation_config.agent.prompt.custom_llm.url)"]
+    model = f"model {access.model_id}" if access.model_id else "the server's default model"
+    key = f"key from {access.api_key_source}" if access.api_key else "no API key"
+    return [f"{prefix}: custom LLM at {display_url(access.url)} ({model}, {key})", *access.notes]

@@ -3,7 +3,8 @@
 Checks, in order: the sound card; the microphone (2 s of audio: level and clipping); the
 speaker (a short test tone); the models the configuration needs (full sha256); the remote
 agent when the mode is remote or auto (DNS, TLS handshake, agent id and signed URL with the
-API key, each with a timeout); CPU and memory headroom. Every failure says what to fix.
+API key, each with a timeout); the LLM the local agent uses (a custom LLM must answer a
+1-token chat request within the timeout); CPU and memory headroom. Every failure says what to fix.
 Nothing secret is printed: the API key and signed URLs are redacted. Exit 0 when nothing
 failed (warnings allowed), 1 otherwise.
 """
@@ -29,7 +30,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from appliance.config import Config, read_secret, resolve_models_dir
+from appliance.config import Config, custom_llm_access, display_url, read_secret, resolve_models_dir
 from appliance.logs import redact, register_secret
 
 API_KEY = "ELEVENLABS_API_KEY"
@@ -271,7 +272,7 @@ def needed_models(config: Config) -> list[str]:
     if config.appliance.mode in ("local", "auto"):
         local = config.appliance.local
         names.append(local.stt.model)
-        if local.llm.backend == "llama_cpp":
+        if config.llm_backend == "llama_cpp":
             names.append(local.llm.model)
         names += [v.model for v in local.voices.values()]
     out: list[str] = []
@@ -545,6 +546,52 @@ def _tls_check(host: str, port: int, timeout_s: float) -> Check:
     return Check("TLS", Outcome.OK, f"{host}:{port} {version}{days}")
 
 
+# ---------------------------------------------------------------- the local agent's LLM
+
+
+def llm_checks(
+    config: Config, env: Mapping[str, str], *, network: bool = True, timeout_s: float = 5.0
+) -> list[Check]:
+    """Which LLM the local agent uses and, for a custom LLM, whether it answers a 1-token chat."""
+    if config.appliance.mode == "remote":
+        return [Check("LLM", Outcome.SKIP, "appliance.mode is remote: the agent's LLM runs in the cloud")]
+    if config.llm_backend == "llama_cpp":
+        model = config.appliance.local.llm.model
+        return [Check("LLM", Outcome.OK, f"local llama.cpp {model} (its file is checked with the models)")]
+    access = custom_llm_access(config, env)
+    if access is None:
+        return [
+            Check(
+                "LLM",
+                Outcome.FAIL,
+                "custom LLM without a URL",
+                "set conversation_config.agent.prompt.custom_llm.url",
+            )
+        ]
+    for secret in access.secrets:
+        register_secret(secret)
+    checks = [Check("LLM access", Outcome.WARN, note) for note in access.notes]
+    where = display_url(access.url)
+    if not network:
+        return [*checks, Check("LLM", Outcome.SKIP, f"custom LLM at {where}: --no-network")]
+    from appliance.adapters.openai_llm import probe_llm
+
+    probe = probe_llm(
+        access.url,
+        access.model_id,
+        access.api_key,
+        access.headers,
+        timeout_s=timeout_s,
+        chat=True,
+        api_version=access.api_version,
+    )
+    model = f"model {access.model_id}" if access.model_id else "the server's default model"
+    key = f"key from {access.api_key_source}" if access.api_key else "no API key"
+    if probe.ok:
+        return [*checks, Check("LLM", Outcome.OK, f"custom LLM ({model}, {key}): {probe.detail}")]
+    return [*checks, Check("LLM", Outcome.FAIL, f"custom LLM ({model}, {key}): {probe.detail}", probe.fix)]
+
+
 # ---------------------------------------------------------------- CPU and memory
 
 
@@ -656,6 +703,7 @@ def run_doctor(
         report(agent_checks(config, env, timeout_s))
     else:
         report([Check("agent", Outcome.SKIP, "--no-network")])
+    report(llm_checks(config, env, network=network, timeout_s=timeout_s))
     report(headroom_checks(model_bytes))
     failed = [c for c in checks if c.outcome is Outcome.FAIL]
     warned = [c for c in checks if c.outcome is Outcome.WARN]

@@ -1,7 +1,12 @@
 """Logging: journald-friendly output and secret redaction everywhere.
 
-Secrets (API keys, `secret__` dynamic variables) are registered with `register_secret`; every
-log record, event and error message passes through `redact`, which replaces them with `***`.
+Secrets (API keys, URL passwords, `secret__` dynamic variables) are registered with
+`register_secret`; every log record, event and error message passes through `redact`, which
+replaces them with `***`, in their plain, percent-encoded and percent-decoded forms (a key in a
+URL query, a password written `p%40ss` in a URL). The set is bounded: the first
+`_PINNED_SECRETS` registrations (the configuration's keys, registered at load) stay for the
+life of the process; later ones (a signed URL per remote connection) rotate out oldest first
+once `_MAX_SECRETS` are held, so months of sessions do not grow it without end.
 Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp of their own: journald adds it.
 """
 
@@ -9,31 +14,66 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-_SECRETS: set[str] = set()
+_MIN_SECRET_CHARS = 4
+_MAX_SECRETS = 512
+_PINNED_SECRETS = _MAX_SECRETS // 2
+_SECRETS: dict[str, tuple[str, tuple[str, ...]]] = {}
+"""Registered secrets in registration order, each with (anchor, its forms longest first)."""
+_INDEX: tuple[tuple[str, tuple[str, ...]], ...] = ()
+"""(anchor, forms) per secret, longest forms first; replaced as a whole on registration."""
 _LOCK = threading.Lock()
 MASK = "***"
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_UNRESERVED_RUN = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def secret_forms(value: str) -> set[str]:
+    """The ways `value` can appear in text: as is, percent-decoded, percent-encoded (upper- and
+    lower-case hex, `+` or `%20` for a space). Forms shorter than 4 characters are left out."""
+    bases = {value, unquote(value), unquote_plus(value)}
+    forms = set(bases)
+    for base in bases:
+        for encoded in (quote(base, safe=""), quote(base), quote_plus(base, safe="")):
+            forms.add(encoded)
+            forms.add(_PERCENT.sub(lambda m: m.group(0).lower(), encoded))
+    return {f for f in forms if len(f) >= _MIN_SECRET_CHARS}
+
+
+def _anchor(forms: set[str]) -> str:
+    """A piece of text every form contains (characters no encoding changes), to skip a secret's
+    forms at once when the text does not contain it; "" when there is none."""
+    runs = sorted({r for f in forms for r in _UNRESERVED_RUN.findall(f)}, key=len, reverse=True)
+    return next((r for r in runs if all(r in f for f in forms)), "")
 
 
 def register_secret(value: str | None) -> None:
     """Never show `value` in a log line, event or error message from now on."""
-    if value and len(value) >= 4:
-        with _LOCK:
-            _SECRETS.add(value)
+    global _INDEX
+    if not value or len(value) < _MIN_SECRET_CHARS:
+        return
+    with _LOCK:
+        if value in _SECRETS:
+            return
+        forms = secret_forms(value)
+        _SECRETS[value] = (_anchor(forms), tuple(sorted(forms, key=lambda f: (-len(f), f))))
+        if len(_SECRETS) > _MAX_SECRETS:  # drop the oldest unpinned secret
+            del _SECRETS[list(_SECRETS)[_PINNED_SECRETS]]
+        _INDEX = tuple(sorted(_SECRETS.values(), key=lambda entry: -len(entry[1][0])))
 
 
 def redact(text: str) -> str:
-    if not _SECRETS:
-        return text
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
+    for anchor, forms in _INDEX:  # a tuple, replaced as a whole: a consistent snapshot
+        if anchor in text:
+            for form in forms:
+                if form in text:
+                    text = text.replace(form, MASK)
     return text
 
 
@@ -50,7 +90,7 @@ def redact_value(value: Any) -> Any:
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
+        if _INDEX:
             record.msg = redact(record.getMessage())
             record.args = None
         return True

@@ -706,3 +706,91 @@ def test_resolve_models_dir(tmp_path: Path) -> None:
         resolve_models_dir(load_config(path), {"APPLIANCE_MODELS_DIR": "/opt/models"})
         == tmp_path.resolve() / "models"
     )
+
+
+# --- hostile YAML: bounded before anything is copied ---------------------------------------------
+
+
+def alias_bomb(levels: int, under: str = "appliance:\n  custom_llm_extra_body:\n") -> str:
+    """A "billion laughs" document: level i is nine aliases of level i-1 (9**levels values)."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return under + "".join(f"    {line}\n" for line in lines)
+
+
+def only_problem(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "hostile.yaml")
+    assert exc.value.source == "hostile.yaml"
+    (line,) = exc.value.problems
+    return line
+
+
+@pytest.mark.parametrize("levels", [5, 6])
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(levels: int) -> None:
+    # 8 levels took 59 s and 2.2 GB in _strip_secrets before; the limit refuses any depth at once
+    assert only_problem(alias_bomb(levels)) == (
+        "line 8, column 9: more than 100,000 values once aliases are expanded (a YAML alias bomb?); "
+        "a configuration needs far fewer"
+    )
+
+
+def test_a_document_with_too_many_values_is_refused_without_aliases_too() -> None:
+    flat = "appliance:\n  custom_llm_extra_body:\n    x: [" + "1, " * 100_001 + "]\n"
+    assert only_problem(flat).startswith("line 3, column 8: more than 100,000 values once aliases are")
+
+
+def test_aliases_within_the_budget_still_work() -> None:
+    cfg = load_config_text(alias_bomb(3), "ok.yaml")  # 9**4 = 6561 values: a big but sane document
+    body = cfg.appliance.custom_llm_extra_body
+    assert len(body["a3"]) == 9 and body["a3"][0][0][0] == ["lol"] * 9
+
+
+def test_nesting_is_limited_with_a_line_and_column_instead_of_a_recursion_error() -> None:
+    deep = "appliance:\n  custom_llm_extra_body:\n    x: " + "[" * 600 + "]" * 600 + "\n"
+    # the root, appliance and custom_llm_extra_body mappings and 97 lists: the 98th is refused
+    assert only_problem(deep) == "line 3, column 105: nested more than 100 levels deep"
+    flow = "[" * 2000 + "]" * 2000
+    assert only_problem(flow) == "line 1, column 101: nested more than 100 levels deep"
+    fine = "appliance:\n  custom_llm_extra_body:\n    x: " + "[" * 90 + "]" * 90 + "\n"
+    node = load_config_text(fine, "ok.yaml").appliance.custom_llm_extra_body["x"]
+    for _ in range(89):
+        (node,) = node
+    assert node == []
+
+
+def test_aliases_cannot_nest_deeper_or_refer_to_themselves() -> None:
+    # each anchor is 60 levels deep; the alias puts one inside the other: 120 levels once expanded
+    inner = "[" * 59 + "1" + "]" * 59
+    text = f"appliance:\n  custom_llm_extra_body:\n    a: &a {inner}\n    b: {'[' * 59}*a{']' * 59}\n"
+    assert only_problem(text).endswith("nested more than 100 levels deep once aliases are expanded")
+    recursive = "appliance:\n  custom_llm_extra_body:\n    a: &a [1, *a]\n"
+    assert only_problem(recursive) == (
+        "line 3, column 8: an alias refers to a node that contains it (a recursive structure)"
+    )
+    merge = "appliance:\n  custom_llm_extra_body: &m\n    <<: *m\n"
+    assert only_problem(merge).endswith("(a recursive structure)")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1" * 5000, "cannot be read as an integer (Exceeds the limit (4300 digits) for integer string "
+         "conversion)"),
+        ("2024-02-30", "cannot be read as a date (day is out of range for month)"),
+    ],
+)  # fmt: skip
+def test_scalars_that_cannot_be_converted_are_problems_with_a_position(value: str, expected: str) -> None:
+    assert (
+        only_problem(f"appliance:\n  audio:\n    input_device: {value}\n") == f"line 3, column 19: {expected}"
+    )
+
+
+def test_control_characters_and_huge_files(tmp_path: Path) -> None:
+    assert only_problem("appliance:\n  mode: lo\x00cal\n") == (
+        "offset 21: unacceptable character #x0000 (special characters are not allowed)"
+    )
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"# padding\n" * 500_000)  # 5 MB of comments
+    cfg, lines = check_config(huge)
+    assert cfg is None and lines == [f"{huge}: larger than 4 MiB; this is not a configuration file"]

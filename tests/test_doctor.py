@@ -287,6 +287,77 @@ def test_local_mode_skips_the_agent_and_needs_the_local_models() -> None:
     assert needed_models(remote("wss://api.elevenlabs.io")) == ["oww-features", "silero-vad", "hey_jarvis"]
 
 
+# ----------------------------------------------------------------- the local agent's LLM
+
+
+def custom_llm_config(url: str, **appliance: Any) -> Config:
+    prompt = {"llm": "custom-llm", "custom_llm": {"url": url, "model_id": "scripted-model"}}
+    doc = {"conversation_config": {"agent": {"prompt": prompt}}, "appliance": appliance}
+    return load_config_text(yaml.safe_dump(doc), "test.yaml", log_warnings=False)
+
+
+def test_llm_check_names_the_llm_and_asks_a_custom_llm_for_one_token() -> None:
+    from appliance.doctor import llm_checks
+    from appliance.testing.openai_server import ScriptedOpenAiServer, error_reply, text_reply
+
+    [local] = llm_checks(default_config(), {})
+    assert (local.outcome, local.detail) == (
+        Outcome.OK,
+        "local llama.cpp smollm2-135m-instruct (its file is checked with the models)",
+    )
+    with ScriptedOpenAiServer([text_reply("OK"), error_reply(500, "model crashed")]) as server:
+        config = custom_llm_config(server.url)
+        [up] = llm_checks(config, {"APPLIANCE_LLM_API_KEY": KEY}, timeout_s=3)
+        [failing] = llm_checks(config, {}, timeout_s=3)
+        [offline] = llm_checks(config, {}, network=False)
+        requests = server.requests
+    assert up.outcome is Outcome.OK and up.detail.startswith(
+        "custom LLM (model scripted-model, key from APPLIANCE_LLM_API_KEY): "
+    )
+    assert "answers a 1-token chat request" in up.detail
+    assert requests[1].headers["authorization"] == f"Bearer {KEY}" and KEY not in up.line()
+    assert failing.outcome is Outcome.FAIL
+    assert failing.detail == (
+        "custom LLM (model scripted-model, no API key): the LLM at "
+        f"{server.url} answered POST /chat/completions with HTTP 500: model crashed"
+    )
+    assert failing.fix == "the LLM server is failing or overloaded: see its log"
+    assert offline.outcome is Outcome.SKIP and offline.detail.endswith(": --no-network")
+    remote_mode = custom_llm_config(server.url, mode="remote", remote={"agent_id": "agent_1"})
+    assert llm_checks(remote_mode, {})[0].outcome is Outcome.SKIP
+
+
+def test_doctor_fails_when_the_custom_llm_is_down_or_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`appliance doctor` used to say "all good" with the LLM server down (issue 9 point 13)."""
+    import socket
+
+    import appliance.doctor as doctor
+    from appliance.testing.openai_server import ScriptedOpenAiServer, error_reply, text_reply
+
+    monkeypatch.setattr(doctor, "model_checks", lambda config, env: ([], 0))
+    monkeypatch.setattr(doctor, "headroom_checks", lambda model_bytes: [])
+
+    def run(config: Config) -> tuple[int, list[str]]:
+        out: list[str] = []
+        code = doctor.run_doctor(config, env={}, audio=False, network=True, timeout_s=3, out=out.append)
+        return code, out
+
+    with ScriptedOpenAiServer([text_reply("OK"), error_reply(500)]) as server:
+        config = custom_llm_config(server.url)
+        up_code, up_out = run(config)
+        broken_code, broken_out = run(config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down_code, down_out = run(custom_llm_config(f"http://127.0.0.1:{port}/v1"))
+    assert up_code == 0 and up_out[-1] == "\nall good", up_out
+    assert broken_code == 1 and any(line.startswith("[FAIL] LLM: ") for line in broken_out)
+    assert "problem(s): LLM." in broken_out[-1]
+    assert down_code == 1
+    [down] = [line for line in down_out if line.startswith("[FAIL] LLM: ")]
+    assert f"cannot reach the LLM at http://127.0.0.1:{port}/v1" in down
+
+
 # ----------------------------------------------------------------- headroom
 
 

@@ -3,6 +3,12 @@
 The agent configuration is the platform's (`conversation_config`): prompt and first message
 with dynamic variables, turn/soft timeouts, interruptions, system tools, custom LLM. The
 device side (`appliance.local`) names the STT/LLM models and the piper voices.
+
+The LLM is the platform's choice (`Config.llm_backend`): `prompt.llm: custom-llm` calls
+`prompt.custom_llm` over HTTP (key, headers and api_version resolved by
+`config.custom_llm_access`), anything else runs the llama.cpp model in-process. At start the
+custom LLM is asked whether it answers (`probe_llm`, a few seconds); when it does not, the log
+says so with the cause and the device comes up anyway (conversations fail until it answers).
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.config import Config, read_secret, resolve_models_dir
+from appliance.config import (
+    Config,
+    CustomLlmAccess,
+    custom_llm_access,
+    llm_summary,
+    resolve_models_dir,
+)
 from appliance.core import variables as dv
 from appliance.core.conversation import ConversationSettings
+from appliance.core.reply_guard import ReplyLimits
 from appliance.core.system_tools import client_tool_schema, system_tool_schemas, webhook_tool_schema
 from appliance.errors import ApplianceError, ConfigError, ModelError
 from appliance.logs import register_secret
@@ -35,8 +48,9 @@ from appliance.runtime.voice_rendering import (
 
 _LOGGER = logging.getLogger(__name__)
 
-LLM_API_KEY_ENV = "APPLIANCE_LLM_API_KEY"
 LOCAL_AGENT_ID = "local"
+LLM_PROBE_TIMEOUT_S = 3.0
+"""How long the start waits for the custom LLM to answer before it warns and goes on."""
 
 
 @dataclass
@@ -47,6 +61,8 @@ class LocalModels:
     concurrent_llm: bool
     stt_executor: ThreadPoolExecutor
     tts_executor: ThreadPoolExecutor
+    llm_access: CustomLlmAccess | None = None
+    """The custom LLM's resolved access (None with llama.cpp): its per-conversation headers."""
 
 
 def _model_file(config: Config, ref: str, suffix: str) -> Path:
@@ -82,18 +98,19 @@ def load_local_models(config: Config) -> LocalModels:
     )
     llm: LanguageModel
     concurrent = False
-    if local.llm.backend == "openai":
-        from appliance.adapters.openai_llm import OpenAiCompatibleLlm
-
-        custom = config.conversation_config.agent.prompt.custom_llm
-        if custom is None or not custom.url:
+    access: CustomLlmAccess | None = None
+    summary, *notes = llm_summary(config)
+    _LOGGER.info("%s", summary)
+    for note in notes:  # a key or header secret the environment does not provide
+        _LOGGER.warning("%s", note)
+    if config.llm_backend == "openai":
+        access = custom_llm_access(config)
+        if access is None:
             raise ModelError(
-                "appliance.local.llm.backend openai needs conversation_config.agent.prompt.custom_llm.url",
+                "the custom LLM needs conversation_config.agent.prompt.custom_llm.url",
                 code="llm_not_configured",
             )
-        key = read_secret(LLM_API_KEY_ENV)
-        register_secret(key)
-        llm = OpenAiCompatibleLlm(custom.url, custom.model_id, key)
+        llm = custom_llm_client(access)
         concurrent = True
     else:
         from appliance.adapters.llama_cpp_llm import LlamaCppLlm
@@ -125,6 +142,38 @@ def load_local_models(config: Config) -> LocalModels:
         concurrent_llm=concurrent,
         stt_executor=ThreadPoolExecutor(1, thread_name_prefix="stt"),
         tts_executor=ThreadPoolExecutor(1, thread_name_prefix="tts"),
+        llm_access=access,
+    )
+
+
+def custom_llm_client(
+    access: CustomLlmAccess, *, probe_timeout_s: float = LLM_PROBE_TIMEOUT_S
+) -> LanguageModel:
+    """The OpenAI-compatible client for `prompt.custom_llm`, after asking whether it answers
+    (a warning when it does not: the device still comes up)."""
+    from appliance.adapters.openai_llm import OpenAiCompatibleLlm, probe_llm
+
+    for secret in access.secrets:
+        register_secret(secret)
+    probe = probe_llm(
+        access.url,
+        access.model_id,
+        access.api_key,
+        access.headers,
+        timeout_s=probe_timeout_s,
+        api_version=access.api_version,
+    )
+    if probe.ok:
+        _LOGGER.info("custom LLM: %s", probe.detail)
+    else:
+        _LOGGER.warning(
+            "custom LLM check failed: %s (%s); starting anyway: conversations fail until it answers "
+            "(run `appliance doctor`)",
+            probe.detail,
+            probe.fix or "see the LLM server",
+        )
+    return OpenAiCompatibleLlm(
+        access.url, access.model_id, access.api_key, access.headers, api_version=access.api_version
     )
 
 
@@ -192,7 +241,7 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
     voices = cc.tts.supported_voices
     if voices:  # the platform adds this block when voices are configured (seed digest §4.1)
         system_prompt += "\n\n" + multivoice_prompt(voices)
-    if tools and config.appliance.local.llm.backend == "llama_cpp":
+    if tools and config.llm_backend == "llama_cpp":
         system_prompt += textual_tool_instructions(tools)
     return ConversationSettings(
         system_prompt=system_prompt,
@@ -211,7 +260,18 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
         device_tool_names=device_names,
         tools=tuple(tools),
         voice_labels=frozenset(v.label for v in voices),
+        llm_failure_messages=config.appliance.local.llm_failure_messages(),
     )
+
+
+def llm_headers(variable_headers: dict[str, str], variables: dict[str, dv.VariableValue]) -> dict[str, str]:
+    """The custom LLM's `{variable_name}` headers with this conversation's values."""
+    headers: dict[str, str] = {}
+    for header, name in variable_headers.items():
+        if name not in variables:
+            raise dv.MissingVariableError(name, f"the custom LLM header '{header}'")
+        headers[header] = dv.format_value(variables[name])
+    return headers
 
 
 def textual_tool_instructions(tools: list[dict[str, Any]]) -> str:
@@ -246,6 +306,8 @@ def local_session_factory(
     options: dict[str, Any] = {"temperature": prompt.temperature, "max_tokens": prompt.max_tokens}
     if config.platform_settings.overrides.custom_llm_extra_body:
         options["extra_body"] = dict(config.appliance.custom_llm_extra_body)
+    access: CustomLlmAccess | None = getattr(models, "llm_access", None)  # None: a hand-built set
+    variable_headers = access.variable_headers if access is not None else {}
     voice_name, _ = config.voice(config.conversation_config.tts.voice_id)
 
     def voice_for_language(language: str) -> str | None:
@@ -261,9 +323,12 @@ def local_session_factory(
         raise ConfigError([str(err)], source=config.source) from err
 
     def make(wake_word: str) -> AgentSession:
-        session_id = os.urandom(8).hex()
-        variables = session_variables(config, wake_word, f"local_{session_id}", now_utc())
+        conversation_id = f"local_{os.urandom(8).hex()}"
+        variables = session_variables(config, wake_word, conversation_id, now_utc())
         settings = conversation_settings(config, variables)
+        session_options = dict(options)
+        if variable_headers:
+            session_options["headers"] = llm_headers(variable_headers, variables)
         runner = (
             DeviceToolRunner(device_tools, variables, events=events, clock=clock) if device_tools else None
         )
@@ -279,11 +344,17 @@ def local_session_factory(
             tts_executor=models.tts_executor,
             voice=voice_name,
             speed=config.conversation_config.tts.speed,
-            llm_options=options,
+            llm_options=session_options,
             concurrent_llm=models.concurrent_llm,
             voice_for_language=voice_for_language,
             renderer=renderer,
             tools=runner,
+            conversation_id=conversation_id,
+            reply_limits=ReplyLimits(
+                max_seconds=config.appliance.local.max_reply_seconds,
+                max_tokens=config.appliance.local.max_reply_tokens,
+                speed=config.conversation_config.tts.speed,
+            ),
         )
         return LocalAgentSession(settings, deps)
 

@@ -74,6 +74,7 @@ def _agent_inputs(config: Config) -> Any:
     custom = _dump(prompt.custom_llm) if prompt.custom_llm is not None else None
     return (
         config.appliance.mode,
+        config.llm_backend,
         str(resolve_models_dir(config)),
         str(config.base_dir),
         _dump(config.appliance.local),

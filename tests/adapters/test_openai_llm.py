@@ -326,3 +326,72 @@ def test_sse_parser_tolerates_comments_fields_and_missing_blank_lines() -> None:
         return [await events.next_data() for _ in range(4)]
 
     assert run(body) == ['{"a": 1}', '{"b": 2}', "[DONE]", None]
+
+
+# --- one overall deadline per request, and bounded sizes -----------------------------------------
+
+
+def test_a_server_that_trickles_bytes_forever_ends_at_the_overall_deadline() -> None:
+    """Every read gets a byte (a per-read timeout never fires), the answer never comes: the
+    request ends at `total_timeout_s`, and the connection is closed."""
+    from appliance.testing.openai_server import trickle_reply
+
+    with ScriptedOpenAiServer([trickle_reply(0.05)]) as server:
+
+        async def body(llm: OpenAiCompatibleLlm) -> tuple[AgentError, float]:
+            llm.total_timeout_s = 0.6
+            start = time.monotonic()
+            with pytest.raises(AgentError) as info:
+                await collect(llm)
+            return info.value, time.monotonic() - start
+
+        error, took = run(lambda: with_llm(server, body, timeout_s=0.4))
+        (request,) = server.chat_requests
+        assert request.disconnected.wait(5.0)
+    assert error.code == "llm_timeout" and error.retryable
+    assert "did not finish within 0.6 s" in error.message
+    assert 0.5 <= took < 3.0, took
+
+
+def test_a_trickling_request_is_cancelled_at_once() -> None:
+    from appliance.testing.openai_server import trickle_reply
+
+    with ScriptedOpenAiServer([trickle_reply(0.05)]) as server:
+
+        async def body(llm: OpenAiCompatibleLlm) -> float:
+            task = asyncio.create_task(collect(llm))
+            await asyncio.sleep(0.3)  # the headers came, bytes keep trickling in
+            assert not task.done()
+            start = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - start
+
+        took = run(lambda: with_llm(server, body))
+        (request,) = server.chat_requests
+        assert request.disconnected.wait(5.0)
+    assert took < 2.0, took
+
+
+def test_a_line_without_end_is_refused_at_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.adapters.openai_llm as module
+
+    monkeypatch.setattr(module, "MAX_LINE_CHARS", 1000)
+    reply = Reply(raw_body=b"data: " + b"x" * 5000)
+    with ScriptedOpenAiServer([reply]) as server, pytest.raises(AgentError) as info:
+        run(lambda: with_llm(server, collect))
+    assert info.value.code == "llm_bad_response" and "longer than 1000" in info.value.message
+
+
+def test_lines_split_on_every_line_ending_across_pieces() -> None:
+    from appliance.adapters.openai_llm import _bounded_lines
+
+    async def pieces() -> AsyncIterator[str]:
+        for piece in ["data: a\r", "\ndata: b\rdata: c\n", "\n", "data: d"]:
+            yield piece
+
+    async def body() -> list[str]:
+        return [line async for line in _bounded_lines(pieces())]
+
+    assert run(body) == ["data: a", "data: b", "data: c", "", "data: d"]
