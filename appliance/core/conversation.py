@@ -15,11 +15,23 @@ Where the seeds are silent (see ARCHITECTURE.md):
   silently: the user was not done talking.
 - Multi-voice markup (`core/voice_tags.py`) never reaches `agent_response` or the history;
   when a labelled voice speaks, `agent_response` carries `multivoice_message.parts`.
+- A reply cut by the device's bounds (`core/reply_guard.py`) arrives as a `ReplyGenerated`
+  holding only what is spoken, with its `Truncation`: `reply_truncated` is emitted, the
+  history keeps the spoken text.
+- LLM failures are spoken (`WorkFailed` with stage `llm` and the turn): every failure emits
+  `error` (the adapter's code, stage `llm`, and `recovery`). When nothing of the generation
+  was queued for speech, the failure is retryable and came within `llm_retry_window_s` of the
+  request (a 20 s hang is not waited for twice), the same request is sent again, once
+  (`recovery: retry`). Otherwise the user hears what was already queued, then the short
+  apology in the conversation's language (`llm_failure_messages`; `recovery: apology`),
+  which the history keeps too, and the agent listens again. A failed turn-timeout re-prompt
+  is not apologised for (nobody asked anything): it listens again (`recovery: listen`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, assert_never
@@ -30,12 +42,24 @@ from appliance.core.common import CancelTimer as CancelTimer
 from appliance.core.common import Emit as Emit
 from appliance.core.common import TimerFired as TimerFired
 from appliance.core.history import ConversationHistory
+from appliance.core.reply_guard import Truncation
 from appliance.core.voice_tags import Segment, strip_markup
 
 TURN_TIMEOUT = "turn_timeout"
 SOFT_TIMEOUT = "soft_timeout"
 SILENCE_END_CALL = "silence_end_call"
 MAX_DURATION = "max_duration"
+
+LLM_FAILURE_MESSAGES: Mapping[str, str] = {
+    "en": "Sorry, I can't answer right now. Please try again.",
+    "de": "Entschuldigung, ich kann gerade nicht antworten. Bitte versuche es noch einmal.",
+    "fr": "Désolé, je ne peux pas répondre pour le moment. Réessaie, s'il te plaît.",
+    "es": "Lo siento, ahora mismo no puedo responder. Inténtalo de nuevo, por favor.",
+    "it": "Mi dispiace, in questo momento non riesco a rispondere. Riprova, per favore.",
+    "pt": "Desculpe, não consigo responder agora. Tente novamente, por favor.",
+    "nl": "Sorry, ik kan nu even niet antwoorden. Probeer het nog eens.",
+}
+"""What the agent says when its LLM fails, per language (`appliance.local.llm_failure_message`)."""
 
 REPROMPT_NOTE = (
     "The user has not said anything for {seconds:g} seconds. In one short sentence, check "
@@ -59,6 +83,7 @@ class OutputKind(StrEnum):
     FILLER = "soft_timeout_filler"
     FAREWELL = "farewell"
     REPROMPT = "reprompt"
+    APOLOGY = "llm_failure_apology"
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,13 @@ class ConversationSettings:
     voice_labels: frozenset[str] = frozenset()
     """Multi-voice labels (`tts.supported_voices`): their `<Label>` markup is removed from
     `agent_response` and the history and kept as `multivoice_message.parts`."""
+    llm_failure_messages: Mapping[str, str] = field(default_factory=lambda: dict(LLM_FAILURE_MESSAGES))
+    """The apology spoken when the LLM fails, per language code (`en`, `de`, ...; `en` is the
+    fallback for a language without one)."""
+    llm_retries: int = 1
+    """Retries of a failed generation of which nothing was spoken yet."""
+    llm_retry_window_s: float = 10.0
+    """A failure later than this after its request is not retried (the user waited enough)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,8 @@ class ReplyGenerated:
     turn: int
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
+    truncated: Truncation | None = None
+    """The device's bounds cut the reply: `text` is what is spoken, up to the cut."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +198,11 @@ class WorkFailed:
     stage: str
     code: str
     message: str
+    turn: int | None = None
+    """The turn whose work failed (stage `llm`: retried or apologised for; None: the session ends)."""
+    retryable: bool = True
+    spoken_text: str = ""
+    """Stage `llm`: the text of this generation already queued for speech (it will be heard)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +330,10 @@ class _Turn:
     skip: bool = False
     spoken_parts: list[str] = field(default_factory=list)
     voice_parts: list[Segment] = field(default_factory=list)
+    request: GenerateReply | None = None
+    """The last generation asked for (resent on a retry)."""
+    requested_at: float = 0.0
+    llm_retries: int = 0
 
 
 @dataclass
@@ -305,6 +348,7 @@ class ConversationMachine:
     _started_at: float = 0.0
     _closing_reason: str | None = None
     _pending_texts: list[str] = field(default_factory=list)
+    _heard_language: str = ""
 
     def __post_init__(self) -> None:
         self.history = ConversationHistory(self.settings.system_prompt, self.settings.history_budget_tokens)
@@ -322,9 +366,11 @@ class ConversationMachine:
     def _t(self, now: float) -> float:
         return round(now - self._started_at, 3)
 
-    def _generate(self, turn: _Turn, extra: list[dict[str, Any]] | None = None) -> GenerateReply:
+    def _generate(self, turn: _Turn, now: float, extra: list[dict[str, Any]] | None = None) -> GenerateReply:
         messages = self.history.messages() + (extra or [])
-        return GenerateReply(turn.id, tuple(messages), self.settings.tools, turn.kind)
+        turn.request = GenerateReply(turn.id, tuple(messages), self.settings.tools, turn.kind)
+        turn.requested_at = now
+        return turn.request
 
     def _listen(self, now: float, *, arm_turn_timeout: bool) -> list[Effect]:
         self.phase = Phase.LISTENING
@@ -371,12 +417,14 @@ class ConversationMachine:
             case OutputFinished():
                 return self._on_output_finished(event, now)
             case ToolFinished():
-                return self._on_tool_finished(event)
+                return self._on_tool_finished(event, now)
             case TimerFired():
                 return self._on_timer(event, now)
             case EndRequested():
                 return self._on_end_requested(event)
             case WorkFailed():
+                if event.stage == "llm" and event.turn is not None:
+                    return self._on_llm_failed(event, now)
                 return [
                     Emit("error", {"code": event.code, "message": event.message, "stage": event.stage}),
                     *self._close("error"),
@@ -454,7 +502,7 @@ class ConversationMachine:
             effects.append(ArmTimer(SILENCE_END_CALL, now + self.settings.silence_end_call_timeout_s))
         if self.settings.soft_timeout_s is not None:
             effects.append(ArmTimer(SOFT_TIMEOUT, now + self.settings.soft_timeout_s))
-        return [*effects, Emit("user_message", {"text": text}), self._generate(turn)]
+        return [*effects, Emit("user_message", {"text": text}), self._generate(turn, now)]
 
     def _on_utterance(self, event: UserUtterance, now: float) -> list[Effect]:
         if self.phase is Phase.ENDING:
@@ -479,10 +527,11 @@ class ConversationMachine:
             # Nothing intelligible: listen again without answering.
             return [CancelTimer(SOFT_TIMEOUT), *self._listen(now, arm_turn_timeout=True)]
         self.history.add_user(text, t=self._t(now))
+        self._heard_language = event.language
         self.phase = Phase.THINKING
         return [
             Emit("user_transcript", {"user_transcript": text, "language": event.language}),
-            self._generate(turn),
+            self._generate(turn, now),
         ]
 
     def _on_reply(self, event: ReplyGenerated, now: float) -> list[Effect]:
@@ -493,6 +542,8 @@ class ConversationMachine:
         turn.reply_text = (turn.reply_text + " " if turn.reply_text else "") + text
         turn.reply_text = turn.reply_text.strip()
         effects: list[Effect] = [CancelTimer(SOFT_TIMEOUT)]
+        if event.truncated is not None:
+            effects.append(Emit("reply_truncated", event.truncated.event_fields()))
         if not event.tool_calls:
             if text:
                 self.history.add_agent(text, t=self._t(now))
@@ -543,7 +594,7 @@ class ConversationMachine:
             turn.tool_rounds += 1
             if turn.tool_rounds <= self.settings.max_tool_rounds:
                 self.phase = Phase.THINKING
-                effects.append(self._generate(turn))
+                effects.append(self._generate(turn, now))
                 return effects
         self.phase = Phase.ENDING if turn.end_after else Phase.SPEAKING
         return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
@@ -557,7 +608,7 @@ class ConversationMachine:
     def _tool_response(call: ToolCall, tool_type: str, *, is_error: bool) -> dict[str, Any]:
         return {"tool_name": call.name, "tool_call_id": call.id, "tool_type": tool_type, "is_error": is_error}
 
-    def _on_tool_finished(self, event: ToolFinished) -> list[Effect]:
+    def _on_tool_finished(self, event: ToolFinished, now: float) -> list[Effect]:
         turn = self._current(event.turn)
         if turn is None:
             return []
@@ -569,8 +620,58 @@ class ConversationMachine:
             self.phase = Phase.SPEAKING
             return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
         self.phase = Phase.THINKING
-        effects.append(self._generate(turn))
+        effects.append(self._generate(turn, now))
         return effects
+
+    def _on_llm_failed(self, event: WorkFailed, now: float) -> list[Effect]:
+        turn = self._current(event.turn) if event.turn is not None else None
+        if turn is None or self.phase is not Phase.THINKING:
+            return []  # a turn already dropped (the user spoke again): nothing to recover
+        s = self.settings
+        spoken = event.spoken_text.strip()
+        fields = {"code": event.code, "message": event.message, "stage": "llm"}
+        if (
+            not spoken
+            and event.retryable
+            and turn.request is not None
+            and turn.llm_retries < s.llm_retries
+            and now - turn.requested_at <= s.llm_retry_window_s
+            and self._closing_reason is None
+        ):
+            turn.llm_retries += 1
+            turn.requested_at = now
+            return [Emit("error", {**fields, "recovery": "retry"}), turn.request]
+        effects: list[Effect] = [CancelTimer(SOFT_TIMEOUT)]
+        if spoken:
+            text = self._unmarked(turn, spoken)
+            self.history.add_agent(text, t=self._t(now))
+            turn.reply_text = f"{turn.reply_text or ''} {text}".strip()
+        elif turn.kind is OutputKind.REPROMPT:
+            # Nobody asked anything: no apology to an empty room, the silence count goes on.
+            effects.insert(0, Emit("error", {**fields, "recovery": "listen"}))
+            if self._closing_reason is not None:
+                return effects + self._close(self._closing_reason)
+            return effects + self._listen(now, arm_turn_timeout=True)
+        apology = self._failure_message()
+        self.history.add_agent(apology, t=self._t(now))
+        turn.reply_text = f"{turn.reply_text or ''} {self._unmarked(turn, apology)}".strip()
+        self.phase = Phase.SPEAKING
+        return [
+            Emit("error", {**fields, "recovery": "apology"}),
+            *effects,
+            Say(turn.id, apology, OutputKind.APOLOGY),
+            *self._maybe_emit_response(turn),
+            SealOutput(turn.id),
+        ]
+
+    def _failure_message(self) -> str:
+        """The apology in the conversation's language (the one heard last when it is `auto`)."""
+        language = (self._heard_language if self.language == "auto" else self.language).lower()
+        messages = {k.lower(): v for k, v in self.settings.llm_failure_messages.items()}
+        for key in (language, language.replace("_", "-").split("-")[0], "en"):
+            if messages.get(key):
+                return messages[key]
+        return LLM_FAILURE_MESSAGES["en"]
 
     def _maybe_emit_response(self, turn: _Turn) -> list[Effect]:
         if turn.response_emitted or not turn.audio_started or not turn.reply_text:
@@ -675,7 +776,7 @@ class ConversationMachine:
             turn = self._new_turn(OutputKind.REPROMPT)
             self.phase = Phase.THINKING
             note = {"role": "system", "content": REPROMPT_NOTE.format(seconds=s.turn_timeout_s)}
-            return [Emit("turn_timeout", {"reprompt": self._reprompts}), self._generate(turn, [note])]
+            return [Emit("turn_timeout", {"reprompt": self._reprompts}), self._generate(turn, now, [note])]
         return []
 
     def _end_now(self, reason: str) -> list[Effect]:

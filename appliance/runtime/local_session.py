@@ -3,6 +3,12 @@
 faster-whisper → local LLM (streamed) → chunker → piper → speaker, driven by the pure
 `ConversationMachine`. This module only runs effects and reports facts back; every decision
 (turns, timeouts, fillers, interruptions, tools) is the machine's.
+
+A reply passes through `ReplyGuard` (`core/reply_guard.py`) on its way to the chunker: when
+the guard ends it (too long, repeating), the LLM stream is closed (the adapters stop
+generating) and the machine gets only what is spoken, with the `Truncation`. An LLM failure
+is reported as `WorkFailed("llm", ..., turn)` with the text already queued for speech; the
+machine decides between a retry and the spoken apology.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 from appliance.core import conversation as cv
 from appliance.core.chunker import SpeechChunker
 from appliance.core.endpointing import UtteranceEnded
+from appliance.core.reply_guard import ReplyGuard, ReplyLimits
 from appliance.core.voice_tags import Segment, VoiceTagParser, parse, speakable
 from appliance.errors import ApplianceError
 from appliance.logs import redact, set_turn_id
@@ -79,6 +86,10 @@ class LocalAgentDeps:
     """Multi-voice labels, per-label speed, pronunciation dictionaries (None: one plain voice)."""
     stopwatch: Clock = field(default_factory=MonotonicClock)
     """Wall-clock time for `turn_metrics` (fast headless runs freeze the appliance clock)."""
+    reply_limits: ReplyLimits = field(default_factory=ReplyLimits)
+    """Bounds on every reply (speech time, tokens, repetition), whatever `max_tokens` says."""
+    conversation_id: str | None = None
+    """The id the prompt and webhooks know as `system__conversation_id` (None: a new one)."""
 
 
 @dataclass
@@ -103,10 +114,12 @@ class LocalAgentSession:
         self._turn_tasks: dict[int, set[asyncio.Task[None]]] = {}
         self._metrics: dict[int, _Metrics] = {}
         self._first_audio_at: dict[int, float] = {}
+        self._reply_seconds: dict[int, float] = {}
+        """Estimated speech queued per turn by its LLM rounds (the guard's budget is per turn)."""
         self._pending_metrics: _Metrics | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._key = f"session-{uuid.uuid4().hex[:8]}:"
-        self.conversation_id = f"local_{uuid.uuid4().hex[:16]}"
+        self.conversation_id = deps.conversation_id or f"local_{uuid.uuid4().hex[:16]}"
         self._output = SpeechOutput(
             synthesize=self._synthesize,
             speaker=deps.speaker,
@@ -303,15 +316,22 @@ class LocalAgentSession:
         turn = effect.turn
         metrics = self._metrics.setdefault(turn, _Metrics(endpoint_at=self._d.stopwatch.now()))
         metrics.llm_started_at = self._d.stopwatch.now()
+        limits = self._d.reply_limits
+        options = {
+            **self._d.llm_options,
+            "max_tokens": limits.llm_max_tokens(self._d.llm_options.get("max_tokens")),
+        }
+        guard = ReplyGuard(limits, spent_seconds=self._reply_seconds.get(turn, 0.0))
         chunker = SpeechChunker()
         voices = VoiceTagParser(self._labels)
         parts: list[str] = []
+        queued: list[str] = []
         calls: list[cv.ToolCall] = []
         started = False
-        stream = self._d.llm.stream_chat(
-            list(effect.messages), list(effect.tools) or None, self._d.llm_options
-        )
+        failure: Exception | None = None
+        stream: Any = None
         try:
+            stream = self._d.llm.stream_chat(list(effect.messages), list(effect.tools) or None, options)
             async for item in stream:
                 if isinstance(item, TextDelta):
                     if not item.text:
@@ -321,19 +341,60 @@ class LocalAgentSession:
                         metrics.llm_first_token_s = self._d.stopwatch.now() - metrics.llm_started_at
                         self._post(cv.ReplyTextStarted(turn))
                     parts.append(item.text)
-                    for chunk in chunker.push(item.text):
-                        self._queue_chunk(turn, chunk, voices)
+                    step = guard.push(item.text)
+                    self._release(turn, step.release, chunker, voices, queued)
+                    if step.stop is not None:
+                        break  # closing the stream below stops the generation
                 elif isinstance(item, ToolCallRequest):
                     calls.append(cv.ToolCall(item.id, item.name, dict(item.arguments), item.raw_arguments))
+        except Exception as err:  # the LLM failed: the machine retries or apologises
+            failure = err
         finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
-        for chunk in chunker.flush():
-            self._queue_chunk(turn, chunk, voices)
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+        if failure is None and guard.stopped is None:
+            self._release(turn, guard.finish().release, chunker, voices, queued)
+        if failure is None or guard.at_boundary:
+            # (a failure in the middle of the first sentence: its unfinished clause is dropped)
+            for chunk in chunker.flush():
+                queued.append(chunk)
+                self._queue_chunk(turn, chunk, voices)
         self._queue_segments(turn, voices.close())
+        self._reply_seconds[turn] = self._reply_seconds.get(turn, 0.0) + guard.released_seconds
         if voices.dropped_tags:
             _LOGGER.info("voice tags dropped (unknown, nested or stray): %s", " ".join(voices.dropped_tags))
-        self._post(cv.ReplyGenerated(turn, "".join(parts).strip(), tuple(calls)))
+        if failure is not None:
+            spoken = guard.released_text if guard.at_boundary else " ".join(queued)
+            self._post(self._llm_failed(turn, failure, spoken))
+            return
+        cut = guard.stopped
+        if cut is not None:
+            _LOGGER.info(
+                "reply truncated (%s: %s) after %d characters, about %.1f s of speech",
+                cut.reason, redact(cut.detail), len(cut.spoken_text), cut.spoken_seconds,
+            )  # fmt: skip
+        text = cut.spoken_text if cut is not None else "".join(parts)
+        self._post(cv.ReplyGenerated(turn, text.strip(), tuple(calls), cut))
+
+    @staticmethod
+    def _llm_failed(turn: int, err: Exception, spoken: str) -> cv.WorkFailed:
+        if isinstance(err, ApplianceError):
+            code, message, retryable = err.code, redact(str(err)), err.retryable
+        else:
+            code, message, retryable = "llm_failed", redact(f"{type(err).__name__}: {err}"), True
+        _LOGGER.warning("LLM failed (%s): %s", code, message)
+        return cv.WorkFailed("llm", code, message, turn, retryable, spoken.strip())
+
+    def _release(
+        self, turn: int, text: str, chunker: SpeechChunker, voices: VoiceTagParser, queued: list[str]
+    ) -> None:
+        """Text the guard let through: into the chunker, and what it cuts off to the voice."""
+        if not text:
+            return
+        for chunk in chunker.push(text):
+            queued.append(chunk)
+            self._queue_chunk(turn, chunk, voices)
 
     def _queue_chunk(self, turn: int, chunk: str, voices: VoiceTagParser) -> None:
         metrics = self._metrics.get(turn)
