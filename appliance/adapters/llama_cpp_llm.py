@@ -4,7 +4,11 @@ The model lives in one dedicated worker thread (`ThreadPoolExecutor(max_workers=
 instance), so it is never used concurrently: a new `stream_chat` queues behind the previous one.
 Chunks cross to the event loop through an `asyncio.Queue` fed with `loop.call_soon_threadsafe`.
 Stopping the iteration (`aclose()`, task cancelled) sets a flag that the worker checks after every
-token, so generation stops within a token or two (prompt evaluation itself is not interruptible).
+token, so generation stops within a token or two; the same flag is llama.cpp's abort callback,
+so a long prompt evaluation stops too (within one compute graph). The async side never waits
+for the worker: a cancelled iteration returns at once and the worker winds down on its own.
+`close()` waits for the worker at most `CLOSE_WAIT_S`; past that the model is freed when the
+worker ends.
 
 Tool calls. Small chat models such as SmolLM2 have no tool-call format: llama-cpp's chat handler
 gets the OpenAI `tools` but the template may ignore them. So when `tools` are given, the adapter
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import json
 import logging
 import re
@@ -55,6 +60,9 @@ _PASSTHROUGH_OPTIONS = (
     "stop",
     "seed",
 )
+
+CLOSE_WAIT_S = 1.0
+"""`close()` waits this long for a generation in progress to notice its stop."""
 
 _CALL_RE = re.compile(r"^CALL[ \t]+([A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*(.*)$", re.DOTALL)
 _CALL_PREFIX = "CALL"
@@ -184,6 +192,8 @@ class GenerationStats:
     ttft_s: float | None
     """From the start of the generation in the worker to the first text chunk."""
     duration_s: float
+    aborted: bool = False
+    """llama.cpp stopped in the middle of an evaluation (the prompt, a token) for the stop."""
 
 
 def _generation_error(err: Exception) -> AgentError:
@@ -244,8 +254,12 @@ class LlamaCppLlm:
         self.model_path = path
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
         self._last: concurrent.futures.Future[GenerationStats] | None = None
+        self._jobs: set[concurrent.futures.Future[Any]] = set()
         self._stop_current = threading.Event()
         self._closed = False
+        self._freed = False
+        self._free_lock = threading.Lock()
+        self._abort_callback: Any = None
 
     @property
     def n_ctx(self) -> int:
@@ -280,7 +294,9 @@ class LlamaCppLlm:
             self._llm.create_completion("Hello", max_tokens=1, temperature=0.0)
             return time.monotonic() - start
 
-        return await asyncio.shield(asyncio.wrap_future(self._executor.submit(work)))
+        job = self._executor.submit(work)
+        self._track(job)
+        return await asyncio.shield(asyncio.wrap_future(job))
 
     def prime(self, messages: list[dict[str, Any]]) -> float:
         """Evaluate `messages` once (one token) so the model's prompt cache holds their prefix.
@@ -295,7 +311,9 @@ class LlamaCppLlm:
             )
             return time.monotonic() - start
 
-        return self._executor.submit(work).result()
+        job = self._executor.submit(work)
+        self._track(job)
+        return job.result()
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes with this model's tokenizer (no BOS), for history budgets.
@@ -325,10 +343,11 @@ class LlamaCppLlm:
 
         def work() -> GenerationStats:
             start = time.monotonic()
-            tokens, ttft, cancelled = 0, None, stop.is_set()
+            tokens, ttft, cancelled, aborted = 0, None, stop.is_set(), False
             if cancelled:  # cancelled while queued behind another generation
                 return GenerationStats(0, True, None, 0.0)
             self._stop_current = stop
+            aborting = self._set_abort(stop)
             try:
                 chunks: Iterator[dict[str, Any]] = self._llm.create_chat_completion(**kwargs)
                 try:
@@ -348,13 +367,21 @@ class LlamaCppLlm:
                     if close is not None:
                         close()
             except Exception as err:
-                put(err)
+                if stop.is_set():  # llama.cpp aborted the evaluation because of the stop
+                    cancelled = aborted = True
+                    put(_closed_error() if self._closed else _END)
+                else:
+                    put(err)
             else:
                 put(_closed_error() if cancelled and self._closed else _END)
-            return GenerationStats(tokens, cancelled, ttft, time.monotonic() - start)
+            finally:
+                if aborting:
+                    self._set_abort(None)
+            return GenerationStats(tokens, cancelled, ttft, time.monotonic() - start, aborted)
 
         job = self._executor.submit(work)
         job.add_done_callback(lambda f: put(_closed_error()) if f.cancelled() else None)
+        self._track(job)
         self._last = job
         calls = CallLineFilter() if tools else None
         try:
@@ -378,16 +405,56 @@ class LlamaCppLlm:
         finally:
             stop.set()
 
-    def close(self) -> None:
-        """Stop the current generation, wait for the worker, free the model. Idempotent."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Stop the current generation and free the model. Idempotent. Waits for the worker
+        at most `wait_s`; a worker still busy after that frees the model when it ends."""
         if self._closed:
             return
         self._closed = True
         self._stop_current.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        jobs = list(self._jobs)
+        if jobs and wait_s > 0:
+            concurrent.futures.wait(jobs, timeout=wait_s)
+        busy = [job for job in jobs if not job.done()]
+        if not busy:
+            self._free()
+            return
+        if wait_s > 0:
+            _LOGGER.warning("the local LLM is still busy %.1f s after its close; freed when it ends", wait_s)
+        for job in busy:
+            job.add_done_callback(lambda _: self._free())
+
+    def _free(self) -> None:
+        with self._free_lock:
+            if self._freed or any(not job.done() for job in self._jobs):
+                return
+            self._freed = True
         close = getattr(self._llm, "close", None)
         if close is not None:
             close()
+
+    def _track(self, job: concurrent.futures.Future[Any]) -> None:
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    def _set_abort(self, stop: threading.Event | None) -> bool:
+        """Make llama.cpp poll `stop` during evaluation (None: no more). On the worker thread.
+        False when this llama-cpp-python does not offer it (a token still ends a generation)."""
+        try:
+            import llama_cpp
+
+            context = self._llm._ctx.ctx
+            if stop is None:
+                callback = llama_cpp.ggml_abort_callback(0)
+            else:
+                callback = llama_cpp.ggml_abort_callback(lambda _data: stop.is_set())
+            llama_cpp.llama_set_abort_callback(context, callback, None)
+        except (ImportError, AttributeError, TypeError, ctypes.ArgumentError) as err:
+            _LOGGER.debug("llama.cpp abort callback unavailable: %s", err)
+            return False
+        self._abort_callback = callback  # ctypes callbacks must outlive their use
+        return True
 
     def _completion_kwargs(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]

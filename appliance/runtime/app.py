@@ -2,6 +2,10 @@
 
 `run_appliance(options)` loads the config, resolves models, opens audio (or the headless
 WAV/pipe backends), wires the loop and runs it until the input ends or a signal arrives.
+
+Stopping is bounded (`ProcessStop`): the first SIGTERM/SIGINT stops the loop (under 2 s,
+whatever is in flight); a second one, or a stop that outlives `STOP_GUARD_S` in a run that owns
+its process (the CLI), exits at once after ending the events file and the output WAV's header.
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,13 +29,14 @@ from typing import Any
 from appliance.config import Config
 from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
+from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
 from appliance.errors import AudioDeviceError, ModelError
 from appliance.ports import AgentSession, Clock, Microphone, Speaker
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
-from appliance.runtime.loop import ApplianceLoop, LoopResult, SessionFactory
+from appliance.runtime.loop import SESSION_MARGIN_S, ApplianceLoop, LoopLimits, LoopResult, SessionFactory
 from appliance.runtime.playback_monitor import MonitoredSpeaker
 from appliance.runtime.router import AudioRouter
 from appliance.runtime.timers import Timers
@@ -38,6 +46,12 @@ _LOGGER = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLE_RECORDING = ASSETS / "example-hey-jarvis.wav"
 FALLBACK_OUTPUT = Path("appliance-output.wav")
+STOP_GUARD_S = 1.9
+"""A process stopped by a signal exits within this, whatever still runs (`own_process` runs)."""
+EXIT_GRACE_S = 0.4
+"""After the run, worker threads still busy (a sentence being synthesized) get this long."""
+CLOSE_S = 0.3
+"""Each device and file closed at the end of a run gets this long."""
 
 
 @dataclass
@@ -228,6 +242,7 @@ def build_loop(
         echo=EchoSuppressor() if config.appliance.vad.playback_gating else None,
         now=wiring.clock.now,
     )
+    bound = float(config.conversation_config.conversation.max_duration_seconds) + SESSION_MARGIN_S
     loop = ApplianceLoop(
         timers=wiring.timers,
         machine=machine,
@@ -237,6 +252,7 @@ def build_loop(
         chimes=chimes,
         events=wiring.events,
         clock=wiring.clock,
+        limits=LoopLimits(progress=ProgressLimits(session_s=bound)),
     )
     loop_ref.append(loop)
     return loop
@@ -289,9 +305,122 @@ def preload(config: Config) -> Preloaded:
     return Preloaded(detector, vad, load_agent_models(config))
 
 
-async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | None = None) -> LoopResult:
+class ProcessStop:
+    """SIGTERM / SIGINT. The first stops the service (bounded); with `own_process` (the CLI) a
+    second one, or a stop still running after `STOP_GUARD_S`, ends the process at once: the
+    events file is ended with `appliance_stopped`, the output WAV's header is written, one line
+    on stderr says so, and `os._exit(0)` (a requested stop). Without `own_process` (tests, an
+    embedding program) the process is never ended from here."""
+
+    def __init__(self, wiring: Wiring, *, own_process: bool) -> None:
+        self._wiring = wiring
+        self._own = own_process
+        self.signals = 0
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._why = ""
+        self._guard: threading.Thread | None = None
+
+    def on_signal(self, stop: Callable[[str], None], name: str) -> None:
+        self.signals += 1
+        if self.signals == 1 or not self._own:
+            stop(name)
+            self.arm(STOP_GUARD_S, f"{name}: the stop did not complete within {STOP_GUARD_S:g} s")
+            return
+        self.exit_now(f"second {name.removeprefix('signal_').upper()}: exiting now")
+
+    def ran_out(self) -> None:
+        """The run is over (files closed): only busy worker threads can still hold the exit."""
+        with self._cond:
+            self._why = "the run is over; exiting without waiting any longer"
+
+    def arm(self, seconds: float, why: str) -> None:
+        """Exit the process `seconds` from now unless it has ended by then (`own_process` only)."""
+        if not self._own:
+            return
+        with self._cond:
+            deadline = time.monotonic() + seconds
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline, self._why = deadline, why
+                self._cond.notify_all()
+            if self._guard is None:
+                self._guard = threading.Thread(target=self._watch, name="stop-guard", daemon=True)
+                self._guard.start()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                assert self._deadline is not None
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            why = self._why
+        self.exit_now(why)
+
+    def exit_now(self, why: str) -> None:
+        """End the events file and the output WAV, say why on stderr, and `os._exit(0)`."""
+        busy = sorted(
+            t.name
+            for t in threading.enumerate()
+            if t.is_alive() and not t.daemon and t is not threading.main_thread()
+        )
+        detail = f"; leaving worker thread(s) behind: {', '.join(busy)}" if busy else ""
+        with contextlib.suppress(Exception):
+            self._wiring.events.finish("forced_exit")
+        with contextlib.suppress(Exception):
+            _wav_speaker(self._wiring).close_now()
+        with contextlib.suppress(Exception):
+            print(f"appliance: {why}{detail}", file=sys.stderr, flush=True)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+        os._exit(0)
+
+
+def _wav_speaker(wiring: Wiring) -> Any:
+    from appliance.adapters.wav_audio import WavFileSpeaker
+
+    inner = wiring.speaker.inner if isinstance(wiring.speaker, MonitoredSpeaker) else wiring.speaker
+    return inner if isinstance(inner, WavFileSpeaker) else None
+
+
+def exit_process(code: int, seconds: float = EXIT_GRACE_S) -> None:
+    """End a CLI run's process with `code` once its files are closed: worker threads still busy
+    (a model call that a stop abandoned) get `seconds`, then `os._exit`, which also skips the
+    interpreter's teardown of the models (a few tenths of a second, more on a Pi). A signal
+    meanwhile exits at once."""
+
+    def busy() -> list[threading.Thread]:
+        main = threading.main_thread()
+        return [t for t in threading.enumerate() if t.is_alive() and not t.daemon and t is not main]
+
+    def leave(*_: Any) -> None:
+        left = busy()
+        with contextlib.suppress(Exception):
+            if left:
+                names = ", ".join(sorted(t.name for t in left))
+                print(f"appliance: exiting without the busy worker thread(s): {names}", file=sys.stderr)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, leave)
+    deadline = time.monotonic() + seconds
+    for thread in busy():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leave()
+
+
+async def run_async(
+    config: Config, options: RunOptions, preloaded: Preloaded | None = None, *, own_process: bool = False
+) -> LoopResult:
     """Run until the input ends or SIGTERM/SIGINT; SIGHUP reloads the config (runtime/service.py:
-    validated first, changed models loaded, applied between conversations)."""
+    validated first, changed models loaded, applied between conversations). `own_process`: see
+    `ProcessStop`."""
     from appliance.runtime.reload import reload_models
     from appliance.runtime.service import Service
 
@@ -320,32 +449,67 @@ async def run_async(config: Config, options: RunOptions, preloaded: Preloaded | 
         ),
     )
     aio = asyncio.get_running_loop()
+    stopper = ProcessStop(wiring, own_process=own_process)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            aio.add_signal_handler(sig, service.stop, f"signal_{signal.Signals(sig).name.lower()}")
+            name = f"signal_{signal.Signals(sig).name.lower()}"
+            aio.add_signal_handler(sig, stopper.on_signal, service.stop, name)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         aio.add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
         result = await service.run()
     finally:
-        await service.close()
-        await wiring.microphone.close()
-        await _close_speaker(wiring)
+        await _bounded(service.close(), "the service")
+        await _bounded(wiring.microphone.close(), "the microphone")
+        await _bounded(_close_speaker(wiring), "the speaker")
+        speaker = _wav_speaker(wiring)
+        if speaker is not None:
+            speaker.close_now()  # a no-op after a clean close; else the header is written now
         wiring.events.close()
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=False, cancel_futures=True)  # a block in the models: not waited for
+        if own_process:
+            _let_workers_go(service.models)
+        stopper.ran_out()
     return result
 
 
-async def _close_speaker(wiring: Wiring) -> None:
-    from appliance.adapters.wav_audio import WavFileSpeaker
+def _let_workers_go(models: Preloaded) -> None:
+    """The process ends with this run: idle model threads end now, busy ones after their call
+    (`exit_process` waits for those a little). Preloaded models shared with later runs (tests,
+    benchmarks) are left alone: only a run that owns its process gets here."""
+    agent = models.local_models
+    if agent is None:
+        return
+    for name in ("stt_executor", "tts_executor"):
+        pool = getattr(agent, name, None)
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=False, cancel_futures=True)
+    close = getattr(getattr(agent, "llm", None), "close", None)
+    if callable(close) and "wait_s" in inspect.signature(close).parameters:
+        close(wait_s=0.0)
 
-    inner = wiring.speaker.inner if isinstance(wiring.speaker, MonitoredSpeaker) else wiring.speaker
-    if isinstance(inner, WavFileSpeaker):
-        pad = wiring.input_duration_s if isinstance(wiring.clock, MonotonicClock) else None
+
+async def _bounded(work: Any, what: str) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_S):
+            await work
+    except TimeoutError:
+        _LOGGER.warning("closing %s took longer than %.1f s; left behind", what, CLOSE_S)
+    except Exception as err:
+        _LOGGER.warning("closing %s failed: %s", what, err)
+
+
+async def _close_speaker(wiring: Wiring) -> None:
+    inner = _wav_speaker(wiring)
+    if inner is not None:
+        pad = None
+        if isinstance(wiring.clock, MonotonicClock) and wiring.input_duration_s is not None:
+            # the input's timeline, as far as it was read (a stop can come long before its end)
+            pad = min(wiring.input_duration_s, wiring.clock.now())
         await inner.close(pad_to_s=pad)
     else:
         await wiring.speaker.close()
 
 
-def run_appliance(config: Config, options: RunOptions) -> LoopResult:
-    return asyncio.run(run_async(config, options))
+def run_appliance(config: Config, options: RunOptions, *, own_process: bool = False) -> LoopResult:
+    return asyncio.run(run_async(config, options, own_process=own_process))

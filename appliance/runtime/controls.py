@@ -206,6 +206,12 @@ class Controls:
 
     def _end(self, session: Any, reason: str) -> None:
         """End the session now: silence at once when the agent can (`stop`), else gracefully."""
+        loop = self.loop
+        if isinstance(loop, ApplianceLoop) and loop.session is session:
+            if not callable(getattr(session, "stop", None)):
+                self.speaker.stop()
+            loop.end_session(reason)  # with the loop's deadlines: closed, or abandoned, in time
+            return
         stop_now = getattr(session, "stop", None)
         coro = stop_now(reason) if callable(stop_now) else session.end(reason)
         if not callable(stop_now):

@@ -2,6 +2,9 @@
 
 `t` is seconds on the appliance clock since start. Event names and fields are a public
 interface (headless runs, the status feed, outside checks); every string is redacted.
+
+Each line is written and flushed whole under a lock, so the file holds complete JSON lines at
+any moment; `finish()` closes it from any thread, ending it with `appliance_stopped`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class EventLog:
         self._lock = threading.Lock()
         self.history: list[dict[str, Any]] = []
         self.keep_history = False
+        self.last_type: str | None = None
+        """The type of the last event emitted."""
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -40,6 +45,7 @@ class EventLog:
         record.update(redact_value(fields))
         line = json.dumps(record, ensure_ascii=False, default=str)
         with self._lock:
+            self.last_type = type
             if self._file is not None:
                 self._file.write(line + "\n")
                 self._file.flush()
@@ -58,3 +64,23 @@ class EventLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+    def finish(self, reason: str) -> None:
+        """An exit that cannot wait (a second signal): end the file with `appliance_stopped`
+        unless it already does, and close it. From any thread; never waits long for the lock."""
+        if not self._lock.acquire(timeout=0.5):
+            _LOGGER.warning("the events file is busy; left as it is")  # a line half written
+            return
+        try:
+            if self._file is None:
+                return
+            if self.last_type != "appliance_stopped":
+                record = {"type": "appliance_stopped", "t": round(self._clock.now(), 3), "reason": reason}
+                self._file.write(json.dumps(record) + "\n")
+                self.last_type = "appliance_stopped"
+            self._file.close()
+            self._file = None
+        except (OSError, ValueError) as err:
+            _LOGGER.warning("cannot finish the events file: %s", err)
+        finally:
+            self._lock.release()

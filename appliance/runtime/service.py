@@ -6,7 +6,11 @@ runs device loops until one stops for a reason other than a reload:
 
 - READY=1 once the models are loaded and the microphone delivers (the first
   `microphone_ready` of a device microphone, or the loop's start for file and pipe input);
-  WATCHDOG=1 from the loop's ticker; STATUS= at every state change; STOPPING=1 on stop.
+  WATCHDOG=1 from the loop's ticker while the loop makes progress (`ApplianceLoop.progress_problem`:
+  a loop that is alive but wedged stops pinging, and systemd restarts it); STATUS= at every
+  state change; STOPPING=1 on stop.
+- SIGTERM / SIGINT: the conversation is stopped at once and the loop returns within its
+  shutdown bound (`LoopLimits.shutdown_s`), whatever is in flight.
 - SIGHUP: the file is read and validated, changed models are loaded and the next loop is
   built, all while the current loop keeps running; an invalid config (or a model that will
   not load) keeps the old one and says why (log, `error` event `config_reload_failed`). A
@@ -22,6 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import DEFAULT_SOURCE, Config, load_config
@@ -31,6 +36,7 @@ from appliance.errors import ConfigError
 from appliance.logs import redact
 from appliance.paths import default_socket_path, recordings_dir
 from appliance.ports import AgentSession
+from appliance.preflight import check_runnable
 from appliance.runtime.controls import COMMANDS, Controls, ServiceMicrophone, speaker_volume_target
 from appliance.runtime.loop import ApplianceLoop, LoopResult
 from appliance.runtime.recorder import SWEEP_INTERVAL_S, RecordingStore, TurnRecorder
@@ -115,6 +121,8 @@ class Service:
             RecordingStore(folder or recordings_dir(env)), policy, self._io, wall_clock=wall_clock
         )
         self.turn_log = TurnLog(show_text=_shows_text(policy))
+        self._reloads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reload")
+        self._no_progress: str | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
         self._aio_thread = 0
         self.feed: StatusFeed | None = None
@@ -146,7 +154,7 @@ class Service:
             loop = self._swap(*pending)
 
     def stop(self, reason: str = "stopped") -> None:
-        """SIGTERM / SIGINT: finish what is being said, close the session, release devices."""
+        """SIGTERM / SIGINT: stop the conversation now, close the loop (bounded), release devices."""
         if self._stop_reason is None:
             self._stop_reason = reason
             _LOGGER.info("stopping (%s)", reason)
@@ -159,18 +167,26 @@ class Service:
             self._stopping_sent = True
             self.notifier.stopping(status)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 0.3) -> None:
+        """Bounded: a task that does not stop in `timeout_s` is left behind; worker threads
+        (recordings, a reload loading models) finish on their own (the CLI bounds the exit)."""
         self._stopping("stopping")
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
         if self._pending is not None:
             release_models(self._pending[1], self.models)
             self._pending = None
         if self.feed is not None:
-            await self.feed.close()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.feed.close()
+            except TimeoutError:
+                _LOGGER.warning("the status feed did not close within %.1f s", timeout_s)
         self.recorder.on_event({"type": "session_ended"})  # a turn still open is stored
-        self._io.shutdown(wait=True)
+        self._io.shutdown(wait=False)  # queued writes still run; nothing waits for them here
+        self._reloads.shutdown(wait=False, cancel_futures=True)
         self.notifier.close()
 
     def _attach(self, loop: ApplianceLoop) -> None:
@@ -199,12 +215,27 @@ class Service:
     # ------------------------------------------------------------ ticker (every 20 ms)
     def _tick(self) -> None:
         if self.watchdog is not None:
-            self.watchdog.tick()
+            self._watchdog_tick()
         session = self.loop.session if self.loop is not None else None
         busy = bool(session is not None and session.busy)
         if busy != self._busy:
             self._busy = busy
             self._update({"type": AGENT_BUSY if busy else AGENT_IDLE, "t": self._wiring.clock.now()})
+
+    def _watchdog_tick(self) -> None:
+        """Ping only while the loop makes progress: systemd restarts a wedged device."""
+        assert self.watchdog is not None
+        problem = self.loop.progress_problem() if self.loop is not None else None
+        if problem is None:
+            if self._no_progress is not None:
+                _LOGGER.warning("the loop makes progress again; watchdog pings resume")
+                self._no_progress = None
+            self.watchdog.tick()
+            return
+        if self._no_progress is None:
+            _LOGGER.error("no progress: %s; watchdog pings stop (systemd restarts the appliance)", problem)
+            self.notifier.status(f"wedged: {problem}")
+        self._no_progress = problem
 
     # ------------------------------------------------------------ events
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -273,8 +304,15 @@ class Service:
         self.notifier.reloading()
         _LOGGER.info("reloading the configuration from %s", source)
         try:
-            new = await asyncio.to_thread(load_config, path)
-            models = await asyncio.to_thread(self._load_models, self.config, new, self.models)
+            # Its own worker, not the default executor: a stop never waits for a model load.
+            aio = asyncio.get_running_loop()
+            new = await aio.run_in_executor(self._reloads, load_config, path)
+            # what check-config and run refuse (unresolvable variables, a prompt over n_ctx)
+            for warning in await aio.run_in_executor(self._reloads, check_runnable, new):
+                _LOGGER.warning("%s: %s", new.source, warning)
+            models = await aio.run_in_executor(
+                self._reloads, partial(self._load_models, self.config, new, self.models)
+            )
             try:
                 loop = self._make_loop(new, models, self.recorder.wrap)
             except Exception:

@@ -4,17 +4,22 @@ Client tools run a function named by `handler: "package.module:function"`, or on
 under the `appliance.tools` entry-point group with the tool's name. Webhook tools follow the
 platform's `api_schema` (path, query and body parameters; headers with constant values,
 `{variable_name}` references or `secret__` dynamic variables). Every call has the tool's
-`response_timeout_secs`; failures and timeouts go back to the LLM as error results, never
-crash the session. `assignments` copy values from a result into the dynamic variables.
+`response_timeout_secs` as one overall deadline (connection, request, the whole answer);
+failures and timeouts go back to the LLM as error results, never crash the session. A call is
+cancelled with its turn (a stop); a blocking client handler runs on a daemon thread, so one that
+never returns holds neither the session nor the process's exit. Answers are read up to
+`MAX_RESPONSE_BYTES`. `assignments` copy values from a result into the dynamic variables.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -31,6 +36,7 @@ from appliance.ports import Clock, EventSink
 _LOGGER = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "appliance.tools"
+MAX_RESPONSE_BYTES = 1 << 20
 
 
 class ToolSetupError(Exception):
@@ -134,7 +140,7 @@ class DeviceToolRunner:
         args = _fill((tool.parameters or {}).get("properties"), arguments, self._variables)
         if inspect.iscoroutinefunction(func):
             return await func(**args)
-        return await asyncio.to_thread(func, **args)
+        return await _in_daemon_thread(tool.name, func, args)
 
     async def _webhook(self, tool: DeviceTool, arguments: Mapping[str, Any]) -> Any:
         api = tool.api_schema
@@ -150,21 +156,33 @@ class DeviceToolRunner:
         for name, value in path_args.items():
             url = url.replace("{" + name + "}", quote(dv.format_value(value), safe=""))
         headers = self._headers(api.request_headers or {})
-        client = self._http or httpx.AsyncClient()
+        # The call's deadline is the tool's `response_timeout_secs` (the caller's wait_for), not
+        # httpx's default of 5 s per read.
+        client = self._http or httpx.AsyncClient(timeout=float(tool.response_timeout_secs))
         try:
-            response = await client.request(
+            request = client.build_request(
                 api.method, url, params={k: dv.format_value(v) for k, v in query_args.items()} or None,
                 json=body if api.method in ("POST", "PUT", "PATCH") else None, headers=headers,
             )  # fmt: skip
+            response = await client.send(request, stream=True)
+            try:
+                raw = bytearray()
+                async for piece in response.aiter_bytes():
+                    raw += piece
+                    if len(raw) > MAX_RESPONSE_BYTES:
+                        raise RuntimeError(f"the answer is longer than {MAX_RESPONSE_BYTES} bytes")
+            finally:
+                await response.aclose()
         finally:
             if self._http is None:
                 await client.aclose()
+        text = bytes(raw).decode(response.encoding or "utf-8", "replace")
         if response.status_code >= 400:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            raise RuntimeError(f"HTTP {response.status_code}: {text[:200]}")
         try:
-            return response.json()
+            return json.loads(text)
         except ValueError:
-            return response.text
+            return text
 
     def _headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -201,3 +219,29 @@ class DeviceToolRunner:
         self._variables.update(updated)
         for record in audit:
             self._events.emit("dynamic_variable_update", **redact_value(record))
+
+
+async def _in_daemon_thread(name: str, func: Callable[..., Any], args: Mapping[str, Any]) -> Any:
+    """`func(**args)` on a daemon thread: awaiting it is cancellable, and a handler that never
+    returns is left behind without holding the process (the default executor would)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = func(**args), None
+        except Exception as err:
+            result, error = None, err
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"tool-{name}", daemon=True).start()
+    return await future

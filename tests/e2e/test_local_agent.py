@@ -88,7 +88,7 @@ def run_inprocess(
     cfg = load_config_text(yaml.safe_dump(config, allow_unicode=True), "test.yaml")
     models = preloaded
     custom = cfg.conversation_config.agent.prompt.custom_llm
-    if cfg.appliance.local.llm.backend == "openai" and custom is not None:
+    if cfg.llm_backend == "openai" and custom is not None:
         llm = OpenAiCompatibleLlm(custom.url, custom.model_id, None)
         models = dataclasses.replace(
             preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,137 @@ def test_service_lifecycle(tmp_path: Path, short_dir: Path, models_dir: Path) ->
             proc.wait()
         stderr.close()
         notify.close()
+
+
+# ---------------------------------------------------------------------- stop means stop
+_WORDS = [
+    "amber",
+    "bridge",
+    "candle",
+    "dragon",
+    "ember",
+    "forest",
+    "garden",
+    "harbor",
+    "island",
+    "jungle",
+    "kettle",
+    "lantern",
+    "meadow",
+]
+_WORDS += [
+    "needle",
+    "orchard",
+    "pepper",
+    "quarry",
+    "river",
+    "saddle",
+    "timber",
+    "umbrella",
+    "valley",
+    "willow",
+    "yarn",
+    "zephyr",
+]
+_RNG = random.Random(7)
+STORY = tuple(" ".join(_RNG.choice(_WORDS) for _ in range(9)).capitalize() + ". " for _ in range(300))
+"""An answer that never ends and never repeats itself (no repetition guard ends it)."""
+
+
+def _endless_run(
+    tmp_path: Path, models_dir: Path, url: str
+) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
+    """`appliance run --input <wav> --output out.wav --events ev.jsonl` (fast headless) whose LLM
+    streams forever; returns once the reply is being spoken."""
+    config = tmp_path / "config.yaml"
+    doc = {
+        "conversation_config": {
+            "agent": {
+                "first_message": "",
+                "prompt": {
+                    "prompt": "You are a test agent.",
+                    "llm": "custom-llm",
+                    "custom_llm": {"url": url, "model_id": "scripted-model"},
+                },
+            }
+        },
+        "appliance": {"local": {"llm": {"backend": "openai"}}, "status": {"enabled": False}},
+    }
+    config.write_text(yaml.safe_dump(doc))
+    events_path, out, log = tmp_path / "ev.jsonl", tmp_path / "out.wav", tmp_path / "stderr.log"
+    env = {**os.environ, "APPLIANCE_MODELS_DIR": str(models_dir)}
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "appliance", "run", "--config", str(config)),
+                *("--input", str(EXAMPLE), "--output", str(out), "--events", str(events_path)),
+            ],
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        wait(lambda: "audio" in types(events_path) or proc.poll() is not None, 240, "the reply's audio")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert proc.poll() is None, log.read_text()[-2000:]
+    return proc, events_path, out, log
+
+
+def _assert_complete_files(events_path: Path, out: Path) -> list[dict[str, Any]]:
+    lines = events_path.read_text().splitlines()
+    parsed = [json.loads(line) for line in lines]  # every line is complete JSON
+    assert parsed[-1]["type"] == "appliance_stopped", parsed[-3:]
+    with wave.open(str(out), "rb") as w:  # a valid header, whatever was playing
+        assert w.getnchannels() == 1 and w.getframerate() == 16000 and w.getnframes() > 0
+        assert len(w.readframes(w.getnframes())) == 2 * w.getnframes()
+    return parsed
+
+
+def test_sigterm_mid_reply_stops_the_run_within_2_s(tmp_path: Path, models_dir: Path) -> None:
+    """The LLM streams forever and the agent is speaking: SIGTERM ends the process in under
+    2 s with exit 0, the events file complete and out.wav valid; the LLM request is closed."""
+    from appliance.testing.openai_server import ScriptedOpenAiServer, endless_reply
+
+    with ScriptedOpenAiServer([endless_reply(*STORY, chunk_delay_s=0.1)]) as server:
+        proc, events_path, out, log = _endless_run(tmp_path, models_dir, server.url)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        took = time.monotonic() - start
+        (request,) = server.chat_requests
+        assert request.disconnected.wait(5)
+    print(f"SIGTERM mid-reply: exit {code} after {took * 1000:.0f} ms")
+    assert code == 0, log.read_text()[-2000:]
+    assert took < 2.0, f"the stop took {took:.2f} s"
+    parsed = _assert_complete_files(events_path, out)
+    assert parsed[-1]["reason"] == "signal_sigterm"
+    assert [e["reason"] for e in parsed if e["type"] == "session_ended"] == ["signal_sigterm"]
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_second_sigterm_exits_at_once(tmp_path: Path, models_dir: Path) -> None:
+    from appliance.testing.openai_server import ScriptedOpenAiServer, endless_reply
+
+    with ScriptedOpenAiServer([endless_reply(*STORY, chunk_delay_s=0.1)]) as server:
+        proc, events_path, out, log = _endless_run(tmp_path, models_dir, server.url)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        took = time.monotonic() - start
+    print(f"two SIGTERMs: exit {code} after {took * 1000:.0f} ms")
+    assert code == 0, log.read_text()[-2000:]
+    assert took < 2.0
+    _assert_complete_files(events_path, out)
+    assert "Traceback" not in log.read_text()
