@@ -5,13 +5,20 @@
         ...
         srv.requests[0].body["temperature"]
 
-Each `POST /v1/chat/completions` consumes the next scripted `Reply` in order (a 500 with a clear
-body when the script is exhausted). Streaming replies are proper SSE (`text/event-stream`,
-`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`) over chunked HTTP/1.1 framing, in the shape OpenAI
-sends: a role chunk, content chunks, tool-call fragments split across chunks, a final chunk with
-`finish_reason`. Every request is recorded (path, headers, JSON body) together with whether the
-client went away before the reply was complete, so tests can assert cancellation closes the
-connection. `GET /v1/models` answers a one-model list (readiness probes).
+Each `POST /v1/chat/completions` consumes the next scripted `Reply` in order; when the script is
+exhausted, the `responder` (if any) picks a reply from the request (by its content: retries and
+filler requests then cannot shift the script), else a 500 with a clear body. Streaming replies
+are proper SSE (`text/event-stream`, `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`) over
+chunked HTTP/1.1 framing, in the shape OpenAI sends: a role chunk, content chunks, tool-call
+fragments split across chunks, a final chunk with `finish_reason`. Every request is recorded
+(path, headers, JSON body) together with whether the client went away before the reply was
+complete, so tests can assert cancellation closes the connection. `GET /v1/models` answers a
+one-model list (readiness probes).
+
+Faults for the fault matrix and the soak: an HTTP error status (`error_reply`), a server that
+reads the request and never answers (`hang_reply`), a 200 whose body is not an SSE stream of
+chunks (`garbage_reply`), part of a reply then a dropped connection (`half_reply`), and a
+stream that never ends (`endless_reply`). A refused connection needs no server: a closed port.
 
 Delays wait on the server's shutdown event, so closing the server never waits for a script.
 """
@@ -23,7 +30,7 @@ import json
 import select
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -63,6 +70,14 @@ class Reply:
     finish_reason: str | None = None
     not_streamed: bool = False
     """Answer one `chat.completion` JSON object (a server that ignores `stream: true`)."""
+    raw_body: bytes | None = None
+    """Answer 200 `text/event-stream` with these bytes as the whole (chunked) body, verbatim."""
+    endless: bool = False
+    """Stream the content chunks over and over, never finishing (until the client goes away or
+    the server closes); `chunk_delay_s` (one value) paces it."""
+    trickle_s: float | None = None
+    """After the headers, an empty chunk (`delta.content: ""`) every `trickle_s` forever: data
+    keeps coming, so no per-read or per-event timeout fires, and the answer never comes."""
 
 
 def text_reply(
@@ -91,6 +106,34 @@ def hang_reply() -> Reply:
     return Reply(hang=True)
 
 
+GARBAGE = (
+    b'data: {"choices": [{"delta": {"content": "Hel\n\n'  # JSON cut in the middle
+    b"\x00\xff\xfe binary noise \x80\x81\n\n"
+    b"data: <html>502 Bad Gateway</html>\n\n"
+    b"event: nonsense\ndata: [1, 2, 3]\n\n"
+)
+
+
+def garbage_reply(body: bytes = GARBAGE) -> Reply:
+    """A 200 event stream whose body is not OpenAI chunks (and never says [DONE])."""
+    return Reply(raw_body=body)
+
+
+def half_reply(*chunks: str, drop_after: int, chunk_delay_s: float | Sequence[float] = 0.0) -> Reply:
+    """The first `drop_after` chunks, then the TCP connection is shut down (no [DONE])."""
+    return Reply(chunks=chunks, drop_after_chunks=drop_after, chunk_delay_s=chunk_delay_s)
+
+
+def endless_reply(*chunks: str, chunk_delay_s: float = 0.002) -> Reply:
+    """`chunks` streamed in a loop forever: a model that never stops talking."""
+    return Reply(chunks=chunks, endless=True, chunk_delay_s=chunk_delay_s)
+
+
+def trickle_reply(interval_s: float = 0.1) -> Reply:
+    """A 200 event stream that sends an empty chunk every `interval_s`, forever."""
+    return Reply(trickle_s=interval_s)
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -103,6 +146,19 @@ class RecordedRequest:
     """Set when the client closed the connection before the scripted reply was complete."""
     completed: threading.Event = field(default_factory=threading.Event)
     """Set when the whole scripted reply was written."""
+
+    def last_user_text(self) -> str:
+        """The content of the last `user` message of a chat request ("" if none)."""
+        messages = self.body.get("messages") if isinstance(self.body, dict) else None
+        for message in reversed(messages if isinstance(messages, list) else []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else json.dumps(content)
+        return ""
+
+
+Responder = Callable[[RecordedRequest], Reply | None]
+"""Picks the reply to a chat request once the script is exhausted (None: the 500)."""
 
 
 def _arguments_text(call: ScriptedToolCall) -> str:
@@ -127,6 +183,16 @@ def _completion(reply: Reply) -> dict[str, Any]:
         "created": 0,
         "model": MODEL_ID,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL_ID,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
 
 
@@ -173,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
             return
-        reply = self.server.owner._next_reply()
+        reply = self.server.owner._next_reply(record)
         if reply is None:
             self._send_json(500, json.dumps({"error": {"message": "no scripted reply left"}}))
             return
@@ -263,22 +329,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if reply.raw_body is not None:
+            if self._write_chunk(reply.raw_body, record) and self._write_chunk(b"", record):
+                record.completed.set()
+            return
+        if reply.endless:
+            self._endless(reply, record)
+            self.close_connection = True
+            return
+        if reply.trickle_s is not None:
+            while self._wait(reply.trickle_s, record) and self._event(_chunk({"content": ""}), record):
+                pass
+            self.close_connection = True
+            return
         if self._stream(reply, record):
             self._write_chunk(b"", record)  # the terminating zero-length chunk
             record.completed.set()
         else:
             self.close_connection = True
 
-    def _stream(self, reply: Reply, record: RecordedRequest) -> bool:
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": "chatcmpl-scripted",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": MODEL_ID,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
+    def _endless(self, reply: Reply, record: RecordedRequest) -> None:
+        """Content chunks in a loop until the client goes away or the server closes."""
+        if not reply.chunks or not self._event(_chunk({"role": "assistant", "content": ""}), record):
+            return
+        delay = reply.chunk_delay_s if isinstance(reply.chunk_delay_s, int | float) else 0.0
+        n = 0
+        while not self.server.owner._stopping.is_set():
+            if not self._wait(delay, record):
+                return
+            if not self._event(_chunk({"content": reply.chunks[n % len(reply.chunks)]}), record):
+                return
+            n += 1
 
+    def _stream(self, reply: Reply, record: RecordedRequest) -> bool:
+        chunk = _chunk
         if not self._event(chunk({"role": "assistant", "content": ""}), record):
             return False
         delays = reply.chunk_delay_s
@@ -317,11 +401,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ScriptedOpenAiServer:
-    """Serves `replies` in order on 127.0.0.1 (a free port) from a background thread."""
+    """Serves `replies` in order on 127.0.0.1 (a free port) from a background thread, then
+    whatever `responder` picks for each request."""
 
-    def __init__(self, replies: Sequence[Reply] = ()) -> None:
+    def __init__(self, replies: Sequence[Reply] = (), responder: Responder | None = None) -> None:
         self._lock = threading.Lock()
         self._replies = list(replies)
+        self.responder = responder
         self._requests: list[RecordedRequest] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -381,9 +467,12 @@ class ScriptedOpenAiServer:
 
     # --- called from handler threads --------------------------------------------------------
 
-    def _next_reply(self) -> Reply | None:
+    def _next_reply(self, record: RecordedRequest) -> Reply | None:
         with self._lock:
-            return self._replies.pop(0) if self._replies else None
+            if self._replies:
+                return self._replies.pop(0)
+            responder = self.responder
+        return responder(record) if responder is not None else None
 
     def _add_request(self, record: RecordedRequest) -> None:
         with self._lock:
