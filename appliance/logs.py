@@ -9,21 +9,40 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 MASK = "***"
 
 
+_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
+def secret_forms(value: str) -> set[str]:
+    """`value` and the forms a URL can give it: percent-decoded (`%2B` → `+`, `+` → space) and
+    percent-encoded (upper- and lower-case hex), so a signed URL's token is masked however a
+    library or an error message happens to write it."""
+    decoded = {value, unquote(value), unquote_plus(value)}
+    forms = set(decoded)
+    for form in decoded:
+        for encoded in (quote(form, safe=""), quote_plus(form, safe=""), quote(form)):
+            forms.add(encoded)
+            forms.add(_HEX_ESCAPE.sub(lambda m: m.group(0).lower(), encoded))
+    return {form for form in forms if len(form) >= 4}
+
+
 def register_secret(value: str | None) -> None:
-    """Never show `value` in a log line, event or error message from now on."""
+    """Never show `value` (in any of its URL forms) in a log line, event or error message."""
     if value and len(value) >= 4:
+        forms = secret_forms(value)
         with _LOCK:
-            _SECRETS.add(value)
+            _SECRETS.update(forms)
 
 
 def redact(text: str) -> str:

@@ -18,7 +18,13 @@ URL provider is called again on each reconnect). The protocol itself is the sans
   exponential backoff and jitter, up to `reconnect_attempts`; the first retry plays `alert`
   (the error chime). The new conversation gets the transcript so far as a contextual update,
   and the user's last question again if the lost connection never answered it. Past the
-  budget the session ends with reason `network_error`.
+  budget the session ends with reason `network_error`. Not retried: a TLS failure
+  (`remote_tls_failed`), a `ws://` URL when the base URL is `wss://` (`remote_insecure_url`),
+  no usable `conversation_initiation_metadata` within `metadata_timeout_s` or an unsupported
+  audio format (`remote_protocol_error`): the session ends at once.
+- `end()` while connecting cancels the signed-URL request, the connect and the handshake at
+  once; agent audio before the metadata (no known format yet) is never played.
+- server text in log lines is escaped (`printable`) and each kind of warning is rate-limited.
 
 Every server event goes to the event sink under the platform's name (`audio` without its
 base64: `event_id`, `duration_s`, `sample_rate_hz`), plus `reconnecting` / `reconnected`.
@@ -30,11 +36,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -55,6 +63,7 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 _S16LE = np.dtype("<i2")
 REPLAY_SILENCE_S = 0.8
 """Silence after a replayed question, so the server's turn detection closes the turn."""
+_T = TypeVar("_T")
 UrlProvider = Callable[[], Awaitable[str]]
 ResamplerFactory = Callable[[int, int], Callable[[Pcm16], Pcm16]]
 """(in rate, out rate) → a streaming `process(block) -> block` for one signal."""
@@ -76,6 +85,15 @@ class RemoteSettings:
     stall_timeout_s: float = 20.0
     """No frame at all for this long: the connection is dead (reconnect)."""
     open_timeout_s: float = 10.0
+    metadata_timeout_s: float = 10.0
+    """After the initiation is sent, the server's `conversation_initiation_metadata` is due
+    within this long; otherwise the session ends with `remote_protocol_error`."""
+    connect_hold_s: float = 5.0
+    """While connecting, `busy` holds at most this long per attempt (fast headless runs wait
+    for the connection; the no-speech timer is never postponed by a connection stuck longer)."""
+    close_timeout_s: float = 1.0
+    warn_interval_s: float = 10.0
+    """One warning line per kind (malformed frames, server errors...) per this interval."""
     jitter_target_s: float = 0.06
     prebuffer_s: float = 2.0
     first_message_wait_s: float = 1.0
@@ -139,7 +157,11 @@ class ElevenLabsAgentSession:
         self._ws: ClientConnection | None = None
         self._ready = False
         self._ready_at: float | None = None
-        self._stalled = False
+        self._failure: el.CloseOutcome | None = None
+        """Why this session dropped the current connection itself (stall, protocol error)."""
+        self._connect_hold_until = math.inf
+        self._limiter = el.WarningLimiter(settings.warn_interval_s)
+        self.dropped_unformatted_chunks = 0
         self._last_frame_at = 0.0
         self._connections = 0
         self._closed: asyncio.Future[str] | None = None
@@ -187,9 +209,10 @@ class ElevenLabsAgentSession:
     def busy(self) -> bool:
         if self._finished:
             return False
+        now = self._stopwatch.now()
         if not self._ready:
-            return True
-        return self._speaking() or self._stopwatch.now() < self._hold_until
+            return now < self._connect_hold_until or now < self._hold_until
+        return self._speaking() or now < self._hold_until
 
     @property
     def conversation_id(self) -> str | None:
@@ -322,7 +345,7 @@ class ElevenLabsAgentSession:
                         f"the remote agent is unreachable after {self._s.reconnect_attempts} "
                         f"reconnect attempt(s): {outcome.message}"
                     )
-                    _LOGGER.error("%s; the session ends", redact(message))
+                    _LOGGER.error("%s; the session ends", _log_text(message))
                     self._events.emit("error", code="network_error", message=message, stage="remote")
                     reason = "network_error"
                     break
@@ -335,11 +358,12 @@ class ElevenLabsAgentSession:
                 )
                 _LOGGER.warning(
                     "remote agent: %s; reconnecting in %.2f s (attempt %d of %d)",
-                    redact(outcome.message),
+                    _log_text(outcome.message),
                     delay,
                     attempt,
                     self._s.reconnect_attempts,
                 )
+                self._connect_hold_until = self._stopwatch.now() + delay + self._s.connect_hold_s
                 if attempt == 1 and self._alert is not None:
                     self._spawn(self._alert(), "alert")
                 with contextlib.suppress(TimeoutError):
@@ -356,15 +380,19 @@ class ElevenLabsAgentSession:
 
     def _finish(self, reason: str) -> None:
         self._finished = True
+        for kind, count in self._limiter.pending():
+            _LOGGER.warning("%d more %s warning(s) suppressed", count, kind)
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(reason)
 
     def _report(self, outcome: el.CloseOutcome) -> None:
-        code = {
+        code = outcome.error_code or {
             el.CloseKind.REJECTED: "remote_rejected",
             el.CloseKind.SERVER_ERROR: "remote_error",
             el.CloseKind.CONNECTION_LOST: "remote_connection_lost",
         }.get(outcome.kind, "remote_error")
+        if not outcome.reconnect:
+            _LOGGER.error("remote agent: %s; the session ends", _log_text(outcome.message))
         fields: dict[str, Any] = {"code": code, "message": outcome.message, "stage": "remote"}
         if outcome.code is not None:
             fields["close_code"] = outcome.code
@@ -379,19 +407,36 @@ class ElevenLabsAgentSession:
         lost = el.CloseKind.CONNECTION_LOST
         try:
             url = await self._url()
+            if el.downgrades(self._s.base_url, url):
+                return el.CloseOutcome(
+                    el.CloseKind.REJECTED,
+                    None,
+                    False,
+                    "remote_error",
+                    "the signed URL is ws:// (unencrypted) but appliance.remote.base_url is wss://: refused",
+                    "remote_insecure_url",
+                )
             return await connect(
                 url,
                 max_size=MAX_FRAME_BYTES,
                 open_timeout=self._s.open_timeout_s,
                 ping_interval=10,
                 ping_timeout=10,
-                close_timeout=2,
+                close_timeout=self._s.close_timeout_s,
                 compression=None,
             )
         except AgentError as err:
-            kind = lost if err.retryable else el.CloseKind.REJECTED
-            why = "network_error" if err.retryable else "remote_rejected"
-            return el.CloseOutcome(kind, None, err.retryable, why, redact(str(err)))
+            return _agent_error_outcome(err)
+        except ssl.SSLError as err:  # before OSError (its base): not a network blip, never retried
+            return el.CloseOutcome(
+                lost,
+                None,
+                False,
+                "network_error",
+                f"the TLS handshake with the server failed ({el.tls_detail(err)}); check the system clock, "
+                "the CA certificates and any proxy",
+                "remote_tls_failed",
+            )
         except InvalidStatus as err:
             status = err.response.status_code
             if status in (401, 403, 404):
@@ -414,31 +459,62 @@ class ElevenLabsAgentSession:
         self._proto = el.ElevenLabsProtocol()
         self._ready_at = None
         self._turn_heard = False
-        opened = await self._open()
-        if isinstance(opened, el.CloseOutcome):
-            return opened
+        self._failure = None
+        self._connect_hold_until = self._stopwatch.now() + self._s.connect_hold_s
+        opened = await self._unless_ended(self._open())
+        if opened is None or isinstance(opened, el.CloseOutcome):
+            return opened  # None: ended while connecting (the request or handshake is cancelled)
         ws = self._ws = opened
-        self._stalled = False
         self._last_frame_at = asyncio.get_running_loop().time()
         sender = asyncio.create_task(self._send_audio(ws), name="elevenlabs-send")
         ender = asyncio.create_task(self._end_when_quiet(ws), name="elevenlabs-end")
         watchdog = asyncio.create_task(self._watch_stall(ws), name="elevenlabs-stall")
+        metadata = asyncio.create_task(self._watch_metadata(ws), name="elevenlabs-metadata")
+        tasks = (sender, ender, watchdog, metadata)
         try:
             await ws.send(self._proto.initiation_message(self._initiation))
             return await self._receive(ws)
         except ConnectionClosed as err:
-            return self._closed_outcome(err)
+            return self._failure or self._closed_outcome(err)
         finally:
-            for task in (sender, ender, watchdog):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, ender, watchdog, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._ws = None
             self._ready = False
             self._outbox.clear()
             if ws.state.name != "CLOSED":
                 ws.transport.abort()
 
+    async def _unless_ended(self, coro: Coroutine[Any, Any, _T]) -> _T | None:
+        """`coro`'s result, or None once `end()` is called first (`coro` is then cancelled)."""
+        task = asyncio.ensure_future(coro)
+        ended = asyncio.ensure_future(self._end_requested.wait())
+        try:
+            await asyncio.wait((task, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, ended, return_exceptions=True)
+        if task.cancelled():
+            return None
+        result = task.result()
+        if self._end_requested.is_set():
+            if isinstance(result, ClientConnection):
+                result.transport.abort()  # connected just as the session ended
+            return None
+        return result
+
+    def _drop_connection(self, ws: ClientConnection, outcome: el.CloseOutcome) -> None:
+        """This side gives up the connection (stall, protocol error): `_receive` returns `outcome`."""
+        if self._failure is None:
+            self._failure = outcome
+        ws.transport.abort()
+
     def _closed_outcome(self, err: ConnectionClosed) -> el.CloseOutcome | None:
+        if self._failure is not None:
+            return self._failure
         if self._closing_by_us:
             return None
         frame = err.rcvd
@@ -453,21 +529,16 @@ class ElevenLabsAgentSession:
             try:
                 data = await ws.recv(decode=False)  # bytes: json.loads reads UTF-8 itself
             except ConnectionClosed as err:
-                if self._stalled and not self._closing_by_us:
-                    return el.CloseOutcome(
-                        el.CloseKind.CONNECTION_LOST,
-                        None,
-                        True,
-                        "network_error",
-                        f"no frame from the server for {self._s.stall_timeout_s:g} s (stalled)",
-                    )
                 return self._closed_outcome(err)
             self._last_frame_at = loop.time()
             event = self._proto.receive(data)
             if type(event) is audio_type:
                 self._on_audio(event)  # the hot path: no coroutine
             else:
-                await self._handle(event, ws)
+                failure = await self._handle(event, ws)
+                if failure is not None:
+                    self._drop_connection(ws, failure)
+                    return failure
 
     async def _watch_stall(self, ws: ClientConnection) -> None:
         """No frame at all for `stall_timeout_s`: the server is gone (one timer, not one per frame)."""
@@ -476,22 +547,50 @@ class ElevenLabsAgentSession:
         while True:
             idle = loop.time() - self._last_frame_at
             if idle >= limit:
-                self._stalled = True
-                ws.transport.abort()
+                if not self._closing_by_us:
+                    self._drop_connection(
+                        ws,
+                        el.CloseOutcome(
+                            el.CloseKind.CONNECTION_LOST,
+                            None,
+                            True,
+                            "network_error",
+                            f"no frame from the server for {limit:g} s (stalled)",
+                        ),
+                    )
                 return
             await asyncio.sleep(limit - idle)
+
+    async def _watch_metadata(self, ws: ClientConnection) -> None:
+        """The handshake's deadline: no usable metadata in time is a protocol error, not a blip."""
+        await asyncio.sleep(self._s.metadata_timeout_s)
+        if not self._ready and not self._closing_by_us:
+            self._drop_connection(
+                ws,
+                _protocol_error(
+                    f"the server sent no conversation_initiation_metadata within "
+                    f"{self._s.metadata_timeout_s:g} s"
+                ),
+            )
 
     async def _end_when_quiet(self, ws: ClientConnection) -> None:
         """On `end()` or `end_call`: let the agent finish speaking, then close normally."""
         await self._end_requested.wait()
         deadline = self._stopwatch.now() + self._s.end_timeout_s
-        while self._stopwatch.now() < deadline and (
-            self._speaking() or self._stopwatch.now() < self._hold_until
+        while (
+            self._ready
+            and self._stopwatch.now() < deadline
+            and (self._speaking() or self._stopwatch.now() < self._hold_until)
         ):
             await asyncio.sleep(0.02)
         self._closing_by_us = True
+        if not self._ready:  # still in the handshake: nothing to hear, nothing to close politely
+            ws.transport.abort()
+            return
         with contextlib.suppress(Exception):
-            await ws.close()
+            async with asyncio.timeout(self._s.close_timeout_s + 0.5):
+                await ws.close()
+        ws.transport.abort()
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = self._stopwatch.now() + timeout_s
@@ -521,7 +620,17 @@ class ElevenLabsAgentSession:
         self._hold_until = max(self._hold_until, self._stopwatch.now() + seconds)
 
     # ------------------------------------------------------------ server events
-    async def _handle(self, event: el.ServerEvent, ws: ClientConnection) -> None:
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """A warning about the server, at most one line per kind per `warn_interval_s`."""
+        suppressed = self._limiter.admit(kind, self._stopwatch.now())
+        if suppressed is None:
+            return
+        if suppressed:
+            message += f" ({suppressed} more like it suppressed)"
+        _LOGGER.warning(message, *args)
+
+    async def _handle(self, event: el.ServerEvent, ws: ClientConnection) -> el.CloseOutcome | None:
+        """One server event; a CloseOutcome when the connection must be given up."""
         if self._audio_events:
             self._flush_audio_events()  # the events stream keeps the order frames arrived in
         emit = self._events.emit
@@ -534,6 +643,13 @@ class ElevenLabsAgentSession:
                 emit("ping", event_id=event_id, ping_ms=ping_ms)
             case el.ConversationInitiationMetadata():
                 self._on_ready(event, ws)
+            case el.RepeatedMetadata(conversation_id=cid):
+                self._warn(
+                    "repeated_metadata",
+                    "the server sent conversation_initiation_metadata again on the same connection "
+                    "(%s); ignored",
+                    _log_text(cid),
+                )
             case el.StaleAudio(event_id=event_id, n_bytes=n_bytes):
                 self.stale_audio_chunks += 1
                 duration = self._proto.output_format.duration_s(n_bytes)
@@ -568,6 +684,37 @@ class ElevenLabsAgentSession:
                     expects_response=event.expects_response,
                 )
                 self._spawn(self._run_tool(event, ws), f"tool-{event.tool_name}")
+            case el.InvalidToolCall():
+                self._warn(
+                    "invalid_tool_call",
+                    "invalid client_tool_call %s from the server: %s",
+                    _log_text(event.tool_call_id),
+                    event.reason,
+                )
+                emit(
+                    "client_tool_call",
+                    tool_name=event.tool_name,
+                    tool_call_id=event.tool_call_id,
+                    parameters={},
+                    expects_response=event.expects_response,
+                    error=event.reason,
+                )
+                sent = False
+                if event.expects_response:
+                    result = f"error: invalid tool call: {event.reason}"
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(
+                            self._proto.client_tool_result_message(event.tool_call_id, result, True)
+                        )
+                        sent = True
+                emit(
+                    "client_tool_result",
+                    tool_name=event.tool_name,
+                    tool_call_id=event.tool_call_id,
+                    is_error=True,
+                    sent=sent,
+                    duration_s=0.0,
+                )
             case el.AgentToolResponse():
                 emit(
                     "agent_tool_response",
@@ -590,10 +737,10 @@ class ElevenLabsAgentSession:
                 emit("asr_initiation_metadata", **_plain(fields))
             case el.McpToolCall(fields=fields) | el.McpConnectionStatus(fields=fields):
                 kind = "mcp_tool_call" if isinstance(event, el.McpToolCall) else "mcp_connection_status"
-                _LOGGER.info("%s: %s", kind, redact(json.dumps(fields, default=str)[:300]))
+                _LOGGER.info("%s: %s", kind, _log_text(json.dumps(fields, default=str)))
                 emit(kind, **_plain(fields))
             case el.ServerError():
-                _LOGGER.warning("remote agent error %s: %s", event.code, redact(event.message))
+                self._warn("server_error", "remote agent error %s: %s", event.code, _log_text(event.message))
                 code = f"remote_{event.error_type or event.code or 'error'}"
                 emit(
                     "error",
@@ -604,10 +751,18 @@ class ElevenLabsAgentSession:
                     error_type=event.error_type,
                 )
             case el.Ignored(type=kind):
-                _LOGGER.debug("ignoring server message of unknown type %r", kind)
-            case el.MalformedFrame(reason=why, excerpt=excerpt):
-                _LOGGER.warning("malformed frame from the server (%s): %s", why, redact(excerpt))
+                _LOGGER.debug("ignoring server message of unknown type %s", _log_text(kind[:80]))
+            case el.MalformedFrame(reason=why, excerpt=excerpt, frame_type=frame_type):
+                self._warn(
+                    "malformed_frame",
+                    "malformed frame from the server (%s): %s",
+                    _log_text(why),
+                    _log_text(excerpt),
+                )
                 emit("malformed_frame", reason=why)
+                if frame_type == "conversation_initiation_metadata" and not self._ready:
+                    return _protocol_error(f"unusable conversation_initiation_metadata: {why}")
+        return None
 
     def _on_ready(self, meta: el.ConversationInitiationMetadata, ws: ClientConnection) -> None:
         fmt = self._proto.input_format
@@ -663,6 +818,10 @@ class ElevenLabsAgentSession:
     def _on_audio(self, event: el.Audio) -> None:
         """The hot path: decode, hand to the speaker, then the bookkeeping."""
         if self._muted:
+            return
+        if not self._ready:  # no metadata yet: the format is unknown, never guessed
+            self.dropped_unformatted_chunks += 1
+            self._warn("audio_before_metadata", "agent audio before conversation_initiation_metadata dropped")
             return
         fmt = self._proto.output_format
         data = event.audio if fmt.encoding == "pcm" else ulaw_to_pcm16(event.audio)
@@ -831,6 +990,30 @@ class _Started:
 
 async def _continue(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
     await _Started(coro, waiting_on)
+
+
+def _log_text(text: str) -> str:
+    """Server text for a log line: secrets masked, control characters escaped, bounded."""
+    return redact(el.printable(text))
+
+
+def _protocol_error(message: str) -> el.CloseOutcome:
+    return el.CloseOutcome(
+        el.CloseKind.SERVER_ERROR, None, False, "remote_error", message, "remote_protocol_error"
+    )
+
+
+def _agent_error_outcome(err: AgentError) -> el.CloseOutcome:
+    """A failure before the WebSocket (signed URL...) as the session sees it."""
+    message = redact(str(err))
+    if err.retryable:
+        code = None if err.code == "remote_unreachable" else err.code
+        return el.CloseOutcome(el.CloseKind.CONNECTION_LOST, None, True, "network_error", message, code)
+    if err.code == "remote_auth_failed":
+        return el.CloseOutcome(el.CloseKind.REJECTED, None, False, "remote_rejected", message)
+    if err.code == "remote_tls_failed":
+        return el.CloseOutcome(el.CloseKind.CONNECTION_LOST, None, False, "network_error", message, err.code)
+    return el.CloseOutcome(el.CloseKind.REJECTED, None, False, "remote_error", message, err.code)
 
 
 def _plain(fields: Mapping[str, Any]) -> dict[str, Any]:
