@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 CONVERSATION_PATH = "/v1/convai/conversation"
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
+AGENTS_PATH = "/v1/convai/agents"
 AUDIO_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 DEFAULT_AUDIO_FORMAT = "pcm_16000"
 
@@ -74,12 +75,21 @@ def conversation_url(base_url: str, agent_id: str) -> str:
     return f"{base_url.rstrip('/')}{CONVERSATION_PATH}?{urlencode({'agent_id': agent_id})}"
 
 
-def signed_url_endpoint(base_url: str, agent_id: str) -> str:
-    """The HTTP(S) endpoint that hands out signed URLs (`wss` → `https`, `ws` → `http`)."""
+def http_base_url(base_url: str) -> str:
+    """The REST base for a WebSocket base URL (`wss` → `https`, `ws` → `http`), its path kept."""
     parts = urlsplit(base_url.rstrip("/"))
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-    base = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
-    return f"{base}{SIGNED_URL_PATH}?{urlencode({'agent_id': agent_id})}"
+    return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+
+def signed_url_endpoint(base_url: str, agent_id: str) -> str:
+    """The HTTP(S) endpoint that hands out signed URLs."""
+    return f"{http_base_url(base_url)}{SIGNED_URL_PATH}?{urlencode({'agent_id': agent_id})}"
+
+
+def agent_endpoint(base_url: str, agent_id: str) -> str:
+    """The REST resource of an agent (`GET` it to check the id and the key)."""
+    return f"{http_base_url(base_url)}{AGENTS_PATH}/{quote(agent_id, safe='')}"
 
 
 class SignedUrlAnswerError(ValueError):
