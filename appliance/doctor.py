@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.config import Config, custom_llm_access, display_url, read_secret, resolve_models_dir
+from appliance.core.elevenlabs_protocol import agent_endpoint, signed_url_endpoint, signed_url_of
 from appliance.logs import redact, register_secret
 
 API_KEY = "ELEVENLABS_API_KEY"
@@ -382,7 +383,6 @@ def agent_checks(config: Config, env: Mapping[str, str], timeout_s: float = 5.0)
     host = url.hostname or ""
     secure = url.scheme == "wss"
     port = url.port or (443 if secure else 80)
-    http_base = f"{'https' if secure else 'http'}://{host}{'' if url.port is None else f':{url.port}'}"
     checks: list[Check] = []
     try:
         infos = _in_thread(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_s)
@@ -450,7 +450,7 @@ def agent_checks(config: Config, env: Mapping[str, str], timeout_s: float = 5.0)
     checks.append(
         _rest_check(
             "agent id",
-            f"{http_base}/v1/convai/agents/{quote(agent_id)}",
+            agent_endpoint(remote.base_url, agent_id),
             headers,
             timeout_s,
             ok=lambda body: f"{agent_id} exists ({body.get('name') or 'unnamed'}), key {where}",
@@ -460,7 +460,7 @@ def agent_checks(config: Config, env: Mapping[str, str], timeout_s: float = 5.0)
     checks.append(
         _rest_check(
             "signed URL",
-            f"{http_base}/v1/convai/conversation/get-signed-url?agent_id={quote(agent_id)}",
+            signed_url_endpoint(remote.base_url, agent_id),
             headers,
             timeout_s,
             ok=_signed_url_ok,
@@ -471,9 +471,7 @@ def agent_checks(config: Config, env: Mapping[str, str], timeout_s: float = 5.0)
 
 
 def _signed_url_ok(body: Any) -> str:
-    signed = body.get("signed_url") if isinstance(body, dict) else None
-    if not isinstance(signed, str) or not signed.startswith(("wss://", "ws://")):
-        raise ValueError("the response has no signed_url")
+    signed = signed_url_of(body)  # ValueError: the check fails with its message
     register_secret(signed)
     return "issued (valid 15 minutes; not shown)"
 

@@ -371,3 +371,29 @@ def test_cpu_and_memory_headroom() -> None:
     assert small[1].outcome is Outcome.FAIL and "smaller models" in (small[1].fix or "")
     old_pi = headroom_checks(0, load=(0, 0, 0), cpus=4, meminfo={"MemAvailable": gib}, machine="armv7l")
     assert old_pi[1].name == "architecture" and old_pi[1].outcome is Outcome.WARN
+
+
+def test_the_agent_checks_keep_a_base_path(server: ThreadingHTTPServer) -> None:
+    """A base URL behind a path prefix (a proxy) is asked under that prefix, as the session does."""
+    from appliance.core.elevenlabs_protocol import signed_url_endpoint
+
+    seen: list[str] = []
+    original = FakeElevenLabs.do_GET
+
+    def do_get(handler: FakeElevenLabs) -> None:
+        seen.append(handler.path)
+        handler.path = handler.path.removeprefix("/eleven")
+        original(handler)
+
+    FakeElevenLabs.do_GET = do_get  # type: ignore[method-assign]
+    try:
+        base = f"ws://127.0.0.1:{server.server_address[1]}/eleven"
+        checks = agent_checks(remote(base), {"ELEVENLABS_API_KEY": KEY}, timeout_s=3)
+    finally:
+        FakeElevenLabs.do_GET = original  # type: ignore[method-assign]
+    assert [c.outcome for c in checks[2:]] == [Outcome.OK, Outcome.OK], lines(checks)
+    assert seen == [
+        "/eleven/v1/convai/agents/agent_1",
+        "/eleven/v1/convai/conversation/get-signed-url?agent_id=agent_1",
+    ]
+    assert signed_url_endpoint(base, "agent_1").endswith(seen[1])

@@ -11,7 +11,17 @@ Decisions where the seeds disagree (digest §1.7):
 - The signed URL is opaque and used verbatim (`conversation_signature=` vs `token=`).
 - `pong` answers at once with the ping's `event_id` (never delayed by `ping_ms`).
 - Unknown `type`s become `Ignored`; a frame that is not JSON, has no `type`, or lacks a field
-  its type requires becomes `MalformedFrame`. `receive_text` never raises.
+  its type requires becomes `MalformedFrame` (with the frame's `type` when it had one).
+  `receive_text` never raises.
+- A second `conversation_initiation_metadata` on one connection is `RepeatedMetadata`: the
+  first one's formats hold (a server cannot switch formats mid-stream).
+- A `client_tool_call` that names its id but cannot be run (`parameters` not an object, no
+  tool name) is `InvalidToolCall`, so the client can still answer it with an error.
+- An audio format outside `AUDIO_FORMATS` (`mp3_44100`, `pcm_99999`) makes the metadata a
+  `MalformedFrame` naming it and the supported ones: audio is never played in a guessed format.
+
+Also here, because server text is untrusted: `printable` (one log line, control characters
+escaped) and `WarningLimiter` (one warning line per kind per interval, with a count).
 """
 
 from __future__ import annotations
@@ -19,14 +29,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 CONVERSATION_PATH = "/v1/convai/conversation"
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
+AGENTS_PATH = "/v1/convai/agents"
 AUDIO_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 DEFAULT_AUDIO_FORMAT = "pcm_16000"
 
@@ -63,24 +75,51 @@ def conversation_url(base_url: str, agent_id: str) -> str:
     return f"{base_url.rstrip('/')}{CONVERSATION_PATH}?{urlencode({'agent_id': agent_id})}"
 
 
-def signed_url_endpoint(base_url: str, agent_id: str) -> str:
-    """The HTTP(S) endpoint that hands out signed URLs (`wss` → `https`, `ws` → `http`)."""
+def http_base_url(base_url: str) -> str:
+    """The REST base for a WebSocket base URL (`wss` → `https`, `ws` → `http`), its path kept."""
     parts = urlsplit(base_url.rstrip("/"))
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-    base = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
-    return f"{base}{SIGNED_URL_PATH}?{urlencode({'agent_id': agent_id})}"
+    return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
 
 
-def parse_signed_url_response(body: str) -> str:
-    """The `signed_url` of a get-signed-url answer; ValueError if there is none."""
+def signed_url_endpoint(base_url: str, agent_id: str) -> str:
+    """The HTTP(S) endpoint that hands out signed URLs."""
+    return f"{http_base_url(base_url)}{SIGNED_URL_PATH}?{urlencode({'agent_id': agent_id})}"
+
+
+def agent_endpoint(base_url: str, agent_id: str) -> str:
+    """The REST resource of an agent (`GET` it to check the id and the key)."""
+    return f"{http_base_url(base_url)}{AGENTS_PATH}/{quote(agent_id, safe='')}"
+
+
+class SignedUrlAnswerError(ValueError):
+    """A get-signed-url answer that cannot be used; `cause` is `not_json` or `no_signed_url`."""
+
+    def __init__(self, message: str, cause: Literal["not_json", "no_signed_url"]) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def parse_signed_url_response(body: str | bytes) -> str:
+    """The `signed_url` of a get-signed-url answer; `SignedUrlAnswerError` if there is none."""
     try:
         data = json.loads(body)
     except ValueError as err:
-        raise ValueError("the signed URL answer is not JSON") from err
+        raise SignedUrlAnswerError("the signed URL answer is not JSON", "not_json") from err
+    return signed_url_of(data)
+
+
+def signed_url_of(data: object) -> str:
+    """The `signed_url` of a parsed get-signed-url answer; `SignedUrlAnswerError` if there is none."""
     url = data.get("signed_url") if isinstance(data, dict) else None
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
-        raise ValueError("the signed URL answer has no ws:// or wss:// signed_url")
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("ws", "wss"):
+        raise SignedUrlAnswerError("the signed URL answer has no ws:// or wss:// signed_url", "no_signed_url")
     return url
+
+
+def downgrades(base_url: str, url: str) -> bool:
+    """True when `base_url` is `wss://` and `url` is not: the conversation would run unencrypted."""
+    return urlsplit(base_url).scheme.lower() == "wss" and urlsplit(url).scheme.lower() != "wss"
 
 
 def url_secrets(url: str) -> list[str]:
@@ -143,6 +182,13 @@ class ConversationInitiationMetadata:
 
 
 @dataclass(frozen=True)
+class RepeatedMetadata:
+    """`conversation_initiation_metadata` again on the same connection: ignored (not a reconnect)."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
 class Ping:
     event_id: int
     ping_ms: int | None = None
@@ -202,6 +248,16 @@ class ClientToolCall:
     parameters: Mapping[str, Any]
     expects_response: bool = True
     event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class InvalidToolCall:
+    """A `client_tool_call` with an id that cannot be run: it gets an `is_error` result."""
+
+    tool_name: str
+    tool_call_id: str
+    reason: str
+    expects_response: bool = True
 
 
 @dataclass(frozen=True)
@@ -271,10 +327,13 @@ class Ignored:
 class MalformedFrame:
     reason: str
     excerpt: str
+    frame_type: str | None = None
+    """The frame's `type` when it had a known one (e.g. a malformed metadata frame)."""
 
 
 ServerEvent = (
     ConversationInitiationMetadata
+    | RepeatedMetadata
     | Ping
     | Audio
     | StaleAudio
@@ -284,6 +343,7 @@ ServerEvent = (
     | AgentResponseCorrection
     | Interruption
     | ClientToolCall
+    | InvalidToolCall
     | AgentToolResponse
     | VadScore
     | InternalTentativeAgentResponse
@@ -331,9 +391,11 @@ def _num(payload: Mapping[str, Any], key: str) -> float:
 def _metadata(p: Mapping[str, Any]) -> ConversationInitiationMetadata:
     out_fmt = _str(p, "agent_output_audio_format", DEFAULT_AUDIO_FORMAT)
     in_fmt = _str(p, "user_input_audio_format", DEFAULT_AUDIO_FORMAT)
-    for name in (out_fmt, in_fmt):
+    for key, name in (("agent_output_audio_format", out_fmt), ("user_input_audio_format", in_fmt)):
         if name not in AUDIO_FORMATS:
-            raise _Missing(f"unknown audio format {name!r}")
+            raise _Missing(
+                f"{key}: unknown audio format {name[:40]!r} (supported: {', '.join(AUDIO_FORMATS)})"
+            )
     return ConversationInitiationMetadata(_str(p, "conversation_id"), out_fmt, in_fmt)
 
 
@@ -348,18 +410,16 @@ def _audio(p: Mapping[str, Any]) -> Audio:
     return Audio(event_id, data, alignment if isinstance(alignment, Mapping) else None)
 
 
-def _tool_call(p: Mapping[str, Any]) -> ClientToolCall:
+def _tool_call(p: Mapping[str, Any]) -> ClientToolCall | InvalidToolCall:
+    call_id = _str(p, "tool_call_id")  # without an id there is nothing to answer: malformed
+    name = p.get("tool_name")
     params = p.get("parameters", {})
+    expects = p.get("expects_response", True) is not False
+    if not isinstance(name, str) or not name:
+        return InvalidToolCall("", call_id, "'tool_name' must be a non-empty string", expects)
     if not isinstance(params, Mapping):
-        raise _Missing("'parameters' must be an object")
-    expects = p.get("expects_response", True)
-    return ClientToolCall(
-        _str(p, "tool_name"),
-        _str(p, "tool_call_id"),
-        dict(params),
-        expects is not False,
-        _int(p, "event_id", required=False),
-    )
+        return InvalidToolCall(name, call_id, "'parameters' must be an object", expects)
+    return ClientToolCall(name, call_id, dict(params), expects, _int(p, "event_id", required=False))
 
 
 def _tool_response(p: Mapping[str, Any]) -> AgentToolResponse:
@@ -459,6 +519,8 @@ class CloseOutcome:
     reconnect: bool
     session_reason: str
     message: str
+    error_code: str | None = None
+    """The `error` event's code when the kind's own (`remote_rejected`...) is too vague."""
 
 
 _RETRY_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
@@ -485,6 +547,26 @@ def close_outcome(code: int | None, reason: str = "", error: ServerError | None 
         CloseKind.SERVER_ERROR, code, False, "remote_error",
         f"the agent failed{f' ({error_type})' if error_type else ''}: {detail or f'close code {code}'}",
     )  # fmt: skip
+
+
+def tls_failure(err: BaseException) -> ssl.SSLError | None:
+    """The `ssl.SSLError` behind `err` (httpx wraps it in a ConnectError), if any: a TLS failure
+    (certificate, clock, intercepting proxy) is not a network blip and is never retried."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def tls_detail(err: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in a few words (`certificate has expired`...)."""
+    if isinstance(err, ssl.SSLCertVerificationError) and err.verify_message:
+        return str(err.verify_message)
+    return str(err.reason or type(err).__name__)
 
 
 # ---------------------------------------------------------------------- the protocol object
@@ -534,11 +616,11 @@ class ElevenLabsProtocol:
         if payload is None and kind in _OPTIONAL_PAYLOAD:
             payload = {}
         if not isinstance(payload, dict):
-            return MalformedFrame(f"{kind}: no '{key}' object", _excerpt(frame))
+            return MalformedFrame(f"{kind}: no '{key}' object", _excerpt(frame), kind)
         try:
             event = parse(payload)
         except _Missing as err:
-            return MalformedFrame(f"{kind}: {err}", _excerpt(frame))
+            return MalformedFrame(f"{kind}: {err}", _excerpt(frame), kind)
         return self._track(event)
 
     def _audio_fast(self, payload: object) -> Audio | StaleAudio | None:
@@ -566,6 +648,8 @@ class ElevenLabsProtocol:
     def _track(self, event: ServerEvent) -> ServerEvent:
         match event:
             case ConversationInitiationMetadata():
+                if self.conversation_id is not None:
+                    return RepeatedMetadata(event.conversation_id)
                 self.conversation_id = event.conversation_id
                 self.output_format = parse_audio_format(event.agent_output_audio_format)
                 self.input_format = parse_audio_format(event.user_input_audio_format)
@@ -655,3 +739,40 @@ class ElevenLabsProtocol:
             return None
         self._feedback_sent.add(event_id)
         return self._dump({"type": "feedback", "score": "like" if like else "dislike", "event_id": event_id})
+
+
+# ---------------------------------------------------------------------- untrusted text in logs
+def printable(text: str, limit: int = 300) -> str:
+    """Server text as one safe log line: newlines, escape sequences and every other
+    non-printable character escaped (`\\n`, `\\x1b`, `\\u2028`), at most `limit` characters."""
+    head = text[:limit]
+    if head.isprintable():
+        out = head
+    else:
+        out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
+    return out + "…" if len(text) > limit else out
+
+
+class WarningLimiter:
+    """At most one log line per kind per `interval_s`; the lines in between are counted.
+
+    `admit(kind, now)` is None for a line to suppress, else the number suppressed since the
+    kind's last line (to mention in this one). `pending()` yields the counts never reported
+    (at the end of a session) and forgets them."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def admit(self, kind: str, now: float) -> int | None:
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._suppressed.pop(kind, 0)
+
+    def pending(self) -> Iterator[tuple[str, int]]:
+        counts, self._suppressed = self._suppressed, {}
+        yield from counts.items()

@@ -30,13 +30,14 @@ from appliance.config import Config, read_secret
 from appliance.core import variables as dv
 from appliance.core.elevenlabs_protocol import InitiationData, permitted_overrides
 from appliance.core.playout import Backoff
+from appliance.core.remote_session import RemoteSettings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, Speaker
 from appliance.runtime.clock import MonotonicClock
 
 if TYPE_CHECKING:
-    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
+    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession
     from appliance.runtime.app import Wiring
 
 _LOGGER = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ def initiation_for(config: Config, wake_word: str, *, device_name: str | None = 
 
 
 def remote_settings(config: Config) -> RemoteSettings:
-    from appliance.adapters.elevenlabs_session import RemoteSettings
-
     remote = config.appliance.remote
     if remote.agent_id is None:
         raise ConfigError(

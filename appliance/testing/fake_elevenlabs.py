@@ -13,6 +13,11 @@ HTTP `GET /v1/convai/conversation/get-signed-url?agent_id=…` (through websocke
 `process_request` hook). With `api_key` set, the signed-URL endpoint checks `xi-api-key` and
 hands out single-use `ws://…&conversation_signature=…` URLs, which the WebSocket then requires.
 
+Faults before the conversation: `signed_url_fault` (`trickle`: the answer one byte every
+`trickle_interval_s`; `not_json`, `no_signed_url`, `http_404`, `http_500`...) and
+`handshake_delay_s` (the WebSocket upgrade is answered that late). `metadata_fields` overrides
+fields of `conversation_initiation_metadata` (e.g. `agent_output_audio_format: mp3_44100`).
+
 The fake has no speech recognition: it hears *that* the user spoke, from the energy and duration
 of the received `user_audio_chunk`s, and answers with scripted transcripts and replies (spoken by
 `voice`, piper or tones). Scenarios are in `appliance.testing.fake_elevenlabs_scenarios`.
@@ -111,6 +116,15 @@ class FakeOptions:
     interrupt_after_s: float = 1.0
     voice: Voice | None = None
     """None: tones."""
+    signed_url_fault: str | None = None
+    """`trickle`, `not_json`, `no_signed_url` or `http_<status>`: the signed-URL endpoint misbehaves."""
+    trickle_interval_s: float = 5.0
+    handshake_delay_s: float = 0.0
+    """The WebSocket upgrade is answered this late (a hanging handshake)."""
+    metadata_fields: dict[str, Any] = field(default_factory=dict)
+    """Fields of `conversation_initiation_metadata_event` to send instead of the negotiated ones."""
+    flood: int = 300
+    """`noisy`: how many malformed frames to send."""
 
 
 @dataclass
@@ -206,6 +220,7 @@ class FakeConversation:
         self.conversation_id = f"conv_fake_{secrets.token_hex(6)}"
         record.conversation_id = self.conversation_id
         self.output = parse_audio_format(self.opts.output_format)
+        self.metadata_sent = 0
         self.input = parse_audio_format(self.opts.input_format)
         self._event_id = 0
         self._turns: asyncio.Queue[UserTurn | None] = asyncio.Queue()
@@ -247,15 +262,15 @@ class FakeConversation:
         await self.ws.send(text)
 
     async def metadata(self) -> None:
+        self.metadata_sent += 1
+        fields = {
+            "conversation_id": self.conversation_id,
+            "agent_output_audio_format": self.output.name,
+            "user_input_audio_format": self.input.name,
+            **self.opts.metadata_fields,
+        }
         await self.send(
-            {
-                "type": "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event": {
-                    "conversation_id": self.conversation_id,
-                    "agent_output_audio_format": self.output.name,
-                    "user_input_audio_format": self.input.name,
-                },
-            }
+            {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": fields}
         )
 
     def encode(self, audio16k: Pcm16) -> bytes:
@@ -354,8 +369,9 @@ class FakeConversation:
         )
 
     async def tool_call(
-        self, name: str, parameters: dict[str, Any], *, timeout_s: float = 10.0
+        self, name: str, parameters: Any, *, timeout_s: float = 10.0
     ) -> dict[str, Any] | None:
+        """Send a client_tool_call (`parameters` as given, even if not an object); its result or None."""
         call_id = f"call_{secrets.token_hex(4)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._tool_results[call_id] = future
@@ -575,7 +591,7 @@ class FakeElevenLabsServer:
             await server.wait_closed()
 
     # ------------------------------------------------------------ HTTP + handshake
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         query = dict(parse_qsl(parts.query))
         opts = self.options
@@ -593,7 +609,11 @@ class FakeElevenLabsServer:
             signed = f"ws://{self.host}:{self._port}{CONVERSATION_PATH}?" + urlencode(
                 {"agent_id": agent, "conversation_signature": signature}
             )
+            if opts.signed_url_fault is not None:
+                return await self._signed_url_fault(connection, opts.signed_url_fault, signed)
             return _json(connection, http.HTTPStatus.OK, {"signed_url": signed})
+        if opts.handshake_delay_s > 0:
+            await asyncio.sleep(opts.handshake_delay_s)
         if parts.path != CONVERSATION_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if opts.agent_id is not None and query.get("agent_id") != opts.agent_id:
@@ -604,6 +624,27 @@ class FakeElevenLabsServer:
                 return connection.respond(http.HTTPStatus.FORBIDDEN, "a valid signed URL is required\n")
             self._signatures.discard(signature)  # single use
         return None
+
+    async def _signed_url_fault(self, connection: ServerConnection, fault: str, signed: str) -> Response:
+        if fault == "not_json":
+            return connection.respond(http.HTTPStatus.OK, "<html>Please log in to the Wi-Fi</html>\n")
+        if fault == "no_signed_url":
+            return _json(connection, http.HTTPStatus.OK, {"url": signed})
+        if fault.startswith("http_"):
+            status = http.HTTPStatus(int(fault.removeprefix("http_")))
+            return _json(connection, status, {"detail": {"status": status.phrase}})
+        if fault != "trickle":
+            raise ValueError(f"unknown signed_url_fault {fault!r}")
+        body = json.dumps({"signed_url": signed}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        transport = connection.transport
+        for byte in head.encode() + body:  # one byte at a time: every read succeeds, slowly
+            if transport.is_closing():
+                break
+            transport.write(bytes([byte]))
+            await asyncio.sleep(self.options.trickle_interval_s)
+        transport.abort()
+        return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "")
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None

@@ -14,6 +14,10 @@ tells the first connection from reconnections, so a scenario can fail once and t
 | stall | 1st connection: first message, then silence forever (no frames, no pings) |
 | malformed | malformed and unknown frames and every other documented event type, then `conversation` |
 | error_close | an `error` event, then close with `close_code` |
+| no_metadata | never sends `conversation_initiation_metadata` (pings only) |
+| repeat_metadata | `conversation`, with the metadata sent again after the first user transcript |
+| bad_tool_call | each user turn → a `client_tool_call` whose `parameters` is not an object |
+| noisy | `flood` malformed frames and server text with newlines and escape sequences, then `conversation` |
 | stream | continuous agent audio for `stream_s` seconds (benchmarks) |
 | interrupt_stream | agent audio ahead of real time, interrupted after `interrupt_after_s` (benchmarks) |
 """
@@ -40,14 +44,15 @@ def _reply(conv: FakeConversation, n: int) -> str:
     return _pick(list(conv.opts.replies), n, "I heard you. This is the fake agent answering.")
 
 
-async def _first_message(conv: FakeConversation) -> None:
-    await conv.metadata()
+async def _first_message(conv: FakeConversation, *, metadata: bool = True) -> None:
+    if metadata:
+        await conv.metadata()
     if conv.opts.first_message:
         await conv.say(conv.opts.first_message)
 
 
-async def conversation(conv: FakeConversation, *, interruptible: bool = False) -> None:
-    await _first_message(conv)
+async def conversation(conv: FakeConversation, *, interruptible: bool = False, metadata: bool = True) -> None:
+    await _first_message(conv, metadata=metadata)
     n = 0
     while (turn := await conv.next_turn()) is not None:
         event_id = conv.next_event_id()
@@ -170,6 +175,46 @@ async def error_close(conv: FakeConversation) -> None:
     await conv.close(code, "fake_error")
 
 
+async def no_metadata(conv: FakeConversation) -> None:
+    await conv.gone.wait()  # pings keep coming: the connection is alive, the handshake never ends
+
+
+async def repeat_metadata(conv: FakeConversation) -> None:
+    await _first_message(conv)
+    n = 0
+    while (turn := await conv.next_turn()) is not None:
+        event_id = conv.next_event_id()
+        await conv.transcript(_heard(conv, turn, n), event_id)
+        if n == 0:
+            await conv.metadata()  # the same connection, the same conversation: not a reconnect
+        await conv.say(_reply(conv, n), event_id=event_id)
+        n += 1
+
+
+async def bad_tool_call(conv: FakeConversation) -> None:
+    await _first_message(conv)
+    n = 0
+    while (turn := await conv.next_turn()) is not None:
+        event_id = conv.next_event_id()
+        await conv.transcript(_heard(conv, turn, n), event_id)
+        result = await conv.tool_call(conv.opts.tool_name, "unit=percent")  # not an object
+        text = "The tool failed." if result is not None and result.get("is_error") else "No answer."
+        await conv.say(text, event_id=event_id)
+        n += 1
+
+
+FORGED = "boom\nERROR appliance.runtime forged line\r\x1b[2J\u2028end"
+
+
+async def noisy(conv: FakeConversation) -> None:
+    await conv.metadata()
+    for i in range(conv.opts.flood):
+        await conv.send_raw(f"not json {i}\n{FORGED}")
+    await conv.send({"type": "error", "error_event": {"code": 1011, "message": FORGED}})
+    await conv.send({"type": "mcp_connection_status", "mcp_connection_status": {"note": FORGED}})
+    await conversation(conv, metadata=False)
+
+
 async def stream(conv: FakeConversation) -> None:
     await conv.metadata()
     await asyncio.sleep(0.3)
@@ -197,6 +242,10 @@ SCENARIOS: dict[str, Scenario] = {
     "stall": stall,
     "malformed": malformed,
     "error_close": error_close,
+    "no_metadata": no_metadata,
+    "repeat_metadata": repeat_metadata,
+    "bad_tool_call": bad_tool_call,
+    "noisy": noisy,
     "stream": stream,
     "interrupt_stream": interrupt_stream,
 }

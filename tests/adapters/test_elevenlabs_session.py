@@ -577,3 +577,274 @@ async def test_busy_holds_for_the_first_message_and_for_the_reply() -> None:
             await until(lambda: len(events.of("agent_response")) == 2)
             assert not session.awaiting_reply
             await until(lambda: not session.busy, 2.0)
+
+
+# ---------------------------------------------------------------------- shelf safety: every wait ends
+def private(**kw: Any) -> FakeElevenLabsServer:
+    return fake(api_key="sk_shelf_key_0123", agent_id="agent_fake", **kw)
+
+
+@aio
+async def test_a_trickling_signed_url_endpoint_fails_within_the_overall_deadline() -> None:
+    # one byte every 0.2 s: each read succeeds, so only an overall deadline ends the request
+    with private(signed_url_fault="trickle", trickle_interval_s=0.2) as srv:
+        provider = SignedUrlProvider(srv.url, "agent_fake", "sk_shelf_key_0123", timeout_s=0.5)
+        started = time.monotonic()
+        async with running(srv, settings=replace(FAST, reconnect_attempts=0), url_provider=provider) as (
+            session,
+            events,
+            _,
+        ):
+            async with asyncio.timeout(5):
+                assert await session.closed() == "network_error"
+    assert time.monotonic() - started < 2.0
+    assert events.of("error")[0]["code"] == "remote_signed_url_timeout"
+    assert "within 0.5 s" in events.of("error")[0]["message"]
+
+
+@pytest.mark.parametrize("state", ["signed_url", "handshake", "metadata"])
+@pytest.mark.parametrize("how", ["end", "stop"])
+@aio
+async def test_end_and_stop_cancel_every_connecting_state_at_once(state: str, how: str) -> None:
+    key = "sk_shelf_key_0123"
+    server = {
+        "signed_url": lambda: private(signed_url_fault="trickle", trickle_interval_s=0.2),
+        "handshake": lambda: fake(handshake_delay_s=30.0),
+        "metadata": lambda: fake(scenario="no_metadata"),
+    }[state]()
+    settings = replace(FAST, open_timeout_s=30.0, metadata_timeout_s=30.0, reply_wait_s=30.0)
+    with server as srv:
+        provider = (
+            SignedUrlProvider(srv.url, "agent_fake", key, timeout_s=30.0) if state == "signed_url" else None
+        )
+        events, spk = Events(), RecordingSpeaker()
+        session = ElevenLabsAgentSession(
+            replace(settings, base_url=srv.url),
+            InitiationData(),
+            speaker=spk,
+            events=events,
+            stopwatch=MonotonicClock(),
+            url_provider=provider,
+        )
+        await session.start()
+        if state == "metadata":
+            await until(lambda: srv.records and srv.records[0].initiation is not None)
+        else:
+            await asyncio.sleep(0.4)  # the request or the upgrade is in flight
+        # the user's turn ended while connecting: a reply is awaited, which must not delay the end
+        await session.utterance(UtteranceEnded(0.0, 1.0, "silence", b""))
+        started = time.monotonic()
+        await (session.end("stopped") if how == "end" else session.stop("stopped"))
+        async with asyncio.timeout(5):
+            assert await session.closed() == "stopped"
+        assert time.monotonic() - started < 1.0
+        assert not session.busy
+    assert not events.of("error")
+
+
+@aio
+async def test_no_metadata_in_time_is_a_protocol_error_and_the_session_is_not_held_busy() -> None:
+    settings = replace(FAST, metadata_timeout_s=0.8, connect_hold_s=0.2)
+    alerts: list[float] = []
+
+    async def alert() -> None:
+        alerts.append(time.monotonic())
+
+    with fake(scenario="no_metadata") as srv:
+        async with running(srv, settings=settings, alert=alert) as (session, events, spk):
+            await until(lambda: srv.records and srv.records[0].initiation is not None)
+            await asyncio.sleep(0.4)
+            # still waiting for the metadata: not ready, but no longer holding the device busy
+            assert not events.of("conversation_initiation_metadata") and not session.busy
+            async with asyncio.timeout(5):
+                assert await session.closed() == "remote_error"
+    from appliance.core.device import ERROR_REASONS
+
+    assert "remote_error" in ERROR_REASONS  # the device plays the error chime, then listens again
+    (error,) = events.of("error")
+    assert error["code"] == "remote_protocol_error"
+    assert "no conversation_initiation_metadata within 0.8 s" in error["message"]
+    assert len(srv.records) == 1 and not events.of("reconnecting") and not alerts  # not retried
+    assert not spk.plays
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value"),
+    [
+        ("agent_output_audio_format", "mp3_44100"),
+        ("agent_output_audio_format", "pcm_99999"),
+        ("user_input_audio_format", "mp3_44100"),
+    ],
+)
+@aio
+async def test_an_unsupported_audio_format_is_an_error_and_no_audio_is_played(
+    field_name: str, value: str
+) -> None:
+    with fake(scenario="conversation", metadata_fields={field_name: value}) as srv:
+        started = time.monotonic()
+        async with running(srv) as (session, events, spk):
+            async with asyncio.timeout(5):
+                assert await session.closed() == "remote_error"
+    assert time.monotonic() - started < 3.0  # at once, not at the metadata deadline
+    error = next(e for e in events.of("error"))
+    assert error["code"] == "remote_protocol_error"
+    assert value in error["message"] and field_name in error["message"]
+    assert "pcm_16000" in error["message"] and "ulaw_8000" in error["message"]  # the supported ones
+    assert not spk.plays  # the first message's bytes were never played in a guessed format
+    assert not events.of("conversation_initiation_metadata") and not events.of("reconnecting")
+
+
+@aio
+async def test_a_repeated_metadata_is_ignored_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    with fake(scenario="repeat_metadata", transcripts=["What time is it?"], replies=["Noon."]) as srv:
+        async with running(srv) as (session, events, _):
+            await until(lambda: len(events.of("agent_response")) == 1)
+            question = speech(0.8)
+            await session.utterance(UtteranceEnded(0.0, 0.8, "silence", question.astype("<i2").tobytes()))
+            await feed(session, np.concatenate([silence(0.2), question, silence(0.8)]), pace=0.1)
+            await until(lambda: len(events.of("agent_response")) == 2)
+            await asyncio.sleep(0.3)
+        record = srv.records[0]
+    assert len(srv.records) == 1 and srv.records[0].sent_types.count("conversation_initiation_metadata") == 2
+    assert len(events.of("conversation_initiation_metadata")) == 1
+    assert not events.of("reconnected") and not events.of("utterance_replayed")
+    assert record.turns == [pytest.approx(0.8, abs=0.1)]  # the question was not sent again
+    assert [m["type"] for m in record.received].count("contextual_update") == 0
+    warnings = [r for r in caplog.records if "again on the same connection" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+@aio
+async def test_a_tool_call_whose_parameters_are_not_an_object_gets_an_error_result() -> None:
+    tools = FakeTools()
+    with fake(scenario="bad_tool_call", first_message="") as srv:
+        async with running(srv, tools=tools) as (session, events, _):
+            await feed(session, np.concatenate([silence(0.2), speech(0.8), silence(0.8)]), pace=0.1)
+            await until(lambda: len(events.of("agent_response")) == 1)
+        record = srv.records[0]
+    (answer,) = record.tool_results
+    assert answer["is_error"] is True and "'parameters' must be an object" in answer["result"]
+    assert answer["tool_call_id"] == events.of("client_tool_call")[0]["tool_call_id"]
+    assert not tools.calls  # never run with made-up arguments
+    assert events.of("client_tool_result")[0]["is_error"] is True
+    assert events.of("agent_response")[0]["agent_response"] == "The tool failed."
+
+
+@aio
+async def test_server_text_cannot_forge_log_lines_and_warnings_are_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="appliance")
+    with fake(scenario="noisy", flood=300, first_message="Hi.") as srv:
+        async with running(srv) as (_session, events, _):
+            await until(lambda: events.of("agent_response"))
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("appliance")]
+    for line in ours:
+        assert not any(c in line for c in "\n\r\x1b\u2028"), line
+    assert any("forged line\\r\\x1b[2J\\u2028end" in line for line in ours)  # escaped, still readable
+    assert len(events.of("malformed_frame")) == 300
+    malformed = [line for line in ours if "malformed frame" in line or "more malformed_frame" in line]
+    assert 1 <= len(malformed) <= 3  # one line per 10 s interval, then the count at the end
+
+    def count(line: str) -> int:
+        import re
+
+        found = re.search(r"(\d+) more", line)
+        return (int(found.group(1)) if found else 0) + (0 if line.startswith(tuple("0123456789")) else 1)
+
+    assert sum(count(line) for line in malformed) == 300
+
+
+@aio
+async def test_a_ws_signed_url_for_a_wss_base_url_is_refused() -> None:
+    with fake(scenario="conversation") as srv:
+        calls: list[str] = []
+
+        async def provider() -> str:
+            calls.append("x")
+            return f"{srv.url}/v1/convai/conversation?agent_id=agent_fake&token=downgraded123"
+
+        events, spk = Events(), RecordingSpeaker()
+        session = ElevenLabsAgentSession(
+            replace(FAST, base_url="wss://api.elevenlabs.io"),
+            InitiationData(),
+            speaker=spk,
+            events=events,
+            stopwatch=MonotonicClock(),
+            url_provider=provider,
+        )
+        await session.start()
+        async with asyncio.timeout(5):
+            assert await session.closed() == "remote_error"
+        assert not srv.records and calls == ["x"]  # never connected, never retried
+    (error,) = events.of("error")
+    assert error["code"] == "remote_insecure_url" and "wss://" in error["message"]
+
+
+@contextlib.asynccontextmanager
+async def not_tls() -> AsyncIterator[tuple[str, list[int]]]:
+    """A server that answers a TLS ClientHello with plain HTTP: every TLS handshake fails."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        with contextlib.suppress(Exception):
+            await writer.drain()
+            await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"wss://127.0.0.1:{port}", connections
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("where", ["websocket", "signed_url"])
+@aio
+async def test_a_tls_failure_is_classified_and_not_retried(where: str) -> None:
+    async with not_tls() as (base_url, connections):
+        provider = (
+            SignedUrlProvider(base_url, "agent_fake", "sk_tls_key_0123") if where == "signed_url" else None
+        )
+        events, spk = Events(), RecordingSpeaker()
+        session = ElevenLabsAgentSession(
+            replace(FAST, base_url=base_url, reconnect_attempts=3),
+            InitiationData(),
+            speaker=spk,
+            events=events,
+            stopwatch=MonotonicClock(),
+            url_provider=provider,
+        )
+        await session.start()
+        async with asyncio.timeout(5):
+            assert await session.closed() == "network_error"
+    (error,) = events.of("error")
+    assert error["code"] == "remote_tls_failed" and "TLS handshake" in error["message"]
+    assert not events.of("reconnecting") and len(connections) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "reason", "requests"),
+    [
+        ("not_json", "remote_signed_url_not_json", "remote_error", 1),
+        ("no_signed_url", "remote_signed_url_missing", "remote_error", 1),
+        ("http_404", "remote_signed_url_rejected", "remote_error", 1),
+        ("http_500", "remote_signed_url_server_error", "network_error", 3),
+    ],
+)
+@aio
+async def test_signed_url_failures_are_classified_by_cause(
+    fault: str, code: str, reason: str, requests: int
+) -> None:
+    with private(signed_url_fault=fault) as srv:
+        provider = SignedUrlProvider(srv.url, "agent_fake", "sk_shelf_key_0123")
+        async with running(srv, url_provider=provider) as (session, events, _):
+            async with asyncio.timeout(5):
+                assert await session.closed() == reason
+        assert not srv.records
+    assert events.of("error")[0]["code"] == code
+    assert provider.requests == requests

@@ -393,3 +393,136 @@ def test_close_codes_map_to_clear_outcomes(
     )
     if error is not None:
         assert error.message in outcome.message
+
+
+# ---------------------------------------------------------------------- shelf safety
+META = (
+    '{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":'
+    '{"conversation_id":"%s","agent_output_audio_format":"%s","user_input_audio_format":"pcm_16000"}}'
+)
+
+
+def test_a_second_metadata_on_one_connection_is_repeated_and_changes_nothing() -> None:
+    proto = el.ElevenLabsProtocol()
+    assert proto.receive_text(META % ("c1", "pcm_44100")) == [
+        el.ConversationInitiationMetadata("c1", "pcm_44100", "pcm_16000")
+    ]
+    assert proto.receive_text(META % ("c2", "ulaw_8000")) == [el.RepeatedMetadata("c2")]
+    assert proto.conversation_id == "c1" and proto.output_format.name == "pcm_44100"
+
+
+@pytest.mark.parametrize("name", ["mp3_44100", "pcm_99999", "opus_48000"])
+def test_an_unsupported_format_names_itself_and_the_supported_ones(name: str) -> None:
+    (event,) = el.ElevenLabsProtocol().receive_text(META % ("c", name))
+    assert isinstance(event, el.MalformedFrame)
+    assert event.frame_type == "conversation_initiation_metadata"
+    assert f"agent_output_audio_format: unknown audio format '{name}'" in event.reason
+    assert all(known in event.reason for known in el.AUDIO_FORMATS)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (
+            {"tool_name": "t", "tool_call_id": "c1", "parameters": "x=1"},
+            el.InvalidToolCall("t", "c1", "'parameters' must be an object"),
+        ),
+        (
+            {"tool_name": "t", "tool_call_id": "c1", "parameters": [1], "expects_response": False},
+            el.InvalidToolCall("t", "c1", "'parameters' must be an object", False),
+        ),
+        ({"tool_call_id": "c1"}, el.InvalidToolCall("", "c1", "'tool_name' must be a non-empty string")),
+        ({"tool_name": "t", "tool_call_id": "c1"}, el.ClientToolCall("t", "c1", {})),
+    ],
+)
+def test_a_tool_call_with_an_id_is_always_answerable(
+    payload: dict[str, Any], expected: el.ServerEvent
+) -> None:
+    frame = json.dumps({"type": "client_tool_call", "client_tool_call": payload})
+    assert el.ElevenLabsProtocol().receive_text(frame) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain text", "plain text"),
+        ("two\nlines", "two\\nlines"),
+        ("cr\rlf\r\n", "cr\\rlf\\r\\n"),
+        ("\x1b[2Jclear", "\\x1b[2Jclear"),
+        ("line\u2028sep\x85", "line\\u2028sep\\x85"),
+        ("tab\there", "tab\\there"),
+        ("é ü 中", "é ü 中"),
+        ("x" * 400, "x" * 300 + "…"),
+    ],
+)
+def test_server_text_becomes_one_log_line(text: str, expected: str) -> None:
+    assert el.printable(text) == expected
+
+
+def test_warnings_are_limited_to_one_line_per_kind_per_interval() -> None:
+    limiter = el.WarningLimiter(interval_s=10.0)
+    table = [  # (kind, now, admitted with this many suppressed before it, or None)
+        ("malformed", 0.0, 0),
+        ("malformed", 0.1, None),
+        ("malformed", 9.9, None),
+        ("server_error", 5.0, 0),  # another kind has its own interval
+        ("malformed", 10.0, 2),
+        ("malformed", 12.0, None),
+        ("malformed", 30.0, 1),
+        ("malformed", 31.0, None),
+    ]
+    for kind, now, expected in table:
+        assert limiter.admit(kind, now) == expected, (kind, now)
+    assert list(limiter.pending()) == [("malformed", 1)]
+    assert list(limiter.pending()) == []
+
+
+@pytest.mark.parametrize(
+    ("base", "url", "downgrade"),
+    [
+        ("wss://api.elevenlabs.io", "ws://api.elevenlabs.io/v1/convai/conversation?token=t", True),
+        ("WSS://api.elevenlabs.io", "WS://evil/x", True),
+        ("wss://api.elevenlabs.io", "wss://api.elevenlabs.io/v1/convai/conversation?token=t", False),
+        ("ws://127.0.0.1:8765", "ws://127.0.0.1:8765/v1/convai/conversation", False),
+        ("ws://127.0.0.1:8765", "wss://127.0.0.1:8765/v1/convai/conversation", False),
+    ],
+)
+def test_a_signed_url_may_not_downgrade_wss(base: str, url: str, downgrade: bool) -> None:
+    assert el.downgrades(base, url) is downgrade
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        ("<html>log in</html>", "not_json"),
+        ("{}", "no_signed_url"),
+        ('{"signed_url": "https://x"}', "no_signed_url"),
+    ],
+)
+def test_unusable_signed_url_answers_say_why(body: str, cause: str) -> None:
+    with pytest.raises(el.SignedUrlAnswerError) as caught:
+        el.parse_signed_url_response(body)
+    assert caught.value.cause == cause
+
+
+def test_signed_url_helpers_keep_a_base_path() -> None:
+    assert el.signed_url_endpoint("wss://proxy.example/eleven/", "a") == (
+        "https://proxy.example/eleven/v1/convai/conversation/get-signed-url?agent_id=a"
+    )
+    assert el.signed_url_of({"signed_url": "wss://x/y?token=t"}) == "wss://x/y?token=t"
+
+
+def test_a_tls_failure_is_found_behind_a_wrapping_error() -> None:
+    import ssl
+
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    cause.verify_message = "certificate has expired"
+    try:
+        try:
+            raise cause
+        except ssl.SSLError as inner:
+            raise ConnectionError("connect failed") from inner
+    except ConnectionError as outer:
+        found = el.tls_failure(outer)
+    assert found is cause and el.tls_detail(cause) == "certificate has expired"
+    assert el.tls_failure(ConnectionError("refused")) is None

@@ -229,6 +229,22 @@ def test_remote_mode_ends_the_session_clearly_when_the_server_is_unreachable(
     assert types(events)[-1] == "appliance_stopped"  # back to idle, then the input ended: never stuck
 
 
+def test_an_unsupported_audio_format_ends_the_session_with_a_clear_error_and_the_device_listens_again(
+    listeners: tuple[Any, Any], tmp_path: Path, question_wav: np.ndarray
+) -> None:
+    options = FakeOptions(scenario="conversation", metadata_fields={"agent_output_audio_format": "mp3_44100"})
+    with FakeElevenLabsServer(options) as server:
+        events, _ = run_inprocess(listeners, tmp_path, remote_config(server), question_wav)
+    (error,) = of(events, "error")
+    assert error["code"] == "remote_protocol_error" and "mp3_44100" in error["message"]
+    assert [e["reason"] for e in of(events, "session_ended")] == ["remote_error"]  # the error chime
+    assert not of(events, "audio") and not of(events, "reconnecting")
+    t = types(events)
+    assert t.index("error") < t.index("session_ended") < t.index("appliance_stopped")
+    # the session ended long before the input did: the device was listening again
+    assert of(events, "session_ended")[0]["t"] < of(events, "appliance_stopped")[0]["t"] - 1.0
+
+
 # ---------------------------------------------------------------------- barge-in, in real time
 def test_realtime_barge_in_stops_the_remote_agent(
     listeners: tuple[Any, Any], tmp_path: Path, say: Callable[[str], np.ndarray]
