@@ -8,7 +8,8 @@
 To add a benchmark, write a function `(quick: bool) -> list[dict[str, Any]]` (one dict per row,
 keys are the column headers in order, values str / int / float / None) whose docstring's first
 line is the table's title, and register it in `BENCHMARKS` under a dotted name. `--only NAME`
-selects NAME and everything under `NAME.`.
+selects NAME and everything under `NAME.`, except the opt-in benchmarks (`OPT_IN`, such as the
+30-minute `soak.realtime`), which run only when named exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import idle_loop, local_agent, remote, voices
+from benchmarks import idle_loop, local_agent, remote, soak, voices
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -36,14 +37,24 @@ BENCHMARKS: dict[str, Benchmark] = {
     **local_agent.BENCHMARKS,
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
+    **soak.BENCHMARKS,
 }
+OPT_IN: frozenset[str] = soak.OPT_IN
+"""Run only when named exactly with --only (long wall-clock runs such as the real-time soak)."""
 
 
-def select(only: Sequence[str] | None, registry: dict[str, Benchmark] = BENCHMARKS) -> list[str]:
-    """Registered names matching any of `only` exactly or as a dotted prefix (all if None)."""
+def select(
+    only: Sequence[str] | None, registry: dict[str, Benchmark] = BENCHMARKS, opt_in: frozenset[str] = OPT_IN
+) -> list[str]:
+    """Registered names matching any of `only` exactly or as a dotted prefix (all if None);
+    an `opt_in` name only when it is named exactly."""
     if not only:
-        return list(registry)
-    chosen = [name for name in registry if any(name == o or name.startswith(o + ".") for o in only)]
+        return [name for name in registry if name not in opt_in]
+    chosen = [
+        name
+        for name in registry
+        if any(name == o or (name.startswith(o + ".") and name not in opt_in) for o in only)
+    ]
     unknown = [o for o in only if not any(name == o or name.startswith(o + ".") for name in registry)]
     if unknown:
         raise SystemExit(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(registry)}")

@@ -29,14 +29,16 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def say() -> Callable[[str], np.ndarray]:
-    """Piper (joe voice) speech at 16 kHz, cached per text."""
-    from appliance.testing.speech import piper_say
+    """Piper (joe voice) speech at 16 kHz, cached per text; without Piper's random noise, so a
+    test's input is the same samples on every run (wake-word scores, VAD timings and what whisper
+    hears cannot vary between runs)."""
+    from appliance.testing.speech import piper_say_exact
 
     cache: dict[str, np.ndarray] = {}
 
     def _say(text: str) -> np.ndarray:
         if text not in cache:
-            cache[text] = piper_say(text)
+            cache[text] = piper_say_exact(text)
         return cache[text]
 
     return _say

@@ -175,3 +175,26 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
         lines = run.format_table(rows).splitlines()
         assert len(lines) == len(rows) + 2
         assert lines[0].startswith(next(iter(rows[0])))
+
+
+def test_soak_quick_run_has_no_stuck_sessions(models_dir: Path) -> None:
+    """`--only soak --quick`: 10 minutes of a day (wake words, questions, chatter, quiet, seeded
+    LLM, STT and TTS faults) through the real appliance; every session comes back to idle."""
+    from benchmarks import soak
+
+    assert run.select(["soak"]) == ["soak"]  # the 30-minute real-time soak only when named
+    assert "soak.realtime" not in run.select(None)
+    results = run.run(["soak"], quick=True, out=None)
+    json.dumps(results)  # what --json writes
+    rows = {row["metric"]: row for row in results["soak"]["rows"]}
+    assert rows["stuck sessions"]["value"] == 0 and rows["stuck sessions"]["verdict"] == "PASS"
+    assert "wedged at audio (s)" not in rows
+    assert rows["audio played (h)"]["value"] >= soak.FAST_QUICK_AUDIO_S / 3600
+    assert rows["sessions"]["value"] >= 5
+    assert rows["turns (user transcripts)"]["value"] >= rows["sessions"]["value"] - 2
+    assert rows["events: malformed lines"]["value"] == 0
+    assert rows["stopped (reason, exit code)"]["verdict"] == "PASS"
+    assert rows["open fds start / after warm-up / end"]["verdict"] in {"PASS", "FAIL"}
+    assert rows["RSS slope after warm-up (MiB per appliance hour)"]["value"] is None  # too short a run
+    lines = run.format_table(results["soak"]["rows"]).splitlines()
+    assert len(lines) == len(results["soak"]["rows"]) + 2

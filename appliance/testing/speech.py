@@ -47,6 +47,18 @@ def piper_say(text: str, length_scale: float = 1.0) -> Pcm16:
     return resample(audio, chunks[0].sample_rate, RATE_HZ)
 
 
+def piper_say_exact(text: str, length_scale: float = 1.0) -> Pcm16:
+    """`piper_say` without Piper's random noise (`noise_scale` and `noise_w_scale` 0): the same
+    text always gives the same samples, so an input built from it cannot vary between runs."""
+    from piper import SynthesisConfig
+
+    voice = _joe()
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(voice.synthesize(text, syn_config=config))
+    audio = np.concatenate([np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in chunks])
+    return resample(audio, chunks[0].sample_rate, RATE_HZ)
+
+
 def espeak_say(text: str, voice: str = "en-us") -> Pcm16:
     exe = shutil.which("espeak-ng")
     if exe is None:

@@ -57,14 +57,18 @@ def whisper(models_dir: Path) -> FasterWhisperStt:
 
 @pytest.fixture(scope="module")
 def tts() -> PiperTts:
-    """joe, and joe_calm: the same model file at 0.8 speed with less noise (one ONNX session)."""
+    """joe, and joe_calm: the same model file at 0.8 speed (one ONNX session).
+
+    Both without noise (`noise_scale` and `noise_w_scale` 0): Piper's VITS model draws random
+    noise for the phoneme durations and the waveform, scaled by these two values, so with 0 the
+    same text and settings always give the same samples and the checks below cannot flake.
+    """
     model, config = joe_voice_paths()
+    quiet = {"noise_scale": 0.0, "noise_w_scale": 0.0}
     return PiperTts(
         {
-            "joe": PiperVoiceSpec("joe", model, config),
-            "joe_calm": PiperVoiceSpec(
-                "joe_calm", model, config, speed=0.8, noise_scale=0.3, noise_w_scale=0.3
-            ),
+            "joe": PiperVoiceSpec("joe", model, config, **quiet),
+            "joe_calm": PiperVoiceSpec("joe_calm", model, config, speed=0.8, **quiet),
         },
         "joe",
     )
@@ -158,9 +162,30 @@ SENTENCE = "The old keeper climbed the stairs."
 REPLY = f"<Narrator>{SENTENCE}</Narrator> <Joe>{SENTENCE}</Joe> Then everyone went home for dinner."
 
 
-def test_segments_play_in_order_with_their_voice_settings(tts: PiperTts, whisper: FasterWhisperStt) -> None:
-    """Narrator: joe_calm (0.8) × label speed 0.9; Joe: joe × 1.2 — the same sentence, so the
-    durations show the settings; whisper hears each segment's own words."""
+def test_piper_without_noise_is_deterministic(tts: PiperTts) -> None:
+    """What the test below relies on: with both noise scales 0, Piper gives the same samples."""
+    first, rate = tts.synthesize(SENTENCE, "joe", 1.0)
+    again, _ = tts.synthesize(SENTENCE, "joe", 1.0)
+    assert rate == 22050 and first.size > rate and np.array_equal(first, again)
+
+
+def test_segments_play_in_order_with_their_voice_settings(
+    tts: PiperTts, whisper: FasterWhisperStt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Narrator: joe_calm (0.8) × label speed 0.9; Joe: joe × 1.2 — the same sentence. What the
+    renderer asks Piper for (text, length scale, noise) is recorded per segment, in order, and
+    each played segment is exactly what Piper makes from those settings; whisper hears each
+    segment's own words."""
+    from piper import PiperVoice, SynthesisConfig
+
+    asked: list[tuple[str, SynthesisConfig | None]] = []
+    piper_synthesize = PiperVoice.synthesize
+
+    def spy(self: PiperVoice, text: str, syn_config: SynthesisConfig | None = None) -> Any:
+        asked.append((text, syn_config))
+        return piper_synthesize(self, text, syn_config=syn_config)
+
+    monkeypatch.setattr(PiperVoice, "synthesize", spy)
     speaker, events = RecordingSpeaker(), Events()
     deltas = [REPLY[i : i + 3] for i in range(0, len(REPLY), 3)]  # every tag cut somewhere
     labels = {
@@ -191,17 +216,33 @@ def test_segments_play_in_order_with_their_voice_settings(tts: PiperTts, whisper
         executor.shutdown()
 
     asyncio.run(run())
+    monkeypatch.undo()
     audio_events = [e for e in events.items if e["type"] == "audio"]
     assert [(e["text"], e["voice_label"]) for e in audio_events] == [
         (SENTENCE, "Narrator"),
         (SENTENCE, "Joe"),
         ("Then everyone went home for dinner.", None),
     ]
+    # what Piper was asked for, per segment and in order: length scale = 1 / (voice speed ×
+    # label speed × tts.speed), the voices' noise settings (0: deterministic)
+    expected_scales = [1 / (0.8 * 0.9), 1 / 1.2, 1.0]
+    assert [text for text, _ in asked] == [SENTENCE, SENTENCE, "Then everyone went home for dinner."]
+    for (_, config), length_scale in zip(asked, expected_scales, strict=True):
+        assert config is not None
+        assert config.length_scale == pytest.approx(length_scale)
+        assert (config.noise_scale, config.noise_w_scale, config.speaker_id) == (0.0, 0.0, 0)
+    # each segment played is exactly Piper's audio for those settings (one model: joe's)
+    piper_voice = tts._voice("joe")
     assert len(speaker.played) == 3
+    for (played, rate), (text, _), length_scale in zip(speaker.played, asked, expected_scales, strict=True):
+        reference = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+        chunks = list(piper_voice.synthesize(text, syn_config=reference))
+        assert rate == chunks[0].sample_rate
+        assert np.array_equal(played, np.concatenate([c.audio_int16_array for c in chunks]))
     narrator, joe, default = speaker.played
-    ratio = (narrator[0].size / narrator[1]) / (joe[0].size / joe[1])
-    expected = 1.2 / (0.8 * 0.9)  # 1.67
-    assert expected * 0.8 < ratio < expected * 1.2, ratio
+    # the slower voice takes longer (not in exact proportion: Piper rounds each phoneme's length
+    # up to whole frames); deterministic, so this cannot flake
+    assert narrator[0].size > 1.3 * joe[0].size, (narrator[0].size, joe[0].size)
     for segment in (narrator, joe):  # (a fast voice may lose a word ending: "climb")
         heard = set(hear(whisper, *segment).split())
         assert {"old", "keeper", "stairs"} <= heard and "dinner" not in heard, heard
