@@ -234,7 +234,7 @@ def _require_devices(config: Config, *, microphone: bool, speaker: bool) -> None
     """Fail before the models load (seconds on a Pi) when a device is missing: exit 4, and
     systemd tries again later."""
     try:
-        from appliance.adapters.sounddevice_audio import resolve_device
+        from appliance.adapters.sounddevice import resolve_device
     except OSError as err:  # PortAudio itself is missing
         raise AudioDeviceError(f"PortAudio is not available ({err}); install libportaudio2") from err
     audio = config.appliance.audio
@@ -275,7 +275,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 def _cmd_devices() -> int:
     try:  # importing sounddevice loads PortAudio: OSError when libportaudio2 is missing
-        from appliance.adapters.sounddevice_audio import list_devices
+        from appliance.adapters.sounddevice import list_devices
 
         devices = list_devices()
     except OSError as err:

@@ -154,7 +154,7 @@ def _sound_card(devices: list[Any]) -> Check:
 
 
 async def _microphone(config: Config, backend: Any, seconds: float, timeout_s: float) -> Check:
-    from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
+    from appliance.adapters.sounddevice import SounddeviceMicrophone
     from appliance.errors import AudioDeviceError
 
     audio = config.appliance.audio
@@ -192,7 +192,7 @@ async def _microphone(config: Config, backend: Any, seconds: float, timeout_s: f
 
 
 async def _speaker(config: Config, backend: Any, timeout_s: float) -> Check:
-    from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+    from appliance.adapters.sounddevice import SounddeviceSpeaker
     from appliance.errors import AudioDeviceError
 
     audio = config.appliance.audio
@@ -233,7 +233,7 @@ def audio_checks(
     config: Config, *, backend: Any = None, devices: list[Any] | None = None, timeout_s: float = 6.0
 ) -> list[Check]:
     try:
-        from appliance.adapters.sounddevice_audio import list_devices
+        from appliance.adapters.sounddevice import list_devices
 
         found = list_devices() if devices is None else devices
     except OSError as err:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from appliance.adapters.sounddevice_audio import DeviceInfo, StreamRequest
+from appliance.adapters.sounddevice import DeviceInfo, StreamRequest
 from appliance.config import Config, load_config_text
 from appliance.doctor import (
     Outcome,
@@ -36,7 +36,7 @@ SIGNED = "wss://example.invalid/v1/convai/conversation?agent_id=agent_1&conversa
 
 
 def test_doctor_on_a_machine_without_a_sound_card(models_dir: Path) -> None:
-    from appliance.adapters.sounddevice_audio import list_devices
+    from appliance.adapters.sounddevice import list_devices
 
     if list_devices():
         pytest.skip("this machine has a sound card")  # the fake-backend tests below cover that case

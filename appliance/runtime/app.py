@@ -90,7 +90,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         mic = wav_mic
     else:
         try:
-            from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
+            from appliance.adapters.sounddevice import SounddeviceMicrophone
 
             sd_mic = SounddeviceMicrophone(
                 device=audio.input_device,
@@ -115,7 +115,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         speaker = WavFileSpeaker(Path(options.output), timeline=timeline)
     else:
         try:
-            from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+            from appliance.adapters.sounddevice import SounddeviceSpeaker
 
             speaker = SounddeviceSpeaker(
                 device=audio.output_device, output_block_ms=audio.output_block_ms, volume=audio.output_volume
