@@ -311,8 +311,9 @@ def _cmd_check_config(path: str) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from appliance import modelstore
-    from appliance.modelstore import ModelStore, default_models_dir, load_manifest
+    from appliance.models import commands as modelstore
+    from appliance.models.manifest import default_models_dir, load_manifest
+    from appliance.models.store import ModelStore
 
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir(os.environ)
     store = ModelStore(models_dir, load_manifest())

@@ -263,7 +263,7 @@ def audio_checks(
 
 def needed_models(config: Config) -> list[str]:
     """Manifest models the configuration uses (paths and custom wake words are checked apart)."""
-    from appliance.modelstore import load_manifest
+    from appliance.models.manifest import load_manifest
 
     known = set(load_manifest().names)
     names = ["oww-features", "silero-vad"]
@@ -283,7 +283,8 @@ def needed_models(config: Config) -> list[str]:
 
 def model_checks(config: Config, env: Mapping[str, str]) -> tuple[list[Check], int]:
     """The checks, and the bytes of model files the configuration loads (for the memory check)."""
-    from appliance.modelstore import ModelStore, find_custom_wakewords, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore, find_custom_wakewords
 
     store = ModelStore(resolve_models_dir(config, env), load_manifest())
     checks: list[Check] = []

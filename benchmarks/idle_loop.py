@@ -97,7 +97,7 @@ def settings_for(quick: bool) -> Settings:
 
 
 def models_dir() -> Path:
-    from appliance.modelstore import default_models_dir
+    from appliance.models.manifest import default_models_dir
 
     return default_models_dir(os.environ)
 
@@ -106,7 +106,8 @@ def load_listeners(models: Path | None = None) -> tuple[Any, Any]:
     """The wake-word detector and the VAD, built as `runtime.app.load_listeners` builds them."""
     from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
     from appliance.adapters.silero_vad import SileroVad
-    from appliance.modelstore import ModelStore, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore
 
     store = ModelStore(models or models_dir(), load_manifest())
     files = [WakeWordModelFile(n, sorted(store.path(n).glob("*.onnx"))[0]) for n in WAKE_WORDS]

@@ -162,7 +162,8 @@ def load_listeners(config: Config) -> tuple[Any, Any]:
     from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
     from appliance.adapters.silero_vad import SileroVad
     from appliance.config import resolve_models_dir
-    from appliance.modelstore import ModelStore, find_custom_wakewords, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore, find_custom_wakewords
 
     store = ModelStore(resolve_models_dir(config, os.environ), load_manifest())
     custom_dir = config.appliance.wake_words.custom_dir

@@ -22,20 +22,9 @@ import pytest
 import yaml
 
 from appliance.errors import ModelError
-from appliance.modelstore import (
-    STAMP_FILE,
-    Manifest,
-    ModelKind,
-    ModelState,
-    ModelStore,
-    cli_fetch,
-    cli_list,
-    cli_provision,
-    cli_verify,
-    default_models_dir,
-    find_custom_wakewords,
-    load_manifest,
-)
+from appliance.models.commands import cli_fetch, cli_list, cli_provision, cli_verify
+from appliance.models.manifest import Manifest, ModelKind, default_models_dir, load_manifest
+from appliance.models.store import STAMP_FILE, ModelState, ModelStore, find_custom_wakewords
 
 OWW_WHEEL_DIR = Path("/tmp/oww")
 EXPECTED: dict[str, tuple[ModelKind, list[str]]] = {

@@ -3,7 +3,7 @@
 Every function here writes to a temporary file in the destination directory, checks the sha256
 while (or right after) writing, and only then renames it into place with `os.replace`, so a
 half-written or wrong file never sits under its final name and concurrent writers cannot collide.
-The functions take plain paths and strings; `appliance.modelstore` knows about the manifest.
+The functions take plain paths and strings; `appliance.models.store` knows about the manifest.
 """
 
 from __future__ import annotations
