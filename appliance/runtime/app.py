@@ -127,7 +127,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
             speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
     monitored = MonitoredSpeaker(speaker, clock)
     if options.simulate_echo:
-        from appliance.testing.echo import EchoMicrophone
+        from appliance.runtime.echo_simulation import EchoMicrophone
 
         mic = EchoMicrophone(mic, monitored, clock, gain=options.simulate_echo)
         notes.append(
