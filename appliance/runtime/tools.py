@@ -17,16 +17,17 @@ import json
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from appliance.config import DeviceTool
 from appliance.core import variables as dv
 from appliance.core.conversation import ToolCall
 from appliance.logs import redact, redact_value
 from appliance.ports import Clock, EventSink
+
+if TYPE_CHECKING:  # httpx is imported when a webhook tool runs, not at idle
+    import httpx
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class DeviceToolRunner:
         for tool in tools:
             if tool.type == "client":
                 self._handlers[tool.name] = resolve_handler(tool)
+        if any(tool.type != "client" for tool in tools):
+            import httpx  # noqa: F401  (here, not at the first call: importing it blocks ~0.1-0.5 s)
 
     async def run(self, call: ToolCall) -> tuple[str, bool]:
         tool = self._tools.get(call.name)
@@ -150,6 +153,8 @@ class DeviceToolRunner:
         for name, value in path_args.items():
             url = url.replace("{" + name + "}", quote(dv.format_value(value), safe=""))
         headers = self._headers(api.request_headers or {})
+        import httpx  # already imported by __init__ for webhook tools
+
         client = self._http or httpx.AsyncClient()
         try:
             response = await client.request(
