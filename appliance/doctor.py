@@ -264,10 +264,14 @@ def audio_checks(
 def needed_models(config: Config) -> list[str]:
     """Manifest models the configuration uses (paths and custom wake words are checked apart)."""
     from appliance.models.manifest import load_manifest
+    from appliance.runtime.wake_words import MICRO_PREFIX
 
     known = set(load_manifest().names)
     names = ["oww-features", "silero-vad"]
-    names += [w.name for w in config.appliance.wake_words.words if not w.path and w.name in known]
+    for w in config.appliance.wake_words.words:
+        if not w.path:
+            oww = w.name in known and w.engine != "microwakeword"
+            names.append(w.name if oww else MICRO_PREFIX + w.name)
     if config.appliance.mode in ("local", "auto"):
         local = config.appliance.local
         names.append(local.stt.model)
@@ -285,6 +289,7 @@ def model_checks(config: Config, env: Mapping[str, str]) -> tuple[list[Check], i
     """The checks, and the bytes of model files the configuration loads (for the memory check)."""
     from appliance.models.manifest import load_manifest
     from appliance.models.store import ModelStore, find_custom_wakewords
+    from appliance.runtime.wake_words import MICRO_PREFIX
 
     store = ModelStore(resolve_models_dir(config, env), load_manifest())
     checks: list[Check] = []
@@ -327,7 +332,11 @@ def model_checks(config: Config, env: Mapping[str, str]) -> tuple[list[Check], i
                     None if ok else "fix appliance.wake_words.words[].path",
                 )
             )
-        elif word.name not in store.manifest.names and word.name not in custom:
+        elif (
+            word.name not in store.manifest.names
+            and MICRO_PREFIX + word.name not in store.manifest.names
+            and word.name not in custom
+        ):
             checks.append(
                 Check(
                     f"wake word {word.name}",

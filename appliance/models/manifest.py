@@ -35,6 +35,7 @@ _Text = Annotated[StrictStr, Field(min_length=1)]
 class ModelKind(StrEnum):
     WAKEWORD = "wakeword"
     WAKEWORD_FEATURES = "wakeword-features"
+    MICROWAKEWORD = "microwakeword"  # a microWakeWord .tflite + .json (engine microwakeword)
     VAD = "vad"
     STT = "stt"
     TTS = "tts"
