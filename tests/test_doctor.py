@@ -287,6 +287,12 @@ def test_local_mode_skips_the_agent_and_needs_the_local_models() -> None:
     assert needed_models(remote("wss://api.elevenlabs.io")) == ["oww-features", "silero-vad", "hey_jarvis"]
 
 
+def test_microwakeword_words_need_their_own_models() -> None:
+    words = [{"name": "hey_jarvis", "engine": "microwakeword"}, {"name": "okay_nabu"}, {"name": "alexa"}]
+    cfg = default_config(mode="remote", remote={"agent_id": "a"}, wake_words={"words": words})
+    assert needed_models(cfg) == ["oww-features", "silero-vad", "mww-hey_jarvis", "mww-okay_nabu", "alexa"]
+
+
 # ----------------------------------------------------------------- headroom
 
 
