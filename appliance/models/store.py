@@ -295,8 +295,9 @@ def find_custom_wakewords(directory: Path) -> dict[str, Path]:
     """Map file stem -> model file for every `*.onnx` and `*.tflite` wake word in `directory`.
 
     When both `x.onnx` and `x.tflite` exist the ONNX file wins. A `.tflite`-only model is
-    returned too; the caller must explain that it needs `tflite-runtime` (numpy-1-only), since
-    the appliance runs openWakeWord with onnxruntime. openWakeWord's feature and VAD models
+    returned too: with its microWakeWord `x.json` beside it, it runs on microWakeWord
+    (`appliance.runtime.wake_words`); an openWakeWord `.tflite` is refused with what to do
+    (the appliance runs openWakeWord's ONNX models). openWakeWord's feature and VAD models
     (melspectrogram, embedding_model, silero_vad) are not wake words and are left out, as are
     hidden files. Raises ModelError if `directory` is not a directory.
     """
