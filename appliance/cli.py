@@ -383,7 +383,7 @@ def _require_devices(config: Config, *, microphone: bool, speaker: bool) -> None
     """Fail before the models load (seconds on a Pi) when a device is missing: exit 4, and
     systemd tries again later."""
     try:
-        from appliance.adapters.sounddevice_audio import resolve_device
+        from appliance.adapters.sounddevice import resolve_device
     except OSError as err:  # PortAudio itself is missing
         raise AudioDeviceError(f"PortAudio is not available ({err}); install libportaudio2") from err
     audio = config.appliance.audio
@@ -427,7 +427,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 def _cmd_devices() -> int:
     try:  # importing sounddevice loads PortAudio: OSError when libportaudio2 is missing
-        from appliance.adapters.sounddevice_audio import list_devices
+        from appliance.adapters.sounddevice import list_devices
 
         devices = list_devices()
     except OSError as err:
@@ -469,8 +469,9 @@ def _cmd_check_config(path: str) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from appliance import modelstore
-    from appliance.modelstore import ModelStore, default_models_dir, load_manifest
+    from appliance.models import commands as modelstore
+    from appliance.models.manifest import default_models_dir, load_manifest
+    from appliance.models.store import ModelStore
 
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir(os.environ)
     store = ModelStore(models_dir, load_manifest())

@@ -117,6 +117,9 @@ class AudioConfig(_Device):
 class WakeWord(_Device):
     name: str = ""
     path: Text | None = None
+    # None: by the model (openWakeWord for its bundled names and .onnx files, microWakeWord for
+    # okay_nabu and .tflite + .json models); see appliance/runtime/wake_words.py
+    engine: Literal["openwakeword", "microwakeword"] | None = None
     threshold: Annotated[Num, between(0, 1, exclusive=True)] = 0.5
     patience_frames: Annotated[Int, between(1, 25, "frames")] = 1
     refractory_s: Annotated[Num, between(0, 30, "seconds")] = 2.0

@@ -156,7 +156,7 @@ def _sound_card(devices: list[Any]) -> Check:
 
 
 async def _microphone(config: Config, backend: Any, seconds: float, timeout_s: float) -> Check:
-    from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
+    from appliance.adapters.sounddevice import SounddeviceMicrophone
     from appliance.errors import AudioDeviceError
 
     audio = config.appliance.audio
@@ -194,7 +194,7 @@ async def _microphone(config: Config, backend: Any, seconds: float, timeout_s: f
 
 
 async def _speaker(config: Config, backend: Any, timeout_s: float) -> Check:
-    from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+    from appliance.adapters.sounddevice import SounddeviceSpeaker
     from appliance.errors import AudioDeviceError
 
     audio = config.appliance.audio
@@ -235,7 +235,7 @@ def audio_checks(
     config: Config, *, backend: Any = None, devices: list[Any] | None = None, timeout_s: float = 6.0
 ) -> list[Check]:
     try:
-        from appliance.adapters.sounddevice_audio import list_devices
+        from appliance.adapters.sounddevice import list_devices
 
         found = list_devices() if devices is None else devices
     except OSError as err:
@@ -265,11 +265,15 @@ def audio_checks(
 
 def needed_models(config: Config) -> list[str]:
     """Manifest models the configuration uses (paths and custom wake words are checked apart)."""
-    from appliance.modelstore import load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.runtime.wake_words import MICRO_PREFIX
 
     known = set(load_manifest().names)
     names = ["oww-features", "silero-vad"]
-    names += [w.name for w in config.appliance.wake_words.words if not w.path and w.name in known]
+    for w in config.appliance.wake_words.words:
+        if not w.path:
+            oww = w.name in known and w.engine != "microwakeword"
+            names.append(w.name if oww else MICRO_PREFIX + w.name)
     if config.appliance.mode in ("local", "auto"):
         local = config.appliance.local
         names.append(local.stt.model)
@@ -285,7 +289,9 @@ def needed_models(config: Config) -> list[str]:
 
 def model_checks(config: Config, env: Mapping[str, str]) -> tuple[list[Check], int]:
     """The checks, and the bytes of model files the configuration loads (for the memory check)."""
-    from appliance.modelstore import ModelStore, find_custom_wakewords, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore, find_custom_wakewords
+    from appliance.runtime.wake_words import MICRO_PREFIX
 
     store = ModelStore(resolve_models_dir(config, env), load_manifest())
     checks: list[Check] = []
@@ -328,7 +334,11 @@ def model_checks(config: Config, env: Mapping[str, str]) -> tuple[list[Check], i
                     None if ok else "fix appliance.wake_words.words[].path",
                 )
             )
-        elif word.name not in store.manifest.names and word.name not in custom:
+        elif (
+            word.name not in store.manifest.names
+            and MICRO_PREFIX + word.name not in store.manifest.names
+            and word.name not in custom
+        ):
             checks.append(
                 Check(
                     f"wake word {word.name}",

@@ -61,6 +61,15 @@ class Speaker(Protocol):
     async def close(self) -> None: ...
 
 
+class PlaybackReference(Protocol):
+    """What the speaker played, by clock time: the echo canceller's and the echo simulation's
+    reference signal (`runtime/playback_monitor.py` records it)."""
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
+        """`n_samples` at 16 kHz from `t_start` on (float, full scale 1.0; silence where nothing played)."""
+        ...
+
+
 class WakeWordDetector(Protocol):
     frame_samples: int
     names: list[str]

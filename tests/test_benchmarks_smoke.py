@@ -31,7 +31,14 @@ def _positive(row: dict[str, Any], *keys: str) -> None:
 
 def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
     names = run.select(["idle"])
-    assert names == ["idle.cpu", "idle.latency", "idle.latency.runs", "idle.memory"]
+    assert names == [
+        "idle.cpu",
+        "idle.latency",
+        "idle.latency.runs",
+        "idle.memory",
+        "idle.engines",
+        "idle.engines.voices",
+    ]
     results = run.run(names, quick=True, out=None)
     json.dumps(results)  # what --json writes
 
@@ -49,6 +56,9 @@ def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
     assert router["false wakes"] == 0
     assert router["verdict"] in {"PASS", "FAIL"}
     assert router["÷ target"] == pytest.approx(router["% of one core"] / idle_loop.CPU_TARGET_PCT)
+    micro = cpu["router idle, microWakeWord: wake word + VAD gate"]
+    assert micro["false wakes"] == 0 and micro["verdict"] in {"PASS", "FAIL"}
+    assert micro["÷ target"] == pytest.approx(micro["% of one core"] / idle_loop.MWW_CPU_TARGET_PCT)
 
     # 2. latency: both synthesized phrases detected, within a plausible window of audio time
     summary = results["idle.latency"]["rows"]
@@ -64,13 +74,31 @@ def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
         assert -500.0 < row["latency ms"] < 1000.0
         _positive(row, "phrase end s", "detected s", "block ms")
 
-    # 3. memory: fresh processes, each stage at least the bare baseline
+    # 3. memory: fresh processes, each stage at least the bare baseline; the idle appliances
+    # (openWakeWord, microWakeWord, the whole remote-mode process) carry the target
     memory = results["idle.memory"]["rows"]
-    assert len(memory) == 5
+    assert len(memory) == 8  # Linux: the remote-mode row reads /proc/PID/status
     for row in memory:
         _positive(row, "RSS MiB")
     assert memory[0]["Δ vs baseline MiB"] == 0
     assert all(row["Δ vs baseline MiB"] > 0 for row in memory[1:])
+    assert [i for i, row in enumerate(memory) if row["verdict"] in {"PASS", "FAIL"}] == [3, 5, 7]
+    assert memory[7]["process"].startswith("appliance run, remote mode")
+
+    # 4. the engines side by side: every clip counted once per engine, recall a percentage
+    engines = results["idle.engines"]["rows"]
+    assert [r["engine"] for r in engines] == ["openWakeWord", "microWakeWord"]
+    clips = idle_loop.engine_clips(idle_loop.QUICK)
+    for row in engines:
+        assert row["piper joe"].endswith("/2") and row["piper, other speeds"].endswith("/2")
+        assert row["espeak-ng voices"].endswith("/1") and row["example recording"] == "1/1"
+        assert 0.0 <= row["recall %"] <= 100.0 and row["false wakes"] >= 0
+        assert row["non-wake audio s"] == pytest.approx(
+            sum(c.audio.size for c in clips if not c.wake) / 16000
+        )
+        _positive(row, "CPU % of one core")
+    voices = results["idle.engines.voices"]["rows"]
+    assert sum(r["clips"] for r in voices) == len(clips)
 
     # every table prints as aligned text: a header, a rule, one line per row
     for name in names:

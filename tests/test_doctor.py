@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from appliance.adapters.sounddevice_audio import DeviceInfo, StreamRequest
+from appliance.adapters.sounddevice import DeviceInfo, StreamRequest
 from appliance.config import Config, load_config_text
 from appliance.doctor import (
     Outcome,
@@ -36,7 +36,7 @@ SIGNED = "wss://example.invalid/v1/convai/conversation?agent_id=agent_1&conversa
 
 
 def test_doctor_on_a_machine_without_a_sound_card(models_dir: Path) -> None:
-    from appliance.adapters.sounddevice_audio import list_devices
+    from appliance.adapters.sounddevice import list_devices
 
     if list_devices():
         pytest.skip("this machine has a sound card")  # the fake-backend tests below cover that case
@@ -356,6 +356,12 @@ def test_doctor_fails_when_the_custom_llm_is_down_or_broken(monkeypatch: pytest.
     assert down_code == 1
     [down] = [line for line in down_out if line.startswith("[FAIL] LLM: ")]
     assert f"cannot reach the LLM at http://127.0.0.1:{port}/v1" in down
+
+
+def test_microwakeword_words_need_their_own_models() -> None:
+    words = [{"name": "hey_jarvis", "engine": "microwakeword"}, {"name": "okay_nabu"}, {"name": "alexa"}]
+    cfg = default_config(mode="remote", remote={"agent_id": "a"}, wake_words={"words": words})
+    assert needed_models(cfg) == ["oww-features", "silero-vad", "mww-hey_jarvis", "mww-okay_nabu", "alexa"]
 
 
 # ----------------------------------------------------------------- headroom

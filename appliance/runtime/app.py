@@ -31,7 +31,7 @@ from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
-from appliance.errors import AudioDeviceError, ModelError
+from appliance.errors import AudioDeviceError
 from appliance.ports import AgentSession, Clock, Microphone, Speaker
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
@@ -104,7 +104,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         mic = wav_mic
     else:
         try:
-            from appliance.adapters.sounddevice_audio import SounddeviceMicrophone
+            from appliance.adapters.sounddevice import SounddeviceMicrophone
 
             sd_mic = SounddeviceMicrophone(
                 device=audio.input_device,
@@ -129,7 +129,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
         speaker = WavFileSpeaker(Path(options.output), timeline=timeline)
     else:
         try:
-            from appliance.adapters.sounddevice_audio import SounddeviceSpeaker
+            from appliance.adapters.sounddevice import SounddeviceSpeaker
 
             speaker = SounddeviceSpeaker(
                 device=audio.output_device, output_block_ms=audio.output_block_ms, volume=audio.output_volume
@@ -141,7 +141,7 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
             speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
     monitored = MonitoredSpeaker(speaker, clock)
     if options.simulate_echo:
-        from appliance.testing.echo import EchoMicrophone
+        from appliance.runtime.echo_simulation import EchoMicrophone
 
         mic = EchoMicrophone(mic, monitored, clock, gain=options.simulate_echo)
         notes.append(
@@ -173,36 +173,14 @@ def _report_microphone(events: EventLog, state: str, reason: str | None) -> None
 
 def load_listeners(config: Config) -> tuple[Any, Any]:
     """The wake-word detector and the VAD, from the model store (clear errors if missing)."""
-    from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
     from appliance.adapters.silero_vad import SileroVad
     from appliance.config import resolve_models_dir
-    from appliance.modelstore import ModelStore, find_custom_wakewords, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore
+    from appliance.runtime.wake_words import build_detector, resolve_config_wake_words
 
     store = ModelStore(resolve_models_dir(config, os.environ), load_manifest())
-    custom_dir = config.appliance.wake_words.custom_dir
-    custom = find_custom_wakewords(config.resolve_path(custom_dir)) if custom_dir else {}
-    files: list[WakeWordModelFile] = []
-    for word in config.appliance.wake_words.words:
-        if word.path:
-            files.append(WakeWordModelFile(word.name, config.resolve_path(word.path)))
-        elif word.name in custom:
-            files.append(WakeWordModelFile(word.name, custom[word.name]))
-        else:
-            known = store.manifest.names
-            if word.name not in known:
-                raise ModelError(
-                    f"appliance.wake_words.words: unknown wake word '{word.name}': not a bundled model "
-                    f"({', '.join(n for n in known if store.manifest.get(n).kind == 'wakeword')}) and not "
-                    f"in the custom folder {custom_dir or '(none configured)'}",
-                    code="wakeword_missing",
-                )
-            model_dir = store.path(word.name)
-            onnx = sorted(model_dir.glob("*.onnx"))
-            files.append(WakeWordModelFile(word.name, onnx[0]))
-    features = store.path("oww-features")
-    detector = OpenWakeWordDetector(
-        files, features / "melspectrogram.onnx", features / "embedding_model.onnx"
-    )
+    detector = build_detector(resolve_config_wake_words(config, store.manifest), store.path)
     vad = SileroVad(store.path("silero-vad") / "silero_vad.onnx")
     return detector, vad
 

@@ -67,7 +67,8 @@ class LocalModels:
 
 def _model_file(config: Config, ref: str, suffix: str) -> Path:
     """A manifest model name (its file with `suffix`) or a path from the config."""
-    from appliance.modelstore import ModelStore, load_manifest
+    from appliance.models.manifest import load_manifest
+    from appliance.models.store import ModelStore
 
     candidate = config.resolve_path(ref)
     if candidate.exists() or "/" in ref or (suffix and ref.endswith(suffix)):

@@ -1,7 +1,7 @@
 """`MonitoredSpeaker`: the speaker, plus a record of what it played and when.
 
 The record is the echo reference: the router asks for the playback level over the last VAD
-frame (playback-aware gating), and the echo simulator in `appliance.testing.echo` mixes it
+frame (playback-aware gating), and the echo simulator in `appliance.runtime.echo_simulation` mixes it
 back into the microphone. Kept for the last `history_s` seconds, at 16 kHz mono.
 """
 

@@ -22,16 +22,17 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from appliance.config import DeviceTool
 from appliance.core import variables as dv
 from appliance.core.conversation import ToolCall
 from appliance.logs import redact, redact_value
 from appliance.ports import Clock, EventSink
+
+if TYPE_CHECKING:  # httpx is imported when a webhook tool runs, not at idle
+    import httpx
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class DeviceToolRunner:
         for tool in tools:
             if tool.type == "client":
                 self._handlers[tool.name] = resolve_handler(tool)
+        if any(tool.type != "client" for tool in tools):
+            import httpx  # noqa: F401  (here, not at the first call: importing it blocks ~0.1-0.5 s)
 
     async def run(self, call: ToolCall) -> tuple[str, bool]:
         tool = self._tools.get(call.name)
@@ -158,6 +161,8 @@ class DeviceToolRunner:
         headers = self._headers(api.request_headers or {})
         # The call's deadline is the tool's `response_timeout_secs` (the caller's wait_for), not
         # httpx's default of 5 s per read.
+        import httpx  # already imported by __init__ for webhook tools
+
         client = self._http or httpx.AsyncClient(timeout=float(tool.response_timeout_secs))
         try:
             request = client.build_request(

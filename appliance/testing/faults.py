@@ -201,7 +201,7 @@ class ScriptedInputBackend:
             return time.monotonic() - self._t0
 
     def lookup(self, spec: Any, kind: str) -> Any:
-        from appliance.adapters.sounddevice_audio import DeviceInfo
+        from appliance.adapters.sounddevice import DeviceInfo
 
         if kind != "input":
             raise AudioDeviceError("the scripted backend has no output device")
@@ -449,14 +449,15 @@ def install(args: argparse.Namespace) -> None:
     from appliance.runtime import app, local_agent
 
     if args.scripted_mic:
-        from appliance.adapters import sounddevice_audio
+        from appliance.adapters.sounddevice import microphone as sounddevice_microphone
         from appliance.testing.speech import read_wav
 
         audio, rate = read_wav(Path(args.scripted_mic))
         if rate != MIC_RATE_HZ:
             raise SystemExit(f"--scripted-mic: {args.scripted_mic} must be 16 kHz, not {rate} Hz")
         backend = ScriptedInputBackend(audio, args.mic_outage_at, args.mic_outage_s)
-        sounddevice_audio.PortAudioBackend = lambda: backend  # type: ignore[assignment,misc,return-value]
+        # the microphone opens its streams through this backend (the speaker keeps PortAudio's)
+        sounddevice_microphone.PortAudioBackend = lambda: backend  # type: ignore[assignment,return-value,attr-defined]
 
     stt_when = _any(
         on_calls(*(int(x) for x in args.stt_fail_calls.split(",") if x.strip())),

@@ -16,7 +16,7 @@ import sounddevice as sd
 import soxr
 
 from appliance.adapters.resample import resample
-from appliance.adapters.sounddevice_audio import (
+from appliance.adapters.sounddevice import (
     DeviceInfo,
     PortAudioBackend,
     SounddeviceMicrophone,
@@ -109,7 +109,7 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, contextlib, dataclasses, json, sys, time
     import numpy as np
-    from appliance.adapters import sounddevice_audio as sda
+    from appliance.adapters import sounddevice as sda
 
     def paced(callback, block_s):
         state = {"t0": None, "k": 0}

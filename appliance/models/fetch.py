@@ -3,7 +3,7 @@
 Every function here writes to a temporary file in the destination directory, checks the sha256
 while (or right after) writing, and only then renames it into place with `os.replace`, so a
 half-written or wrong file never sits under its final name and concurrent writers cannot collide.
-The functions take plain paths and strings; `appliance.modelstore` knows about the manifest.
+The functions take plain paths and strings; `appliance.models.store` knows about the manifest.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import IO
-
-import requests
-from tqdm import tqdm
+from typing import IO, TYPE_CHECKING
 
 from appliance.errors import ModelError
+
+if TYPE_CHECKING:  # requests and tqdm are imported by the functions that download (not at idle)
+    import requests
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -189,6 +189,8 @@ def pip_download_wheel(package: str, version: str, dest_dir: Path) -> Path:
 
 
 def _network_reason(err: requests.RequestException) -> str:
+    import requests
+
     if isinstance(err, requests.HTTPError) and err.response is not None:
         return f"HTTP {err.response.status_code} {err.response.reason}"
     if isinstance(err, requests.ConnectTimeout):
@@ -203,6 +205,9 @@ def download_verified(
     url: str, dest: Path, *, sha256: str, size: int, progress: bool, session: requests.Session | None = None
 ) -> None:
     """Download `url` to `dest` (stream, tqdm bar on stderr), sha256-checked before the rename."""
+    import requests
+    from tqdm import tqdm
+
     http = session or requests.Session()
     with _temp_beside(dest) as (f, tmp):
         digest = hashlib.sha256()
