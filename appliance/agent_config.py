@@ -176,6 +176,16 @@ DEFAULT_CLIENT_EVENTS = (
 )
 
 
+def _known_event(v: object) -> object:
+    if not isinstance(v, str):
+        fail(f"{show(v)} is not a string")
+    return ClientEvent(v) if v in ClientEvent.__members__.values() else v
+
+
+ClientEventName = Annotated[ClientEvent | str, BeforeValidator(_known_event)]
+"""A known `ClientEvent`, or a newer platform name kept as a string (a warning, not an error)."""
+
+
 class Mirror(BaseModel):
     """A platform object: unknown fields are kept (cloud-only), `null` means the default."""
 
@@ -214,7 +224,7 @@ class TurnConfig(Mirror):
 
 
 class SupportedVoice(Mirror):
-    label: Annotated[str, matches(r"[^\s<>/]+", "a label has no spaces and no < > /")]
+    label: Annotated[str, matches(r"[^<>/]*\S[^<>/]*", "a label is not blank and has no < > /")]
     voice_id: Text
     description: str | None = None
     language: str | None = None
@@ -255,7 +265,7 @@ class TtsConfig(Mirror):
 class ConversationSettings(Mirror):
     text_only: Bool = False
     max_duration_seconds: Annotated[Int, between(0, None, "seconds", exclusive=True)] = 600
-    client_events: list[ClientEvent] = list(DEFAULT_CLIENT_EVENTS)
+    client_events: list[ClientEventName] = list(DEFAULT_CLIENT_EVENTS)
 
 
 class SecretRef(Mirror):
@@ -330,9 +340,12 @@ class BuiltInTools(Mirror):
         }
 
 
+TOOL_TYPES = ("webhook", "client", "system")
+
+
 def _legacy_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    if tool.get("type") not in ("webhook", "client", "system"):
-        fail(f"type {show(tool.get('type'))} is not one of 'webhook', 'client' or 'system'")
+    if not isinstance(tool.get("type"), str):
+        fail(f"type {show(tool.get('type'))} is not a tool type such as 'webhook', 'client' or 'system'")
     return tool
 
 
@@ -487,6 +500,21 @@ def agent_warnings(cc: ConversationConfig) -> list[str]:
             f"{base}.tools: deprecated by ElevenLabs; use tool_ids and built_in_tools "
             "(device tools go under appliance.tools)"
         )
+    for i, tool in enumerate(prompt.tools):
+        if tool["type"] not in TOOL_TYPES:
+            out.append(f"{base}.tools[{i}].type: {show(tool['type'])} is not known to this device; ignored")
+    for i, event in enumerate(cc.conversation.client_events):
+        if not isinstance(event, ClientEvent):
+            out.append(
+                f"conversation_config.conversation.client_events[{i}]: {show(event)} is not known to "
+                "this device; ignored"
+            )
+    for i, voice in enumerate(cc.tts.supported_voices):
+        if any(ch.isspace() for ch in voice.label):
+            out.append(
+                f"conversation_config.tts.supported_voices[{i}].label: {show(voice.label)} has a space; "
+                "the device's voice tags are single words, so its text is spoken in the default voice"
+            )
     for slot in prompt.built_in_tools.enabled():
         if slot in CLOUD_TOOLS:
             out.append(f"{base}.built_in_tools.{slot}: cloud-only tool, ignored on the device")

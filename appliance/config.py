@@ -18,6 +18,7 @@ with the log redactor when the file is loaded, whatever the mode.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -560,6 +561,93 @@ def _parse(text: str) -> object:
             loader.dispose()
 
 
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_position(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    return f"line {line}, column {offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _JsonDuplicate(key)
+        out[key] = value
+    return out
+
+
+class _JsonDuplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _json_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json(text: str) -> object:
+    """A JSON document (a platform export) with the YAML loader's bounds: at most `MAX_YAML_DEPTH`
+    levels (checked before parsing, so no recursion error) and `MAX_YAML_VALUES` values; no
+    duplicate keys, no NaN/Infinity."""
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        ch = token.group()
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                where = _json_position(text, token.start())
+                raise ConfigError([f"{where}: nested more than {MAX_YAML_DEPTH} levels deep"])
+        elif ch in "]}":
+            depth -= 1
+    try:
+        data = json.loads(text, object_pairs_hook=_json_pairs, parse_constant=_json_constant)
+    except json.JSONDecodeError as err:  # never the line itself: it could show a secret
+        raise ConfigError([f"line {err.lineno}, column {err.colno}: {err.msg} (invalid JSON)"]) from None
+    except _JsonDuplicate as err:
+        raise ConfigError([f"JSON: duplicate key {show(err.key)}"]) from None
+    except (ValueError, RecursionError) as err:
+        raise ConfigError([f"invalid JSON ({str(err)[:80]})"]) from None
+    count = 0
+    stack: list[object] = [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError([f"more than {MAX_YAML_VALUES:,} values; a configuration needs far fewer"])
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data
+
+
+def is_json(text: str, source: str) -> bool:
+    """A `.json` file, or any document whose first character (after whitespace) is `{`."""
+    return source.lower().endswith(".json") or text.lstrip().startswith("{")
+
+
+def _lone_surrogates(node: object, path: str, problems: list[str]) -> None:
+    """A string with half of a UTF-16 pair (`\\ud83d` alone) cannot be spoken or logged."""
+    if isinstance(node, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in node):
+            problems.append(
+                f"{path or 'top level'}: a lone UTF-16 surrogate escape (half of an emoji's "
+                "\\uXXXX\\uXXXX pair); write the character or its complete pair"
+            )
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            sub = f"{path}.{name}" if path else name
+            _lone_surrogates(key, sub, problems)
+            _lone_surrogates(value, sub, problems)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _lone_surrogates(value, f"{path}[{i}]", problems)
+
+
 def _strip_secrets(node: object, path: str, problems: list[str]) -> object:
     """A copy of the document without plain-string secrets; each one becomes a problem."""
     if isinstance(node, dict):
@@ -665,7 +753,7 @@ def load_config_text(
 ) -> Config:
     """Parse and validate a whole configuration; raise `ConfigError` with every problem."""
     try:
-        data = _parse(text)
+        data = _parse_json(text) if is_json(text, source) else _parse(text)
     except ConfigError as err:
         raise ConfigError(err.problems, source=source) from None
     problems: list[str] = []
@@ -675,6 +763,7 @@ def load_config_text(
         raise ConfigError(
             [f"top level: the document is {what} (expected keys: {', '.join(SECTIONS)})"], source=source
         )
+    _lone_surrogates(data, "", problems)
     doc = _strip_secrets(data, "", problems)
     assert isinstance(doc, dict)
     for key in doc:

@@ -287,12 +287,12 @@ V = "conversation_config.tts.supported_voices"
     ("entries", "expected"),
     [
         (
-            [{"label": "a b", "voice_id": "joe"}],
-            f"{V}[0].label: 'a b' is not allowed (a label has no spaces and no < > /)",
+            [{"label": " ", "voice_id": "joe"}],
+            f"{V}[0].label: ' ' is not allowed (a label is not blank and has no < > /)",
         ),
         (
             [{"label": "<x>", "voice_id": "joe"}],
-            f"{V}[0].label: '<x>' is not allowed (a label has no spaces and no < > /)",
+            f"{V}[0].label: '<x>' is not allowed (a label is not blank and has no < > /)",
         ),
         ([{"label": "x"}], f"{V}[0].voice_id: required"),
         ([{"label": "x", "voice_id": "joe", "speed": 1.3}], f"{V}[0].speed: 1.3 is outside 0.7–1.2"),
@@ -466,8 +466,48 @@ def test_deprecated_and_cloud_only_tools_warn() -> None:
         "(device tools go under appliance.tools)",
         f"{base}.built_in_tools.transfer_to_number: cloud-only tool, ignored on the device",
     ]
-    assert problems({f"{base}.tools": [{"type": "mcp"}]}) == [
-        f"{base}.tools[0]: type 'mcp' is not one of 'webhook', 'client' or 'system'"
+    assert problems({f"{base}.tools": [{"name": "x"}]}) == [
+        f"{base}.tools[0]: type null is not a tool type such as 'webhook', 'client' or 'system'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        (  # a client event newer than the device
+            {"conversation_config.conversation.client_events": ["audio", "agent_response_metadata"]},
+            "conversation_config.conversation.client_events[1]: 'agent_response_metadata' is not known "
+            "to this device; ignored",
+        ),
+        (  # a tool type newer than the device
+            {"conversation_config.agent.prompt.tools": [{"type": "mcp", "name": "x"}]},
+            "conversation_config.agent.prompt.tools[0].type: 'mcp' is not known to this device; ignored",
+        ),
+        (  # a label with a space, which the platform's docs only advise against
+            {V: [{"label": "Old Man", "voice_id": "joe"}]},
+            f"{V}[0].label: 'Old Man' has a space; the device's voice tags are single words, so its "
+            "text is spoken in the default voice",
+        ),
+    ],
+)
+def test_values_newer_than_the_device_are_warnings_naming_the_path(
+    settings: dict[str, Any], warning: str
+) -> None:
+    assert warning in load(settings).warnings
+
+
+def test_unknown_llm_names_load_and_known_client_events_stay_typed() -> None:
+    cfg = load(
+        {
+            "conversation_config.agent.prompt.llm": "gemini-9-ultra-preview",
+            "conversation_config.conversation.client_events": ["interruption", "brand_new"],
+        }
+    )
+    assert cfg.conversation_config.agent.prompt.llm == "gemini-9-ultra-preview"
+    assert cfg.conversation_config.conversation.client_events == [ClientEvent.INTERRUPTION, "brand_new"]
+    assert cfg.interruptions_enabled
+    assert problems({"conversation_config.conversation.client_events": [5]}) == [
+        "conversation_config.conversation.client_events[0]: 5 is not a string"
     ]
 
 
@@ -794,3 +834,59 @@ def test_control_characters_and_huge_files(tmp_path: Path) -> None:
     huge.write_bytes(b"# padding\n" * 500_000)  # 5 MB of comments
     cfg, lines = check_config(huge)
     assert cfg is None and lines == [f"{huge}: larger than 4 MiB; this is not a configuration file"]
+
+
+# --- JSON exports: parsed as JSON, with the same bounds and validation ------------------------
+
+
+def json_problem(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "agent.json")
+    (line,) = exc.value.problems
+    return line
+
+
+def test_a_tab_indented_json_export_with_exponents_and_emoji_loads() -> None:
+    text = (
+        '{\n\t"conversation_config": {\n\t\t"agent": {\n'
+        '\t\t\t"first_message": "Hi \\ud83d\\ude00",\n\t\t\t"prompt": {"temperature": 1e-05}\n\t\t},\n'
+        '\t\t"turn": {"turn_timeout": 1E1}\n\t}\n}\n'
+    )
+    for source in ("agent.json", "agent.conf"):  # by name, or by the first character
+        cc = load_config_text(text, source, log_warnings=False).conversation_config
+        assert cc.agent.first_message == "Hi \U0001f600"
+        assert cc.agent.prompt.temperature == 1e-05 and cc.turn.turn_timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '{"conversation_config": {"agent": {"first_message": "Hi \\ud83d!"}}}',
+            "conversation_config.agent.first_message: a lone UTF-16 surrogate escape (half of an "
+            "emoji's \\uXXXX\\uXXXX pair); write the character or its complete pair",
+        ),
+        ('{"appliance": {"mode": "local",\n "mode": "remote"}}', "JSON: duplicate key 'mode'"),
+        ('{"appliance": {"vad": {"threshold": NaN}}}', "invalid JSON (NaN is not a JSON number)"),
+        ('{"appliance": {\n  "mode": "local",\n}}', "line 3, column 1: Expecting property name enclosed "
+         "in double quotes (invalid JSON)"),
+        ("[" * 2000 + "]" * 2000, "line 1, column 101: nested more than 100 levels deep"),
+        ('{"appliance": {"custom_llm_extra_body": {"x": [' + "1, " * 100_000 + "1]}}}",
+         "more than 100,000 values; a configuration needs far fewer"),
+    ],
+)  # fmt: skip
+def test_json_problems(text: str, expected: str) -> None:
+    assert json_problem(text) == expected
+
+
+def test_yaml_surrogate_escapes_are_refused_too() -> None:
+    text = 'conversation_config:\n  agent:\n    first_message: "Hi \\ud83d"\n'
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, "a.yaml")
+    assert exc.value.problems[0].startswith("conversation_config.agent.first_message: a lone UTF-16")
+
+
+def test_json_brackets_in_strings_do_not_count_as_nesting() -> None:
+    text = '{"appliance": {"custom_llm_extra_body": {"s": "[[[[{{{{", "x": ' + "[" * 97 + "]" * 97 + "}}}"
+    body = load_config_text(text, "ok.json").appliance.custom_llm_extra_body
+    assert body["s"] == "[[[[{{{{" and len(body["x"]) == 1
