@@ -62,6 +62,7 @@ from appliance.agent_config import (
     show,
     url_with,
 )
+from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.wakeword import WakeWordRule
@@ -648,16 +649,50 @@ def _lone_surrogates(node: object, path: str, problems: list[str]) -> None:
             _lone_surrogates(value, f"{path}[{i}]", problems)
 
 
-def _strip_secrets(node: object, path: str, problems: list[str]) -> object:
+def _secret_problem(key: str, value: str, where: str) -> str | None:
+    """Why the plain string `value` under `key` is a secret the file must not hold, or None.
+
+    Only where credentials live: a credential key (`api_key`, `token`, ...) outside variable maps,
+    a header whose name looks like a credential (`Authorization`, `X-Api-Key`), and the value of a
+    `secret__` dynamic variable. A value that refers to variables (`"Bearer {{secret__x}}"`) is
+    a template, not a secret; an ordinary variable may be called `token`."""
+    if not value:
+        return None
+    if where == "variables":
+        if key.startswith(dv.SECRET_PREFIX):
+            return (
+                "secret__ values are not read from the config file; set "
+                f"{secret_variable_env_name(key)} in the environment or as a systemd credential"
+            )
+        return None
+    if dv.references(value):
+        return None
+    if where == "headers" and looks_secret(key):
+        return (
+            "secrets are not read from the config file; use {secret_id: ID} (read from "
+            f"{SECRET_ENV_PREFIX}<ID>) or a {{{{secret__...}}}} variable"
+        )
+    if key.lower() in SECRET_KEYS:
+        return SECRET_PROBLEM
+    return None
+
+
+_VARIABLE_MAPS = frozenset({"dynamic_variable_placeholders", "dynamic_variables"})
+
+
+def _strip_secrets(node: object, path: str, problems: list[str], where: str = "") -> object:
     """A copy of the document without plain-string secrets; each one becomes a problem."""
     if isinstance(node, dict):
         out: dict[object, object] = {}
         for key, value in node.items():
             sub = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and key.lower() in SECRET_KEYS and isinstance(value, str):
-                problems.append(f"{sub}: {SECRET_PROBLEM}")
-            else:
-                out[key] = _strip_secrets(value, sub, problems)
+            plain = isinstance(key, str) and isinstance(value, str)
+            problem = _secret_problem(key, value, where) if plain else None
+            if problem is not None:
+                problems.append(f"{sub}: {problem}")
+                continue
+            inner = "variables" if key in _VARIABLE_MAPS else "headers" if key == "request_headers" else ""
+            out[key] = _strip_secrets(value, sub, problems, inner)
         return out
     if isinstance(node, list):
         return [_strip_secrets(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
@@ -831,7 +866,7 @@ def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
     from appliance.preflight import preflight, token_counter_for
 
     problems, warnings = preflight(cfg, token_counter_for(cfg))  # what a session would render
-    problems = broken + problems
+    problems = broken + device_secret_problems(cfg) + problems
     return (None, problems) if problems else (cfg, cfg.warnings + warnings)
 
 
@@ -872,6 +907,77 @@ def resolve_models_dir(cfg: Config, env: Mapping[str, str] | None = None) -> Pat
 def secret_env_name(secret_id: str) -> str:
     """Where the device reads the platform secret `{secret_id: ...}`: APPLIANCE_SECRET_<ID>."""
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", secret_id).upper()
+
+
+def secret_variable_env_name(name: str) -> str:
+    """Where the device reads the dynamic variable `secret__x`: APPLIANCE_SECRET_X."""
+    return secret_env_name(name.removeprefix(dv.SECRET_PREFIX))
+
+
+def _header_variables(value: object) -> list[str]:
+    if isinstance(value, Mapping) and isinstance(value.get("variable_name"), str):
+        return [value["variable_name"]]
+    return dv.references(value) if isinstance(value, str) else []
+
+
+def _secret_variable_uses(config: Config) -> dict[str, str]:
+    """Every `secret__` variable the configuration names → where (a dotted path): the first
+    header that uses it, else where it is declared."""
+    agent = config.conversation_config.agent
+    uses: dict[str, str] = {}
+    custom = agent.prompt.custom_llm
+    for header, value in (custom.request_headers if custom is not None else {}).items():
+        for name in _header_variables(value):
+            uses.setdefault(name, f"conversation_config.agent.prompt.custom_llm.request_headers.{header}")
+    for i, tool in enumerate(config.appliance.tools):
+        for header, value in ((tool.api_schema.request_headers or {}) if tool.api_schema else {}).items():
+            for name in _header_variables(value):
+                uses.setdefault(name, f"appliance.tools[{i}].api_schema.request_headers.{header}")
+    placeholders = "conversation_config.agent.dynamic_variables.dynamic_variable_placeholders"
+    for name in agent.dynamic_variables.dynamic_variable_placeholders:
+        uses.setdefault(name, f"{placeholders}.{name}")
+    for i, word in enumerate(config.appliance.wake_words.words):
+        for name in word.dynamic_variables:
+            uses.setdefault(name, f"appliance.wake_words.words[{i}].dynamic_variables.{name}")
+    return {name: where for name, where in uses.items() if name.startswith(dv.SECRET_PREFIX)}
+
+
+def secret_variables(config: Config, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The `secret__` dynamic variables the configuration names, with their values from the
+    environment (`APPLIANCE_SECRET_<NAME>`, `secret__` removed) or systemd credentials; a variable
+    the device has no value for is left out."""
+    out: dict[str, str] = {}
+    for name in _secret_variable_uses(config):
+        value = read_secret(secret_variable_env_name(name), env)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def device_secret_problems(config: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """Secrets a tool header or the custom LLM's variable headers need and the device cannot
+    resolve: a `{secret_id}` header of a webhook tool, a `secret__` variable used in a header.
+    `check-config` and the start refuse them, so no call fails for a missing secret."""
+    problems: list[str] = []
+    assigned = {a.dynamic_variable for tool in config.appliance.tools for a in tool.assignments}
+    for name, where in _secret_variable_uses(config).items():
+        in_header = ".request_headers." in where and name not in assigned
+        if in_header and read_secret(secret_variable_env_name(name), env) is None:
+            problems.append(
+                f"{where}: the secret variable {name} has no value on the device (set "
+                f"{secret_variable_env_name(name)} in the environment or as a systemd credential)"
+            )
+    for i, tool in enumerate(config.appliance.tools):
+        for header, value in ((tool.api_schema.request_headers or {}) if tool.api_schema else {}).items():
+            if isinstance(value, Mapping) and isinstance(value.get("secret_id"), str):
+                name = secret_env_name(value["secret_id"])
+                if read_secret(name, env) is None:
+                    problems.append(
+                        f"appliance.tools[{i}].api_schema.request_headers.{header}: the platform secret "
+                        f"{show(value['secret_id'])} is not on the device (set {name} in the environment "
+                        "or as a systemd credential)"
+                    )
+    return problems
 
 
 def looks_secret(name: str) -> bool:
@@ -1010,14 +1116,12 @@ def register_config_secrets(config: Config, env: Mapping[str, str] | None = None
             for header, value in (tool.api_schema.request_headers or {}).items():
                 if isinstance(value, str) and looks_secret(header):
                     register_secret(value)
-    variables: list[Mapping[str, object]] = [
-        config.conversation_config.agent.dynamic_variables.dynamic_variable_placeholders,
-        *(word.dynamic_variables for word in config.appliance.wake_words.words),
-    ]
-    for mapping in variables:
-        for name, value in mapping.items():
-            if name.startswith("secret__") and isinstance(value, str):
-                register_secret(value)
+    for value in secret_variables(config, env).values():
+        register_secret(value)
+    for tool in config.appliance.tools:
+        for value in ((tool.api_schema.request_headers or {}) if tool.api_schema else {}).values():
+            if isinstance(value, Mapping) and isinstance(value.get("secret_id"), str):
+                register_secret(read_secret(secret_env_name(value["secret_id"]), env))
 
 
 def llm_summary(config: Config, env: Mapping[str, str] | None = None) -> list[str]:

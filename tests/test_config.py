@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -624,7 +625,6 @@ SECRET_LINE = (
         "appliance.remote.api_key",
         "appliance.remote.xi_api_key",
         "platform_settings.widget.token",
-        "conversation_config.agent.prompt.custom_llm.request_headers.xi-api-key",
         "appliance.local.llm.password",
         "appliance.Secret",
         "appliance.ApiKey",
@@ -641,12 +641,90 @@ def test_secret_in_a_list_and_secret_references() -> None:
     tools = [{**HOOK, "api_schema": {"url": "https://x.test", "request_headers": {"token": SECRET}}}]
     with pytest.raises(ConfigError) as exc:
         load({"appliance.tools": tools})
-    assert exc.value.problems == [f"appliance.tools[0].api_schema.request_headers.token: {SECRET_LINE}"]
+    assert exc.value.problems == [f"appliance.tools[0].api_schema.request_headers.token: {HEADER_LINE}"]
     assert SECRET not in str(exc.value)
     ref = {"url": "https://llm.test/v1", "api_key": {"secret_id": "abc"}}
     assert load(
         {"conversation_config.agent.prompt.custom_llm": ref}
     ).conversation_config.agent.prompt.custom_llm
+
+
+HEADER_LINE = (
+    "secrets are not read from the config file; use {secret_id: ID} (read from APPLIANCE_SECRET_<ID>) "
+    "or a {{secret__...}} variable"
+)
+PH = "conversation_config.agent.dynamic_variables.dynamic_variable_placeholders"
+LLM_HEADERS = "conversation_config.agent.prompt.custom_llm.request_headers"
+HOOK_HEADERS = "appliance.tools[0].api_schema.request_headers"
+
+
+def hook_with(headers: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**HOOK, "api_schema": {"url": "https://x.test", "request_headers": headers}}]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        # ordinary variables may have any name
+        ({PH: {"token": "abc", "api_key": "shown-to-the-llm", "password": ""}}, []),
+        ({"appliance.wake_words.words": [{"name": "alexa", "dynamic_variables": {"token": "t"}}]}, []),
+        # templates in headers are not secrets
+        ({"appliance.tools": hook_with({"api_key": "{{secret__x}}", "Authorization": "Bearer {{secret__x}}"})
+          }, []),
+        ({"appliance.tools": hook_with({"X-Device": "kiosk", "Accept": "application/json"})}, []),
+        # a real secret in a secret__ placeholder, a wake word or a credential header
+        ({PH: {"secret__x": SECRET}},
+         [f"{PH}.secret__x: secret__ values are not read from the config file; set APPLIANCE_SECRET_X in "
+          "the environment or as a systemd credential"]),
+        ({"appliance.wake_words.words": [{"name": "alexa",
+                                          "dynamic_variables": {"secret__user-token": SECRET}}]},
+         ["appliance.wake_words.words[0].dynamic_variables.secret__user-token: secret__ values are not read "
+          "from the config file; set APPLIANCE_SECRET_USER_TOKEN in the environment or as a systemd "
+          "credential"]),
+        ({"appliance.tools": hook_with({"Authorization": f"Bearer {SECRET}"})},
+         [f"{HOOK_HEADERS}.Authorization: {HEADER_LINE}"]),
+        ({f"{LLM_HEADERS}.xi-api-key": SECRET, "conversation_config.agent.prompt.custom_llm.url": "https://l.test"},
+         [f"{LLM_HEADERS}.xi-api-key: {HEADER_LINE}"]),
+    ],
+)  # fmt: skip
+def test_secrets_are_detected_only_where_credentials_live(
+    settings: dict[str, Any], expected: list[str]
+) -> None:
+    if not expected:
+        load(settings)
+        return
+    assert problems(settings) == expected
+    assert all(SECRET not in line for line in expected)
+
+
+def test_device_secrets_come_from_the_environment_and_unresolved_ones_fail_check_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.config import device_secret_problems, secret_variables
+
+    headers = {"X-Key": {"secret_id": "weather-key"}, "Authorization": "Bearer {{secret__token}}"}
+    settings = {"appliance.tools": hook_with(headers), PH: {"secret__token": "", "secret__unused": ""}}
+    cfg = load(settings)
+    assert device_secret_problems(cfg, {}) == [
+        f"{HOOK_HEADERS}.Authorization: the secret variable secret__token has no value on the device (set "
+        "APPLIANCE_SECRET_TOKEN in the environment or as a systemd credential)",
+        f"{HOOK_HEADERS}.X-Key: the platform secret 'weather-key' is not on the device (set "
+        "APPLIANCE_SECRET_WEATHER_KEY in the environment or as a systemd credential)",
+    ]
+    (tmp_path / "appliance_secret_weather_key").write_text("wk-123456\n")
+    env = {"APPLIANCE_SECRET_TOKEN": "tok-abcdef", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert device_secret_problems(cfg, env) == []
+    assert secret_variables(cfg, env) == {"secret__token": "tok-abcdef"}
+    path = tmp_path / "c.yaml"
+    path.write_text(build(settings))
+    monkeypatch.delenv("APPLIANCE_SECRET_TOKEN", raising=False)
+    monkeypatch.delenv("APPLIANCE_SECRET_WEATHER_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    checked, lines = check_config(path)
+    assert checked is None and any("secret__token has no value" in line for line in lines)
+    monkeypatch.setenv("APPLIANCE_SECRET_TOKEN", "tok-abcdef")
+    monkeypatch.setenv("APPLIANCE_SECRET_WEATHER_KEY", "wk-123456")
+    assert check_config(path)[0] is not None
 
 
 def test_read_secret_from_env_then_credentials_directory(tmp_path: Path) -> None:
@@ -890,3 +968,75 @@ def test_json_brackets_in_strings_do_not_count_as_nesting() -> None:
     text = '{"appliance": {"custom_llm_extra_body": {"s": "[[[[{{{{", "x": ' + "[" * 97 + "]" * 97 + "}}}"
     body = load_config_text(text, "ok.json").appliance.custom_llm_extra_body
     assert body["s"] == "[[[[{{{{" and len(body["x"]) == 1
+
+
+# --- a rich platform export (JSON, tab-indented): loads, with exactly these warnings -------------
+
+RICH_WARNINGS = [
+    f"agent_id: {CLOUD_ONLY}",
+    f"name: {CLOUD_ONLY}",
+    f"tags: {CLOUD_ONLY}",
+    f"metadata: {CLOUD_ONLY}",
+    f"workflow: {CLOUD_ONLY}",
+    f"access_info: {CLOUD_ONLY}",
+    f"conversation_config.vad: {CLOUD_ONLY}",
+    f"conversation_config.asr.quality: {CLOUD_ONLY}",
+    f"conversation_config.asr.provider: {CLOUD_ONLY}",
+    f"conversation_config.asr.keywords: {CLOUD_ONLY}",
+    f"conversation_config.turn.mode: {CLOUD_ONLY}",
+    f"conversation_config.tts.model_id: {CLOUD_ONLY}",
+    f"conversation_config.tts.optimize_streaming_latency: {CLOUD_ONLY}",
+    f"conversation_config.tts.stability: {CLOUD_ONLY}",
+    f"conversation_config.tts.similarity_boost: {CLOUD_ONLY}",
+    f"conversation_config.tts.supported_voices[1].model_family: {CLOUD_ONLY}",
+    f"conversation_config.tts.supported_voices[1].stability: {CLOUD_ONLY}",
+    f"conversation_config.agent.prompt.knowledge_base: {CLOUD_ONLY}",
+    f"conversation_config.agent.prompt.ignore_default_personality: {CLOUD_ONLY}",
+    f"conversation_config.agent.prompt.rag: {CLOUD_ONLY}",
+    "conversation_config.conversation.client_events[6]: 'agent_response_metadata' is not known "
+    "to this device; ignored",
+    "conversation_config.tts.supported_voices[1].label: 'Old Man' has a space; the device's "
+    "voice tags are single words, so its text is spoken in the default voice",
+    "conversation_config.agent.prompt.built_in_tools.transfer_to_agent: cloud-only tool, "
+    "ignored on the device",
+    "conversation_config.agent.prompt.built_in_tools.transfer_to_number: cloud-only tool, "
+    "ignored on the device",
+    "conversation_config.agent.prompt.built_in_tools.play_keypad_touch_tone: cloud-only tool, "
+    "ignored on the device",
+    "conversation_config.agent.prompt.built_in_tools.voicemail_detection: cloud-only tool, "
+    "ignored on the device",
+    "conversation_config.tts.voice_id: unknown local voice 'cjVigY5qzO86Huf0OWal'; the default "
+    "voice 'joe' is used",
+    "conversation_config.tts.supported_voices[0].voice_id: unknown local voice "
+    "'JBFqnCBsd6RMkjVDRZzb'; the default voice 'joe' is used",
+    "conversation_config.tts.supported_voices[1].voice_id: unknown local voice "
+    "'pqHfZKP75CvOlQylNhV4'; the default voice 'joe' is used",
+    "conversation_config.language_presets.de.overrides.tts.voice_id: unknown local voice "
+    "'v3V1d2rk6528UrLKRuy8'; the default voice 'joe' is used",
+    f"platform_settings.auth: {CLOUD_ONLY}",
+    f"platform_settings.evaluation: {CLOUD_ONLY}",
+    f"platform_settings.widget: {CLOUD_ONLY}",
+    f"platform_settings.data_collection: {CLOUD_ONLY}",
+    f"platform_settings.call_limits: {CLOUD_ONLY}",
+    f"platform_settings.workspace_overrides: {CLOUD_ONLY}",
+    f"platform_settings.testing: {CLOUD_ONLY}",
+    f"platform_settings.archived: {CLOUD_ONLY}",
+    f"platform_settings.safety: {CLOUD_ONLY}",
+]
+
+
+def test_a_rich_json_export_loads_with_the_expected_warnings(tmp_path: Path) -> None:
+    path = FIXTURES / "elevenlabs_export_rich.json"
+    assert "\t\t" in path.read_text() and "\\ud83d\\ude00" in path.read_text()
+    cfg, warnings = check_config(path)
+    assert cfg is not None, warnings
+    assert warnings == RICH_WARNINGS
+    cc = cfg.conversation_config
+    assert cc.turn.turn_timeout == 10.0 and cc.agent.prompt.temperature == 1e-05
+    assert cc.language_presets["de"].overrides.agent is not None
+    assert cc.language_presets["de"].overrides.agent.first_message == "Hallo! Wie kann ich helfen? \U0001f600"
+    assert [v.label for v in cc.tts.supported_voices] == ["Narrator", "Old Man"]
+    # the same export as YAML loads the same way
+    as_yaml = tmp_path / "export.yaml"
+    as_yaml.write_text(yaml.safe_dump(json.loads(path.read_text()), allow_unicode=True, sort_keys=False))
+    assert check_config(as_yaml)[1] == RICH_WARNINGS

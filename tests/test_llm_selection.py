@@ -283,10 +283,11 @@ def test_config_load_registers_every_key_in_local_mode(
     monkeypatch.setenv("ELEVENLABS_API_KEY", eleven)
     monkeypatch.setenv("APPLIANCE_LLM_API_KEY", llm_key)
     monkeypatch.setenv("APPLIANCE_SECRET_HDR", header)
+    monkeypatch.setenv("APPLIANCE_SECRET_TOKEN", variable)  # the value of secret__token
     custom = {"request_headers": {"X-Token": {"secret_id": "hdr"}}}
     doc = document("custom-llm", url=f"http://bob:{password}@127.0.0.1:9/v1", custom=custom)
     doc["conversation_config"]["agent"]["dynamic_variables"] = {
-        "dynamic_variable_placeholders": {"secret__token": variable}
+        "dynamic_variable_placeholders": {"secret__token": ""}
     }
     cfg = load(doc)
     assert cfg.appliance.mode == "local"

@@ -26,8 +26,10 @@ from appliance.config import (
     Config,
     CustomLlmAccess,
     custom_llm_access,
+    device_secret_problems,
     llm_summary,
     resolve_models_dir,
+    secret_variables,
 )
 from appliance.core import variables as dv
 from appliance.core.conversation import ConversationSettings
@@ -224,6 +226,7 @@ def session_variables(
         agent_id=config.appliance.remote.agent_id or LOCAL_AGENT_ID,
         call_duration_secs=0.0,
     )
+    per_wake.update(secret_variables(config))  # secret__ values come from the environment only
     merged = dv.merge_variables(dict(agent.dynamic_variables.dynamic_variable_placeholders), per_wake, system)
     for name in dv.secret_names(merged):
         value = merged[name]
@@ -322,6 +325,8 @@ def local_session_factory(
         DeviceToolRunner(device_tools, {}, events=events, clock=clock)
     except ToolSetupError as err:
         raise ConfigError([str(err)], source=config.source) from err
+    if missing := device_secret_problems(config):  # at the start, never at a call
+        raise ConfigError(missing, source=config.source)
 
     def make(wake_word: str) -> AgentSession:
         conversation_id = f"local_{os.urandom(8).hex()}"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from appliance import __version__
-from appliance.config import Config, read_secret
+from appliance.config import Config, device_secret_problems, read_secret, secret_variables
 from appliance.core import variables as dv
 from appliance.core.elevenlabs_protocol import InitiationData, permitted_overrides
 from appliance.core.playout import Backoff
@@ -67,7 +67,7 @@ def dynamic_variables(config: Config, wake_word: str, device_name: str) -> dict[
         if word.name == wake_word:
             per_wake = dict(word.dynamic_variables)
     device: dict[str, dv.VariableValue] = {"device_name": device_name, "device_wake_word": wake_word}
-    merged = {**device, **placeholders, **per_wake}
+    merged = {**device, **placeholders, **per_wake, **secret_variables(config)}
     for name in dv.secret_names(merged):
         value = merged[name]
         if isinstance(value, str):
@@ -166,6 +166,8 @@ def remote_session_factory(
         DeviceToolRunner(device_tools, {}, events=events, clock=clock)
     except ToolSetupError as err:
         raise ConfigError([str(err)], source=config.source) from err
+    if missing := device_secret_problems(config):  # at the start, never at a call
+        raise ConfigError(missing, source=config.source)
     permissions = config.platform_settings.overrides.conversation_config_override.model_dump()
     _, dropped = permitted_overrides(override_candidates(config), permissions)
     if dropped:

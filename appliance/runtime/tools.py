@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from appliance.config import DeviceTool
+from appliance.config import DeviceTool, read_secret, secret_env_name
 from appliance.core import variables as dv
 from appliance.core.conversation import ToolCall
 from appliance.logs import redact, redact_value
@@ -198,10 +198,13 @@ class DeviceToolRunner:
                     raise dv.MissingVariableError(var, f"the header '{name}'")
                 headers[name] = dv.format_value(self._variables[var])
             elif isinstance(value, Mapping) and value.get("secret_id"):
-                raise ToolSetupError(
-                    f"header '{name}' uses a platform secret ({{secret_id}}), which exists only in the "
-                    "cloud; on the device use {variable_name: secret__...} with the value in the environment"
-                )
+                env_name = secret_env_name(str(value["secret_id"]))
+                secret = read_secret(env_name)
+                if secret is None:  # refused by check-config and at the start; gone since?
+                    raise ToolSetupError(
+                        f"header '{name}': the platform secret is not on the device (set {env_name})"
+                    )
+                headers[name] = secret
             else:
                 headers[name] = dv.render(
                     str(value), self._variables, allow_secrets=True, where=f"the header '{name}'"

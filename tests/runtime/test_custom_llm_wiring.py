@@ -94,9 +94,7 @@ def custom_config(url: str, **custom: Any) -> Config:
                     "llm": "custom-llm",
                     "custom_llm": {"url": url, "model_id": "scripted-model", **custom},
                 },
-                "dynamic_variables": {
-                    "dynamic_variable_placeholders": {"secret__user_token": "ut-placeholder"}
-                },
+                "dynamic_variables": {"dynamic_variable_placeholders": {"secret__user_token": ""}},
             },
             "turn": {"soft_timeout_config": {"timeout_seconds": -1}},
         },
@@ -104,7 +102,7 @@ def custom_config(url: str, **custom: Any) -> Config:
             "wake_words": {
                 "words": [
                     {"name": "hey_jarvis"},
-                    {"name": "alexa", "dynamic_variables": {"secret__user_token": "ut-alexa-9876"}},
+                    {"name": "alexa"},
                 ]
             }
         },
@@ -162,6 +160,7 @@ def test_the_custom_llm_gets_the_key_the_headers_and_one_conversation_id(
 ) -> None:
     monkeypatch.setenv("APPLIANCE_LLM_API_KEY", "sk-wired-0123456789")
     monkeypatch.setenv("APPLIANCE_SECRET_ORG_TOKEN", "org-secret-4242")
+    monkeypatch.setenv("APPLIANCE_SECRET_USER_TOKEN", "ut-env-9876")  # secret__user_token
     headers = {
         "X-Org": "acme",
         "X-Org-Token": {"secret_id": "org-token"},
@@ -181,7 +180,7 @@ def test_the_custom_llm_gets_the_key_the_headers_and_one_conversation_id(
     assert chat.headers["authorization"] == "Bearer sk-wired-0123456789"
     assert chat.headers["x-org"] == "acme"
     assert chat.headers["x-org-token"] == "org-secret-4242"
-    assert chat.headers["x-user-token"] == "ut-alexa-9876"  # this wake word's value of the variable
+    assert chat.headers["x-user-token"] == "ut-env-9876"  # from the environment, never the file
     assert chat.body["model"] == "scripted-model"
     # One conversation id: the prompt's system__conversation_id is the session's and the events'.
     system = chat.body["messages"][0]["content"]

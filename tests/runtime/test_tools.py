@@ -167,3 +167,22 @@ def test_webhook_unreachable_is_an_error_result() -> None:
     )
     result, is_error = run(r, "w")
     assert is_error and "error:" in result
+
+
+def test_webhook_secret_id_headers_come_from_the_environment(
+    http_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPLIANCE_SECRET_WEATHER_KEY", "wk-5be1c0ffee")
+    webhook = tool(
+        type="webhook",
+        name="weather",
+        api_schema={
+            "url": http_server + "/weather/x",
+            "request_headers": {"X-Key": {"secret_id": "weather-key"}},
+        },
+    )
+    r, _ = runner([webhook])
+    result, is_error = run(r, "weather")
+    assert not is_error, result
+    (req,) = _Recorder.seen
+    assert req["headers"]["X-Key"] == "wk-5be1c0ffee"
