@@ -45,22 +45,12 @@ from pydantic import (
 from appliance.agent_config import (
     CLOUD_ONLY,
     Assignment,
-    Bool,
     ClientEvent,
     ConversationConfig,
-    Int,
-    Num,
     PlatformSettings,
-    Text,
     VariableMap,
     agent_warnings,
-    between,
     cloud_only_warnings,
-    fail,
-    matches,
-    problem_line,
-    show,
-    url_with,
 )
 from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
@@ -68,6 +58,18 @@ from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagern
 from appliance.core.wakeword import WakeWordRule
 from appliance.errors import ConfigError
 from appliance.logs import MASK, register_secret
+from appliance.validation import (
+    Bool,
+    Int,
+    Num,
+    Text,
+    between,
+    fail,
+    matches,
+    problem_line,
+    show,
+    url_with,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
