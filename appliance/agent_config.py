@@ -135,6 +135,8 @@ class Mirror(BaseModel):
 
 class AsrConfig(Mirror):
     user_input_audio_format: AudioFormat = "pcm_16000"
+    keywords: list[Annotated[str, length(1, 100)]] = []
+    """Words to boost (names, jargon): faster-whisper hot words on the device."""
 
 
 class SoftTimeoutConfig(Mirror):

@@ -57,6 +57,7 @@ from appliance.core.conversation import LLM_FAILURE_MESSAGES
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.wakeword import WakeWordRule
 from appliance.errors import ConfigError
+from appliance.field_support import ignored_field_warnings
 from appliance.logs import MASK, register_secret
 from appliance.validation import (
     Bool,
@@ -820,6 +821,10 @@ def load_config_text(
         warnings += agent_warnings(cc) + more_warnings
     if ps is not None:
         warnings += cloud_only_warnings(ps, "platform_settings")
+    if cc is not None and ps is not None and ap is not None and ap.mode != "remote":
+        warnings += ignored_field_warnings(cc, "conversation_config")
+        warnings += ignored_field_warnings(ps, "platform_settings")
+        warnings += ignored_field_warnings(ap.tools, "appliance.tools")
     if problems or cc is None or ps is None or ap is None:
         raise ConfigError(problems, source=source)
     config = Config(cc, ps, ap, warnings, source, base_dir)

@@ -58,9 +58,16 @@ FILLER_PROMPT = (
 )
 
 
+NO_RESPONSE_RESULT = "ok (the tool runs without sending a response)"
+
+
 class ToolRunner(Protocol):
     async def run(self, call: cv.ToolCall) -> tuple[str, bool]:
         """Run a device tool; the result text and whether it is an error."""
+        ...
+
+    def expects_response(self, name: str) -> bool:
+        """False for a client tool with `expects_response: false`: nobody waits for it."""
         ...
 
 
@@ -428,6 +435,12 @@ class LocalAgentSession:
     async def _tool(self, turn: int, call: cv.ToolCall) -> None:
         if self._d.tools is None:
             self._post(cv.ToolFinished(turn, call, f"error: no device tool '{call.name}'", True))
+            return
+        if not self._d.tools.expects_response(call.name):
+            # `expects_response: false`: the agent goes on at once; the tool runs to its own
+            # deadline (or the end of the turn), its result is logged and not sent back
+            self._post(cv.ToolFinished(turn, call, NO_RESPONSE_RESULT, False))
+            await self._d.tools.run(call)
             return
         result, is_error = await self._d.tools.run(call)
         self._post(cv.ToolFinished(turn, call, result, is_error))

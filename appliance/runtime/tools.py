@@ -116,6 +116,11 @@ class DeviceToolRunner:
         if any(tool.type != "client" for tool in tools):
             import httpx  # noqa: F401  (here, not at the first call: importing it blocks ~0.1-0.5 s)
 
+    def expects_response(self, name: str) -> bool:
+        """Webhook tools always answer; a client tool only with `expects_response: true`."""
+        tool = self._tools.get(name)
+        return tool is None or tool.type != "client" or tool.expects_response
+
     async def run(self, call: ToolCall) -> tuple[str, bool]:
         tool = self._tools.get(call.name)
         if tool is None:

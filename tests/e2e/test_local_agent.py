@@ -332,6 +332,7 @@ def test_device_tool_result_goes_back_to_the_llm(
             "description": "Battery level of the device",
             "handler": "appliance.testing.example_tools:get_battery",
             "parameters": {"type": "object", "properties": {"unit": {"type": "string"}}},
+            "expects_response": True,  # the platform's default (false) does not wait for the result
         }
     ]
     audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("How is the battery?"), silence(3.0))

@@ -300,3 +300,51 @@ def test_start_says_the_custom_llm_answers(caplog: pytest.LogCaptureFixture) -> 
     messages = [r.getMessage() for r in caplog.records]
     assert f"custom LLM: {server.url} answers (GET /models: 1 model(s))" in messages
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("expects_response", "sent_back"),
+    [(True, '"level": 87'), (False, "ok (the tool runs without sending a response)")],
+)
+def test_expects_response_false_does_not_wait_for_the_client_tool(
+    expects_response: bool, sent_back: str
+) -> None:
+    from appliance.testing.openai_server import tool_call_reply
+
+    tool = {
+        "type": "client",
+        "name": "get_battery",
+        "description": "Battery level",
+        "handler": "appliance.testing.example_tools:get_battery",
+        "expects_response": expects_response,
+    }
+    with ScriptedOpenAiServer([tool_call_reply("get_battery", {}), text_reply("Done.")]) as server:
+        doc_tools = [tool]
+        config = load_config_text(
+            yaml.safe_dump(
+                {
+                    "conversation_config": {
+                        "agent": {
+                            "first_message": "",
+                            "prompt": {
+                                "prompt": "You help.",
+                                "llm": "custom-llm",
+                                "custom_llm": {"url": server.url, "model_id": "m"},
+                            },
+                        },
+                        "turn": {"soft_timeout_config": {"timeout_seconds": -1}},
+                    },
+                    "appliance": {"tools": doc_tools},
+                }
+            ),
+            "test.yaml",
+            log_warnings=False,
+        )
+        access = custom_llm_access(config)
+        assert access is not None
+        llm = custom_llm_client(access, probe_timeout_s=3.0)
+        run_session(config, models_for(config, llm, access), "alexa")
+        chats = [r for r in server.requests if r.path == "/v1/chat/completions"]
+    assert len(chats) == 2
+    (tool_message,) = [m for m in chats[1].body["messages"] if m.get("role") == "tool"]
+    assert sent_back in tool_message["content"]
