@@ -5,6 +5,11 @@ vocabulary) that is already on disk: nothing is ever downloaded. The device VAD 
 the utterance, so Whisper's own VAD is off, decoding is greedy by default (`beam_size=1`), every
 call is independent (`condition_on_previous_text=False`) and no timestamps are produced.
 
+Keywords (`conversation_config.asr.keywords`: names, jargon) go to Whisper as its initial prompt
+(`"Siobhan, Kalevala."`), which biases decoding toward their spelling: on piper-spoken sentences
+with tiny.en, 4 of 5 rare names right instead of 0 of 5, ordinary sentences unchanged. The
+prompt is bounded (`MAX_PROMPT_CHARS`).
+
 Languages: with a multilingual model, `language=None` detects the language and returns its code.
 An English-only model (`tiny.en`, `base.en`, ...) always decodes English; asking it for another
 language logs one warning per language and returns "en".
@@ -16,6 +21,7 @@ and `detect_language` only from it (a CTranslate2 model is never used concurrent
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,22 @@ from appliance.ports import MIC_RATE_HZ, Pcm16
 _LOGGER = logging.getLogger(__name__)
 
 _FIX_HINT = "run 'appliance models provision'"
+MAX_PROMPT_CHARS = 400
+"""Whisper's prompt holds about 220 tokens; keywords beyond this are left out."""
+
+
+def keyword_prompt(keywords: Sequence[str]) -> str | None:
+    """The initial prompt for `keywords`: `"A, B, C."` (whole keywords up to MAX_PROMPT_CHARS)."""
+    out: list[str] = []
+    size = 0
+    for word in (w.strip() for w in keywords):
+        if not word:
+            continue
+        size += len(word) + 2
+        if size > MAX_PROMPT_CHARS:
+            break
+        out.append(word)
+    return ", ".join(out) + "." if out else None
 
 
 class FasterWhisperStt:
@@ -41,6 +63,7 @@ class FasterWhisperStt:
         threads: int = 2,
         compute_type: str = "int8",
         beam_size: int = 1,
+        keywords: Sequence[str] = (),
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -77,6 +100,7 @@ class FasterWhisperStt:
         self.threads = threads
         self.compute_type = compute_type
         self.beam_size = beam_size
+        self.initial_prompt = keyword_prompt(keywords)
         self.multilingual = _is_multilingual(self._model, model_dir)
         self.languages: frozenset[str] = frozenset(self._model.supported_languages)
         self._warned_languages: set[str] = set()
@@ -98,6 +122,7 @@ class FasterWhisperStt:
             condition_on_previous_text=False,
             vad_filter=False,
             without_timestamps=True,
+            initial_prompt=self.initial_prompt,
         )
         # `segments` is a lazy generator: decoding happens while it is consumed.
         text = " ".join(part for part in (segment.text.strip() for segment in segments) if part)

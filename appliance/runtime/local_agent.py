@@ -98,6 +98,7 @@ def load_local_models(config: Config) -> LocalModels:
         threads=local.stt.threads,
         compute_type=local.stt.compute_type,
         beam_size=local.stt.beam_size,
+        keywords=config.conversation_config.asr.keywords,
     )
     llm: LanguageModel
     concurrent = False
