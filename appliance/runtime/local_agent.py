@@ -336,8 +336,27 @@ def local_session_factory(
         session_options = dict(options)
         if variable_headers:
             session_options["headers"] = llm_headers(variable_headers, variables)
+        started = clock.now()
+
+        def fresh_system_variables(
+            conversation_id: str = conversation_id, started: float = started
+        ) -> dict[str, dv.VariableValue]:
+            return dict(
+                dv.system_variables(
+                    now_utc=now_utc(),
+                    timezone=config.conversation_config.agent.prompt.timezone,
+                    conversation_id=conversation_id,
+                    agent_id=config.appliance.remote.agent_id or LOCAL_AGENT_ID,
+                    call_duration_secs=clock.now() - started,
+                )
+            )
+
         runner = (
-            DeviceToolRunner(device_tools, variables, events=events, clock=clock) if device_tools else None
+            DeviceToolRunner(
+                device_tools, variables, events=events, clock=clock, refresh=fresh_system_variables
+            )
+            if device_tools
+            else None
         )
         deps = LocalAgentDeps(
             stt=models.stt,

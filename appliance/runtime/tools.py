@@ -103,7 +103,10 @@ class DeviceToolRunner:
         events: EventSink,
         clock: Clock,
         http: httpx.AsyncClient | None = None,
+        refresh: Callable[[], Mapping[str, dv.VariableValue]] | None = None,
     ) -> None:
+        self._refresh = refresh
+        """The variables updated at each call (`system__time`, `system__call_duration_secs`)."""
         self._tools = {t.name: t for t in tools}
         self._variables = variables
         self._events = events
@@ -126,6 +129,8 @@ class DeviceToolRunner:
         if tool is None:
             return f"error: unknown tool '{call.name}'", True
         timeout = float(tool.response_timeout_secs)
+        if self._refresh is not None:  # "updated at execution" (seed digest §5.1)
+            self._variables.update(self._refresh())
         try:
             if tool.type == "client":
                 result = await asyncio.wait_for(self._client(tool, call.arguments), timeout)

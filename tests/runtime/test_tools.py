@@ -186,3 +186,41 @@ def test_webhook_secret_id_headers_come_from_the_environment(
     assert not is_error, result
     (req,) = _Recorder.seen
     assert req["headers"]["X-Key"] == "wk-5be1c0ffee"
+
+
+def test_system_variables_are_fresh_at_each_call(http_server: str) -> None:
+    """`system__time` and `system__call_duration_secs` are "updated at execution": a webhook
+    parameter filled from them carries the value of the moment of the call."""
+    ticks = iter(range(1, 10))
+    variables: dict[str, Any] = {"system__call_duration_secs": "0", "system__time": "start"}
+
+    def refresh() -> dict[str, Any]:
+        n = next(ticks)
+        return {"system__call_duration_secs": str(n * 7), "system__time": f"2026-01-01T10:00:0{n}+00:00"}
+
+    webhook = tool(
+        type="webhook",
+        name="log",
+        api_schema={
+            "url": http_server + "/log",
+            "method": "POST",
+            "request_body_schema": {
+                "type": "object",
+                "properties": {
+                    "secs": {"type": "string", "dynamic_variable": "system__call_duration_secs"},
+                    "at": {"type": "string", "dynamic_variable": "system__time"},
+                },
+            },
+        },
+    )
+    events = EventLog(StreamClock())
+    r = DeviceToolRunner([webhook], variables, events=events, clock=StreamClock(), refresh=refresh)
+    for expected in (
+        {"secs": "7", "at": "2026-01-01T10:00:01+00:00"},
+        {"secs": "14", "at": "2026-01-01T10:00:02+00:00"},
+    ):
+        _Recorder.seen = []
+        result, is_error = run(r, "log")
+        assert not is_error, result
+        (req,) = _Recorder.seen
+        assert json.loads(req["body"]) == expected
