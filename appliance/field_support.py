@@ -87,16 +87,24 @@ FIELD_SUPPORT: dict[str, str] = {
         "ignored: platform tools live in the cloud; device tools go under appliance.tools"
     ),
     # conversation_config.language_presets
-    "conversation_config.language_presets.*.overrides.agent.first_message": f"ignored: {_LATER}",
+    "conversation_config.language_presets.*.overrides.agent.first_message": (
+        "honoured: the first message when the conversation starts in that language"
+    ),
     "conversation_config.language_presets.*.overrides.agent.language": "honoured: the preset's language",
-    "conversation_config.language_presets.*.overrides.agent.prompt.prompt": f"ignored: {_LATER}",
+    "conversation_config.language_presets.*.overrides.agent.prompt.prompt": (
+        "honoured: the system prompt in that language (at the start or after a switch)"
+    ),
     "conversation_config.language_presets.*.overrides.tts.voice_id": "honoured: the voice after a switch",
-    "conversation_config.language_presets.*.overrides.tts.speed": f"ignored: {_LATER}",
+    "conversation_config.language_presets.*.overrides.tts.speed": "honoured: the speed after a switch",
     "conversation_config.language_presets.*.overrides.conversation.text_only": (
         "ignored: the local agent is a voice agent"
     ),
-    "conversation_config.language_presets.*.first_message_translation.source_hash": f"ignored: {_LATER}",
-    "conversation_config.language_presets.*.first_message_translation.text": f"ignored: {_LATER}",
+    "conversation_config.language_presets.*.first_message_translation.source_hash": (
+        "honoured: a translation of another first message is not used"
+    ),
+    "conversation_config.language_presets.*.first_message_translation.text": (
+        "honoured: the first message in that language when the preset has none"
+    ),
     # platform_settings
     "platform_settings.privacy.record_voice": "honoured: device recordings",
     "platform_settings.privacy.retention_days": "honoured: device recordings",

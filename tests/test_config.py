@@ -1023,16 +1023,6 @@ RICH_WARNINGS = [
     f"platform_settings.safety: {CLOUD_ONLY}",
     "conversation_config.agent.prompt.tool_ids: ignored on the device: platform tools live in "
     "the cloud; device tools go under appliance.tools",
-    "conversation_config.language_presets.de.overrides.agent.first_message: ignored on the "
-    "device: not applied by the local agent yet",
-    "conversation_config.language_presets.de.overrides.agent.prompt.prompt: ignored on the "
-    "device: not applied by the local agent yet",
-    "conversation_config.language_presets.de.overrides.tts.speed: ignored on the device: not "
-    "applied by the local agent yet",
-    "conversation_config.language_presets.de.first_message_translation.source_hash: ignored on "
-    "the device: not applied by the local agent yet",
-    "conversation_config.language_presets.de.first_message_translation.text: ignored on the "
-    "device: not applied by the local agent yet",
 ]
 
 

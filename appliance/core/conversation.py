@@ -112,6 +112,9 @@ class ConversationSettings:
     llm_failure_messages: Mapping[str, str] = field(default_factory=lambda: dict(LLM_FAILURE_MESSAGES))
     """The apology spoken when the LLM fails, per language code (`en`, `de`, ...; `en` is the
     fallback for a language without one)."""
+    language_prompts: Mapping[str, str] = field(default_factory=dict)
+    """The system prompt per language (`language_presets.<lang>.overrides.agent.prompt.prompt`,
+    rendered): it replaces the prompt after `language_detection` switches to that language."""
     llm_retries: int = 1
     """Retries of a failed generation of which nothing was spoken yet."""
     llm_retry_window_s: float = 10.0
@@ -576,6 +579,9 @@ class ConversationMachine:
                 effects += self._system_tool(turn, call, "language_detection_success")
                 if language:
                     self.language = language
+                    prompt = _for_language(self.settings.language_prompts, language)
+                    if prompt is not None:
+                        self.history.system_prompt = prompt
                     effects.append(SwitchLanguage(language))
                     effects.append(Emit("language_switched", {"language": language}))
                 continue_generation = True
@@ -793,3 +799,12 @@ class ConversationMachine:
         # Finish what is being said (or about to be), then close.
         self._closing_reason = event.reason
         return []
+
+
+def _for_language(by_language: Mapping[str, str], language: str) -> str | None:
+    """The entry for `language` ("de-DE" falls back to "de"), or None."""
+    tag = language.strip().replace("_", "-")
+    for key in (tag, tag.lower(), tag.split("-")[0].lower()):
+        if key in by_language:
+            return by_language[key]
+    return None

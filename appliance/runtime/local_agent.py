@@ -13,6 +13,7 @@ says so with the cause and the device comes up anyway (conversations fail until 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -240,14 +241,25 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
     cc = config.conversation_config
     agent = cc.agent
     tools, system_names, device_names = agent_tools(config)
-    system_prompt = dv.render(agent.prompt.prompt or "", variables, where="the system prompt")
-    first_message = dv.render(agent.first_message or "", variables, where="the first message")
+    language = config.appliance.local.stt.language or agent.language
+    prompts = {lang: p for lang in cc.language_presets if (p := preset_prompt(config, lang))}
+    first = preset_first_message(config, language) or agent.first_message or ""
+    system_prompt = dv.render(
+        prompts.get(language, agent.prompt.prompt or ""), variables, where="the system prompt"
+    )
+    first_message = dv.render(first, variables, where="the first message")
     soft = cc.turn.soft_timeout_config
     voices = cc.tts.supported_voices
+    extra = ""
     if voices:  # the platform adds this block when voices are configured (seed digest §4.1)
-        system_prompt += "\n\n" + multivoice_prompt(voices)
+        extra += "\n\n" + multivoice_prompt(voices)
     if tools and config.llm_backend == "llama_cpp":
-        system_prompt += textual_tool_instructions(tools)
+        extra += textual_tool_instructions(tools)
+    system_prompt += extra
+    language_prompts = {
+        lang: dv.render(p, variables, where=f"the {lang} preset's prompt") + extra
+        for lang, p in prompts.items()
+    }
     return ConversationSettings(
         system_prompt=system_prompt,
         first_message=first_message,
@@ -260,13 +272,51 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
         disable_first_message_interruptions=agent.disable_first_message_interruptions,
         max_duration_s=float(cc.conversation.max_duration_seconds),
         history_budget_tokens=config.appliance.local.llm.history_tokens,
-        language=config.appliance.local.stt.language or agent.language,
+        language=language,
+        language_prompts=language_prompts,
         system_tool_names=system_names,
         device_tool_names=device_names,
         tools=tuple(tools),
         voice_labels=frozenset(v.label for v in voices),
         llm_failure_messages=config.appliance.local.llm_failure_messages(),
     )
+
+
+def preset_prompt(config: Config, language: str) -> str | None:
+    """`language_presets.<language>.overrides.agent.prompt.prompt`, or None."""
+    preset = config.conversation_config.language_presets.get(language)
+    agent = preset.overrides.agent if preset is not None else None
+    return (agent.prompt.prompt or None) if agent is not None and agent.prompt is not None else None
+
+
+def preset_first_message(config: Config, language: str) -> str | None:
+    """The first message in `language`: the preset's own, else the platform's translation of
+    the agent's first message (unless its `source_hash` says it was made from another text)."""
+    cc = config.conversation_config
+    preset = cc.language_presets.get(language)
+    if preset is None:
+        return None
+    if preset.overrides.agent is not None and preset.overrides.agent.first_message:
+        return preset.overrides.agent.first_message
+    translation = preset.first_message_translation
+    if translation is None or not translation.text:
+        return None
+    try:
+        source = json.loads(translation.source_hash) if translation.source_hash else {}
+    except ValueError:
+        source = {}
+    stale = (
+        isinstance(source, dict)
+        and source.get("firstMessage", cc.agent.first_message) != cc.agent.first_message
+    )
+    return None if stale else translation.text
+
+
+def preset_speed(config: Config, language: str) -> float | None:
+    """`language_presets.<language>.overrides.tts.speed`, or None."""
+    preset = config.conversation_config.language_presets.get(language)
+    tts = preset.overrides.tts if preset is not None else None
+    return tts.speed if tts is not None else None
 
 
 def llm_headers(variable_headers: dict[str, str], variables: dict[str, dv.VariableValue]) -> dict[str, str]:
@@ -317,6 +367,9 @@ def local_session_factory(
 
     def voice_for_language(language: str) -> str | None:
         return language_voice(config, language)
+
+    def speed_for_language(language: str) -> float | None:
+        return preset_speed(config, language)
 
     from appliance.runtime.tools import DeviceToolRunner, ToolSetupError
 
@@ -373,6 +426,7 @@ def local_session_factory(
             llm_options=session_options,
             concurrent_llm=models.concurrent_llm,
             voice_for_language=voice_for_language,
+            speed_for_language=speed_for_language,
             renderer=renderer,
             tools=runner,
             conversation_id=conversation_id,

@@ -89,6 +89,8 @@ class LocalAgentDeps:
     concurrent_llm: bool = False
     """True if the LLM can serve a filler request while a reply is generating."""
     voice_for_language: Callable[[str], str | None] | None = None
+    speed_for_language: Callable[[str], float | None] | None = None
+    """The language preset's `tts.speed` after a switch (None: keep the current speed)."""
     renderer: VoiceRenderer | None = None
     """Multi-voice labels, per-label speed, pronunciation dictionaries (None: one plain voice)."""
     stopwatch: Clock = field(default_factory=MonotonicClock)
@@ -114,6 +116,7 @@ class LocalAgentSession:
         self._d = deps
         self._machine = cv.ConversationMachine(settings)
         self._voice = deps.voice
+        self._speed = deps.speed
         self._labels = deps.renderer.label_names if deps.renderer is not None else frozenset()
         self._queue: asyncio.Queue[cv.ConversationEvent] = asyncio.Queue()
         self._closed: asyncio.Future[str] | None = None
@@ -271,6 +274,8 @@ class LocalAgentSession:
             case cv.SwitchLanguage(language=language):
                 if d.voice_for_language is not None:
                     self._voice = d.voice_for_language(language) or self._voice
+                if d.speed_for_language is not None:
+                    self._speed = d.speed_for_language(language) or d.speed
             case cv.ArmTimer(name=name, deadline=deadline):
                 d.timers.arm(self._key + name, deadline, functools.partial(self._post, cv.TimerFired(name)))
             case cv.CancelTimer(name=name):
@@ -308,10 +313,10 @@ class LocalAgentSession:
         renderer = self._d.renderer
         if renderer is None:
             return await loop.run_in_executor(
-                self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._d.speed
+                self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._speed
             )
         return await loop.run_in_executor(
-            self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._d.speed
+            self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._speed
         )
 
     def _say(self, turn: int, text: str, origin: str) -> None:

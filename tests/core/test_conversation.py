@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from appliance.core import conversation as cv
 from appliance.core.conversation import ConversationMachine, ConversationSettings, OutputKind
 
@@ -303,6 +305,27 @@ def test_language_detection_switches_and_continues() -> None:
     m.handle(cv.OutputFinished(turn, "¡Claro!"), 4.0)
     effects = m.handle(cv.UserUtterance(b"", 1.0), 6.0)
     assert of(effects, cv.Transcribe)[0].language == "es"
+
+
+@pytest.mark.parametrize(
+    ("switch_to", "prompt"),
+    [
+        ("de", "Du bist ein Küchenhelfer."),
+        ("de-DE", "Du bist ein Küchenhelfer."),  # a regional tag uses the language's preset
+        ("fr", "You help in the kitchen."),  # no preset prompt: the agent's prompt stays
+    ],
+)
+def test_a_language_switch_uses_the_presets_prompt(switch_to: str, prompt: str) -> None:
+    m = machine(
+        system_prompt="You help in the kitchen.", language_prompts={"de": "Du bist ein Küchenhelfer."}
+    )
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Sprechen Sie Deutsch?")
+    effects = m.handle(
+        cv.ReplyGenerated(turn, "", (call("language_detection", reason="asked", language=switch_to),)), 3.0
+    )
+    (request,) = of(effects, cv.GenerateReply)
+    assert request.messages[0] == {"role": "system", "content": prompt}
 
 
 def test_device_tool_round_trip() -> None:

@@ -348,3 +348,49 @@ def test_expects_response_false_does_not_wait_for_the_client_tool(
     assert len(chats) == 2
     (tool_message,) = [m for m in chats[1].body["messages"] if m.get("role") == "tool"]
     assert sent_back in tool_message["content"]
+
+
+class SpeedTts:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def synthesize(self, text: str, voice: str, speed: float) -> tuple[Pcm16, int]:
+        self.calls.append((text, speed))
+        return np.zeros(160 * len(text.split()), dtype=np.int16), 16000
+
+
+def test_after_a_language_switch_the_presets_speed_and_prompt_apply() -> None:
+    from appliance.testing.openai_server import tool_call_reply
+
+    preset = {"overrides": {"agent": {"prompt": {"prompt": "Du hilfst."}}, "tts": {"speed": 1.15}}}
+    script = [
+        tool_call_reply("language_detection", {"reason": "asked", "language": "de"}),
+        text_reply("Gerne."),
+    ]
+    with ScriptedOpenAiServer(script) as server:
+        doc = {
+            "conversation_config": {
+                "agent": {
+                    "first_message": "",
+                    "prompt": {
+                        "prompt": "You help.",
+                        "llm": "custom-llm",
+                        "custom_llm": {"url": server.url, "model_id": "m"},
+                        "built_in_tools": {"language_detection": {}},
+                    },
+                },
+                "tts": {"speed": 0.9},
+                "turn": {"soft_timeout_config": {"timeout_seconds": -1}},
+                "language_presets": {"de": preset},
+            },
+        }
+        config = load_config_text(yaml.safe_dump(doc), "test.yaml", log_warnings=False)
+        access = custom_llm_access(config)
+        assert access is not None
+        models = models_for(config, custom_llm_client(access, probe_timeout_s=3.0), access)
+        tts = SpeedTts()
+        models.tts = tts
+        run_session(config, models, "alexa")
+        chats = [r for r in server.requests if r.path == "/v1/chat/completions"]
+    assert [c.body["messages"][0]["content"] for c in chats] == ["You help.", "Du hilfst."]
+    assert tts.calls == [("Gerne.", 1.15)]
