@@ -78,8 +78,12 @@ FIELD_SUPPORT: dict[str, str] = {
         f"ignored: {_SYSTEM_RUN}"
     ),
     "conversation_config.agent.prompt.built_in_tools.*.assignments[].value_path": f"ignored: {_SYSTEM_RUN}",
-    "conversation_config.agent.prompt.built_in_tools.*.disable_interruptions": f"ignored: {_LATER}",
-    "conversation_config.agent.prompt.built_in_tools.*.force_pre_tool_speech": f"ignored: {_LATER}",
+    "conversation_config.agent.prompt.built_in_tools.*.disable_interruptions": (
+        "honoured: the turn that calls it cannot be interrupted"
+    ),
+    "conversation_config.agent.prompt.built_in_tools.*.force_pre_tool_speech": (
+        "honoured: the LLM is told to speak before calling it"
+    ),
     "conversation_config.agent.prompt.tools": (
         "ignored: deprecated by ElevenLabs; device tools go under appliance.tools"
     ),
@@ -140,8 +144,8 @@ FIELD_SUPPORT: dict[str, str] = {
     "appliance.tools[].name": "honoured",
     "appliance.tools[].description": "honoured",
     "appliance.tools[].response_timeout_secs": "honoured: one deadline per call",
-    "appliance.tools[].disable_interruptions": f"ignored: {_LATER}",
-    "appliance.tools[].force_pre_tool_speech": f"ignored: {_LATER}",
+    "appliance.tools[].disable_interruptions": "honoured: the turn that calls it cannot be interrupted",
+    "appliance.tools[].force_pre_tool_speech": "honoured: the LLM is told to speak before calling it",
     "appliance.tools[].assignments[].source": "honoured",
     "appliance.tools[].assignments[].dynamic_variable": "honoured",
     "appliance.tools[].assignments[].value_path": "honoured",

@@ -112,6 +112,9 @@ class ConversationSettings:
     llm_failure_messages: Mapping[str, str] = field(default_factory=lambda: dict(LLM_FAILURE_MESSAGES))
     """The apology spoken when the LLM fails, per language code (`en`, `de`, ...; `en` is the
     fallback for a language without one)."""
+    uninterruptible_tools: frozenset[str] = frozenset()
+    """Tools with `disable_interruptions`: once the LLM calls one, the rest of the turn (the
+    tool and the reply after it) cannot be interrupted."""
     language_prompts: Mapping[str, str] = field(default_factory=dict)
     """The system prompt per language (`language_presets.<lang>.overrides.agent.prompt.prompt`,
     rendered): it replaces the prompt after `language_detection` switches to that language."""
@@ -556,6 +559,8 @@ class ConversationMachine:
             self.history.add_agent(text, t=self._t(now))
         continue_generation = False
         for call in event.tool_calls:
+            if call.name in self.settings.uninterruptible_tools:
+                turn.interruptible = False
             tool_type = "system" if call.name in self.settings.system_tool_names else "client"
             self.history.add_tool_call(
                 call.id, call.name, call.raw_arguments or json.dumps(call.arguments), tool_type=tool_type

@@ -210,7 +210,25 @@ def agent_tools(config: Config) -> tuple[list[dict[str, Any]], frozenset[str], f
         device.append(webhook_tool_schema(raw) if tool.type == "webhook" else client_tool_schema(raw))
     system_names = frozenset(s["function"]["name"] for s in schemas)
     device_names = frozenset(t.name for t in config.appliance.tools)
+    pre_speech = {t.name for t in prompt.built_in_tools.enabled().values() if t.force_pre_tool_speech}
+    pre_speech |= {t.name for t in config.appliance.tools if t.force_pre_tool_speech}
+    for schema in [*schemas, *device]:  # force_pre_tool_speech: the platform asks the LLM to talk first
+        function = schema["function"]
+        if function["name"] in pre_speech:
+            function["description"] = f"{function.get('description', '')} {PRE_TOOL_SPEECH}".strip()
     return [*schemas, *device], system_names, device_names
+
+
+PRE_TOOL_SPEECH = "Before calling this tool, always tell the user in a few words what you are about to do."
+
+
+def uninterruptible_tools(config: Config) -> frozenset[str]:
+    """Tools with `disable_interruptions`: system tools by name, and device tools."""
+    built_in = config.conversation_config.agent.prompt.built_in_tools.enabled().values()
+    return frozenset(
+        [t.name for t in built_in if t.disable_interruptions]
+        + [t.name for t in config.appliance.tools if t.disable_interruptions]
+    )
 
 
 def session_variables(
@@ -274,6 +292,7 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
         history_budget_tokens=config.appliance.local.llm.history_tokens,
         language=language,
         language_prompts=language_prompts,
+        uninterruptible_tools=uninterruptible_tools(config),
         system_tool_names=system_names,
         device_tool_names=device_names,
         tools=tuple(tools),

@@ -341,6 +341,27 @@ def test_device_tool_round_trip() -> None:
     assert gen.messages[-1] == {"role": "tool", "tool_call_id": "call_get_weather", "content": '{"temp": 21}'}
 
 
+@pytest.mark.parametrize(
+    ("uninterruptible", "barge_in_cancels"),
+    [(frozenset(), True), (frozenset({"get_weather"}), False)],
+)
+def test_disable_interruptions_of_a_tool_protects_the_rest_of_its_turn(
+    uninterruptible: frozenset[str], barge_in_cancels: bool
+) -> None:
+    m = machine(device_tool_names=frozenset({"get_weather"}), uninterruptible_tools=uninterruptible)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Weather in Paris?")
+    c = call("get_weather", city="Paris")
+    m.handle(cv.ReplyGenerated(turn, "", (c,)), 3.0)
+    assert bool(of(m.handle(cv.UserSpeechStarted(), 3.2), cv.CancelOutput)) is barge_in_cancels
+    if barge_in_cancels:
+        return
+    m.handle(cv.ToolFinished(turn, c, '{"temp": 21}'), 3.5)
+    reply(m, turn, 4.0, "It is 21 degrees.")
+    m.handle(cv.OutputStarted(turn), 4.1)
+    assert not of(m.handle(cv.UserSpeechStarted(), 4.5), cv.CancelOutput)  # the reply plays on
+
+
 def test_failure_ends_with_error() -> None:
     m = machine()
     m.handle(cv.Started(), 0.0)
