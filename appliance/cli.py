@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     send = sub.add_parser(
         "send",
         help="send a command to the running appliance (push_to_talk, stop, mute, unmute, volume V, "
-        "contextual_update TEXT, user_message TEXT, status)",
+        "contextual_update TEXT, user_message TEXT, user_activity, feedback like|dislike, status)",
     )
     send.add_argument("cmd", metavar="COMMAND")
     send.add_argument("args", nargs="*", metavar="ARG")

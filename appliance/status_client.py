@@ -85,6 +85,10 @@ def command_line(command: str, args: Sequence[str]) -> dict[str, Any]:
         return message
     if command == "volume":
         message["value"] = float(args[0])
+    elif command == "feedback":
+        if args[0] not in ("like", "dislike") or len(args) > 1:
+            raise ValueError("give like or dislike")
+        message["score"] = args[0]
     else:
         message["text"] = " ".join(args)
     return message

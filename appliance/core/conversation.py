@@ -225,6 +225,19 @@ class ContextAdded:
     text: str
 
 
+@dataclass(frozen=True)
+class UserActivity:
+    """The user is there (`appliance send user_activity`): a listening agent's turn timeout
+    starts again, so it does not re-prompt someone who is, say, reading."""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The user's like / dislike of the conversation, recorded as a `feedback` event."""
+
+    like: bool
+
+
 ConversationEvent = (
     Started
     | UserSpeechStarted
@@ -240,6 +253,8 @@ ConversationEvent = (
     | WorkFailed
     | UserText
     | ContextAdded
+    | UserActivity
+    | Feedback
 )
 
 
@@ -440,6 +455,12 @@ class ConversationMachine:
             case ContextAdded():
                 self.history.add_context(event.text, t=self._t(now))
                 return [Emit("contextual_update", {"text": event.text})]
+            case UserActivity():
+                if self.phase is not Phase.LISTENING:
+                    return []  # no turn timeout runs while the agent works or speaks
+                return [ArmTimer(TURN_TIMEOUT, now + self.settings.turn_timeout_s)]
+            case Feedback():
+                return [Emit("feedback", {"score": "like" if event.like else "dislike"})]
             case _:
                 assert_never(event)
 

@@ -173,6 +173,15 @@ class Controls:
     async def _cmd_user_message(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._send("send_user_message", args)
 
+    async def _cmd_user_activity(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("send_user_activity")
+
+    async def _cmd_feedback(self, args: dict[str, Any]) -> dict[str, Any]:
+        score = args.get("score", args.get("text"))
+        if score not in ("like", "dislike"):
+            raise CommandError('give the score: {"score": "like"} or {"score": "dislike"}')
+        return await self._call("send_feedback", score == "like")
+
     # ------------------------------------------------------------ helpers
     @property
     def volume(self) -> float | None:
@@ -200,6 +209,18 @@ class Controls:
         if fn is None:
             raise CommandError(f"this agent does not take {method.removeprefix('send_')} messages")
         result = fn(text)
+        if inspect.isawaitable(result):
+            result = await result
+        return {"accepted": result} if isinstance(result, bool) else {}
+
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
+        session = self._session()
+        if session is None:
+            raise CommandError("no conversation is running (push_to_talk starts one)")
+        fn = getattr(session, method, None)
+        if fn is None:
+            raise CommandError(f"this agent does not take {method.removeprefix('send_')} messages")
+        result = fn(*args)
         if inspect.isawaitable(result):
             result = await result
         return {"accepted": result} if isinstance(result, bool) else {}
@@ -237,4 +258,6 @@ COMMANDS = (
     "volume",
     "contextual_update",
     "user_message",
+    "user_activity",
+    "feedback",
 )

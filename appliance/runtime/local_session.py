@@ -199,6 +199,16 @@ class LocalAgentSession:
         self._post(cv.UserText(text))
         return True
 
+    async def send_user_activity(self) -> bool:
+        """The user is there: the turn timeout starts again."""
+        self._post(cv.UserActivity())
+        return True
+
+    async def send_feedback(self, like: bool) -> bool:
+        """Recorded as a `feedback` event (the platform's like / dislike)."""
+        self._post(cv.Feedback(like))
+        return True
+
     async def closed(self) -> str:
         if self._closed is None:
             raise RuntimeError("session not started")

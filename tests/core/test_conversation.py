@@ -362,6 +362,21 @@ def test_disable_interruptions_of_a_tool_protects_the_rest_of_its_turn(
     assert not of(m.handle(cv.UserSpeechStarted(), 4.5), cv.CancelOutput)  # the reply plays on
 
 
+def test_user_activity_restarts_the_turn_timeout_only_while_listening() -> None:
+    m = machine(turn_timeout_s=7.0)
+    m.handle(cv.Started(), 0.0)  # no first message: listening, the turn timeout armed
+    assert m.handle(cv.UserActivity(), 5.0) == [cv.ArmTimer(cv.TURN_TIMEOUT, 12.0)]
+    ask(m, 6.0)
+    assert m.handle(cv.UserActivity(), 6.5) == []  # the agent is working on a reply
+
+
+@pytest.mark.parametrize(("like", "score"), [(True, "like"), (False, "dislike")])
+def test_feedback_is_recorded_as_an_event(like: bool, score: str) -> None:
+    m = machine()
+    m.handle(cv.Started(), 0.0)
+    assert m.handle(cv.Feedback(like), 1.0) == [cv.Emit("feedback", {"score": score})]
+
+
 def test_failure_ends_with_error() -> None:
     m = machine()
     m.handle(cv.Started(), 0.0)

@@ -293,3 +293,47 @@ def test_muted_microphone_delivers_silence_and_the_stream_survives_a_stopped_con
 
     # block 1, then block 2 silenced, then blocks 3 and 4: nothing lost, nothing repeated
     assert asyncio.run(main()) == [[1], [0], [3], [4]]
+
+
+class ActiveSession(FakeSession):
+    async def send_user_activity(self) -> bool:
+        self.calls.append(("user_activity", ""))
+        return True
+
+    async def send_feedback(self, like: bool) -> bool:
+        self.calls.append(("feedback", "like" if like else "dislike"))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "call"),
+    [
+        ("user_activity", {}, ("user_activity", "")),
+        ("feedback", {"score": "like"}, ("feedback", "like")),
+        ("feedback", {"text": "dislike"}, ("feedback", "dislike")),  # the plain-text form
+    ],
+)
+def test_user_activity_and_feedback(command: str, args: dict[str, Any], call: tuple[str, str]) -> None:
+    async def main() -> None:
+        c, loop, _, _ = controls()
+        with pytest.raises(CommandError, match="no conversation"):
+            await c.execute(command, args)
+        loop.session = FakeSession()
+        with pytest.raises(CommandError, match="does not take"):
+            await c.execute(command, args)
+        session = loop.session = ActiveSession()
+        assert await c.execute(command, args) == {"accepted": True}
+        assert session.calls == [call]
+        with pytest.raises(CommandError, match="give the score"):
+            await c.execute("feedback", {"score": "meh"})
+
+    asyncio.run(main())
+
+
+def test_send_command_lines_for_feedback() -> None:
+    from appliance.status_client import command_line
+
+    assert command_line("feedback", ["like"]) == {"cmd": "feedback", "score": "like"}
+    assert command_line("user_activity", []) == {"cmd": "user_activity"}
+    with pytest.raises(ValueError, match="like or dislike"):
+        command_line("feedback", ["great"])
