@@ -341,6 +341,10 @@ class ApplianceConfig(_Device):
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     tools: Annotated[list[DeviceTool], AfterValidator(_unique_tools)] = []
     custom_llm_extra_body: dict[str, Any] = {}
+    mcp_approval: Literal["deny", "allow", "ask-never"] = "deny"
+    """Remote mode: the answer to an MCP tool call awaiting approval (`mcp_tool_approval_result`):
+    deny or allow it at once, or `ask-never`: send nothing (the platform's approval timeout,
+    300 s by default, rejects it)."""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     recording: RecordingConfig = Field(default_factory=RecordingConfig)

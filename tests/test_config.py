@@ -1041,3 +1041,11 @@ def test_a_rich_json_export_loads_with_the_expected_warnings(tmp_path: Path) -> 
     as_yaml = tmp_path / "export.yaml"
     as_yaml.write_text(yaml.safe_dump(json.loads(path.read_text()), allow_unicode=True, sort_keys=False))
     assert check_config(as_yaml)[1] == RICH_WARNINGS
+
+
+def test_mcp_approval_policy() -> None:
+    assert load({}).appliance.mcp_approval == "deny"
+    assert load({"appliance.mcp_approval": "ask-never"}).appliance.mcp_approval == "ask-never"
+    assert problems({"appliance.mcp_approval": "sometimes"}) == [
+        "appliance.mcp_approval: 'sometimes' is not one of 'deny', 'allow' or 'ask-never'"
+    ]

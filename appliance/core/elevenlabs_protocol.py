@@ -729,6 +729,11 @@ class ElevenLabsProtocol:
     def user_message(self, text: str) -> str:
         return self._dump({"type": "user_message", "text": text})
 
+    def mcp_tool_approval_result_message(self, tool_call_id: str, approved: bool) -> str:
+        return self._dump(
+            {"type": "mcp_tool_approval_result", "tool_call_id": tool_call_id, "is_approved": approved}
+        )
+
     def user_activity_message(self) -> str:
         return self._dump({"type": "user_activity"})
 

@@ -87,6 +87,8 @@ class RemoteSettings:
     outbox_s: float = 30.0
     healthy_after_s: float = 10.0
     """A connection that lasted this long resets the reconnect budget (a flapping one does not)."""
+    mcp_approval: Literal["deny", "allow", "ask-never"] = "deny"
+    """The answer to an MCP tool call `awaiting_approval` (ask-never: no answer)."""
 
 
 class Phase(StrEnum):
@@ -1010,7 +1012,23 @@ class RemoteSessionMachine:
             case el.McpToolCall(fields=payload) | el.McpConnectionStatus(fields=payload):
                 kind = "mcp_tool_call" if isinstance(event, el.McpToolCall) else "mcp_connection_status"
                 text = el.printable(json.dumps(payload, default=str))
-                return [Log("info", f"{kind}: {text}"), Emit(kind, _plain(payload))]
+                effects = [Log("info", f"{kind}: {text}"), Emit(kind, _plain(payload))]
+                call_id = payload.get("tool_call_id")
+                awaiting = kind == "mcp_tool_call" and payload.get("state") == "awaiting_approval"
+                if awaiting and isinstance(call_id, str) and self.s.mcp_approval != "ask-never":
+                    approved = self.s.mcp_approval == "allow"
+                    effects += [
+                        Send(self.proto.mcp_tool_approval_result_message(call_id, approved)),
+                        Emit(
+                            "mcp_tool_approval",
+                            {
+                                "tool_call_id": call_id,
+                                "tool_name": payload.get("tool_name"),
+                                "approved": approved,
+                            },
+                        ),
+                    ]
+                return effects
             case el.ServerError():
                 effects = self._warn(
                     "server_error", f"remote agent error {event.code}: {el.printable(event.message)}", now

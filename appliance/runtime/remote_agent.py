@@ -105,6 +105,7 @@ def remote_settings(config: Config) -> RemoteSettings:
         backoff=Backoff(base_s=remote.reconnect_backoff_s),
         stall_timeout_s=remote.stall_timeout_s,
         first_message_wait_s=3.0 if first else 1.0,
+        mcp_approval=config.appliance.mcp_approval,
     )
 
 

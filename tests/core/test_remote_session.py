@@ -741,3 +741,43 @@ def test_a_question_is_replayed_once_even_if_the_next_connection_drops_too() -> 
         drive(m, [(t + 2.0, TimerFired(rs.BACKOFF))])
         replays.append(len(emitted(connect(m, t + 2.0, cid=f"conv_{n + 2}"), "utterance_replayed")))
     assert replays == [1, 0]
+
+
+# ---------------------------------------------------------------------- MCP approval policy
+def mcp_call(state: str) -> str:
+    payload = {
+        "service_id": "svc_1",
+        "tool_call_id": "mcp_7",
+        "tool_name": "delete_files",
+        "parameters": {},
+        "timestamp": "2026-01-01T10:00:00Z",
+        "state": state,
+    }
+    return message("mcp_tool_call", "mcp_tool_call", **payload)
+
+
+@pytest.mark.parametrize(
+    ("policy", "state", "answer"),
+    [
+        ("deny", "awaiting_approval", False),
+        ("allow", "awaiting_approval", True),
+        ("ask-never", "awaiting_approval", None),  # no answer: the platform's approval timeout decides
+        ("allow", "loading", None),  # only a call awaiting approval is answered
+        ("deny", "success", None),
+    ],
+)
+def test_mcp_tool_calls_awaiting_approval_are_answered_by_the_policy(
+    policy: str, state: str, answer: bool | None
+) -> None:
+    m = machine(mcp_approval=policy)
+    connect(m, 0.0)
+    effects = m.frame(mcp_call(state), 1.0)
+    sent = [json.loads(e.text) for e in effects if isinstance(e, rs.Send)]
+    if answer is None:
+        assert sent == [] and emitted(effects, "mcp_tool_approval") == []
+    else:
+        assert sent == [{"type": "mcp_tool_approval_result", "tool_call_id": "mcp_7", "is_approved": answer}]
+        assert emitted(effects, "mcp_tool_approval") == [
+            {"tool_call_id": "mcp_7", "tool_name": "delete_files", "approved": answer}
+        ]
+    assert len(emitted(effects, "mcp_tool_call")) == 1
