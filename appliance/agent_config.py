@@ -438,12 +438,6 @@ def agent_warnings(cc: ConversationConfig) -> list[str]:
                 f"conversation_config.conversation.client_events[{i}]: {show(event)} is not known to "
                 "this device; ignored"
             )
-    for i, voice in enumerate(cc.tts.supported_voices):
-        if any(ch.isspace() for ch in voice.label):
-            out.append(
-                f"conversation_config.tts.supported_voices[{i}].label: {show(voice.label)} has a space; "
-                "the device's voice tags are single words, so its text is spoken in the default voice"
-            )
     for slot in prompt.built_in_tools.enabled():
         if slot in CLOUD_TOOLS:
             out.append(f"{base}.built_in_tools.{slot}: cloud-only tool, ignored on the device")

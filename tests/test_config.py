@@ -484,11 +484,6 @@ def test_deprecated_and_cloud_only_tools_warn() -> None:
             {"conversation_config.agent.prompt.tools": [{"type": "mcp", "name": "x"}]},
             "conversation_config.agent.prompt.tools[0].type: 'mcp' is not known to this device; ignored",
         ),
-        (  # a label with a space, which the platform's docs only advise against
-            {V: [{"label": "Old Man", "voice_id": "joe"}]},
-            f"{V}[0].label: 'Old Man' has a space; the device's voice tags are single words, so its "
-            "text is spoken in the default voice",
-        ),
     ],
 )
 def test_values_newer_than_the_device_are_warnings_naming_the_path(
@@ -994,8 +989,6 @@ RICH_WARNINGS = [
     f"conversation_config.agent.prompt.rag: {CLOUD_ONLY}",
     "conversation_config.conversation.client_events[6]: 'agent_response_metadata' is not known "
     "to this device; ignored",
-    "conversation_config.tts.supported_voices[1].label: 'Old Man' has a space; the device's "
-    "voice tags are single words, so its text is spoken in the default voice",
     "conversation_config.agent.prompt.built_in_tools.transfer_to_agent: cloud-only tool, "
     "ignored on the device",
     "conversation_config.agent.prompt.built_in_tools.transfer_to_number: cloud-only tool, "
@@ -1049,3 +1042,8 @@ def test_mcp_approval_policy() -> None:
     assert problems({"appliance.mcp_approval": "sometimes"}) == [
         "appliance.mcp_approval: 'sometimes' is not one of 'deny', 'allow' or 'ask-never'"
     ]
+
+
+def test_a_voice_label_with_a_space_loads_without_a_warning() -> None:
+    cfg = load({V: [{"label": "Old Man", "voice_id": "joe"}]})
+    assert cfg.warnings == [] and cfg.conversation_config.tts.supported_voices[0].label == "Old Man"

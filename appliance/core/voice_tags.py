@@ -11,8 +11,9 @@ Where the seeds are silent, this module decides:
 - **What a tag is.** `<name>` or `</name>` (`<name >`, `</name >` too), or an XML-looking element with
   attributes (`<break time="1s"/>`, `<emphasis level="strong">`). A name is up to 64
   characters without whitespace, `<`, `>`, `/`, `=`, quotes; it is a configured label or starts
-  with a letter or `_`. Anything else is text: `3 < 5`, `I <3 you`, `a<b and c>d`. A tag
-  candidate longer than 200 characters is text.
+  with a letter or `_`. A configured label with spaces (`Old Man`, which the platform allows) is
+  a tag only written exactly: `<Old Man>`, `</Old Man>`. Anything else is text: `3 < 5`,
+  `I <3 you`, `a<b and c>d`. A tag candidate longer than 200 characters is text.
 - **Which tags do something.** Only a plain `<Label>` of a configured label outside any voice
   opens that voice, and only `</Label>` of the open voice closes it. Every other tag is dropped:
   unknown labels (`<joe>` when the label is `Joe`), self-closing and attribute-carrying tags,
@@ -77,6 +78,7 @@ class VoiceTagParser:
 
     def __init__(self, labels: Iterable[str]) -> None:
         self.labels = frozenset(labels)
+        self._spaced = sorted((label for label in self.labels if any(c.isspace() for c in label)), key=len)
         self._buf = ""
         self._voice: str | None = None
         self.dropped_tags: list[str] = []
@@ -148,6 +150,13 @@ class VoiceTagParser:
         if closing:
             j += 1
         start = j
+        rest = buf[start : start + MAX_TAG_CHARS]
+        for label in self._spaced:  # `<Old Man>`: the platform allows spaces in labels
+            tag = label + ">"
+            if rest.startswith(tag):
+                return _Scan.TAG, _Tag(start + len(tag), label, closing)
+            if rest and len(rest) < len(tag) and tag.startswith(rest) and start + len(rest) == n:
+                return undecided
         while j < n and buf[j] not in _NOT_NAME and not buf[j].isspace():
             j += 1
             if j - start > MAX_NAME_CHARS:

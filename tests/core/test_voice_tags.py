@@ -17,7 +17,7 @@ from appliance.core.voice_tags import (
     strip_markup,
 )
 
-LABELS = frozenset({"Joe", "Narrator", "Spanish", "2nd"})
+LABELS = frozenset({"Joe", "Narrator", "Spanish", "2nd", "Old Man"})
 D = None  # the default voice
 
 # (case, reply, segments as spoken, agent_response text)
@@ -115,6 +115,18 @@ CASES: list[tuple[str, str, list[tuple[str | None, str]], str]] = [
         f"<{'x' * (MAX_NAME_CHARS + 1)}>",
     ),
     ("markup only", "<Joe></Joe><Bob/>", [], ""),
+    (
+        "a label with a space, written exactly",
+        "<Old Man>Get off my lawn!</Old Man> he said.",
+        [("Old Man", "Get off my lawn!"), (D, "he said.")],
+        "Get off my lawn! he said.",
+    ),
+    (  # like `a<b and c>d`: not an element, so text (whitespace-normalized when spoken)
+        "a spaced label written otherwise is not a tag",
+        "<Old  Man>Hi",
+        [(D, "<Old Man>Hi")],
+        "<Old  Man>Hi",
+    ),
 ]
 
 
@@ -169,8 +181,23 @@ TOKENS = [
     "<Joe>", "</Joe>", "<Narrator>", "</Narrator>", "<Spanish>", "</Spanish>", "<2nd>", "</2nd>",
     "<joe>", "</joe>", "<Bob>", "</Bob>", "<br/>", '<break time="1s"/>', "<Joe >", "</Joe >",
     "Hello", "world", "¡Hola!", "yes", " ", "  ", ", ", ". ", "\n", "...", "é", "3", "2nd",
+    "<Old Man>", "</Old Man>",
 ]  # fmt: skip
-LITERAL_ANGLES = ["3 < 5", "<3", " <", "<", ">", "a<b and c>d", "</", "< Joe>", "<Jo", "<2"]
+LITERAL_ANGLES = [
+    "3 < 5",
+    "<3",
+    " <",
+    "<",
+    ">",
+    "a<b and c>d",
+    "</",
+    "< Joe>",
+    "<Jo",
+    "<2",
+    "<Old",
+    " Man>",
+    "<Old  Man>",
+]
 
 
 def render(deltas: list[str], labels: frozenset[str] = LABELS) -> tuple[list[Segment], list[Segment]]:
