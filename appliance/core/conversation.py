@@ -120,10 +120,13 @@ class ConversationSettings:
 
 @dataclass(frozen=True)
 class ToolCall:
+    """One complete tool call (the LLM's, or the remote server's); `ports.ToolCallRequest` too."""
+
     id: str
     name: str
     arguments: dict[str, Any]
     raw_arguments: str = ""
+    """The arguments as the model sent them (for the history); `arguments` is {} if unparsable."""
 
 
 # ------------------------------------------------------------------ events (facts)

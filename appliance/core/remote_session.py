@@ -1,6 +1,6 @@
 """The remote (ElevenLabs Agents) conversation as a pure machine: `handle(event, now) -> effects`.
 
-Every decision of a remote session lives here; `adapters/elevenlabs_session.py` only moves bytes
+Every decision of a remote session lives here; `adapters/elevenlabs/session.py` only moves bytes
 (signed-URL request, WebSocket, microphone encoding, speaker) and runs the effects. Events are the
 protocol's parsed server events (`elevenlabs_protocol.ServerEvent`) and the local facts below.
 

@@ -46,7 +46,7 @@ from appliance.runtime.systemd_notify import SystemdNotifier, Watchdog
 from appliance.runtime.turn_log import TurnLog
 
 if TYPE_CHECKING:
-    from appliance.runtime.app import Preloaded, Wiring
+    from appliance.runtime.wiring import Preloaded, Wiring
 
 _LOGGER = logging.getLogger(__name__)
 

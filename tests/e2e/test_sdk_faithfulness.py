@@ -20,7 +20,7 @@ from elevenlabs.conversational_ai.conversation import (
     ConversationInitiationData,
 )
 
-from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
+from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
 from appliance.core.elevenlabs_protocol import InitiationData
 from appliance.runtime.clock import MonotonicClock
 from appliance.testing.fake_elevenlabs import ConnectionRecord, FakeElevenLabsServer, FakeOptions, tone
@@ -142,7 +142,7 @@ class _Tools:
 
 
 def run_ours(server: FakeElevenLabsServer, *, wait_for: Any) -> OurRun:
-    from appliance.adapters.elevenlabs_signed_url import SignedUrlProvider
+    from appliance.adapters.elevenlabs.signed_url import SignedUrlProvider
 
     run = OurRun()
 

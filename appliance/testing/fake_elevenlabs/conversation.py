@@ -1,86 +1,29 @@
-"""A fake ElevenLabs Agents server: the documented WebSocket protocol on 127.0.0.1, scripted.
-
-For tests, benchmarks and trying the appliance without an account:
-
-    appliance fake-server --port 8765 --scenario conversation
-    # appliance.remote: {base_url: ws://127.0.0.1:8765, agent_id: agent_fake}
-
-    with FakeElevenLabsServer(FakeOptions(scenario="tool")) as server:
-        ... server.url (ws://127.0.0.1:PORT), server.http_url, server.records ...
-
-One port serves both the conversation WebSocket (`/v1/convai/conversation?agent_id=…`) and the
-HTTP `GET /v1/convai/conversation/get-signed-url?agent_id=…` (through websockets'
-`process_request` hook). With `api_key` set, the signed-URL endpoint checks `xi-api-key` and
-hands out single-use `ws://…&conversation_signature=…` URLs, which the WebSocket then requires.
-
-Faults before the conversation: `signed_url_fault` (`trickle`: the answer one byte every
-`trickle_interval_s`; `not_json`, `no_signed_url`, `http_404`, `http_500`...) and
-`handshake_delay_s` (the WebSocket upgrade is answered that late). `metadata_fields` overrides
-fields of `conversation_initiation_metadata` (e.g. `agent_output_audio_format: mp3_44100`).
-
-The fake has no speech recognition: it hears *that* the user spoke, from the energy and duration
-of the received `user_audio_chunk`s, and answers with scripted transcripts and replies (spoken by
-`voice`, piper or tones). Scenarios are in `appliance.testing.fake_elevenlabs_scenarios`.
-Everything a client sends is recorded (`ConnectionRecord`), with monotonic timestamps.
-"""
+"""One connection of the fake server as scenarios script it, its options and its record."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
-import http
 import json
 import logging
 import math
-import os
 import secrets
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import TracebackType
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
-from appliance.core.elevenlabs_protocol import CONVERSATION_PATH, SIGNED_URL_PATH, parse_audio_format
+from appliance.core.elevenlabs_protocol import parse_audio_format
 from appliance.core.ulaw import pcm16_to_ulaw, ulaw_to_pcm16
 from appliance.ports import Pcm16
+from appliance.testing.fake_elevenlabs.voices import RATE_HZ, Voice, tone_voice
 
 _LOGGER = logging.getLogger(__name__)
-
-RATE_HZ = 16000
-Voice = Callable[[str], Pcm16]
-"""Text → 16 kHz mono int16 speech."""
-
-
-def tone(seconds: float, freq_hz: float = 220.0, level: float = 0.3) -> Pcm16:
-    t = np.arange(round(seconds * RATE_HZ)) / RATE_HZ
-    return (np.sin(2 * math.pi * freq_hz * t) * level * 32767).astype(np.int16)
-
-
-def tone_voice(text: str) -> Pcm16:
-    """A tone burst per word (0.22 s, pitch from the word) with short gaps: fast and deterministic."""
-    parts: list[Pcm16] = []
-    for word in text.split() or ["."]:
-        parts.append(tone(0.22, 160.0 + (sum(map(ord, word)) % 12) * 20.0))
-        parts.append(np.zeros(round(0.05 * RATE_HZ), dtype=np.int16))
-    return np.concatenate(parts)
-
-
-def piper_voice(text: str) -> Pcm16:
-    from appliance.testing.speech import piper_say
-
-    return piper_say(text)
 
 
 @dataclass
@@ -209,10 +152,9 @@ class FakeConversation:
     """One client connection, seen from the server: what scenarios script."""
 
     def __init__(
-        self, server: FakeElevenLabsServer, ws: ServerConnection, record: ConnectionRecord, index: int
+        self, options: FakeOptions, ws: ServerConnection, record: ConnectionRecord, index: int
     ) -> None:
-        self.server = server
-        self.opts = server.options
+        self.opts = options
         self.ws = ws
         self.record = record
         self.index = index
@@ -499,277 +441,3 @@ class FakeConversation:
 
 
 Scenario = Callable[[FakeConversation], Awaitable[None]]
-
-
-class FakeElevenLabsServer:
-    """Runs in a background thread with its own event loop (usable from sync and async tests)."""
-
-    def __init__(self, options: FakeOptions | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.options = options or FakeOptions()
-        self.host = host
-        self._port = port
-        self.records: list[ConnectionRecord] = []
-        self.signed_url_requests: list[dict[str, str]] = []
-        self.on_connection_end: Callable[[ConnectionRecord], None] | None = None
-        self._signatures: set[str] = set()
-        self._scenario = _scenario(self.options.scenario)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    # ------------------------------------------------------------ addresses
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The base URL for `appliance.remote.base_url`: ws://HOST:PORT."""
-        return f"ws://{self.host}:{self._port}"
-
-    @property
-    def http_url(self) -> str:
-        """The base URL for the SDK: `ElevenLabs(base_url=...)`."""
-        return f"http://{self.host}:{self._port}"
-
-    # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> FakeElevenLabsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="fake-elevenlabs", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise RuntimeError(f"fake ElevenLabs server failed to start: {self._error}") from self._error
-
-    def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is not None and server is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(server.close)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.01)
-        return condition()
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self.serve())
-        except BaseException as err:  # reported by start()
-            self._error = err
-            self._ready.set()
-
-    async def serve(self) -> None:
-        """Serve until `stop()` (or cancellation); sets `port` once listening."""
-        self._loop = asyncio.get_running_loop()
-        async with serve(
-            self._handle,
-            self.host,
-            self._port,
-            process_request=self._process_request,
-            max_size=16 * 1024 * 1024,
-            compression=None,
-            ping_interval=None,
-        ) as server:
-            self._server = server
-            self._port = int(next(iter(server.sockets)).getsockname()[1])
-            self._ready.set()
-            await server.wait_closed()
-
-    # ------------------------------------------------------------ HTTP + handshake
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        query = dict(parse_qsl(parts.query))
-        opts = self.options
-        if parts.path == SIGNED_URL_PATH:
-            self.signed_url_requests.append({k.lower(): v for k, v in request.headers.raw_items()})
-            if opts.api_key is None or request.headers.get("xi-api-key") != opts.api_key:
-                return _json(
-                    connection, http.HTTPStatus.UNAUTHORIZED, {"detail": {"status": "invalid_api_key"}}
-                )
-            if opts.agent_id is not None and query.get("agent_id") != opts.agent_id:
-                return _json(connection, http.HTTPStatus.NOT_FOUND, {"detail": {"status": "agent_not_found"}})
-            signature = secrets.token_urlsafe(24)
-            self._signatures.add(signature)
-            agent = query.get("agent_id", "")
-            signed = f"ws://{self.host}:{self._port}{CONVERSATION_PATH}?" + urlencode(
-                {"agent_id": agent, "conversation_signature": signature}
-            )
-            if opts.signed_url_fault is not None:
-                return await self._signed_url_fault(connection, opts.signed_url_fault, signed)
-            return _json(connection, http.HTTPStatus.OK, {"signed_url": signed})
-        if opts.handshake_delay_s > 0:
-            await asyncio.sleep(opts.handshake_delay_s)
-        if parts.path != CONVERSATION_PATH:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
-        if opts.agent_id is not None and query.get("agent_id") != opts.agent_id:
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "unknown agent\n")
-        if opts.api_key is not None:
-            signature = query.get("conversation_signature", "")
-            if signature not in self._signatures:
-                return connection.respond(http.HTTPStatus.FORBIDDEN, "a valid signed URL is required\n")
-            self._signatures.discard(signature)  # single use
-        return None
-
-    async def _signed_url_fault(self, connection: ServerConnection, fault: str, signed: str) -> Response:
-        if fault == "not_json":
-            return connection.respond(http.HTTPStatus.OK, "<html>Please log in to the Wi-Fi</html>\n")
-        if fault == "no_signed_url":
-            return _json(connection, http.HTTPStatus.OK, {"url": signed})
-        if fault.startswith("http_"):
-            status = http.HTTPStatus(int(fault.removeprefix("http_")))
-            return _json(connection, status, {"detail": {"status": status.phrase}})
-        if fault != "trickle":
-            raise ValueError(f"unknown signed_url_fault {fault!r}")
-        body = json.dumps({"signed_url": signed}).encode()
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        transport = connection.transport
-        for byte in head.encode() + body:  # one byte at a time: every read succeeds, slowly
-            if transport.is_closing():
-                break
-            transport.write(bytes([byte]))
-            await asyncio.sleep(self.options.trickle_interval_s)
-        transport.abort()
-        return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "")
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        parts = urlsplit(ws.request.path)
-        record = ConnectionRecord(
-            path=parts.path,
-            query=dict(parse_qsl(parts.query)),
-            headers={k.lower(): v for k, v in ws.request.headers.raw_items()},
-        )
-        self.records.append(record)
-        conv = FakeConversation(self, ws, record, len(self.records) - 1)
-        reader = asyncio.create_task(conv.reader())
-        pinger: asyncio.Task[None] | None = None
-        try:
-            if not await conv.initiated():
-                await ws.close(1008, "conversation_initiation_client_data expected first")
-                return
-            pinger = asyncio.create_task(conv.pinger())
-            await self._scenario(conv)
-            if not conv.gone.is_set():
-                await conv.gone.wait()
-        except ConnectionClosed:
-            pass
-        except Exception:
-            _LOGGER.exception("fake scenario %s failed", self.options.scenario)
-        finally:
-            for task in (pinger, reader):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (pinger, reader) if t is not None), return_exceptions=True)
-            record.ended = True
-            if self.on_connection_end is not None:
-                self.on_connection_end(record)
-
-
-def _json(connection: ServerConnection, status: http.HTTPStatus, body: dict[str, Any]) -> Response:
-    response = connection.respond(status, json.dumps(body))
-    headers = Headers(response.headers)
-    del headers["Content-Type"]
-    headers["Content-Type"] = "application/json"
-    response.headers = headers
-    return response
-
-
-def _scenario(name: str) -> Scenario:
-    from appliance.testing.fake_elevenlabs_scenarios import SCENARIOS
-
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
-    return SCENARIOS[name]
-
-
-# ---------------------------------------------------------------------- command line
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the fake server in the foreground until interrupted."""
-    from appliance.testing.fake_elevenlabs_scenarios import SCENARIOS
-
-    p = argparse.ArgumentParser(prog="appliance fake-server", description=main.__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--scenario", default="conversation", choices=sorted(SCENARIOS))
-    p.add_argument("--agent-id", help="accept only this agent id (default: any)")
-    p.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="make the agent private: signed URLs require the key in this environment variable",
-    )
-    p.add_argument("--output-format", default="pcm_16000")
-    p.add_argument("--input-format", default="pcm_16000")
-    p.add_argument("--voice", choices=["piper", "tones"], default="piper")
-    p.add_argument("--pace", type=float, default=1.0, help="audio speed: 0 = burst, 1 = real time (default)")
-    p.add_argument("--ahead", type=float, default=0.5, help="seconds of audio sent ahead of real time")
-    p.add_argument("--chunk-ms", type=int, default=100)
-    p.add_argument("--ping-interval", type=float, default=2.0)
-    p.add_argument("--stream-seconds", type=float, default=10.0)
-    p.add_argument("--interrupt-after", type=float, default=1.0)
-    p.add_argument("--record", metavar="JSONL", help="append each finished connection's record to this file")
-    args = p.parse_args(argv)
-    voice: Voice = tone_voice
-    if args.voice == "piper":
-        from appliance.testing.speech import joe_voice_paths
-
-        try:
-            joe_voice_paths()
-            voice = piper_voice
-        except RuntimeError as err:
-            print(f"speaking in tones: {err}", file=sys.stderr)
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            p.error(f"--api-key-env: {args.api_key_env} is not set")
-    options = FakeOptions(
-        scenario=args.scenario,
-        agent_id=args.agent_id,
-        api_key=api_key,
-        output_format=args.output_format,
-        input_format=args.input_format,
-        voice=voice,
-        pace=args.pace,
-        ahead_s=args.ahead,
-        chunk_ms=args.chunk_ms,
-        ping_interval_s=args.ping_interval or None,
-        stream_s=args.stream_seconds,
-        interrupt_after_s=args.interrupt_after,
-    )
-    server = FakeElevenLabsServer(options, host=args.host, port=args.port)
-    if args.record:
-        path = Path(args.record)
-
-        def write(record: ConnectionRecord) -> None:
-            with path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(asdict(record)) + "\n")
-
-        server.on_connection_end = write
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    print(
-        f"fake ElevenLabs server on ws://{args.host}:{args.port} (scenario {args.scenario}); "
-        f"appliance.remote.base_url: ws://{args.host}:{args.port}",
-        flush=True,
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
