@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config
+from appliance.core.common import Event
 from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
@@ -143,7 +144,7 @@ def _report_microphone(events: EventLog, state: str, reason: str | None) -> None
     if state == "reconnecting":
         message = f"microphone lost ({reason or 'no audio'}); retrying until it comes back"
         _LOGGER.warning("%s", message)
-        events.emit("error", code="audio_device", message=message, stage="microphone")
+        events.emit(Event.ERROR, code="audio_device", message=message, stage="microphone")
     elif state == "open":
         events.emit("microphone_ready")
 

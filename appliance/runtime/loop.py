@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from appliance.core.common import Event
 from appliance.core.device import (
     NO_SPEECH_TIMER,
     ArmTimer,
@@ -267,14 +268,14 @@ class ApplianceLoop:
                 effects = self._machine.handle(event, self._clock.now())
             except Exception as err:  # a machine bug must not kill the consumer
                 _LOGGER.exception("the device machine failed on %s", type(event).__name__)
-                self._events.emit("error", code="internal", message=redact(str(err)), stage="runtime")
+                self._events.emit(Event.ERROR, code="internal", message=redact(str(err)), stage="runtime")
                 continue
             for effect in effects:
                 try:
                     self._run(effect)
                 except Exception as err:  # an effect must never kill the loop
                     _LOGGER.exception("effect %s failed", type(effect).__name__)
-                    self._events.emit("error", code="internal", message=redact(str(err)), stage="runtime")
+                    self._events.emit(Event.ERROR, code="internal", message=redact(str(err)), stage="runtime")
 
     async def _tick(self) -> None:
         last = self._clock.now()

@@ -29,7 +29,7 @@ from appliance.adapters.elevenlabs.audio import MicEncoder, start_now
 from appliance.adapters.elevenlabs.audio import ResamplerFactory as ResamplerFactory
 from appliance.core import elevenlabs_protocol as el
 from appliance.core import remote_session as rs
-from appliance.core.common import ArmTimer, CancelTimer, Emit, TimerFired
+from appliance.core.common import ArmTimer, CancelTimer, Emit, Timer, TimerFired
 from appliance.core.conversation import ToolCall
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.remote_session import RemoteSettings as RemoteSettings
@@ -78,7 +78,7 @@ class ElevenLabsAgentSession:
         self._ws: ClientConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._closed: asyncio.Future[str] | None = None
         self._inbox: deque[rs.RemoteEvent] = deque()
         self._feeding = False
@@ -230,11 +230,11 @@ class ElevenLabsAgentSession:
             case _:
                 assert_never(effect)
 
-    def _fire(self, name: str) -> None:
+    def _fire(self, name: Timer) -> None:
         self._timers.pop(name, None)
         self._feed(TimerFired(name))
 
-    def _cancel(self, name: str) -> None:
+    def _cancel(self, name: Timer) -> None:
         handle = self._timers.pop(name, None)
         if handle is not None:
             handle.cancel()
