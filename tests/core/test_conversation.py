@@ -211,7 +211,22 @@ def test_user_speech_resets_turn_timeout_and_reprompt_count() -> None:
     turn = ask(m, 2.0)
     reply(m, turn, 3.0)
     m.handle(cv.OutputFinished(turn, "Paris."), 4.0)
-    assert cv.CancelTimer(cv.TURN_TIMEOUT) in m.handle(cv.UserSpeechStarted(), 6.0)
+
+    def silence_until_reprompt(now: float) -> None:
+        effects = m.handle(cv.TimerFired(cv.TURN_TIMEOUT), now)
+        gen = of(effects, cv.GenerateReply)[0]  # re-prompted, not closed
+        assert gen.kind is OutputKind.REPROMPT and not of(effects, cv.Close)
+        m.handle(cv.ReplyGenerated(gen.turn, "Are you still there?"), now + 0.5)
+        m.handle(cv.OutputStarted(gen.turn), now + 0.6)
+        m.handle(cv.OutputFinished(gen.turn, "Are you still there?"), now + 1.0)
+
+    silence_until_reprompt(9.0)  # the one re-prompt allowed
+    assert cv.CancelTimer(cv.TURN_TIMEOUT) in m.handle(cv.UserSpeechStarted(), 14.5)
+    turn = ask(m, 16.0, "And of Spain?")  # the user answered: the count starts again
+    reply(m, turn, 17.0, "Madrid.")
+    m.handle(cv.OutputFinished(turn, "Madrid."), 18.0)
+    silence_until_reprompt(23.0)  # one re-prompt again, not the end
+    assert of(m.handle(cv.TimerFired(cv.TURN_TIMEOUT), 29.0), cv.Close) == [cv.Close("silence")]
 
 
 def test_silence_end_call_timeout_ends_the_session() -> None:
