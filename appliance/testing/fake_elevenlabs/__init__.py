@@ -24,10 +24,11 @@ of the received `user_audio_chunk`s, and answers with scripted transcripts and r
 `voice`, piper or tones). Scenarios are in `scenarios.py`.
 Everything a client sends is recorded (`ConnectionRecord`), with monotonic timestamps.
 
-Modules: `voices` (text → audio), `conversation` (options, records, one connection as scenarios
-script it), `scenarios` (the scripted server behaviours, by name), `server` (the WebSocket and
-signed-URL endpoint, running one scenario object), `__main__` (`python -m
-appliance.testing.fake_elevenlabs`, also `appliance fake-server`).
+Modules: `voices` (text → audio), `hearing` (user turns from received audio),
+`conversation` (options, records, one connection as scenarios script it), `scenarios` (the
+scripted server behaviours, by name), `server` (the WebSocket and signed-URL endpoint, running
+one scenario object), `__main__` (`python -m appliance.testing.fake_elevenlabs`, also
+`appliance fake-server`).
 """
 
 from appliance.testing.fake_elevenlabs.conversation import (
@@ -35,9 +36,8 @@ from appliance.testing.fake_elevenlabs.conversation import (
     FakeConversation,
     FakeOptions,
     Scenario,
-    TurnDetector,
-    UserTurn,
 )
+from appliance.testing.fake_elevenlabs.hearing import TurnDetector, UserTurn
 from appliance.testing.fake_elevenlabs.scenarios import SCENARIOS, scenario
 from appliance.testing.fake_elevenlabs.server import FakeElevenLabsServer
 from appliance.testing.fake_elevenlabs.voices import RATE_HZ, Voice, piper_voice, tone, tone_voice

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from appliance.testing.fake_elevenlabs.conversation import FakeConversation, Scenario, UserTurn
+from appliance.testing.fake_elevenlabs.conversation import FakeConversation, Scenario
+from appliance.testing.fake_elevenlabs.hearing import UserTurn
 from appliance.testing.fake_elevenlabs.voices import tone
 
 
