@@ -64,7 +64,7 @@ def _is_zone(name: str) -> bool:
 Scalar = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 VariableMap = Annotated[dict[str, Scalar], AfterValidator(_variable_names)]
 Speed = Annotated[Num, between(0.7, 1.2)]
-AudioFormat = Literal[
+AudioFormatName = Literal[
     "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"
 ]
 
@@ -134,7 +134,7 @@ class Mirror(BaseModel):
 
 
 class AsrConfig(Mirror):
-    user_input_audio_format: AudioFormat = "pcm_16000"
+    user_input_audio_format: AudioFormatName = "pcm_16000"
     keywords: list[Annotated[str, length(1, 100)]] = []
     """Words to boost (names, jargon): faster-whisper hot words on the device."""
 
@@ -188,10 +188,13 @@ class TtsConfig(Mirror):
     speed: Speed = 1.0
     supported_voices: Annotated[list[SupportedVoice], AfterValidator(_supported_voices)] = []
     pronunciation_dictionary_locators: list[PronunciationDictionaryLocator] = []
-    agent_output_audio_format: AudioFormat = "pcm_16000"
+    agent_output_audio_format: AudioFormatName = "pcm_16000"
 
 
-class ConversationSettings(Mirror):
+class ConversationOptions(Mirror):
+    """`conversation_config.conversation` (not `core.conversation.ConversationSettings`, the
+    local conversation machine's settings, which the runtime derives from this and more)."""
+
     text_only: Bool = False
     max_duration_seconds: Annotated[Int, between(0, None, "seconds", exclusive=True)] = 600
     client_events: list[ClientEventName] = list(DEFAULT_CLIENT_EVENTS)
@@ -345,7 +348,7 @@ class ConversationConfig(Mirror):
     asr: AsrConfig = Field(default_factory=AsrConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     tts: TtsConfig = Field(default_factory=TtsConfig)
-    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
+    conversation: ConversationOptions = Field(default_factory=ConversationOptions)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     language_presets: dict[str, LanguagePreset] = {}
 

@@ -149,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["fake-server"]:  # its own options: appliance.testing.fake_elevenlabs
-        from appliance.testing.fake_elevenlabs import main as fake_server
+    if args_list[:1] == ["fake-server"]:  # a test tool: `python -m appliance.testing.fake_elevenlabs`
+        from appliance.testing.fake_elevenlabs.__main__ import main as fake_server
 
         return fake_server(args_list[1:])
     parser = _parser()

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from appliance.config import Config, custom_llm_access, display_url, read_secret, resolve_models_dir
 from appliance.core.elevenlabs_protocol import agent_endpoint, signed_url_endpoint, signed_url_of
 from appliance.logs import redact, register_secret
+from appliance.ports import MIC_RATE_HZ
 
 API_KEY = "ELEVENLABS_API_KEY"
 SYSTEM_KEY_FILE = Path("/etc/appliance/elevenlabs_api_key")
@@ -80,7 +81,7 @@ def _dbfs(value: float) -> float:
     return 20 * math.log10(value / 32768.0) if value > 0 else -120.0
 
 
-def measure_levels(samples: npt.NDArray[np.int16], rate_hz: int = 16000) -> Levels:
+def measure_levels(samples: npt.NDArray[np.int16], rate_hz: int = MIC_RATE_HZ) -> Levels:
     x = samples.astype(np.float64)
     if x.size == 0:
         return Levels(-120.0, -120.0, 0.0, 0.0)
@@ -121,7 +122,7 @@ def judge_levels(levels: Levels) -> Check:
     return Check("microphone", Outcome.OK, what)
 
 
-def make_tone(rate_hz: int = 16000, seconds: float = TONE_SECONDS, freq_hz: float = 660.0) -> Any:
+def make_tone(rate_hz: int = MIC_RATE_HZ, seconds: float = TONE_SECONDS, freq_hz: float = 660.0) -> Any:
     t = np.arange(int(rate_hz * seconds)) / rate_hz
     fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.02)
     return (0.25 * 32767 * np.sin(2 * np.pi * freq_hz * t) * fade).astype(np.int16)
@@ -173,7 +174,7 @@ async def _microphone(config: Config, backend: Any, seconds: float, timeout_s: f
         async for block in mic.frames():
             blocks.append(block)
             got += block.size
-            if got >= seconds * 16000:
+            if got >= seconds * MIC_RATE_HZ:
                 return
 
     try:
@@ -211,7 +212,7 @@ async def _speaker(config: Config, backend: Any, timeout_s: float) -> Check:
         )
     name = speaker.device_info.name
     try:
-        played = await asyncio.wait_for(speaker.play(make_tone(), 16000), timeout_s)
+        played = await asyncio.wait_for(speaker.play(make_tone(), MIC_RATE_HZ), timeout_s)
     except TimeoutError:
         played = False
     finally:

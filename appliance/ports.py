@@ -14,11 +14,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from appliance.core.endpointing import UtteranceEnded
+from appliance.core.conversation import ToolCall
+from appliance.core.endpointing import SAMPLE_RATE_HZ, UtteranceEnded
 
 Pcm16 = npt.NDArray[np.int16]
 
-MIC_RATE_HZ = 16000
+MIC_RATE_HZ = SAMPLE_RATE_HZ
 
 
 class Clock(Protocol):
@@ -104,15 +105,9 @@ class TextDelta:
     text: str
 
 
-@dataclass(frozen=True)
-class ToolCallRequest:
-    """One complete tool call (streamed argument fragments already assembled)."""
-
-    id: str
-    name: str
-    arguments: dict[str, Any]
-    raw_arguments: str = ""
-    """The arguments as the model sent them (for the history); `arguments` is {} if unparsable."""
+ToolCallRequest = ToolCall
+"""One complete tool call (streamed argument fragments already assembled): the conversation's own
+`core.conversation.ToolCall`, so an LLM adapter's call reaches the machine as it is."""
 
 
 LlmOutput = TextDelta | ToolCallRequest

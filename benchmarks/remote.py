@@ -193,7 +193,7 @@ class _Window:
 
 
 def run_appliance_stream(port: int, chunk_ms: int, stream_s: float, agent_id: str) -> StreamRun:
-    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
+    from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
     from appliance.adapters.resample import Resampler
     from appliance.core.elevenlabs_protocol import InitiationData
     from appliance.runtime.clock import MonotonicClock
@@ -347,7 +347,7 @@ class _SimBackend:
 
 def appliance_interrupt(port: int) -> tuple[float, float]:
     """(interruption frame sent → stop() called, → last sound) in ms."""
-    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
+    from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
     from appliance.adapters.sounddevice import SounddeviceSpeaker
     from appliance.core.elevenlabs_protocol import InitiationData
     from appliance.runtime.clock import MonotonicClock

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from appliance.runtime.status_feed import StatusFeed
+from appliance.testing.fakes import wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -71,9 +72,7 @@ def test_led_ring_prints_every_state(server: Server) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 5
-    while server.feed.clients == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.feed.clients > 0, 10.0, "the status client connected")
     for state in ("listening", "thinking", "speaking", "idle"):
         server.broadcast(state)
     time.sleep(0.2)

@@ -72,3 +72,21 @@ def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert f"ws://127.0.0.1:{port}" in out
+
+
+def test_the_fake_server_runs_the_scenario_object_it_is_given() -> None:
+    """The server takes a scenario object (no lookup by name): a test can script its own."""
+    from appliance.testing.fake_elevenlabs import FakeConversation, FakeElevenLabsServer, FakeOptions
+
+    async def custom(conv: FakeConversation) -> None:
+        await conv.metadata()
+        await conv.send({"type": "agent_response", "agent_response_event": {"agent_response": "custom"}})
+
+    options = FakeOptions(scenario="stall", ping_interval_s=None)  # by name it would stall
+    with FakeElevenLabsServer(options, scenario=custom) as server:
+        url = f"{server.url}/v1/convai/conversation?agent_id=agent_any"
+        with connect(url) as ws:
+            ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+            frames = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
+    assert [f["type"] for f in frames] == ["conversation_initiation_metadata", "agent_response"]
+    assert frames[1]["agent_response_event"]["agent_response"] == "custom"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from appliance.ports import Pcm16
+from appliance.ports import MIC_RATE_HZ, Pcm16
 
-RATE_HZ = 16000
+RATE_HZ = MIC_RATE_HZ
 
 
 class EchoSuppressor:

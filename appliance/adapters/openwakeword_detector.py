@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.errors import ModelError
-from appliance.ports import Pcm16
+from appliance.ports import MIC_RATE_HZ, Pcm16
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ FEATURE_BUFFER_MAX = 120  # openWakeWord keeps ~10 s of embeddings; a classifier
 # [-1000, 1000) from numpy's global generator. A fixed seed makes it deterministic; the parity
 # test seeds numpy's global generator with the same value to compare frame by frame.
 INIT_NOISE_SEED = 0
-INIT_NOISE_SAMPLES = 4 * 16000
+INIT_NOISE_SAMPLES = 4 * MIC_RATE_HZ
 
 Float32Array = npt.NDArray[np.float32]
 

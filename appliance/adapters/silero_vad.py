@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.errors import ModelError
-from appliance.ports import Pcm16
+from appliance.ports import MIC_RATE_HZ, Pcm16
 
 FRAME_SAMPLES = 512  # 32 ms at 16 kHz, the size Silero v5/v6 is trained on
 _CONTEXT = 64
@@ -43,7 +43,7 @@ class SileroVad:
             raise ModelError(
                 f"{model_path} is not a Silero VAD v5/v6 model (inputs {sorted(inputs)})", code="vad_load"
             )
-        self._sr = np.array(16000, dtype=np.int64)
+        self._sr = np.array(MIC_RATE_HZ, dtype=np.int64)
         self.reset()
 
     def reset(self) -> None:

@@ -40,15 +40,17 @@ from typing import Any, assert_never
 from appliance.core.common import ArmTimer as ArmTimer
 from appliance.core.common import CancelTimer as CancelTimer
 from appliance.core.common import Emit as Emit
+from appliance.core.common import Event, Timer
 from appliance.core.common import TimerFired as TimerFired
 from appliance.core.history import ConversationHistory
 from appliance.core.reply_guard import Truncation
+from appliance.core.system_tools import SystemTool, system_tool_result
 from appliance.core.voice_tags import Segment, strip_markup
 
-TURN_TIMEOUT = "turn_timeout"
-SOFT_TIMEOUT = "soft_timeout"
-SILENCE_END_CALL = "silence_end_call"
-MAX_DURATION = "max_duration"
+TURN_TIMEOUT = Timer.TURN_TIMEOUT
+SOFT_TIMEOUT = Timer.SOFT_TIMEOUT
+SILENCE_END_CALL = Timer.SILENCE_END_CALL
+MAX_DURATION = Timer.MAX_DURATION
 
 LLM_FAILURE_MESSAGES: Mapping[str, str] = {
     "en": "Sorry, I can't answer right now. Please try again.",
@@ -126,10 +128,13 @@ class ConversationSettings:
 
 @dataclass(frozen=True)
 class ToolCall:
+    """One complete tool call (the LLM's, or the remote server's); `ports.ToolCallRequest` too."""
+
     id: str
     name: str
     arguments: dict[str, Any]
     raw_arguments: str = ""
+    """The arguments as the model sent them (for the history); `arguments` is {} if unparsable."""
 
 
 # ------------------------------------------------------------------ events (facts)
@@ -447,14 +452,14 @@ class ConversationMachine:
                 if event.stage == "llm" and event.turn is not None:
                     return self._on_llm_failed(event, now)
                 return [
-                    Emit("error", {"code": event.code, "message": event.message, "stage": event.stage}),
+                    Emit(Event.ERROR, {"code": event.code, "message": event.message, "stage": event.stage}),
                     *self._close("error"),
                 ]
             case UserText():
                 return self._on_user_text(event, now)
             case ContextAdded():
                 self.history.add_context(event.text, t=self._t(now))
-                return [Emit("contextual_update", {"text": event.text})]
+                return [Emit(Event.CONTEXTUAL_UPDATE, {"text": event.text})]
             case UserActivity():
                 if self.phase is not Phase.LISTENING:
                     return []  # no turn timeout runs while the agent works or speaks
@@ -529,7 +534,7 @@ class ConversationMachine:
             effects.append(ArmTimer(SILENCE_END_CALL, now + self.settings.silence_end_call_timeout_s))
         if self.settings.soft_timeout_s is not None:
             effects.append(ArmTimer(SOFT_TIMEOUT, now + self.settings.soft_timeout_s))
-        return [*effects, Emit("user_message", {"text": text}), self._generate(turn, now)]
+        return [*effects, Emit(Event.USER_MESSAGE, {"text": text}), self._generate(turn, now)]
 
     def _on_utterance(self, event: UserUtterance, now: float) -> list[Effect]:
         if self.phase is Phase.ENDING:
@@ -557,7 +562,7 @@ class ConversationMachine:
         self._heard_language = event.language
         self.phase = Phase.THINKING
         return [
-            Emit("user_transcript", {"user_transcript": text, "language": event.language}),
+            Emit(Event.USER_TRANSCRIPT, {"user_transcript": text, "language": event.language}),
             self._generate(turn, now),
         ]
 
@@ -587,7 +592,7 @@ class ConversationMachine:
                 call.id, call.name, call.raw_arguments or json.dumps(call.arguments), tool_type=tool_type
             )
             if call.name == "end_call" and "end_call" in self.settings.system_tool_names:
-                effects += self._system_tool(turn, call, "end_call_success")
+                effects += self._system_tool(call, SystemTool.END_CALL)
                 farewell = str(call.arguments.get("message") or "").strip()
                 if farewell:
                     effects.append(Say(turn.id, farewell, OutputKind.FAREWELL))
@@ -596,13 +601,13 @@ class ConversationMachine:
                     turn.reply_text = (turn.reply_text + " " + farewell).strip()
                 turn.end_after = "end_call"
             elif call.name == "skip_turn" and "skip_turn" in self.settings.system_tool_names:
-                effects += self._system_tool(turn, call, "skip_turn_success")
+                effects += self._system_tool(call, SystemTool.SKIP_TURN)
                 turn.skip = True
             elif (
                 call.name == "language_detection" and "language_detection" in self.settings.system_tool_names
             ):
                 language = str(call.arguments.get("language") or "").strip()
-                effects += self._system_tool(turn, call, "language_detection_success")
+                effects += self._system_tool(call, SystemTool.LANGUAGE_DETECTION)
                 if language:
                     self.language = language
                     prompt = _for_language(self.settings.language_prompts, language)
@@ -619,7 +624,7 @@ class ConversationMachine:
             else:
                 self.history.add_tool_result(call.id, call.name, f"error: unknown tool '{call.name}'")
                 effects.append(
-                    Emit("agent_tool_response", self._tool_response(call, "unknown", is_error=True))
+                    Emit(Event.AGENT_TOOL_RESPONSE, self._tool_response(call, "unknown", is_error=True))
                 )
                 continue_generation = True
         if continue_generation and turn.end_after is None and not turn.skip:
@@ -631,10 +636,10 @@ class ConversationMachine:
         self.phase = Phase.ENDING if turn.end_after else Phase.SPEAKING
         return [*effects, *self._maybe_emit_response(turn), SealOutput(turn.id)]
 
-    def _system_tool(self, turn: _Turn, call: ToolCall, result_type: str) -> list[Effect]:
-        result = {"result_type": result_type, "status": "success", **call.arguments}
+    def _system_tool(self, call: ToolCall, tool: SystemTool) -> list[Effect]:
+        result = system_tool_result(tool, call.arguments)
         self.history.add_tool_result(call.id, call.name, json.dumps(result), result=result)
-        return [Emit("agent_tool_response", self._tool_response(call, "system", is_error=False))]
+        return [Emit(Event.AGENT_TOOL_RESPONSE, self._tool_response(call, "system", is_error=False))]
 
     @staticmethod
     def _tool_response(call: ToolCall, tool_type: str, *, is_error: bool) -> dict[str, Any]:
@@ -646,7 +651,9 @@ class ConversationMachine:
             return []
         self.history.add_tool_result(event.call.id, event.call.name, event.result, is_error=event.is_error)
         effects: list[Effect] = [
-            Emit("agent_tool_response", self._tool_response(event.call, "client", is_error=event.is_error))
+            Emit(
+                Event.AGENT_TOOL_RESPONSE, self._tool_response(event.call, "client", is_error=event.is_error)
+            )
         ]
         if turn.tool_rounds > self.settings.max_tool_rounds:
             self.phase = Phase.SPEAKING
@@ -672,7 +679,7 @@ class ConversationMachine:
         ):
             turn.llm_retries += 1
             turn.requested_at = now
-            return [Emit("error", {**fields, "recovery": "retry"}), turn.request]
+            return [Emit(Event.ERROR, {**fields, "recovery": "retry"}), turn.request]
         effects: list[Effect] = [CancelTimer(SOFT_TIMEOUT)]
         if spoken:
             text = self._unmarked(turn, spoken)
@@ -680,7 +687,7 @@ class ConversationMachine:
             turn.reply_text = f"{turn.reply_text or ''} {text}".strip()
         elif turn.kind is OutputKind.REPROMPT:
             # Nobody asked anything: no apology to an empty room, the silence count goes on.
-            effects.insert(0, Emit("error", {**fields, "recovery": "listen"}))
+            effects.insert(0, Emit(Event.ERROR, {**fields, "recovery": "listen"}))
             if self._closing_reason is not None:
                 return effects + self._close(self._closing_reason)
             return effects + self._listen(now, arm_turn_timeout=True)
@@ -689,7 +696,7 @@ class ConversationMachine:
         turn.reply_text = f"{turn.reply_text or ''} {self._unmarked(turn, apology)}".strip()
         self.phase = Phase.SPEAKING
         return [
-            Emit("error", {**fields, "recovery": "apology"}),
+            Emit(Event.ERROR, {**fields, "recovery": "apology"}),
             *effects,
             Say(turn.id, apology, OutputKind.APOLOGY),
             *self._maybe_emit_response(turn),
@@ -715,7 +722,7 @@ class ConversationMachine:
         if any(part.voice is not None for part in turn.voice_parts):
             parts = [{"text": part.text, "voice_label": part.voice} for part in turn.voice_parts]
             fields["multivoice_message"] = {"parts": parts}
-        return [Emit("agent_response", fields)]
+        return [Emit(Event.AGENT_RESPONSE, fields)]
 
     def _unmarked(self, turn: _Turn, text: str) -> str:
         """`text` without multi-voice markup; its voice parts are added to the turn's."""
@@ -747,7 +754,7 @@ class ConversationMachine:
             original = (turn.reply_text or event.queued_text).strip()
             spoken = event.spoken_text.strip()
             if turn.audio_started:
-                effects.append(Emit("interruption", {"reason": "user_speech"}))
+                effects.append(Emit(Event.INTERRUPTION, {"reason": "user_speech"}))
                 if original and spoken != original:
                     effects.append(
                         Emit(

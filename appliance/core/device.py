@@ -18,6 +18,7 @@ from typing import assert_never
 from appliance.core.common import ArmTimer as ArmTimer
 from appliance.core.common import CancelTimer as CancelTimer
 from appliance.core.common import Emit as Emit
+from appliance.core.common import Event, Timer
 from appliance.core.common import TimerFired as TimerFired
 from appliance.core.endpointing import SpeechStarted, UtteranceEnded
 
@@ -34,7 +35,7 @@ class Chime(StrEnum):
     ERROR = "error"
 
 
-NO_SPEECH_TIMER = "no_speech"
+NO_SPEECH_TIMER = Timer.NO_SPEECH
 ERROR_REASONS = frozenset({"error", "network_error", "remote_error", "remote_rejected"})
 """Session end reasons the user hears as the error chime (the others get the done chime)."""
 
@@ -239,7 +240,7 @@ class DeviceMachine:
 
     def _on_failure(self, event: StageFailed) -> list[Effect]:
         effects: list[Effect] = [
-            Emit("error", {"code": event.code, "message": event.message, "stage": event.stage}),
+            Emit(Event.ERROR, {"code": event.code, "message": event.message, "stage": event.stage}),
         ]
         if self.state is DeviceState.SESSION and event.stage == "agent":
             effects += [EndSession("error"), *self._close_session("error")]

@@ -2,7 +2,7 @@
 
 No sockets, no clock: `ElevenLabsProtocol.receive_text(text)` turns one server frame into typed
 events, and the `*_message` methods build the client frames as JSON text. The adapter
-(`appliance.adapters.elevenlabs_session`) moves the bytes.
+(`appliance.adapters.elevenlabs.session`) moves the bytes.
 
 Decisions where the seeds disagree (digest §1.7):
 - `interruption_event` is `{event_id}` in the SDKs and `{reason}` in the seeds' TypeScript: both

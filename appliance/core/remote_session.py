@@ -1,6 +1,6 @@
 """The remote (ElevenLabs Agents) conversation as a pure machine: `handle(event, now) -> effects`.
 
-Every decision of a remote session lives here; `adapters/elevenlabs_session.py` only moves bytes
+Every decision of a remote session lives here; `adapters/elevenlabs/session.py` only moves bytes
 (signed-URL request, WebSocket, microphone encoding, speaker) and runs the effects. Events are the
 protocol's parsed server events (`elevenlabs_protocol.ServerEvent`) and the local facts below.
 
@@ -37,7 +37,7 @@ from enum import StrEnum
 from typing import Any, Literal, assert_never
 
 from appliance.core import elevenlabs_protocol as el
-from appliance.core.common import ArmTimer, CancelTimer, Emit, TimerFired
+from appliance.core.common import ArmTimer, CancelTimer, Emit, Event, Timer, TimerFired
 from appliance.core.conversation import ToolCall
 from appliance.core.endpointing import SAMPLE_RATE_HZ, UtteranceEnded
 from appliance.core.playout import Backoff, JitterBuffer
@@ -45,13 +45,13 @@ from appliance.core.playout import Backoff, JitterBuffer
 REPLAY_SILENCE_S = 0.8
 """Silence after a replayed question, so the server's turn detection closes the turn."""
 
-STALL = "stall"
-METADATA = "metadata"
-BACKOFF = "backoff"
-END_HOLD = "end_hold"
-END_DEADLINE = "end_deadline"
-DRAIN = "drain"
-JITTER = "jitter"
+STALL = Timer.STALL
+METADATA = Timer.METADATA
+BACKOFF = Timer.BACKOFF
+END_HOLD = Timer.END_HOLD
+END_DEADLINE = Timer.END_DEADLINE
+DRAIN = Timer.DRAIN
+JITTER = Timer.JITTER
 TIMERS = (STALL, METADATA, BACKOFF, END_HOLD, END_DEADLINE, DRAIN, JITTER)
 
 
@@ -561,7 +561,7 @@ class RemoteSessionMachine:
             )
             effects += [
                 Log("error", f"{el.printable(message)}; the session ends"),
-                Emit("error", {"code": "network_error", "message": message, "stage": "remote"}),
+                Emit(Event.ERROR, {"code": "network_error", "message": message, "stage": "remote"}),
             ]
             return effects + self._conclude("network_error", now)
         delay = self.s.backoff.delay(self._attempt, self._rng)
@@ -588,7 +588,7 @@ class RemoteSessionMachine:
         }
         if outcome.code is not None:
             fields["close_code"] = outcome.code
-        effects: list[Effect] = [Emit("error", fields)]
+        effects: list[Effect] = [Emit(Event.ERROR, fields)]
         if not outcome.reconnect:
             effects.insert(
                 0, Log("error", f"remote agent: {el.printable(outcome.message)}; the session ends")
@@ -749,10 +749,10 @@ class RemoteSessionMachine:
         queue = True
         match request.kind:
             case "contextual_update":
-                effects.append(Emit("contextual_update", {"text": request.text}))
+                effects.append(Emit(Event.CONTEXTUAL_UPDATE, {"text": request.text}))
                 message: str | None = self.proto.contextual_update_message(request.text)
             case "user_message":
-                effects.append(Emit("user_message", {"text": request.text}))
+                effects.append(Emit(Event.USER_MESSAGE, {"text": request.text}))
                 self.awaiting_reply = True
                 self._turn_heard = True
                 self._hold(self.s.reply_wait_s, now)
@@ -933,18 +933,21 @@ class RemoteSessionMachine:
                     )
                 ]
             case el.Interruption(event_id=event_id, reason=reason):
-                return [*self._interrupt(), Emit("interruption", {"event_id": event_id, "reason": reason})]
+                return [
+                    *self._interrupt(),
+                    Emit(Event.INTERRUPTION, {"event_id": event_id, "reason": reason}),
+                ]
             case el.UserTranscript(text=text, event_id=event_id):
                 self.awaiting_reply = True
                 self._turn_heard = True
                 self._hold(self.s.reply_wait_s, now)
-                return [Emit("user_transcript", {"user_transcript": text, "event_id": event_id})]
+                return [Emit(Event.USER_TRANSCRIPT, {"user_transcript": text, "event_id": event_id})]
             case el.TentativeUserTranscript(text=text, event_id=event_id):
                 return [Emit("tentative_user_transcript", {"user_transcript": text, "event_id": event_id})]
             case el.AgentResponse(text=text, event_id=event_id):
                 self._answered()
                 self._hold(self.s.audio_gap_s, now)
-                return [Emit("agent_response", {"agent_response": text, "event_id": event_id})]
+                return [Emit(Event.AGENT_RESPONSE, {"agent_response": text, "event_id": event_id})]
             case el.AgentResponseCorrection(original=original, corrected=corrected, event_id=event_id):
                 fields: dict[str, Any] = {
                     "original_agent_response": original,
@@ -995,7 +998,7 @@ class RemoteSessionMachine:
                     "tool_type": event.tool_type,
                     "is_error": event.is_error,
                 }
-                effects = [Emit("agent_tool_response", fields)]
+                effects = [Emit(Event.AGENT_TOOL_RESPONSE, fields)]
                 if event.tool_name == "end_call" and not event.is_error:
                     effects += self._on_end("end_call", False, now)
                 return effects
@@ -1040,7 +1043,7 @@ class RemoteSessionMachine:
                     "close_code": event.code,
                     "error_type": event.error_type,
                 }
-                return [*effects, Emit("error", fields)]
+                return [*effects, Emit(Event.ERROR, fields)]
             case el.Ignored(type=kind):
                 return [Log("debug", f"ignoring server message of unknown type {el.printable(kind, 80)}")]
             case el.MalformedFrame(reason=why, excerpt=excerpt, frame_type=frame_type):

@@ -1,4 +1,4 @@
-"""OpenAI function schemas for the agent's tools, and the platform's system-tool result payloads.
+"""OpenAI function schemas for the agent's tools, and the system-tool result payload.
 
 System tools (seed §5.3) are enabled by name in `prompt.built_in_tools` (a config mapping, or
 None for off); a non-empty `description` replaces the platform's default one. The device offers
@@ -116,21 +116,10 @@ def _system_tool_schema(tool: SystemTool, description: str, languages: list[str]
     raise ValueError(f"system tool {tool} is not offered on the device")
 
 
-def end_call_result(reason: str | None, message: str | None = None) -> dict[str, Any]:
-    return {"result_type": "end_call_success", "status": "success", "reason": reason, "message": message}
-
-
-def skip_turn_result(reason: str | None = None) -> dict[str, Any]:
-    return {"result_type": "skip_turn_success", "status": "success", "reason": reason}
-
-
-def language_detection_result(reason: str | None, language: str) -> dict[str, Any]:
-    return {
-        "result_type": "language_detection_success",
-        "status": "success",
-        "reason": reason,
-        "language": language,
-    }
+def system_tool_result(tool: SystemTool, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """What a system tool call records as its result (the conversation's history): the platform's
+    `<tool>_success` with the call's own arguments (`reason`, `message`, `language`...)."""
+    return {"result_type": f"{tool.value}_success", "status": "success", **arguments}
 
 
 def webhook_tool_schema(tool: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,17 +22,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config
+from appliance.core.common import Event
 from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
 from appliance.errors import AudioDeviceError
-from appliance.ports import AgentSession, Clock, Microphone, Speaker
+from appliance.ports import AgentSession, Clock, Microphone, Speaker, VoiceActivityDetector, WakeWordDetector
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
@@ -40,6 +40,12 @@ from appliance.runtime.loop import SESSION_MARGIN_S, ApplianceLoop, LoopLimits, 
 from appliance.runtime.playback_monitor import MonitoredSpeaker
 from appliance.runtime.router import AudioRouter
 from appliance.runtime.timers import Timers
+from appliance.runtime.wiring import Preloaded as Preloaded
+from appliance.runtime.wiring import RunOptions as RunOptions
+from appliance.runtime.wiring import Wiring as Wiring
+
+if TYPE_CHECKING:
+    from appliance.runtime.local_agent import LocalModels
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,34 +58,6 @@ EXIT_GRACE_S = 0.4
 """After the run, worker threads still busy (a sentence being synthesized) get this long."""
 CLOSE_S = 0.3
 """Each device and file closed at the end of a run gets this long."""
-
-
-@dataclass
-class RunOptions:
-    input: str | None = None
-    """A WAV path, `-` for raw 16 kHz s16le on stdin, or None for the microphone."""
-    output: str | None = None
-    """A WAV path for what the speaker would play, or None for the speaker."""
-    events: str | None = None
-    realtime: bool = False
-    simulate_echo: float | None = None
-    """Testing aid: mix the speaker's output back into the input at this gain (30 ms late)."""
-    require_devices: bool = False
-    """A service: a missing microphone or speaker is an error (exit 4, systemd retries) instead
-    of the example recording / a WAV file standing in."""
-
-
-@dataclass
-class Wiring:
-    """What a run is built from; tests build one with fakes."""
-
-    microphone: Microphone
-    speaker: Speaker
-    clock: Clock
-    events: EventLog
-    timers: Timers
-    input_duration_s: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def open_audio(config: Config, options: RunOptions) -> Wiring:
@@ -166,12 +144,12 @@ def _report_microphone(events: EventLog, state: str, reason: str | None) -> None
     if state == "reconnecting":
         message = f"microphone lost ({reason or 'no audio'}); retrying until it comes back"
         _LOGGER.warning("%s", message)
-        events.emit("error", code="audio_device", message=message, stage="microphone")
+        events.emit(Event.ERROR, code="audio_device", message=message, stage="microphone")
     elif state == "open":
         events.emit("microphone_ready")
 
 
-def load_listeners(config: Config) -> tuple[Any, Any]:
+def load_listeners(config: Config) -> tuple[WakeWordDetector, VoiceActivityDetector]:
     """The wake-word detector and the VAD, from the model store (clear errors if missing)."""
     from appliance.adapters.silero_vad import SileroVad
     from appliance.config import resolve_models_dir
@@ -189,8 +167,8 @@ def build_loop(
     config: Config,
     wiring: Wiring,
     *,
-    detector: Any,
-    vad: Any,
+    detector: WakeWordDetector,
+    vad: VoiceActivityDetector,
     session_factory: Callable[[str], AgentSession],
     executor: ThreadPoolExecutor,
 ) -> ApplianceLoop:
@@ -237,7 +215,7 @@ def build_loop(
 
 
 def session_factory_for(
-    config: Config, wiring: Wiring, local_models: Any | None
+    config: Config, wiring: Wiring, local_models: LocalModels | None
 ) -> Callable[[str], AgentSession]:
     """Which agent a wake word talks to."""
     if config.appliance.mode in ("remote", "auto"):
@@ -260,22 +238,13 @@ def session_factory_for(
     return lambda wake_word: CaptureSession()
 
 
-def load_agent_models(config: Config) -> Any | None:
+def load_agent_models(config: Config) -> LocalModels | None:
     """Models of the local agent (None when the configured mode does not use it)."""
     if config.appliance.mode == "remote":
         return None  # auto keeps the local agent loaded: it takes over when the network fails
     from appliance.runtime.local_agent import load_local_models
 
     return load_local_models(config)
-
-
-@dataclass
-class Preloaded:
-    """Models loaded once and reused across runs (tests, benchmarks, config reloads)."""
-
-    detector: Any
-    vad: Any
-    local_models: Any | None
 
 
 def preload(config: Config) -> Preloaded:

@@ -45,6 +45,7 @@ from appliance.ports import (
 )
 from appliance.runtime.clock import MonotonicClock
 from appliance.runtime.speech_output import SpeechOutput
+from appliance.runtime.tasks import TaskFailure, spawn_guarded
 from appliance.runtime.timers import Timers
 from appliance.runtime.voice_rendering import VoiceRenderer
 
@@ -237,21 +238,12 @@ class LocalAgentSession:
                     self._d.events.emit("error", code="internal", message=redact(str(err)), stage="agent")
 
     def _spawn(self, coro: Awaitable[None], name: str, turn: int | None = None) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except ApplianceError as err:
-                _LOGGER.warning("%s failed: %s", name, redact(str(err)))
-                self._post(cv.WorkFailed(name, err.code, redact(str(err))))
-            except Exception as err:
-                _LOGGER.exception("%s failed", name)
-                self._post(cv.WorkFailed(name, f"{name}_failed", redact(f"{type(err).__name__}: {err}")))
+        def failed(failure: TaskFailure) -> None:
+            self._post(cv.WorkFailed(name, failure.code or f"{name}_failed", failure.message))
 
-        task = asyncio.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = spawn_guarded(
+            coro, name, tasks=self._tasks, on_failure=failed, logger=_LOGGER, warn_known=True
+        )
         if turn is not None:
             group = self._turn_tasks.setdefault(turn, set())
             group.add(task)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from appliance.core.common import Event
 from appliance.core.device import (
     NO_SPEECH_TIMER,
     ArmTimer,
@@ -48,10 +49,11 @@ from appliance.core.device import (
 from appliance.core.progress import ProgressLimits, ProgressMonitor
 from appliance.errors import ApplianceError
 from appliance.logs import redact
-from appliance.ports import AgentSession, Clock, EventSink, Microphone
+from appliance.ports import MIC_RATE_HZ, AgentSession, Clock, EventSink, Microphone
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import StreamClock
 from appliance.runtime.router import AudioRouter
+from appliance.runtime.tasks import TaskFailure, spawn_guarded
 from appliance.runtime.timers import Timers
 
 _LOGGER = logging.getLogger(__name__)
@@ -217,7 +219,7 @@ class ApplianceLoop:
                 if self._stream_clock is not None:
                     # Fast runs are turn based: input waits while the agent thinks or speaks.
                     await self._wait_session_idle()
-                    self._stream_clock.advance(block.size / 16000)
+                    self._stream_clock.advance(block.size / MIC_RATE_HZ)
                 self.progress.block_started(self._monotonic())
                 session = self._session
                 if session is not None:
@@ -266,14 +268,14 @@ class ApplianceLoop:
                 effects = self._machine.handle(event, self._clock.now())
             except Exception as err:  # a machine bug must not kill the consumer
                 _LOGGER.exception("the device machine failed on %s", type(event).__name__)
-                self._events.emit("error", code="internal", message=redact(str(err)), stage="runtime")
+                self._events.emit(Event.ERROR, code="internal", message=redact(str(err)), stage="runtime")
                 continue
             for effect in effects:
                 try:
                     self._run(effect)
                 except Exception as err:  # an effect must never kill the loop
                     _LOGGER.exception("effect %s failed", type(effect).__name__)
-                    self._events.emit("error", code="internal", message=redact(str(err)), stage="runtime")
+                    self._events.emit(Event.ERROR, code="internal", message=redact(str(err)), stage="runtime")
 
     async def _tick(self) -> None:
         last = self._clock.now()
@@ -303,18 +305,11 @@ class ApplianceLoop:
         self.progress.task_died(what)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except ApplianceError as err:
-                self.post(StageFailed("agent", err.code, redact(str(err)), err.retryable))
-            except Exception as err:
-                _LOGGER.exception("%s failed", name)
-                self.post(StageFailed("agent", "agent_failed", redact(f"{type(err).__name__}: {err}")))
+        spawn_guarded(coro, name, tasks=self._tasks, on_failure=self._work_failed, logger=_LOGGER)
 
-        self._track(asyncio.create_task(guarded(), name=name))
+    def _work_failed(self, failure: TaskFailure) -> None:
+        code = failure.code or "agent_failed"
+        self.post(StageFailed("agent", code, failure.message, failure.retryable))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

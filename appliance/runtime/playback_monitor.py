@@ -14,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.adapters.resample import resample
-from appliance.ports import Clock, Pcm16, Speaker
+from appliance.ports import MIC_RATE_HZ, Clock, Pcm16, Speaker
 
-RATE_HZ = 16000
+RATE_HZ = MIC_RATE_HZ
 
 
 class MonitoredSpeaker:

@@ -25,12 +25,12 @@ from typing import Any
 
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.retention import Action, RetentionPolicy, StoredTurn, plan
-from appliance.ports import AgentSession, Pcm16
+from appliance.ports import MIC_RATE_HZ, AgentSession, Pcm16
 
 _LOGGER = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 3600.0
-RATE_HZ = 16000
+RATE_HZ = MIC_RATE_HZ
 
 
 @dataclass

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from appliance.config import Config, resolve_models_dir
 
 if TYPE_CHECKING:
-    from appliance.runtime.app import Preloaded
+    from appliance.ports import VoiceActivityDetector, WakeWordDetector
+    from appliance.runtime.local_agent import LocalModels
+    from appliance.runtime.wiring import Preloaded
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ def reload_models(
     new: Config,
     models: Preloaded,
     *,
-    load_listeners: Callable[[Config], tuple[Any, Any]],
-    load_agent_models: Callable[[Config], Any],
+    load_listeners: Callable[[Config], tuple[WakeWordDetector, VoiceActivityDetector]],
+    load_agent_models: Callable[[Config], LocalModels | None],
 ) -> Preloaded:
     """Models for `new`: those of `models` whose inputs did not change, the rest loaded.
     Blocking (run it on a worker thread); raises like the loaders when a model is missing."""

@@ -37,8 +37,9 @@ from appliance.ports import AgentSession, Clock, EventSink, Speaker
 from appliance.runtime.clock import MonotonicClock
 
 if TYPE_CHECKING:
-    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession
-    from appliance.runtime.app import Wiring
+    from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession
+    from appliance.runtime.local_agent import LocalModels
+    from appliance.runtime.wiring import Wiring
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def remote_session_factory(
     clock: Clock,
     stopwatch: Clock | None = None,
 ) -> Callable[[str], ElevenLabsAgentSession]:
-    from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession
+    from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession
     from appliance.adapters.resample import Resampler
     from appliance.runtime.tools import DeviceToolRunner, ToolSetupError
 
@@ -159,7 +160,7 @@ def remote_session_factory(
     key = api_key(config)
     provider = None
     if config.appliance.remote.requires_auth and key:
-        from appliance.adapters.elevenlabs_signed_url import SignedUrlProvider
+        from appliance.adapters.elevenlabs.signed_url import SignedUrlProvider
 
         provider = SignedUrlProvider(settings.base_url, settings.agent_id, key)
     device_tools = list(config.appliance.tools)
@@ -198,7 +199,7 @@ def remote_session_factory(
 
 
 def agent_session_factory(
-    config: Config, wiring: Wiring, local_models: Any | None
+    config: Config, wiring: Wiring, local_models: LocalModels | None
 ) -> Callable[[str], AgentSession]:
     """`mode: remote`: remote sessions; `mode: auto`: remote sessions that fail over to local."""
     remote = remote_session_factory(config, speaker=wiring.speaker, events=wiring.events, clock=wiring.clock)

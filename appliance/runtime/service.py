@@ -30,6 +30,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import DEFAULT_SOURCE, Config, load_config
+from appliance.core.common import Event
 from appliance.core.retention import RetentionPolicy, policy_from_privacy
 from appliance.core.status import AGENT_BUSY, AGENT_IDLE, State, Status, next_status
 from appliance.errors import ConfigError
@@ -46,7 +47,7 @@ from appliance.runtime.systemd_notify import SystemdNotifier, Watchdog
 from appliance.runtime.turn_log import TurnLog
 
 if TYPE_CHECKING:
-    from appliance.runtime.app import Preloaded, Wiring
+    from appliance.runtime.wiring import Preloaded, Wiring
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ class Service:
         except Exception as err:
             message = redact(_problem_text(err))
             _LOGGER.error("configuration reload failed; the running configuration stays: %s", message)
-            self.events.emit("error", code="config_reload_failed", message=message, stage="config")
+            self.events.emit(Event.ERROR, code="config_reload_failed", message=message, stage="config")
             self.notifier.ready(f"reload failed; running {source} unchanged")
             return
         if self._pending is not None:

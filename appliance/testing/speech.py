@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from appliance.adapters.resample import resample
-from appliance.ports import Pcm16
+from appliance.ports import MIC_RATE_HZ, Pcm16
 
-RATE_HZ = 16000
+RATE_HZ = MIC_RATE_HZ
 
 
 def joe_voice_paths() -> tuple[Path, Path]:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
-from appliance.adapters.elevenlabs_signed_url import SignedUrlProvider
+from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
+from appliance.adapters.elevenlabs.signed_url import SignedUrlProvider
 from appliance.core.conversation import ToolCall
 from appliance.core.elevenlabs_protocol import InitiationData
 from appliance.core.endpointing import UtteranceEnded

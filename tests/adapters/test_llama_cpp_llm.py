@@ -214,12 +214,21 @@ def test_streams_an_answer_mentioning_paris(llm: LlamaCppLlm) -> None:
 
 @pytest.mark.models
 def test_tools_are_accepted(llm: LlamaCppLlm) -> None:
-    async def body() -> list[LlmOutput]:
+    async def body() -> tuple[list[LlmOutput], GenerationStats | None]:
         options = {"temperature": 0.0, "max_tokens": 24}
-        return [o async for o in llm.stream_chat(CAPITAL, [END_CALL_TOOL], options)]
+        out = [o async for o in llm.stream_chat(CAPITAL, [END_CALL_TOOL], options)]
+        return out, await llm.wait_idle()
 
-    out = run(body)
-    assert out  # text, or a CALL line turned into a tool call
+    out, stats = run(body)
+    # the tools reach llama-cpp's chat handler, and the generation completes normally with them
+    assert llm._completion_kwargs(CAPITAL, [END_CALL_TOOL], {})["tools"] == [END_CALL_TOOL]
+    assert stats is not None and not stats.cancelled and stats.tokens > 0
+    # its output is text and/or calls of the offered tool (text first); a CALL line never leaks as text
+    kinds = [type(o) for o in out]
+    assert out and kinds == sorted(kinds, key=lambda k: k is ToolCallRequest)
+    text = "".join(o.text for o in out if isinstance(o, TextDelta))
+    assert not text.lstrip().startswith("CALL ")
+    assert all(o.name == "end_call" for o in out if isinstance(o, ToolCallRequest))
 
 
 def _assert_stopped_early(stats: GenerationStats | None, waited_s: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import time
@@ -76,8 +77,18 @@ async def with_llm(
 
 
 def test_implements_the_port() -> None:
+    """`stream_chat` takes the port's parameters (same names, kinds and defaults) and is an async
+    generator, so the session can `aclose()` it to stop a generation."""
     llm: LanguageModel = OpenAiCompatibleLlm("http://127.0.0.1:9/v1", model=None, api_key=None)
-    assert callable(llm.stream_chat)
+    port = inspect.signature(LanguageModel.stream_chat)
+    ours = inspect.signature(OpenAiCompatibleLlm.stream_chat)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in port.parameters.values()
+    ]
+    assert inspect.isasyncgenfunction(OpenAiCompatibleLlm.stream_chat)
+    stream = llm.stream_chat([{"role": "user", "content": "hi"}], None, {})
+    assert inspect.isasyncgen(stream)
+    asyncio.run(stream.aclose())  # type: ignore[attr-defined]
     asyncio.run(llm.aclose())  # type: ignore[attr-defined]
 
 

@@ -213,7 +213,22 @@ def test_user_speech_resets_turn_timeout_and_reprompt_count() -> None:
     turn = ask(m, 2.0)
     reply(m, turn, 3.0)
     m.handle(cv.OutputFinished(turn, "Paris."), 4.0)
-    assert cv.CancelTimer(cv.TURN_TIMEOUT) in m.handle(cv.UserSpeechStarted(), 6.0)
+
+    def silence_until_reprompt(now: float) -> None:
+        effects = m.handle(cv.TimerFired(cv.TURN_TIMEOUT), now)
+        gen = of(effects, cv.GenerateReply)[0]  # re-prompted, not closed
+        assert gen.kind is OutputKind.REPROMPT and not of(effects, cv.Close)
+        m.handle(cv.ReplyGenerated(gen.turn, "Are you still there?"), now + 0.5)
+        m.handle(cv.OutputStarted(gen.turn), now + 0.6)
+        m.handle(cv.OutputFinished(gen.turn, "Are you still there?"), now + 1.0)
+
+    silence_until_reprompt(9.0)  # the one re-prompt allowed
+    assert cv.CancelTimer(cv.TURN_TIMEOUT) in m.handle(cv.UserSpeechStarted(), 14.5)
+    turn = ask(m, 16.0, "And of Spain?")  # the user answered: the count starts again
+    reply(m, turn, 17.0, "Madrid.")
+    m.handle(cv.OutputFinished(turn, "Madrid."), 18.0)
+    silence_until_reprompt(23.0)  # one re-prompt again, not the end
+    assert of(m.handle(cv.TimerFired(cv.TURN_TIMEOUT), 29.0), cv.Close) == [cv.Close("silence")]
 
 
 def test_silence_end_call_timeout_ends_the_session() -> None:
@@ -382,3 +397,37 @@ def test_failure_ends_with_error() -> None:
     m.handle(cv.Started(), 0.0)
     effects = m.handle(cv.WorkFailed("llm", "llm_unreachable", "connection refused"), 1.0)
     assert emitted(effects) == ["error"] and cv.Close("error") in effects
+
+
+def test_device_tool_rounds_are_capped() -> None:
+    """After `max_tool_rounds` device tool calls in one turn, the next result ends the turn
+    (what was said is sealed) instead of asking the LLM again."""
+    m = machine(device_tool_names=frozenset({"get_weather"}), max_tool_rounds=2)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "Weather in Paris?")
+    now = 3.0
+    generated = []
+    for i in range(3):
+        c = cv.ToolCall(f"call_{i}", "get_weather", {"city": "Paris"})
+        assert of(m.handle(cv.ReplyGenerated(turn, "", (c,)), now), cv.RunTool) == [cv.RunTool(turn, c)]
+        effects = m.handle(cv.ToolFinished(turn, c, '{"temp": 21}'), now + 0.5)
+        generated.append(bool(of(effects, cv.GenerateReply)))
+        now += 1.0
+    assert generated == [True, True, False]
+    assert of(effects, cv.SealOutput) == [cv.SealOutput(turn)]
+    assert m.phase is cv.Phase.SPEAKING
+
+
+def test_system_tool_rounds_are_capped() -> None:
+    """A system tool that continues the reply (language_detection) asks the LLM again at most
+    `max_tool_rounds` times in one turn."""
+    m = machine(max_tool_rounds=2)
+    m.handle(cv.Started(), 0.0)
+    turn = ask(m, 2.0, "¿Hablas español?")
+    generated = []
+    for i in range(3):
+        c = cv.ToolCall(f"call_{i}", "language_detection", {"reason": "asked", "language": "es"})
+        effects = m.handle(cv.ReplyGenerated(turn, "", (c,)), 3.0 + i)
+        generated.append(bool(of(effects, cv.GenerateReply)))
+    assert generated == [True, True, False]
+    assert of(effects, cv.SealOutput) == [cv.SealOutput(turn)]

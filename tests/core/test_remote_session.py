@@ -670,6 +670,33 @@ def test_a_tool_result_goes_only_to_the_connection_that_asked(
     ]
 
 
+@pytest.mark.parametrize("expects", [True, False])
+def test_a_client_tool_call_is_answered_only_when_the_server_expects_a_response(expects: bool) -> None:
+    """The call's `expects_response` travels with the tool run and decides whether its result is sent."""
+    m = machine()
+    connect(m, 0.0)
+    frame = message(
+        "client_tool_call",
+        "client_tool_call",
+        tool_name="get_battery",
+        tool_call_id="c2",
+        parameters={"unit": "percent"},
+        expects_response=expects,
+    )
+    runs = [e for e in drive(m, [(1.0, frame)]) if isinstance(e, rs.RunTool)]
+    assert [(r.call.id, r.call.name, r.expects_response) for r in runs] == [("c2", "get_battery", expects)]
+    run = runs[0]
+    done = rs.ToolDone(run.connection, run.call, run.expects_response, '{"level": 87}', False, 0.5)
+    sent = [json.loads(e.text) for e in drive(m, [(1.5, done)]) if isinstance(e, rs.Send)]
+    answer = {
+        "type": "client_tool_result",
+        "tool_call_id": "c2",
+        "result": '{"level": 87}',
+        "is_error": False,
+    }
+    assert sent == ([answer] if expects else [])
+
+
 @pytest.mark.parametrize(("expects", "sent"), [(True, True), (False, False)])
 def test_an_invalid_tool_call_is_answered_with_an_error(expects: bool, sent: bool) -> None:
     m = machine()

@@ -10,9 +10,7 @@ from appliance.core.system_tools import (
     DEFAULT_DESCRIPTIONS,
     SystemTool,
     client_tool_schema,
-    end_call_result,
-    language_detection_result,
-    skip_turn_result,
+    system_tool_result,
     system_tool_schemas,
     webhook_tool_schema,
 )
@@ -112,14 +110,18 @@ def test_language_detection_needs_languages() -> None:
 
 
 def test_result_payloads() -> None:
-    assert end_call_result("done", "Bye!") == {
+    """A system tool's result is `<tool>_success` with the call's own arguments."""
+    assert system_tool_result(SystemTool.END_CALL, {"reason": "done", "message": "Bye!"}) == {
         "result_type": "end_call_success",
         "status": "success",
         "reason": "done",
         "message": "Bye!",
     }
-    assert skip_turn_result() == {"result_type": "skip_turn_success", "status": "success", "reason": None}
-    assert language_detection_result("asked", "es") == {
+    assert system_tool_result(SystemTool.SKIP_TURN, {}) == {
+        "result_type": "skip_turn_success",
+        "status": "success",
+    }
+    assert system_tool_result(SystemTool.LANGUAGE_DETECTION, {"reason": "asked", "language": "es"}) == {
         "result_type": "language_detection_success",
         "status": "success",
         "reason": "asked",

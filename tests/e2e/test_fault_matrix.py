@@ -43,6 +43,7 @@ import pytest
 import yaml
 
 from appliance.testing.fake_elevenlabs import FakeElevenLabsServer, FakeOptions
+from appliance.testing.fakes import wait_until
 from appliance.testing.faults import (
     SESSION_STATES,
     STATE_REACHED,
@@ -696,9 +697,11 @@ def run_mic_outage(fault: MicOutageFault, audio: np.ndarray, tmp_path: Path, mod
         )  # fmt: skip
         try:
             wait_for_event(events_path, proc, "microphone_ready", timeout_s=90)
-            deadline = time.monotonic() + audio.size / RATE + 30
-            while time.monotonic() < deadline and ANSWER_2 not in said(read_partial(events_path)):
-                time.sleep(0.1)
+            wait_until(
+                lambda: ANSWER_2 in said(read_partial(events_path)),
+                audio.size / RATE + 30,
+                "the second answer",
+            )
             time.sleep(0.5)
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)

@@ -10,62 +10,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 from appliance.config import load_config
 from appliance.core.conversation import Phase
 from appliance.core.endpointing import UtteranceEnded
-from appliance.ports import Pcm16
 from appliance.runtime.local_agent import _model_file, conversation_settings, session_variables
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
+from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, RecordingSpeaker, SilentTts
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
-
-
-class FakeStt:
-    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
-        return "Tell me a story.", "en"
-
-
-class FakeTts:
-    def synthesize(self, text: str, voice: str, speed: float) -> tuple[Pcm16, int]:
-        return np.zeros(int(len(text) / 18.0 * 16000), dtype=np.int16), 16000
-
-
-class Clock:
-    def now(self) -> float:
-        return 0.0
-
-
-class Speaker:
-    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
-        await asyncio.sleep(0)
-        return True
-
-    def stop(self) -> None:
-        return None
-
-    @property
-    def playing(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append({"type": type, **fields})
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.items if e["type"] == kind]
+STT = FixedStt("Tell me a story.")
 
 
 def test_smollm2_telling_a_story_is_bounded(models_dir: Path) -> None:
@@ -76,13 +33,13 @@ def test_smollm2_telling_a_story_is_bounded(models_dir: Path) -> None:
     assert config.conversation_config.agent.prompt.max_tokens == -1  # the platform default
     llm = LlamaCppLlm(_model_file(config, config.appliance.local.llm.model, ".gguf"), n_ctx=2048)
     settings = conversation_settings(config, session_variables(config, "", "local_t", datetime.now(UTC)))
-    events = Events()
+    events = RecordingEvents()
 
     async def run() -> None:
-        clock = Clock()
+        clock = FixedClock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=llm, tts=FakeTts(), speaker=Speaker(), events=events, clock=clock,
+            stt=STT, llm=llm, tts=SilentTts(18.0), speaker=RecordingSpeaker(), events=events, clock=clock,
             timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
             llm_options={"temperature": 0.0, "max_tokens": -1},
         )  # fmt: skip

@@ -20,10 +20,11 @@ from elevenlabs.conversational_ai.conversation import (
     ConversationInitiationData,
 )
 
-from appliance.adapters.elevenlabs_session import ElevenLabsAgentSession, RemoteSettings
+from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
 from appliance.core.elevenlabs_protocol import InitiationData
 from appliance.runtime.clock import MonotonicClock
 from appliance.testing.fake_elevenlabs import ConnectionRecord, FakeElevenLabsServer, FakeOptions, tone
+from appliance.testing.fakes import wait_until
 
 RATE = 16000
 KEY = "sk_sdk_test_0123456789"
@@ -95,9 +96,7 @@ def run_sdk(server: FakeElevenLabsServer, *, wait_for: Any, end: bool = True) ->
     )
     conversation.start_session()
     if end:
-        deadline = time.monotonic() + 10
-        while not wait_for(run) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: wait_for(run), 10.0, "the SDK conversation")
         conversation.end_session()
     run.conversation_id = conversation.wait_for_session_end()
     return run
@@ -142,7 +141,7 @@ class _Tools:
 
 
 def run_ours(server: FakeElevenLabsServer, *, wait_for: Any) -> OurRun:
-    from appliance.adapters.elevenlabs_signed_url import SignedUrlProvider
+    from appliance.adapters.elevenlabs.signed_url import SignedUrlProvider
 
     run = OurRun()
 
@@ -251,9 +250,7 @@ def test_the_sdk_sees_interruptions_and_drops_the_stale_audio_as_the_appliance_d
             callback_agent_response_correction=lambda a, b: run.corrections.append((a, b)),
         )
         conversation.start_session()
-        deadline = time.monotonic() + 15
-        while len(run.responses) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(run.responses) >= 2, 15.0, "two agent responses through the SDK")
         conversation.end_session()
         conversation.wait_for_session_end()
         (record,) = server.records

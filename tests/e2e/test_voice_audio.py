@@ -31,6 +31,7 @@ from appliance.ports import LlmOutput, Pcm16, TextDelta
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
 from appliance.runtime.voice_rendering import LabelVoice, VoiceRenderer
+from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, RecordingSpeaker, until
 from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
 from appliance.testing.speech import concat, joe_voice_paths, silence, write_wav
 
@@ -121,43 +122,7 @@ class ScriptedLlm:
             yield TextDelta(delta)
 
 
-class FakeStt:
-    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
-        return "Tell me about the lighthouse.", "en"
-
-
-class Clock:
-    def now(self) -> float:
-        return 0.0
-
-
-class RecordingSpeaker:
-    def __init__(self) -> None:
-        self.played: list[tuple[Pcm16, int]] = []
-
-    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
-        self.played.append((audio, sample_rate_hz))
-        return True
-
-    def stop(self) -> None:
-        return None
-
-    @property
-    def playing(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append({"type": type, **fields})
-
-
+STT = FixedStt("Tell me about the lighthouse.")
 SENTENCE = "The old keeper climbed the stairs."
 REPLY = f"<Narrator>{SENTENCE}</Narrator> <Joe>{SENTENCE}</Joe> Then everyone went home for dinner."
 
@@ -186,7 +151,7 @@ def test_segments_play_in_order_with_their_voice_settings(
         return piper_synthesize(self, text, syn_config=syn_config)
 
     monkeypatch.setattr(PiperVoice, "synthesize", spy)
-    speaker, events = RecordingSpeaker(), Events()
+    speaker, events = RecordingSpeaker(), RecordingEvents()
     deltas = [REPLY[i : i + 3] for i in range(0, len(REPLY), 3)]  # every tag cut somewhere
     labels = {
         "Narrator": LabelVoice("Narrator", "joe_calm", speed=0.9),
@@ -194,10 +159,10 @@ def test_segments_play_in_order_with_their_voice_settings(
     }
 
     async def run() -> None:
-        clock = Clock()
+        clock = FixedClock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=ScriptedLlm(deltas), tts=tts, speaker=speaker, events=events, clock=clock,
+            stt=STT, llm=ScriptedLlm(deltas), tts=tts, speaker=speaker, events=events, clock=clock,
             timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe", speed=1.0,
             renderer=VoiceRenderer(tts, labels),
         )  # fmt: skip
@@ -207,10 +172,9 @@ def test_segments_play_in_order_with_their_voice_settings(
         session = LocalAgentSession(settings, deps)
         await session.start()
         await session.utterance(UtteranceEnded(0.0, 1.0, "silence", b"\0\0" * 1600))
-        for _ in range(600):
-            await asyncio.sleep(0.05)
-            if any(e["type"] == "agent_response" for e in events.items) and not session.busy:
-                break
+        await until(
+            lambda: bool(events.of("agent_response")) and not session.busy, 30.0, "the agent's answer"
+        )
         await session.end("test")
         await asyncio.wait_for(session.closed(), 10)
         executor.shutdown()

@@ -23,51 +23,15 @@ from appliance.ports import LlmOutput, Pcm16, TextDelta
 from appliance.runtime.local_agent import LocalModels, custom_llm_client, local_session_factory
 from appliance.runtime.local_session import LocalAgentSession
 from appliance.runtime.timers import Timers
+from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, RecordingSpeaker, until
 from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
 
 PROMPT = "You are a test agent in conversation {{system__conversation_id}}."
 
 
-class FakeStt:
-    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
-        return "What time is it?", "en"
-
-
 class FakeTts:
     def synthesize(self, text: str, voice: str, speed: float) -> tuple[Pcm16, int]:
         return np.zeros(160 * len(text.split()), dtype=np.int16), 16000
-
-
-class Speaker:
-    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
-        await asyncio.sleep(0)
-        return True
-
-    def stop(self) -> None:
-        return None
-
-    @property
-    def playing(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
-
-
-class Clock:
-    def now(self) -> float:
-        return 0.0
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append({"type": type, **fields})
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.items if e["type"] == kind]
 
 
 class RecordingLlm:
@@ -113,7 +77,7 @@ def custom_config(url: str, **custom: Any) -> Config:
 def models_for(config: Config, llm: Any, access: Any = None) -> LocalModels:
     executor = ThreadPoolExecutor(1)
     return LocalModels(
-        stt=FakeStt(),
+        stt=FixedStt("What time is it?"),
         llm=llm,
         tts=FakeTts(),
         concurrent_llm=True,
@@ -123,23 +87,22 @@ def models_for(config: Config, llm: Any, access: Any = None) -> LocalModels:
     )
 
 
-async def one_turn(session: LocalAgentSession, events: Events) -> None:
+async def one_turn(session: LocalAgentSession, events: RecordingEvents) -> None:
     await session.start()
     await session.speech_started(0.0)
     await session.utterance(UtteranceEnded(0.0, 1.0, "silence", b"\0\0" * 1600))
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if events.of("agent_response") and not session.busy:
-            break
+    await until(lambda: bool(events.of("agent_response")) and not session.busy, 10.0, "the agent's answer")
     await session.end("test")
     await asyncio.wait_for(session.closed(), 5)
 
 
-def run_session(config: Config, models: LocalModels, wake_word: str) -> tuple[LocalAgentSession, Events]:
-    async def main() -> tuple[LocalAgentSession, Events]:
-        events, clock = Events(), Clock()
+def run_session(
+    config: Config, models: LocalModels, wake_word: str
+) -> tuple[LocalAgentSession, RecordingEvents]:
+    async def main() -> tuple[LocalAgentSession, RecordingEvents]:
+        events, clock = RecordingEvents(), FixedClock()
         make = local_session_factory(
-            config, models, speaker=Speaker(), events=events, clock=clock, timers=Timers(clock)
+            config, models, speaker=RecordingSpeaker(), events=events, clock=clock, timers=Timers(clock)
         )
         session = make(wake_word)
         assert isinstance(session, LocalAgentSession)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,22 +10,7 @@ import numpy as np
 from appliance.core.elevenlabs_protocol import TranscriptEntry
 from appliance.core.endpointing import UtteranceEnded
 from appliance.runtime.failover_session import FailoverPolicy, FailoverSession
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-
-@dataclass
-class Events:
-    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append((type, fields))
+from appliance.testing.fakes import FixedClock, RecordingEvents
 
 
 class FakeSession:
@@ -90,9 +74,9 @@ def utterance() -> UtteranceEnded:
 
 class Rig:
     def __init__(self, cooldown_s: float = 30.0, **remote_kw: Any) -> None:
-        self.clock = FakeClock()
+        self.clock = FixedClock()
         self.policy = FailoverPolicy(self.clock, cooldown_s)
-        self.events = Events()
+        self.events = RecordingEvents()
         self.log: list[str] = []
         self.remote_kw = remote_kw
         self.remotes: list[FakeSession] = []
@@ -126,7 +110,7 @@ def test_a_network_failure_continues_the_conversation_on_the_local_agent() -> No
         rig.remotes[0].close("network_error")
         await settle()
         local = rig.locals[0]
-        assert rig.events.items == [("failover", {"to": "local", "reason": "network_error"})]
+        assert rig.events.items == [{"type": "failover", "to": "local", "reason": "network_error"}]
         assert session.mode == "local" and session.active is local and not session.busy
         assert local.updates == [
             "The conversation so far (with the online agent):\n"
@@ -158,7 +142,7 @@ def test_within_the_cool_down_new_sessions_go_local_then_remote_again() -> None:
         await second.start()
         await settle()
         assert len(rig.remotes) == 1 and len(rig.locals) == 2  # straight to local
-        assert rig.events.items[-1] == ("failover", {"to": "local", "reason": "remote_cooldown"})
+        assert rig.events.items[-1] == {"type": "failover", "to": "local", "reason": "remote_cooldown"}
         rig.locals[1].close("no_speech")
         assert await second.closed() == "no_speech"
 

@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pytest
 
 from appliance.adapters.openai_llm import OpenAiCompatibleLlm
 from appliance.core.conversation import LLM_FAILURE_MESSAGES, ConversationSettings, Phase
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.reply_guard import ReplyLimits
-from appliance.ports import LlmOutput, Pcm16, TextDelta
+from appliance.ports import LlmOutput, TextDelta
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
+from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, RecordingSpeaker, SilentTts
 from appliance.testing.openai_server import (
     Reply,
     ScriptedOpenAiServer,
@@ -32,53 +32,15 @@ from appliance.testing.openai_server import (
 )
 
 SORRY = LLM_FAILURE_MESSAGES["en"]
+STT = FixedStt("Tell me a story.")
 CHARS_PER_SECOND = 18.0
+TTS = SilentTts(CHARS_PER_SECOND)
 LOOP = "He had been a wanderer who had been blessed with a gift of seeing the world."
 NOUNS = ["fox", "owl", "boat", "lamp", "tree", "bell", "road", "cup", "hill", "door", "kite"]
 DISTINCT = [f"Step {i}: the {NOUNS[i % 11]} moves north. " for i in range(1, 400)]
 
 
-class FakeStt:
-    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
-        return "Tell me a story.", "en"
-
-
-class FakeTts:
-    def synthesize(self, text: str, voice: str, speed: float) -> tuple[Pcm16, int]:
-        return np.zeros(int(len(text) / CHARS_PER_SECOND * 16000), dtype=np.int16), 16000
-
-
-class Clock:
-    def now(self) -> float:
-        return 0.0
-
-
-class Speaker:
-    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
-        await asyncio.sleep(0)
-        return True
-
-    def stop(self) -> None:
-        return None
-
-    @property
-    def playing(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append({"type": type, **fields})
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.items if e["type"] == kind]
-
+class Events(RecordingEvents):
     def audio(self) -> list[str]:
         return [e["text"] for e in self.of("audio")]
 
@@ -103,11 +65,11 @@ def conversation(
     history: list[dict[str, Any]] = []
 
     async def run() -> None:
-        clock = Clock()
+        clock = FixedClock()
         executor = ThreadPoolExecutor(1)
         llm = OpenAiCompatibleLlm(server.url, "scripted-model", None, timeout_s=llm_timeout_s)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=llm, tts=FakeTts(), speaker=Speaker(), events=events, clock=clock,
+            stt=STT, llm=llm, tts=TTS, speaker=RecordingSpeaker(), events=events, clock=clock,
             timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
             llm_options={"temperature": 0.3, "max_tokens": max_tokens},
             reply_limits=limits or ReplyLimits(),
@@ -271,10 +233,10 @@ def test_an_in_process_backend_is_bounded_and_closed_the_same_way() -> None:
     llm, events = LoopingLlm(), Events()
 
     async def run() -> None:
-        clock = Clock()
+        clock = FixedClock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=llm, tts=FakeTts(), speaker=Speaker(), events=events, clock=clock,
+            stt=STT, llm=llm, tts=TTS, speaker=RecordingSpeaker(), events=events, clock=clock,
             timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
             llm_options={"temperature": 0.0, "max_tokens": 5000},
         )  # fmt: skip

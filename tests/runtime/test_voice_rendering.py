@@ -33,6 +33,7 @@ from appliance.runtime.voice_rendering import (
     language_voice,
     load_lexicon,
 )
+from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, until
 
 PLS = """<?xml version="1.0" encoding="UTF-8"?>
 <lexicon version="1.0" xmlns="http://www.w3.org/2005/01/pronunciation-lexicon" alphabet="ipa">
@@ -278,19 +279,6 @@ class ScriptedLlm:
             yield TextDelta(delta)
 
 
-class FakeStt:
-    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
-        return "Tell me a story.", "en"
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-
 class HeldSpeaker:
     """Plays instantly unless `hold` is set: then the segment plays until `stop()`."""
 
@@ -319,17 +307,7 @@ class HeldSpeaker:
         return None
 
 
-class Events:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def emit(self, type: str, **fields: Any) -> None:
-        self.items.append({"type": type, **fields})
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.items if e["type"] == kind]
-
-
+STT = FixedStt("Tell me a story.")
 LABELS = {"Narrator": LabelVoice("Narrator", "joe_slow", speed=0.9), "Joe": LabelVoice("Joe", "joe")}
 STORY = (
     "<Narrator>Once upon a time, a fox lived here.</Narrator> <Joe>Hello, I am the fox!</Joe> The UN cheered."
@@ -338,12 +316,12 @@ STORY = (
 
 async def run_session(
     deltas: list[str], speaker: HeldSpeaker, tts: FakeTts, *, interrupt: bool = False
-) -> tuple[Events, LocalAgentSession]:
-    clock = ManualClock()
-    events = Events()
+) -> tuple[RecordingEvents, LocalAgentSession]:
+    clock = FixedClock()
+    events = RecordingEvents()
     executor = ThreadPoolExecutor(1)
     deps = LocalAgentDeps(
-        stt=FakeStt(),
+        stt=STT,
         llm=ScriptedLlm(deltas, ["Okay."]),
         tts=tts,
         speaker=speaker,
@@ -366,10 +344,8 @@ async def run_session(
         seg = tts.calls[speaker.hold_index or 0]
         clock.t += 0.05 * len(seg[0].split()) / 2  # half of the held segment has played
         await session.speech_started(clock.t)
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if events.of("agent_response_correction" if interrupt else "agent_response") and not session.busy:
-            break
+    kind = "agent_response_correction" if interrupt else "agent_response"
+    await until(lambda: bool(events.of(kind)) and not session.busy, 10.0, f"the {kind}")
     await session.end("test")
     await asyncio.wait_for(session.closed(), 5)
     executor.shutdown()
@@ -440,11 +416,11 @@ def test_a_broken_dictionary_fails_at_start(tmp_path: Path) -> None:
 
     (tmp_path / "words.pls").write_text("<lexicon>\n<lexeme>", encoding="utf-8")
     cfg = config({"pronunciation_dictionary_locators": [{"path": "words.pls"}]}, tmp_path)
-    clock = ManualClock()
-    models = SimpleNamespace(tts=FakeTts(), stt=FakeStt(), llm=ScriptedLlm(), concurrent_llm=False)
+    clock = FixedClock()
+    models = SimpleNamespace(tts=FakeTts(), stt=STT, llm=ScriptedLlm(), concurrent_llm=False)
     with pytest.raises(ConfigError, match=r"words\.pls:2: not well-formed XML"):
         local_session_factory(
-            cfg, models, speaker=HeldSpeaker(), events=Events(), clock=clock, timers=Timers(clock)
+            cfg, models, speaker=HeldSpeaker(), events=RecordingEvents(), clock=clock, timers=Timers(clock)
         )
 
 
@@ -470,13 +446,13 @@ class ToolThenTextLlm:
 
 
 def test_after_a_language_switch_the_languages_voice_speaks_outside_tags() -> None:
-    tts, speaker, events = FakeTts(("joe", "joe_slow", "pepe")), HeldSpeaker(), Events()
+    tts, speaker, events = FakeTts(("joe", "joe_slow", "pepe")), HeldSpeaker(), RecordingEvents()
 
     async def run() -> None:
-        clock = ManualClock()
+        clock = FixedClock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=ToolThenTextLlm("¡Hola! <Joe>Hello!</Joe> Adiós."), tts=tts, speaker=speaker,
+            stt=STT, llm=ToolThenTextLlm("¡Hola! <Joe>Hello!</Joe> Adiós."), tts=tts, speaker=speaker,
             events=events, clock=clock, timers=Timers(clock), stt_executor=executor, tts_executor=executor,
             voice="joe", voice_for_language={"es": "pepe"}.get, renderer=VoiceRenderer(tts, LABELS),
         )  # fmt: skip
@@ -489,10 +465,9 @@ def test_after_a_language_switch_the_languages_voice_speaks_outside_tags() -> No
         session = LocalAgentSession(settings, deps)
         await session.start()
         await session.utterance(UtteranceEnded(0.0, 1.0, "silence", b"\0\0" * 1600))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if events.of("agent_response") and not session.busy:
-                break
+        await until(
+            lambda: bool(events.of("agent_response")) and not session.busy, 10.0, "the agent's answer"
+        )
         await session.end("test")
         await asyncio.wait_for(session.closed(), 5)
         executor.shutdown()

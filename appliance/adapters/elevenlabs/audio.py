@@ -1,4 +1,4 @@
-"""Audio plumbing of the remote session (`elevenlabs_session.py`), no decisions in it.
+"""Audio plumbing of the remote session (`session.py`), no decisions in it.
 
 - `MicEncoder`: 16 kHz microphone frames → the negotiated `user_input_audio_format` (resampled,
   µ-law encoded if asked) → `user_audio_chunk` frames of `chunk_ms`, in an outbox that keeps at

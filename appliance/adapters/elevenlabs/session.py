@@ -5,7 +5,7 @@ A thin shell around `core.remote_session.RemoteSessionMachine`, which makes ever
 ending). This module feeds it events (server frames parsed by its protocol, the socket opening
 and closing, microphone audio, timers, finished plays, tool results) and runs its effects with
 `websockets` (a fresh URL from the injected provider for every connection), the speaker, the
-tool runner and `elevenlabs_audio` (microphone encoding, plays started within the step).
+tool runner and `audio` (microphone encoding, plays started within the step).
 Events go through one queue: what an effect reports at once is handled after the effects
 before it. A bug in the machine ends the session with an `error` (`agent_failed`), never a hang.
 """
@@ -25,11 +25,11 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from appliance.adapters.elevenlabs_audio import MicEncoder, start_now
-from appliance.adapters.elevenlabs_audio import ResamplerFactory as ResamplerFactory
+from appliance.adapters.elevenlabs.audio import MicEncoder, start_now
+from appliance.adapters.elevenlabs.audio import ResamplerFactory as ResamplerFactory
 from appliance.core import elevenlabs_protocol as el
 from appliance.core import remote_session as rs
-from appliance.core.common import ArmTimer, CancelTimer, Emit, TimerFired
+from appliance.core.common import ArmTimer, CancelTimer, Emit, Timer, TimerFired
 from appliance.core.conversation import ToolCall
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.remote_session import RemoteSettings as RemoteSettings
@@ -78,7 +78,7 @@ class ElevenLabsAgentSession:
         self._ws: ClientConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._closed: asyncio.Future[str] | None = None
         self._inbox: deque[rs.RemoteEvent] = deque()
         self._feeding = False
@@ -230,11 +230,11 @@ class ElevenLabsAgentSession:
             case _:
                 assert_never(effect)
 
-    def _fire(self, name: str) -> None:
+    def _fire(self, name: Timer) -> None:
         self._timers.pop(name, None)
         self._feed(TimerFired(name))
 
-    def _cancel(self, name: str) -> None:
+    def _cancel(self, name: Timer) -> None:
         handle = self._timers.pop(name, None)
         if handle is not None:
             handle.cancel()

@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from appliance.testing.fake_elevenlabs import FakeConversation, Scenario, UserTurn, tone
+from appliance.testing.fake_elevenlabs.conversation import FakeConversation, Scenario
+from appliance.testing.fake_elevenlabs.hearing import UserTurn
+from appliance.testing.fake_elevenlabs.voices import tone
 
 
 def _pick(options: tuple[str, ...] | list[str], n: int, default: str) -> str:
@@ -249,3 +251,10 @@ SCENARIOS: dict[str, Scenario] = {
     "stream": stream,
     "interrupt_stream": interrupt_stream,
 }
+
+
+def scenario(name: str) -> Scenario:
+    """The scenario called `name` (a clear error listing the known ones)."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+    return SCENARIOS[name]
