@@ -20,6 +20,7 @@ only with the llama.cpp backend (a custom LLM's context is its server's business
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -85,9 +86,18 @@ def _vocab(path: Path) -> Any:
             # through a Python callback that prints to sys.stderr: not for the user's eyes.
             with contextlib.redirect_stderr(io.StringIO()):
                 vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-            _tokenizer_cache.clear()
+            _close_vocabs()
             _tokenizer_cache[key] = vocab
         return vocab
+
+
+def _close_vocabs() -> None:
+    """Free the cached vocabularies while llama.cpp's module is intact (at interpreter exit its
+    globals are gone before the objects' finalizers run, which then fail noisily)."""
+    for vocab in _tokenizer_cache.values():
+        with contextlib.suppress(Exception):
+            vocab.close()
+    _tokenizer_cache.clear()
 
 
 def model_token_counter(config: Config) -> TokenCounter:
@@ -259,3 +269,6 @@ def check_runnable(config: Config) -> list[str]:
     if problems:
         raise ConfigError(problems, source=config.source)
     return warnings
+
+
+atexit.register(_close_vocabs)
