@@ -81,4 +81,20 @@ def test_rss_slope_needs_a_long_enough_run_after_the_warm_up() -> None:
     rising = [soak.Sample(i, i * 60.0, 500.0 + i * 0.1, 10, 10) for i in range(600)]  # 10 h, +6 MiB/h
     slope = soak.rss_slope(rising, warmup_s=3600.0)
     assert slope is not None and abs(slope - 6.0) < 1e-6
-    assert soak.rss_slope(rising[:20], warmup_s=0.0) is None  # 20 min: no slope
+    assert soak.rss_slope(rising[:14], warmup_s=0.0) is None  # 13 min: no slope
+
+
+def test_the_table_says_fail_for_a_stuck_session_and_a_wedge() -> None:
+    all_eps = episodes(audio_s=600.0)
+    first = next(i for i, e in enumerate(all_eps) if e.wake)
+    ok = result([[all_eps[first].start_s + 3.0, all_eps[first].start_s + 20.0]])
+    ok.samples = [soak.Sample(i, i * 10.0, 500.0, 12, 11) for i in range(60)]
+    rows = {row["metric"]: row for row in soak.table(ok)}
+    assert rows["stuck sessions"]["verdict"] == "PASS" and rows["sessions"]["value"] == 1
+    assert rows["stopped (reason, exit code)"]["verdict"] == "PASS"
+    assert rows["open fds start / after warm-up / end"]["value"] == "11 / 11 / 11"
+    stuck = result([[all_eps[first].start_s + 3.0, None]])
+    stuck.wedged_at_s = 120.0
+    rows = {row["metric"]: row for row in soak.table(stuck)}
+    assert rows["stuck sessions"]["value"] == 1 and rows["stuck sessions"]["verdict"] == "FAIL"
+    assert rows["wedged at audio (s)"]["verdict"] == "FAIL"

@@ -29,6 +29,7 @@ import contextlib
 import json
 import select
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: ScriptedOpenAiServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection (a cancelled stream, a pooled connection closed)
+        is normal for this server; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
