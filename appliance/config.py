@@ -156,7 +156,7 @@ class VadConfig(_Device):
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
-    preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.3
+    preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.6
     playback_gating: Bool = True
     """While the agent speaks, speech counts only if louder than the echo of its own voice."""
 

@@ -47,8 +47,10 @@ class EndpointConfig:
     """Speech must last this long before an utterance starts (filters clicks and coughs)."""
     end_silence_s: float = END_SILENCE_S[TurnEagerness.NORMAL]
     max_utterance_s: float = 15.0
-    preroll_s: float = 0.30
-    """Audio kept from before the detected start, so the first phoneme is not clipped."""
+    preroll_s: float = 0.60
+    """Audio kept from before the detected start, so the first word is not clipped: Silero
+    can take 0.2-0.3 s to rise on a soft onset ("What ..."), and whisper drops a first word
+    that starts right at the edge of its audio (0.3 s lost words after the wake word)."""
 
     @classmethod
     def for_eagerness(cls, eagerness: TurnEagerness | str, **overrides: float) -> EndpointConfig:
