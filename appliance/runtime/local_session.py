@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -96,6 +97,24 @@ class LocalAgentDeps:
 
 
 @dataclass
+class SpeculationStats:
+    """Speculative transcripts: started at a pause, used when the end confirmed the same audio,
+    wasted when speech resumed (or the end brought other audio); the STT thread time they took."""
+
+    started: int = 0
+    used: int = 0
+    wasted: int = 0
+    cpu_s: float = 0.0
+    wasted_cpu_s: float = 0.0
+
+
+@dataclass
+class _Speculation:
+    audio: bytes
+    future: asyncio.Future[tuple[str, str, float]]
+
+
+@dataclass
 class _Metrics:
     endpoint_at: float = 0.0
     speech_end_lag_s: float = 0.0
@@ -120,6 +139,8 @@ class LocalAgentSession:
         self._reply_seconds: dict[int, float] = {}
         """Estimated speech queued per turn by its LLM rounds (the guard's budget is per turn)."""
         self._pending_metrics: _Metrics | None = None
+        self._speculation: _Speculation | None = None
+        self.speculation = SpeculationStats()
         self._held_texts: set[str] = set()
         """Segments of a first chunk the LLM is held for (released once one is synthesized)."""
         self._consumer: asyncio.Task[None] | None = None
@@ -176,6 +197,41 @@ class LocalAgentSession:
         lag = max(0.0, utterance.declared_t - utterance.end_t) if utterance.declared_t >= 0 else 0.0
         self._pending_metrics = _Metrics(endpoint_at=now, speech_end_lag_s=lag)
         self._post(cv.UserUtterance(utterance.audio, utterance.duration_s))
+
+    def speech_paused(self, audio: bytes) -> None:
+        """The user paused (the endpointer's `SpeechPaused`): transcribe the audio so far now,
+        while the end decision is pending. Nothing is emitted, nothing enters the history: the
+        transcript is only used if the utterance ends with exactly this audio."""
+        self._discard_speculation()
+        if self._machine.phase is not cv.Phase.LISTENING:
+            return
+        loop = asyncio.get_running_loop()
+        pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
+        language = self._stt_language()
+        future = loop.run_in_executor(self._d.stt_executor, _timed_transcribe, self._d.stt, pcm, language)
+        self._speculation = _Speculation(audio, future)
+        self.speculation.started += 1
+
+    def _stt_language(self) -> str | None:
+        """The language `Transcribe` asks for now (None: detect)."""
+        language = self._machine.language
+        return None if language == "auto" else language
+
+    def speech_resumed(self) -> None:
+        """The pause was not the end: drop the speculative transcript without a trace."""
+        self._discard_speculation()
+
+    def _discard_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        self.speculation.wasted += 1
+        spec.future.add_done_callback(self._count_wasted)
+
+    def _count_wasted(self, future: asyncio.Future[tuple[str, str, float]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.speculation.cpu_s += future.result()[2]
+            self.speculation.wasted_cpu_s += future.result()[2]
 
     async def end(self, reason: str) -> None:
         self._post(cv.EndRequested(reason))
@@ -297,7 +353,18 @@ class LocalAgentSession:
         loop = asyncio.get_running_loop()
         pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
         t0 = self._d.stopwatch.now()
-        text, heard = await loop.run_in_executor(self._d.stt_executor, self._d.stt.transcribe, pcm, language)
+        spec, self._speculation = self._speculation, None
+        if spec is not None and spec.audio == audio and language == self._stt_language():
+            text, heard, cpu = await spec.future  # the same audio: its transcript, maybe ready
+            self.speculation.used += 1
+            self.speculation.cpu_s += cpu
+        else:
+            if spec is not None:
+                self._speculation = spec
+                self._discard_speculation()
+            text, heard = await loop.run_in_executor(
+                self._d.stt_executor, self._d.stt.transcribe, pcm, language
+            )
         metrics = self._metrics.get(turn)
         if metrics is not None:
             metrics.stt_s = self._d.stopwatch.now() - t0
@@ -488,6 +555,13 @@ class LocalAgentSession:
             "end_of_speech_to_first_audio_s": _r(first_audio - m.endpoint_at + m.speech_end_lag_s),
             "endpoint_to_first_audio_s": _r(first_audio - m.endpoint_at),
         }
+
+
+def _timed_transcribe(stt: SpeechToText, pcm: Pcm16, language: str | None) -> tuple[str, str, float]:
+    """In the STT thread: the transcript, its language and the thread CPU time it took."""
+    start = time.thread_time()
+    text, heard = stt.transcribe(pcm, language)
+    return text, heard, time.thread_time() - start
 
 
 def _r(value: float | None) -> float | None:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.core.device import DeviceEvent, WakeWordDetected
-from appliance.core.endpointing import Endpointer, SpeechStarted, UtteranceEnded
+from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
 from appliance.ports import MIC_RATE_HZ, Pcm16, VoiceActivityDetector, WakeWordDetector
 
@@ -181,11 +181,7 @@ class AudioRouter:
             offset += frame.size
             prob = self._vad.probability(frame)
             self.stats.vad_frames += 1
-            for event in self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ):
-                # SpeechPaused / SpeechResumed (speculative turns) arise only with
-                # `pause_report_s` set, which nothing sets until the machines handle them
-                if isinstance(event, SpeechStarted | UtteranceEnded):
-                    events.append(event)
+            events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
         return events
 
     def _would_fire(self, scores: dict[str, float]) -> bool:

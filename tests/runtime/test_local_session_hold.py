@@ -111,3 +111,73 @@ def test_the_llm_is_held_from_the_first_chunk_until_its_audio_is_synthesized() -
 def test_no_hold_when_switched_off(hold: bool) -> None:
     log = one_turn(hold=hold)
     assert "hold" not in log and "release" not in log, log
+
+
+class CountingStt:
+    """Transcribes by audio length: 1600 samples "What is the capital", more "... of France?"."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def transcribe(self, audio: Pcm16, language: str | None) -> tuple[str, str]:
+        text = "What is the capital" if audio.size <= 1600 else "What is the capital of France?"
+        self.log.items.append(f"stt:{text}")
+        return text, "en"
+
+
+def speculative_turn(resume: bool) -> tuple[list[str], Events, list[dict[str, Any]], Any]:
+    """A pause at 0.1 s of audio; then either more speech (resumed, a longer utterance) or the
+    end with exactly the paused audio."""
+    log = Log()
+    events = Events()
+    history: list[dict[str, Any]] = []
+    stats: list[Any] = []
+    head = b"\1\0" * 1600
+    whole = head + b"\2\0" * 3200
+
+    async def run() -> None:
+        clock = Clock()
+        executor = ThreadPoolExecutor(1)
+        deps = LocalAgentDeps(
+            stt=CountingStt(log), llm=HoldableLlm(log), tts=Tts(log), speaker=Speaker(), events=events,
+            clock=clock, timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
+        )  # fmt: skip
+        session = LocalAgentSession(ConversationSettings(system_prompt="x", max_duration_s=None), deps)
+        try:
+            await session.start()
+            await until(lambda: session.machine.phase is Phase.LISTENING and not session.busy)
+            await session.speech_started(0.0)
+            session.speech_paused(head)
+            await until(lambda: "stt:What is the capital" in log.items)  # the speculation ran
+            if resume:
+                session.speech_resumed()
+                await session.utterance(UtteranceEnded(0.0, 0.3, "silence", whole))
+            else:
+                await session.utterance(UtteranceEnded(0.0, 0.1, "silence", head))
+            await until(lambda: bool(events.of("agent_response")) and not session.busy)
+            history.extend(session.machine.history.messages())
+            stats.append(session.speculation)
+            await session.end("test")
+            assert await asyncio.wait_for(session.closed(), 5) == "test"
+        finally:
+            executor.shutdown()
+
+    asyncio.run(run())
+    return log.items, events, history, stats[0]
+
+
+def test_a_resumed_utterance_leaves_no_trace() -> None:
+    log, events, history, stats = speculative_turn(resume=True)
+    assert [e["user_transcript"] for e in events.of("user_transcript")] == ["What is the capital of France?"]
+    users = [m["content"] for m in history if m["role"] == "user"]
+    assert users == ["What is the capital of France?"]
+    assert all("What is the capital" not in text or "France" in text for text in events.audio())
+    assert log.count("stt:What is the capital") == 1 and log.count("stt:What is the capital of France?") == 1
+    assert (stats.started, stats.used, stats.wasted) == (1, 0, 1)
+
+
+def test_a_confirmed_pause_reuses_the_speculative_transcript() -> None:
+    log, events, _history, stats = speculative_turn(resume=False)
+    assert [e["user_transcript"] for e in events.of("user_transcript")] == ["What is the capital"]
+    assert [item for item in log if item.startswith("stt:")] == ["stt:What is the capital"]  # STT ran once
+    assert (stats.started, stats.used, stats.wasted) == (1, 1, 0)
