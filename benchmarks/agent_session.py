@@ -6,7 +6,12 @@ and a recording speaker that plays instantly and notes when each piece of audio 
 stage split is the session's own `turn_metrics` event. Each mode runs the same questions:
 
 - `hold`: the default, the LLM held from the first chunk until its audio is synthesized;
-- `no hold`: generation and the first chunk's synthesis share the cores.
+- `no hold`: generation and the first chunk's synthesis share the cores;
+- `hold + spec`: with speculative STT (`appliance.vad.speculate_after_s: 0.2`): the session is
+  told of the pause 0.2 s into the silence, and of the end 0.55 s later, as the endpointer does;
+- `paused, spec` ("What is the capital of … France?", 0.5 s pause): a speculation on the first
+  part, discarded when speech resumes, then one on the whole: the waste and the STT worker
+  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `hold + spec`).
 
 `python -m benchmarks.agent_session --turns N --json` prints one JSON list of turns; the table
 runs that in a subprocess under `/work/shared/tools/pi-class pi5` and `pi4` (a CPU quota the
@@ -66,6 +71,9 @@ class SessionTurn:
     """Later chunks whose audio was ready after the previous audio would have finished playing."""
     chunks: int = 0
     cpu_s: float = 0.0
+    speculations: int = 0
+    speculations_wasted: int = 0
+    wasted_stt_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -112,7 +120,13 @@ async def _until(cond: Any, timeout_s: float) -> None:
             await asyncio.sleep(0.005)
 
 
-async def session_turn(question: str, audio: Pcm16, hold: bool) -> SessionTurn:
+SPECULATE_AFTER_S = 0.2
+PAUSE_HEAD_S = 0.5
+
+
+async def session_turn(
+    question: str, audio: Pcm16, hold: bool, speculate: bool = False, head: Pcm16 | None = None
+) -> SessionTurn:
     from appliance.core import conversation as cv
     from appliance.core.endpointing import UtteranceEnded
     from appliance.core.reply_guard import ReplyLimits
@@ -137,7 +151,10 @@ async def session_turn(question: str, audio: Pcm16, hold: bool) -> SessionTurn:
         reply_limits=ReplyLimits(), hold_llm_for_first_audio=hold,
     )  # fmt: skip
     session = LocalAgentSession(settings, deps)
-    turn = SessionTurn("hold" if hold else "no hold", question)
+    mode = "hold" if hold else "no hold"
+    if speculate:
+        mode = "paused, spec" if head is not None else f"{mode} + spec"
+    turn = SessionTurn(mode, question)
     await session.start()
     try:
         await _until(lambda: session.machine.phase is cv.Phase.LISTENING and not session.busy, 120)
@@ -146,6 +163,14 @@ async def session_turn(question: str, audio: Pcm16, hold: bool) -> SessionTurn:
         cpu0 = time.process_time()
         await session.speech_started(0.0)
         end_t = duration - TRAILING_S
+        if head is not None:  # "What is the capital of" … 0.5 s … "France?"
+            session.speech_paused(head.tobytes())
+            await asyncio.sleep(PAUSE_HEAD_S - SPECULATE_AFTER_S)
+            session.speech_resumed()
+            await asyncio.sleep((audio.size - head.size) / RATE_HZ)  # the rest of the sentence
+        if speculate:
+            session.speech_paused(audio.tobytes())
+            await asyncio.sleep(ENDPOINT_SILENCE_S - SPECULATE_AFTER_S)
         await session.utterance(
             UtteranceEnded(
                 PREROLL_S, end_t, "silence", audio.tobytes(), declared_t=end_t + ENDPOINT_SILENCE_S
@@ -173,6 +198,9 @@ async def session_turn(question: str, audio: Pcm16, hold: bool) -> SessionTurn:
         turn.underruns += at > due + 0.02
         due = max(due, at) + length
     turn.errors = [str(e.get("code")) for e in events.of("error")]
+    stats = session.speculation
+    turn.speculations, turn.speculations_wasted = stats.started, stats.wasted
+    turn.wasted_stt_s = round(stats.wasted_stt_s, 3)
     return turn
 
 
@@ -191,6 +219,13 @@ async def measure(turns: int) -> list[SessionTurn]:
         order = (True, False) if i % 2 == 0 else (False, True)
         for hold in order:
             out.append(await session_turn(question, audio[question], hold))
+        out.append(await session_turn(question, audio[question], True, speculate=True))
+    for first, rest in PAUSED[: max(1, turns // 2)]:
+        head = utterance(first)
+        whole = _concat(
+            head[: -round(TRAILING_S * RATE_HZ)], _silence(PAUSE_HEAD_S), _say(rest), _silence(TRAILING_S)
+        )
+        out.append(await session_turn(f"{first} {rest}", whole, True, speculate=True, head=head))
     return out
 
 
@@ -201,8 +236,10 @@ def _median(values: list[float | None]) -> float | None:
 
 def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
     rows: list[Row] = []
-    for mode in ("hold", "no hold"):
+    for mode in ("hold", "no hold", "hold + spec", "paused, spec"):
         mine = [t for t in turns if t["mode"] == mode]
+        if not mine:
+            continue
         total = _median([t["end_of_speech_to_first_audio_s"] for t in mine])
         target = TARGET_S[budget]
         rows.append(
@@ -219,6 +256,8 @@ def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
                 "CPU s/turn": _median([t["cpu_s"] for t in mine]),
                 "underruns": sum(t["underruns"] for t in mine),
                 "heard ok": f"{sum(t['heard_ok'] for t in mine)}/{len(mine)}",
+                "spec wasted": f"{_total(mine, 'speculations_wasted')}/{_total(mine, 'speculations')}",
+                "wasted STT s": round(sum(t["wasted_stt_s"] for t in mine), 3),
                 "errors": sum(len(t["errors"]) for t in mine),
                 "target s": target,
                 "verdict": None if total is None else ("ok" if total <= target else "FAIL"),
@@ -226,6 +265,10 @@ def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
             }
         )
     return rows
+
+
+def _total(turns: list[dict[str, Any]], key: str) -> int:
+    return sum(int(t[key]) for t in turns)
 
 
 def _llm_to_chunk(t: dict[str, Any]) -> float | None:

@@ -99,13 +99,14 @@ class LocalAgentDeps:
 @dataclass
 class SpeculationStats:
     """Speculative transcripts: started at a pause, used when the end confirmed the same audio,
-    wasted when speech resumed (or the end brought other audio); the STT thread time they took."""
+    wasted when speech resumed (or the end brought other audio); how long they kept the STT
+    worker busy (wall time: CTranslate2 computes in its own threads)."""
 
     started: int = 0
     used: int = 0
     wasted: int = 0
-    cpu_s: float = 0.0
-    wasted_cpu_s: float = 0.0
+    stt_s: float = 0.0
+    wasted_stt_s: float = 0.0
 
 
 @dataclass
@@ -230,8 +231,8 @@ class LocalAgentSession:
 
     def _count_wasted(self, future: asyncio.Future[tuple[str, str, float]]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self.speculation.cpu_s += future.result()[2]
-            self.speculation.wasted_cpu_s += future.result()[2]
+            self.speculation.stt_s += future.result()[2]
+            self.speculation.wasted_stt_s += future.result()[2]
 
     async def end(self, reason: str) -> None:
         self._post(cv.EndRequested(reason))
@@ -355,9 +356,9 @@ class LocalAgentSession:
         t0 = self._d.stopwatch.now()
         spec, self._speculation = self._speculation, None
         if spec is not None and spec.audio == audio and language == self._stt_language():
-            text, heard, cpu = await spec.future  # the same audio: its transcript, maybe ready
+            text, heard, busy = await spec.future  # the same audio: its transcript, maybe ready
             self.speculation.used += 1
-            self.speculation.cpu_s += cpu
+            self.speculation.stt_s += busy
         else:
             if spec is not None:
                 self._speculation = spec
@@ -558,10 +559,10 @@ class LocalAgentSession:
 
 
 def _timed_transcribe(stt: SpeechToText, pcm: Pcm16, language: str | None) -> tuple[str, str, float]:
-    """In the STT thread: the transcript, its language and the thread CPU time it took."""
-    start = time.thread_time()
+    """In the STT worker: the transcript, its language and how long it took."""
+    start = time.perf_counter()
     text, heard = stt.transcribe(pcm, language)
-    return text, heard, time.thread_time() - start
+    return text, heard, time.perf_counter() - start
 
 
 def _r(value: float | None) -> float | None:
