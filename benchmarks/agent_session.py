@@ -5,13 +5,13 @@ The turn is driven exactly as the appliance drives it (`speech_started`, then th
 and a recording speaker that plays instantly and notes when each piece of audio arrived. The
 stage split is the session's own `turn_metrics` event. Each mode runs the same questions:
 
-- `hold`: the default, the LLM held from the first chunk until its audio is synthesized;
-- `no hold`: generation and the first chunk's synthesis share the cores;
-- `hold + spec`: with speculative STT (`appliance.vad.speculate_after_s: 0.2`): the session is
+- `hold`: the LLM held from the first chunk until its audio is synthesized;
+- `no hold`: the default, generation and the first chunk's synthesis share the cores;
+- `no hold + spec`: with speculative STT (`appliance.vad.speculate_after_s: 0.2`): the session is
   told of the pause 0.2 s into the silence, and of the end 0.55 s later, as the endpointer does;
 - `paused, spec` ("What is the capital of … France?", 0.5 s pause): a speculation on the first
   part, discarded when speech resumes, then one on the whole: the waste and the STT worker
-  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `hold + spec`).
+  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `no hold + spec`).
 
 `python -m benchmarks.agent_session --turns N --json` prints one JSON list of turns; the table
 runs that in a subprocess under `/work/shared/tools/pi-class pi5` and `pi4` (a CPU quota the
@@ -213,19 +213,19 @@ async def _wait_llm(llm: Any) -> None:
 async def measure(turns: int) -> list[SessionTurn]:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
     audio = {q: utterance(q) for q in {*questions, "Hello, how are you today?"}}
-    await session_turn("Hello, how are you today?", audio["Hello, how are you today?"], True)  # warm-up
+    await session_turn("Hello, how are you today?", audio["Hello, how are you today?"], False)  # warm-up
     out: list[SessionTurn] = []
     for i, question in enumerate(questions):
         order = (True, False) if i % 2 == 0 else (False, True)
         for hold in order:
             out.append(await session_turn(question, audio[question], hold))
-        out.append(await session_turn(question, audio[question], True, speculate=True))
+        out.append(await session_turn(question, audio[question], False, speculate=True))
     for first, rest in PAUSED[: max(1, turns // 2)]:
         head = utterance(first)
         whole = _concat(
             head[: -round(TRAILING_S * RATE_HZ)], _silence(PAUSE_HEAD_S), _say(rest), _silence(TRAILING_S)
         )
-        out.append(await session_turn(f"{first} {rest}", whole, True, speculate=True, head=head))
+        out.append(await session_turn(f"{first} {rest}", whole, False, speculate=True, head=head))
     return out
 
 
@@ -236,7 +236,7 @@ def _median(values: list[float | None]) -> float | None:
 
 def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
     rows: list[Row] = []
-    for mode in ("hold", "no hold", "hold + spec", "paused, spec"):
+    for mode in ("hold", "no hold", "no hold + spec", "paused, spec"):
         mine = [t for t in turns if t["mode"] == mode]
         if not mine:
             continue

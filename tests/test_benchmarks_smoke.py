@@ -205,7 +205,7 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
     assert [(r["budget"], r["mode"], r["turns"]) for r in session] == [
         ("box", "hold", 1),
         ("box", "no hold", 1),
-        ("box", "hold + spec", 1),
+        ("box", "no hold + spec", 1),
         ("box", "paused, spec", 1),
     ]
     assert session[3]["spec wasted"] == "1/2"  # the first part's speculation, discarded

@@ -91,9 +91,11 @@ class LocalAgentDeps:
     """Bounds on every reply (speech time, tokens, repetition), whatever `max_tokens` says."""
     conversation_id: str | None = None
     """The id the prompt and webhooks know as `system__conversation_id` (None: a new one)."""
-    hold_llm_for_first_audio: bool = True
+    hold_llm_for_first_audio: bool = False
     """Pause the LLM (if it can: `hold_generation`) from a reply's first chunk until that chunk is
-    synthesized: on 2 cores, TTS sharing them with the LLM takes about 2.5x longer."""
+    synthesized. Off: measured (`agent.latency.session`), holding made the first audio later on
+    this box and under pi-class pi5, and cost more CPU per turn (llama.cpp's threads are not idle
+    while the Python generator is paused between tokens)."""
 
 
 @dataclass
