@@ -161,7 +161,9 @@ class VadConfig(_Device):
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
-    preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.3
+    preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.6
+    speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = None
+    """Local agent: start STT this far into a silence, before the end decision (None: off)."""
     playback_gating: Bool = True
     """While the agent speaks, speech counts only if louder than the echo of its own voice."""
 
@@ -405,6 +407,7 @@ class Config:
             end_silence_s=self.end_silence_s,
             max_utterance_s=vad.max_utterance_s,
             preroll_s=vad.preroll_s,
+            pause_report_s=vad.speculate_after_s,
         )
 
     def wake_word_rules(self) -> dict[str, WakeWordRule]:

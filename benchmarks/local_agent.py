@@ -50,7 +50,7 @@ LLM_OPTIONS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 60}
 PRIME_USER_TEXT = "Hello"  # primes the prompt cache with the system prompt, as the appliance does
 
 APPLIANCE_RUN_SLACK_S = 90.0  # an appliance run longer than its input + this is cut short (an error)
-PREROLL_S = 0.30  # what the endpointer keeps before the detected start of speech
+PREROLL_S = 0.60  # what the endpointer keeps before the detected start of speech (EndpointConfig)
 TRAILING_S = 0.20  # what it keeps of the trailing silence
 ENDPOINT_SILENCE_S = 0.75  # END_SILENCE_S[normal]: checked against the code in `latency_table`
 

@@ -109,10 +109,10 @@ def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
 
 
 def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
-    from benchmarks import local_agent
+    from benchmarks import agent_session, local_agent
 
     names = run.select(["agent"])
-    assert names == list(local_agent.BENCHMARKS)
+    assert names == [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS]
     assert names == [
         "agent.latency",
         "agent.latency.stages",
@@ -120,6 +120,8 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
         "agent.latency.long",
         "agent.memory",
         "agent.echo",
+        "agent.latency.session",
+        "agent.latency.pause",
     ]
     results = run.run(names, quick=True, out=None)
     json.dumps(results)  # what --json writes
@@ -197,6 +199,22 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
         assert 0.0 <= row["on: false barge-in turns"] <= 1.0
     assert quiet["off: agent turns"] >= 1 and 0.0 <= quiet["off: false barge-in turns"] <= 1.0
     assert isinstance(talk["barge-in detected"], bool) and isinstance(talk["'stop' heard"], bool)
+
+    # 4. through the real LocalAgentSession (quick: this machine only, one turn per mode)
+    session = results["agent.latency.session"]["rows"]
+    assert [(r["budget"], r["mode"], r["turns"]) for r in session] == [
+        ("box", "hold", 1),
+        ("box", "no hold", 1),
+        ("box", "no hold + spec", 1),
+        ("box", "paused, spec", 1),
+    ]
+    assert session[3]["spec wasted"] == "1/2"  # the first part's speculation, discarded
+    for row in session:
+        assert row["errors"] == 0 and row["heard ok"] == "1/1"
+        assert row["end of speech → first audio s (median)"] > row["endpointing s"] > 0
+        assert row["verdict"] in {"ok", "FAIL"}
+    pauses = results["agent.latency.pause"]["rows"]
+    assert len(pauses) == 3 and all(r["replies started early"] == 0 for r in pauses)
 
     for name in names:
         rows = results[name]["rows"]

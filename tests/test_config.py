@@ -803,6 +803,12 @@ def test_accessors() -> None:
     endpoint = cfg.endpoint_config()
     assert endpoint.threshold == 0.3 and endpoint.release_threshold == 0.3 and endpoint.end_silence_s == 1.5
     assert load({"appliance.vad.end_silence_s": 1.0}).end_silence_s == 1.0
+    # speculative turns: off unless asked for; the pause report is at least 0.2 s of silence
+    assert endpoint.pause_report_s is None and endpoint.preroll_s == 0.6
+    assert load({"appliance.vad.speculate_after_s": 0.2}).endpoint_config().pause_report_s == 0.2
+    assert problems({"appliance.vad.speculate_after_s": 0.1}) == [
+        "appliance.vad.speculate_after_s: 0.1 is outside 0.2–2 seconds"
+    ]
 
 
 def test_resolve_models_dir(tmp_path: Path) -> None:

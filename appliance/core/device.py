@@ -20,7 +20,7 @@ from appliance.core.common import CancelTimer as CancelTimer
 from appliance.core.common import Emit as Emit
 from appliance.core.common import Event, Timer
 from appliance.core.common import TimerFired as TimerFired
-from appliance.core.endpointing import SpeechStarted, UtteranceEnded
+from appliance.core.endpointing import SpeechPaused, SpeechResumed, SpeechStarted, UtteranceEnded
 
 
 class DeviceState(StrEnum):
@@ -72,7 +72,15 @@ class InputEnded:
 
 
 DeviceEvent = (
-    WakeWordDetected | SpeechStarted | UtteranceEnded | SessionEnded | TimerFired | StageFailed | InputEnded
+    WakeWordDetected
+    | SpeechStarted
+    | UtteranceEnded
+    | SessionEnded
+    | TimerFired
+    | StageFailed
+    | InputEnded
+    | SpeechPaused
+    | SpeechResumed
 )
 
 
@@ -103,6 +111,20 @@ class ForwardUtterance:
 
 
 @dataclass(frozen=True)
+class ForwardSpeechPaused:
+    """A speculative turn may start on this audio (no event: nothing is decided yet)."""
+
+    paused: SpeechPaused
+
+
+@dataclass(frozen=True)
+class ForwardSpeechResumed:
+    """The pause was not the end: the speculative work is discarded without a trace."""
+
+    t: float
+
+
+@dataclass(frozen=True)
 class SetListening:
     """True: run VAD/endpointing on the microphone. False: run only the wake word."""
 
@@ -126,6 +148,8 @@ Effect = (
     | EndSession
     | ForwardSpeechStarted
     | ForwardUtterance
+    | ForwardSpeechPaused
+    | ForwardSpeechResumed
     | SetListening
     | ArmTimer
     | CancelTimer
@@ -163,6 +187,10 @@ class DeviceMachine:
                 return self._on_failure(event)
             case InputEnded():
                 return self._on_input_ended(event)
+            case SpeechPaused():
+                return [ForwardSpeechPaused(event)] if self.state is DeviceState.SESSION else []
+            case SpeechResumed():
+                return [ForwardSpeechResumed(event.t)] if self.state is DeviceState.SESSION else []
             case _:
                 assert_never(event)
 

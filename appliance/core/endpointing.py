@@ -47,8 +47,15 @@ class EndpointConfig:
     """Speech must last this long before an utterance starts (filters clicks and coughs)."""
     end_silence_s: float = END_SILENCE_S[TurnEagerness.NORMAL]
     max_utterance_s: float = 15.0
-    preroll_s: float = 0.30
-    """Audio kept from before the detected start, so the first phoneme is not clipped."""
+    preroll_s: float = 0.60
+    """Audio kept from before the detected start, so the first word is not clipped: Silero
+    can take 0.2-0.3 s to rise on a soft onset ("What ..."), and whisper drops a first word
+    that starts right at the edge of its audio (0.3 s lost words after the wake word)."""
+
+    pause_report_s: float | None = None
+    """Silence after speech that reports `SpeechPaused` (the audio so far, for a speculative
+    turn) before the end decision; None: never. At 0.2 s or more the paused audio is exactly
+    the audio `UtteranceEnded` hands over if the user says nothing more."""
 
     @classmethod
     def for_eagerness(cls, eagerness: TurnEagerness | str, **overrides: float) -> EndpointConfig:
@@ -78,7 +85,25 @@ class UtteranceEnded:
         return self.end_t - self.start_t
 
 
-EndpointEvent = SpeechStarted | UtteranceEnded
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The first silence after speech (`pause_report_s`): the turn may end here."""
+
+    t: float
+    """Audio time of the end of the last speech frame."""
+    audio: bytes = field(repr=False)
+    """What `UtteranceEnded.audio` will be if no speech follows (preroll, speech, the silence so
+    far up to 0.2 s)."""
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech again after a reported pause: the pause was not the end (discard its work)."""
+
+    t: float
+
+
+EndpointEvent = SpeechStarted | UtteranceEnded | SpeechPaused | SpeechResumed
 
 
 @dataclass
@@ -93,6 +118,7 @@ class Endpointer:
     _preroll_s: float = 0.0
     _audio: list[bytes] = field(default_factory=list)
     _trailing: list[bytes] = field(default_factory=list)
+    _paused: bool = False
 
     @property
     def in_speech(self) -> bool:
@@ -106,6 +132,7 @@ class Endpointer:
         self._preroll_s = 0.0
         self._audio = []
         self._trailing = []
+        self._paused = False
 
     def process(self, prob: float, frame: bytes, t_end: float) -> list[EndpointEvent]:
         frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
@@ -133,6 +160,9 @@ class Endpointer:
             self._silence_run_s += frame_s
             self._trailing.append(frame)
         else:
+            if self._paused:
+                self._paused = False
+                out.append(SpeechResumed(t=t_end - frame_s))
             self._silence_run_s = 0.0
             self._audio.extend(self._trailing)
             self._trailing = []
@@ -141,6 +171,14 @@ class Endpointer:
 
         if self._silence_run_s >= cfg.end_silence_s - 1e-9:
             out.append(self._finish("silence", t_end))
+        elif (
+            cfg.pause_report_s is not None
+            and not self._paused
+            and self._silence_run_s >= cfg.pause_report_s - 1e-9
+            and self._silence_run_s > 0
+        ):
+            self._paused = True
+            out.append(SpeechPaused(t=self._last_speech_end_t, audio=self._utterance_audio()))
         elif t_end - self._start_t >= cfg.max_utterance_s - 1e-9:
             self._audio.extend(self._trailing)
             self._trailing = []
@@ -155,10 +193,12 @@ class Endpointer:
             dropped = self._preroll.popleft()
             self._preroll_s -= len(dropped) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
 
-    def _finish(self, reason: str, t_end: float) -> UtteranceEnded:
+    def _utterance_audio(self) -> bytes:
         keep_tail = int(0.2 * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE
-        tail = b"".join(self._trailing)[:keep_tail]
-        audio = b"".join(self._audio) + tail
+        return b"".join(self._audio) + b"".join(self._trailing)[:keep_tail]
+
+    def _finish(self, reason: str, t_end: float) -> UtteranceEnded:
+        audio = self._utterance_audio()
         event = UtteranceEnded(
             start_t=self._start_t,
             end_t=self._last_speech_end_t,

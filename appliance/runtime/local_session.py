@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -100,6 +101,30 @@ class LocalAgentDeps:
     """Bounds on every reply (speech time, tokens, repetition), whatever `max_tokens` says."""
     conversation_id: str | None = None
     """The id the prompt and webhooks know as `system__conversation_id` (None: a new one)."""
+    hold_llm_for_first_audio: bool = False
+    """Pause the LLM (if it can: `hold_generation`) from a reply's first chunk until that chunk is
+    synthesized. Off: measured (`agent.latency.session`), holding made the first audio later on
+    this box and under pi-class pi5, and cost more CPU per turn (llama.cpp's threads are not idle
+    while the Python generator is paused between tokens)."""
+
+
+@dataclass
+class SpeculationStats:
+    """Speculative transcripts: started at a pause, used when the end confirmed the same audio,
+    wasted when speech resumed (or the end brought other audio); how long they kept the STT
+    worker busy (wall time: CTranslate2 computes in its own threads)."""
+
+    started: int = 0
+    used: int = 0
+    wasted: int = 0
+    stt_s: float = 0.0
+    wasted_stt_s: float = 0.0
+
+
+@dataclass
+class _Speculation:
+    audio: bytes
+    future: asyncio.Future[tuple[str, str, float]]
 
 
 @dataclass
@@ -128,6 +153,10 @@ class LocalAgentSession:
         self._reply_seconds: dict[int, float] = {}
         """Estimated speech queued per turn by its LLM rounds (the guard's budget is per turn)."""
         self._pending_metrics: _Metrics | None = None
+        self._speculation: _Speculation | None = None
+        self.speculation = SpeculationStats()
+        self._held_texts: set[str] = set()
+        """Segments of a first chunk the LLM is held for (released once one is synthesized)."""
         self._consumer: asyncio.Task[None] | None = None
         self._key = f"session-{uuid.uuid4().hex[:8]}:"
         self.conversation_id = deps.conversation_id or f"local_{uuid.uuid4().hex[:16]}"
@@ -182,6 +211,41 @@ class LocalAgentSession:
         lag = max(0.0, utterance.declared_t - utterance.end_t) if utterance.declared_t >= 0 else 0.0
         self._pending_metrics = _Metrics(endpoint_at=now, speech_end_lag_s=lag)
         self._post(cv.UserUtterance(utterance.audio, utterance.duration_s))
+
+    def speech_paused(self, audio: bytes) -> None:
+        """The user paused (the endpointer's `SpeechPaused`): transcribe the audio so far now,
+        while the end decision is pending. Nothing is emitted, nothing enters the history: the
+        transcript is only used if the utterance ends with exactly this audio."""
+        self._discard_speculation()
+        if self._machine.phase is not cv.Phase.LISTENING:
+            return
+        loop = asyncio.get_running_loop()
+        pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
+        language = self._stt_language()
+        future = loop.run_in_executor(self._d.stt_executor, _timed_transcribe, self._d.stt, pcm, language)
+        self._speculation = _Speculation(audio, future)
+        self.speculation.started += 1
+
+    def _stt_language(self) -> str | None:
+        """The language `Transcribe` asks for now (None: detect)."""
+        language = self._machine.language
+        return None if language == "auto" else language
+
+    def speech_resumed(self) -> None:
+        """The pause was not the end: drop the speculative transcript without a trace."""
+        self._discard_speculation()
+
+    def _discard_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        self.speculation.wasted += 1
+        spec.future.add_done_callback(self._count_wasted)
+
+    def _count_wasted(self, future: asyncio.Future[tuple[str, str, float]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.speculation.stt_s += future.result()[2]
+            self.speculation.wasted_stt_s += future.result()[2]
 
     async def end(self, reason: str) -> None:
         self._post(cv.EndRequested(reason))
@@ -271,6 +335,7 @@ class LocalAgentSession:
                 for task in list(self._turn_tasks.get(turn, ())):
                     task.cancel()
                 self._output.cancel(turn)
+                self._release_llm()
             case cv.RunTool(turn=turn, call=call):
                 self._spawn(self._tool(turn, call), "tool", turn)
             case cv.SwitchLanguage(language=language):
@@ -290,6 +355,7 @@ class LocalAgentSession:
                 assert_never(effect)
 
     async def _shutdown(self) -> None:
+        self._release_llm()
         self._d.timers.cancel_prefix(self._key)
         for task in list(self._tasks):
             task.cancel()
@@ -304,7 +370,18 @@ class LocalAgentSession:
         loop = asyncio.get_running_loop()
         pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
         t0 = self._d.stopwatch.now()
-        text, heard = await loop.run_in_executor(self._d.stt_executor, self._d.stt.transcribe, pcm, language)
+        spec, self._speculation = self._speculation, None
+        if spec is not None and spec.audio == audio and language == self._stt_language():
+            text, heard, busy = await spec.future  # the same audio: its transcript, maybe ready
+            self.speculation.used += 1
+            self.speculation.stt_s += busy
+        else:
+            if spec is not None:
+                self._speculation = spec
+                self._discard_speculation()
+            text, heard = await loop.run_in_executor(
+                self._d.stt_executor, self._d.stt.transcribe, pcm, language
+            )
         metrics = self._metrics.get(turn)
         if metrics is not None:
             metrics.stt_s = self._d.stopwatch.now() - t0
@@ -313,13 +390,33 @@ class LocalAgentSession:
     async def _synthesize(self, text: str, label: str | None) -> tuple[Pcm16, int]:
         loop = asyncio.get_running_loop()
         renderer = self._d.renderer
-        if renderer is None:
+        try:
+            if renderer is None:
+                return await loop.run_in_executor(
+                    self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._speed
+                )
             return await loop.run_in_executor(
-                self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._speed
+                self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._speed
             )
-        return await loop.run_in_executor(
-            self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._speed
-        )
+        finally:
+            if text in self._held_texts:
+                self._release_llm()
+
+    def _hold_llm(self, texts: list[str]) -> None:
+        """The first chunk is queued: hold the LLM until its audio is synthesized."""
+        hold = getattr(self._d.llm, "hold_generation", None)
+        if not self._d.hold_llm_for_first_audio or hold is None or not texts:
+            return
+        self._held_texts = set(texts)
+        hold()
+
+    def _release_llm(self) -> None:
+        if not self._held_texts:
+            return
+        self._held_texts = set()
+        release = getattr(self._d.llm, "release_generation", None)
+        if release is not None:
+            release()
 
     def _say(self, turn: int, text: str, origin: str) -> None:
         """Queue a whole text (first message, farewell, filler), one segment per voice."""
@@ -364,6 +461,7 @@ class LocalAgentSession:
         except Exception as err:  # the LLM failed: the machine retries or apologises
             failure = err
         finally:
+            self._release_llm()
             if stream is not None:
                 with contextlib.suppress(Exception):
                     await stream.aclose()
@@ -412,14 +510,21 @@ class LocalAgentSession:
 
     def _queue_chunk(self, turn: int, chunk: str, voices: VoiceTagParser) -> None:
         metrics = self._metrics.get(turn)
-        if metrics is not None and metrics.first_chunk_at is None:
+        first = metrics is not None and metrics.first_chunk_at is None
+        if metrics is not None and first:
             metrics.first_chunk_at = self._d.stopwatch.now()
         # chunks are cut at whitespace, which the chunker drops: give it back to the parser
-        self._queue_segments(turn, voices.feed(chunk + " "))
+        texts = self._queue_segments(turn, voices.feed(chunk + " "))
+        if first:
+            self._hold_llm(texts)
 
-    def _queue_segments(self, turn: int, pieces: list[Segment]) -> None:
+    def _queue_segments(self, turn: int, pieces: list[Segment]) -> list[str]:
+        texts: list[str] = []
         for segment in speakable(pieces):
             self._output.enqueue(turn, segment.text, voice_label=segment.voice)
+            if segment.text.strip():
+                texts.append(segment.text.strip())  # as the output queues it
+        return texts
 
     async def _filler(self, effect: cv.SayFiller) -> None:
         text = effect.fallback
@@ -473,6 +578,13 @@ class LocalAgentSession:
             "end_of_speech_to_first_audio_s": _r(first_audio - m.endpoint_at + m.speech_end_lag_s),
             "endpoint_to_first_audio_s": _r(first_audio - m.endpoint_at),
         }
+
+
+def _timed_transcribe(stt: SpeechToText, pcm: Pcm16, language: str | None) -> tuple[str, str, float]:
+    """In the STT worker: the transcript, its language and how long it took."""
+    start = time.perf_counter()
+    text, heard = stt.transcribe(pcm, language)
+    return text, heard, time.perf_counter() - start
 
 
 def _r(value: float | None) -> float | None:

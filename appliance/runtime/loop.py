@@ -34,6 +34,8 @@ from appliance.core.device import (
     Effect,
     Emit,
     EndSession,
+    ForwardSpeechPaused,
+    ForwardSpeechResumed,
     ForwardSpeechStarted,
     ForwardUtterance,
     InputEnded,
@@ -331,6 +333,14 @@ class ApplianceLoop:
             case ForwardUtterance(utterance=utterance):
                 if self._session is not None:
                     self._spawn(self._session.utterance(utterance), "utterance")
+            case ForwardSpeechPaused(paused=paused):
+                speculate = getattr(self._session, "speech_paused", None)  # local sessions only
+                if speculate is not None:
+                    speculate(paused.audio)
+            case ForwardSpeechResumed():
+                discard = getattr(self._session, "speech_resumed", None)
+                if discard is not None:
+                    discard()
             case SetListening(on=on):
                 self._router.set_listening(on)
             case ArmTimer(name=name, deadline=deadline):

@@ -519,3 +519,45 @@ def test_close_during_a_long_prompt_evaluation_returns_within_its_bound() -> Non
 
     took, code = run(body, timeout_s=60)
     assert took < 2.0 and code == "llm_failed"
+
+
+@pytest.mark.models
+def test_a_held_generation_waits_until_released(llm: LlamaCppLlm) -> None:
+    """`hold_generation` pauses the worker between tokens (the session holds it while the first
+    chunk synthesizes); `release_generation` lets it go on to the end."""
+
+    async def body() -> tuple[int, int, int, GenerationStats | None]:
+        received = 0
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            nonlocal received
+            async for _ in llm.stream_chat(STORY, None, {"temperature": 0.0, "max_tokens": 60}):
+                received += 1
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        llm.hold_generation(max_s=60.0)
+        await asyncio.sleep(0.3)  # a token already in flight may still arrive
+        held = received
+        await asyncio.sleep(0.6)  # unheld, SmolLM2 makes dozens of tokens in this time
+        still = received
+        llm.release_generation()
+        await asyncio.wait_for(task, 120.0)
+        return held, still, received, await llm.wait_idle()
+
+    held, still, total, stats = run(body, timeout_s=180)
+    assert still - held <= 1, (held, still)
+    assert total > still + 5, (still, total)
+    assert stats is not None and not stats.cancelled
+
+
+@pytest.mark.models
+def test_a_hold_ends_by_itself_at_its_deadline(llm: LlamaCppLlm) -> None:
+    async def body() -> str:
+        llm.hold_generation(max_s=0.2)  # never released
+        out = [o async for o in llm.stream_chat(CAPITAL, None, {"temperature": 0.0, "max_tokens": 48})]
+        return "".join(o.text for o in out if isinstance(o, TextDelta))
+
+    assert "Paris" in run(body, timeout_s=120)

@@ -134,3 +134,18 @@ def test_input_end_during_session_lets_the_agent_finish_first() -> None:
     effects = m.handle(SessionEnded("input_ended"), now=7.0)
     assert Emit("session_ended", {"reason": "input_ended"}) in effects
     assert effects[-1] == Shutdown("input_ended")
+
+
+def test_pauses_reach_the_session_silently_and_only_in_a_session() -> None:
+    """A speculative turn: the pause and the resumption go to the session, with no event."""
+    from appliance.core.device import ForwardSpeechPaused, ForwardSpeechResumed
+    from appliance.core.endpointing import SpeechPaused, SpeechResumed
+
+    m = DeviceMachine()
+    paused = SpeechPaused(t=2.0, audio=b"\1\0" * 160)
+    assert m.handle(paused, now=2.2) == []  # idle: nothing to speculate for
+    assert m.handle(SpeechResumed(t=2.5), now=2.5) == []
+    m.handle(WakeWordDetected("hey_jarvis", 0.9), now=3.0)
+    m.handle(SpeechStarted(t=3.5), now=3.6)
+    assert m.handle(paused, now=4.2) == [ForwardSpeechPaused(paused)]
+    assert m.handle(SpeechResumed(t=4.5), now=4.5) == [ForwardSpeechResumed(4.5)]

@@ -8,6 +8,8 @@ from appliance.core.endpointing import (
     END_SILENCE_S,
     EndpointConfig,
     Endpointer,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
     TurnEagerness,
     UtteranceEnded,
@@ -119,3 +121,64 @@ def test_reset_between_utterances() -> None:
     first = drive(ep, seq((0.9, 10), (0.0, 7)))
     assert [e[0] for e in first] == ["start", "silence"]
     assert not ep.in_speech
+
+
+def drive_pauses(ep: Endpointer, probs: list[float]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for i, p in enumerate(probs):
+        for ev in ep.process(p, frame(1 if p >= 0.5 else 0), (i + 1) * FRAME_S):
+            if isinstance(ev, SpeechStarted):
+                out.append(("start", round(ev.t, 3)))
+            elif isinstance(ev, SpeechPaused):
+                out.append(("paused", round(ev.t, 3)))
+            elif isinstance(ev, SpeechResumed):
+                out.append(("resumed", round(ev.t, 3)))
+            else:
+                out.append((ev.reason, round(ev.end_t, 3)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("probs", "expected"),
+    [
+        # speech 0-0.32 s, then silence: paused once 0.2 s of it is heard (7 frames = 0.224 s,
+        # at 0.544 s), ended at 0.75 s of it (24 frames)
+        (seq((0.9, 10), (0.0, 24)), [("start", 0.0), ("paused", 0.32), ("silence", 0.32)]),
+        # a 0.5 s mid-sentence pause: paused, resumed when speech comes back (at 0.32 + 16
+        # frames = 0.832 s), paused again after the second part, then the end
+        (
+            seq((0.9, 10), (0.0, 16), (0.9, 10), (0.0, 24)),
+            [("start", 0.0), ("paused", 0.32), ("resumed", 0.832), ("paused", 1.152), ("silence", 1.152)],
+        ),
+        # a silence shorter than pause_report_s reports nothing
+        (
+            seq((0.9, 10), (0.0, 6), (0.9, 10), (0.0, 24)),
+            [("start", 0.0), ("paused", 0.832), ("silence", 0.832)],
+        ),
+    ],
+)
+def test_pauses_are_reported_for_speculative_turns(
+    probs: list[float], expected: list[tuple[str, float]]
+) -> None:
+    ep = Endpointer(EndpointConfig(pause_report_s=0.2))
+    assert drive_pauses(ep, probs) == expected
+
+
+def test_paused_audio_is_what_the_end_hands_over() -> None:
+    """With pause_report_s >= 0.2 the speculative transcript can be reused as is."""
+    ep = Endpointer(EndpointConfig(pause_report_s=0.2, preroll_s=0.1, min_speech_s=0.064))
+    paused: list[SpeechPaused] = []
+    ended: list[UtteranceEnded] = []
+    for i, p in enumerate(seq((0.0, 20), (0.9, 10), (0.0, 24))):
+        for ev in ep.process(p, frame(int(p * 10) + i % 3), (i + 1) * FRAME_S):
+            if isinstance(ev, SpeechPaused):
+                paused.append(ev)
+            elif isinstance(ev, UtteranceEnded):
+                ended.append(ev)
+    assert len(paused) == 1 and len(ended) == 1
+    assert paused[0].audio == ended[0].audio
+
+
+def test_no_pause_events_by_default() -> None:
+    events = drive_pauses(Endpointer(EndpointConfig()), seq((0.9, 10), (0.0, 16), (0.9, 10), (0.0, 24)))
+    assert [e[0] for e in events] == ["start", "silence"]

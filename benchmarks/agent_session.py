@@ -1,0 +1,384 @@
+"""Turn latency through the real `LocalAgentSession`, on this machine and under Pi budgets.
+
+The turn is driven exactly as the appliance drives it (`speech_started`, then the endpointer's
+`UtteranceEnded`), with the real models loaded as `appliance run` loads them (default config)
+and a recording speaker that plays instantly and notes when each piece of audio arrived. The
+stage split is the session's own `turn_metrics` event. Each mode runs the same questions:
+
+- `hold`: the LLM held from the first chunk until its audio is synthesized;
+- `no hold`: the default, generation and the first chunk's synthesis share the cores;
+- `no hold + spec`: with speculative STT (`appliance.vad.speculate_after_s: 0.2`): the session is
+  told of the pause 0.2 s into the silence, and of the end 0.55 s later, as the endpointer does;
+- `paused, spec` ("What is the capital of … France?", 0.5 s pause): a speculation on the first
+  part, discarded when speech resumes, then one on the whole: the waste and the STT worker
+  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `no hold + spec`).
+
+`python -m benchmarks.agent_session --turns N --json` prints one JSON list of turns; the table
+runs that in a subprocess under `/work/shared/tools/pi-class pi5` and `pi4` (a CPU quota the
+size of those boards, see `pi-class --show`) beside the unconstrained run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.idle_loop import REPO_ROOT
+from benchmarks.local_agent import (
+    ENDPOINT_SILENCE_S,
+    QUESTIONS,
+    RATE_HZ,
+    TRAILING_S,
+    Pcm16,
+    Row,
+    _concat,
+    _preloaded,
+    _say,
+    _silence,
+    _words,
+)
+
+PI_CLASS = Path(os.environ.get("PI_CLASS", "/work/shared/tools/pi-class"))
+BUDGETS = ("pi5", "pi4")
+TARGET_S = {"box": 0.9, "pi5": 2.0, "pi4": 5.0}
+SUBPROCESS_LIMIT_S = 1800.0
+PREROLL_S = 0.6  # EndpointConfig().preroll_s
+
+
+@dataclass
+class SessionTurn:
+    mode: str
+    question: str
+    transcript: str = ""
+    heard_ok: bool = False
+    end_of_speech_to_first_audio_s: float | None = None
+    stt_s: float | None = None
+    llm_first_token_s: float | None = None
+    tts_first_audio_s: float | None = None
+    underruns: int = 0
+    """Later chunks whose audio was ready after the previous audio would have finished playing."""
+    chunks: int = 0
+    cpu_s: float = 0.0
+    speculations: int = 0
+    speculations_wasted: int = 0
+    wasted_stt_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class RecordingSpeaker:
+    """Plays instantly; notes when each piece of audio arrived and how long it lasts."""
+
+    def __init__(self) -> None:
+        self.played: list[tuple[float, float]] = []
+
+    async def play(self, audio: Pcm16, sample_rate_hz: int) -> bool:
+        self.played.append((time.perf_counter(), audio.size / sample_rate_hz))
+        await asyncio.sleep(0)
+        return True
+
+    def stop(self) -> None:
+        return None
+
+    @property
+    def playing(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self.items.append({"type": type, "at": time.perf_counter(), **fields})
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.items if e["type"] == kind]
+
+
+def utterance(text: str) -> Pcm16:
+    return _concat(_silence(PREROLL_S), _say(text), _silence(TRAILING_S))
+
+
+async def _until(cond: Any, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+SPECULATE_AFTER_S = 0.2
+PAUSE_HEAD_S = 0.5
+
+
+async def session_turn(
+    question: str, audio: Pcm16, hold: bool, speculate: bool = False, head: Pcm16 | None = None
+) -> SessionTurn:
+    from appliance.core import conversation as cv
+    from appliance.core.endpointing import UtteranceEnded
+    from appliance.core.reply_guard import ReplyLimits
+    from appliance.runtime.clock import MonotonicClock
+    from appliance.runtime.local_agent import conversation_settings, session_variables
+    from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
+    from appliance.runtime.timers import Timers
+    from benchmarks.local_agent import _default_config
+
+    config = _default_config()
+    models = _preloaded().local_models
+    clock = MonotonicClock()
+    speaker, events = RecordingSpeaker(), Recorder()
+    prompt = config.conversation_config.agent.prompt
+    variables = session_variables(config, "hey_jarvis", "local_bench", datetime.now(UTC))
+    settings = conversation_settings(config, variables)
+    deps = LocalAgentDeps(
+        stt=models.stt, llm=models.llm, tts=models.tts, speaker=speaker, events=events, clock=clock,
+        timers=Timers(clock), stt_executor=models.stt_executor, tts_executor=models.tts_executor,
+        voice=config.voice(config.conversation_config.tts.voice_id)[0],
+        llm_options={"temperature": 0.0, "max_tokens": prompt.max_tokens},
+        reply_limits=ReplyLimits(), hold_llm_for_first_audio=hold,
+    )  # fmt: skip
+    session = LocalAgentSession(settings, deps)
+    mode = "hold" if hold else "no hold"
+    if speculate:
+        mode = "paused, spec" if head is not None else f"{mode} + spec"
+    turn = SessionTurn(mode, question)
+    await session.start()
+    try:
+        await _until(lambda: session.machine.phase is cv.Phase.LISTENING and not session.busy, 120)
+        before = len(speaker.played)
+        duration = audio.size / RATE_HZ
+        cpu0 = time.process_time()
+        await session.speech_started(0.0)
+        end_t = duration - TRAILING_S
+        if head is not None:  # "What is the capital of" … 0.5 s … "France?"
+            session.speech_paused(head.tobytes())
+            await asyncio.sleep(PAUSE_HEAD_S - SPECULATE_AFTER_S)
+            session.speech_resumed()
+            await asyncio.sleep((audio.size - head.size) / RATE_HZ)  # the rest of the sentence
+        if speculate:
+            session.speech_paused(audio.tobytes())
+            await asyncio.sleep(ENDPOINT_SILENCE_S - SPECULATE_AFTER_S)
+        await session.utterance(
+            UtteranceEnded(
+                PREROLL_S, end_t, "silence", audio.tobytes(), declared_t=end_t + ENDPOINT_SILENCE_S
+            )
+        )
+        await _until(lambda: bool(events.of("agent_response")) and not session.busy, 300)
+        turn.cpu_s = time.process_time() - cpu0
+        await _wait_llm(models.llm)
+    finally:
+        await session.end("bench")
+        await asyncio.wait_for(session.closed(), 10)
+    metrics = events.of("turn_metrics")
+    if metrics:
+        m = metrics[0]
+        turn.end_of_speech_to_first_audio_s = m["end_of_speech_to_first_audio_s"]
+        turn.stt_s, turn.llm_first_token_s = m["stt_s"], m["llm_first_token_s"]
+        turn.tts_first_audio_s = m["tts_first_audio_s"]
+    transcripts = events.of("user_transcript")
+    turn.transcript = transcripts[0]["user_transcript"] if transcripts else ""
+    turn.heard_ok = _words(question) <= _words(turn.transcript)
+    played = speaker.played[before:]
+    turn.chunks = len(played)
+    due = played[0][0] + played[0][1] if played else 0.0
+    for at, length in played[1:]:
+        turn.underruns += at > due + 0.02
+        due = max(due, at) + length
+    turn.errors = [str(e.get("code")) for e in events.of("error")]
+    stats = session.speculation
+    turn.speculations, turn.speculations_wasted = stats.started, stats.wasted
+    turn.wasted_stt_s = round(stats.wasted_stt_s, 3)
+    return turn
+
+
+async def _wait_llm(llm: Any) -> None:
+    wait = getattr(llm, "wait_idle", None)
+    if wait is not None:
+        await wait()
+
+
+async def measure(turns: int) -> list[SessionTurn]:
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    audio = {q: utterance(q) for q in {*questions, "Hello, how are you today?"}}
+    await session_turn("Hello, how are you today?", audio["Hello, how are you today?"], False)  # warm-up
+    out: list[SessionTurn] = []
+    for i, question in enumerate(questions):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        for hold in order:
+            out.append(await session_turn(question, audio[question], hold))
+        out.append(await session_turn(question, audio[question], False, speculate=True))
+    for first, rest in PAUSED[: max(1, turns // 2)]:
+        head = utterance(first)
+        whole = _concat(
+            head[: -round(TRAILING_S * RATE_HZ)], _silence(PAUSE_HEAD_S), _say(rest), _silence(TRAILING_S)
+        )
+        out.append(await session_turn(f"{first} {rest}", whole, False, speculate=True, head=head))
+    return out
+
+
+def _median(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(np.median(got)) if got else None
+
+
+def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
+    rows: list[Row] = []
+    for mode in ("hold", "no hold", "no hold + spec", "paused, spec"):
+        mine = [t for t in turns if t["mode"] == mode]
+        if not mine:
+            continue
+        total = _median([t["end_of_speech_to_first_audio_s"] for t in mine])
+        target = TARGET_S[budget]
+        rows.append(
+            {
+                "budget": budget,
+                "mode": mode,
+                "turns": len(mine),
+                "end of speech → first audio s (median)": total,
+                "endpointing s": ENDPOINT_SILENCE_S,
+                "STT s": _median([t["stt_s"] for t in mine]),
+                "LLM first token s": _median([t["llm_first_token_s"] for t in mine]),
+                "LLM to 1st chunk s": _median([_llm_to_chunk(t) for t in mine]),
+                "TTS first chunk s": _median([t["tts_first_audio_s"] for t in mine]),
+                "CPU s/turn": _median([t["cpu_s"] for t in mine]),
+                "underruns": sum(t["underruns"] for t in mine),
+                "heard ok": f"{sum(t['heard_ok'] for t in mine)}/{len(mine)}",
+                "spec wasted": f"{_total(mine, 'speculations_wasted')}/{_total(mine, 'speculations')}",
+                "wasted STT s": round(sum(t["wasted_stt_s"] for t in mine), 3),
+                "errors": sum(len(t["errors"]) for t in mine),
+                "target s": target,
+                "verdict": None if total is None else ("ok" if total <= target else "FAIL"),
+                "load": load,
+            }
+        )
+    return rows
+
+
+def _total(turns: list[dict[str, Any]], key: str) -> int:
+    return sum(int(t[key]) for t in turns)
+
+
+def _llm_to_chunk(t: dict[str, Any]) -> float | None:
+    """What the split leaves: from the LLM request to the first chunk cut (its first clause)."""
+    parts = (t["end_of_speech_to_first_audio_s"], t["stt_s"], t["tts_first_audio_s"])
+    if any(p is None for p in parts):
+        return None
+    total, stt, tts = parts
+    return round(float(total) - ENDPOINT_SILENCE_S - float(stt) - float(tts), 3)
+
+
+PAUSED = (
+    ("What is the capital of", "France?"),
+    ("How many days are", "in a week?"),
+    ("What color is", "the sky?"),
+)
+PAUSE_S = 0.5
+
+
+def pause_rows_table(quick: bool = False) -> list[Row]:
+    """Mid-sentence pauses: no reply starts before the user has finished"""
+    return pause_rows()
+
+
+def pause_rows() -> list[Row]:
+    """Utterances with a 0.5 s pause mid-sentence through Silero and the real endpointer: the
+    reply can start only at `UtteranceEnded`, so it must come after the second part."""
+    from appliance.core.endpointing import EndpointConfig, Endpointer, UtteranceEnded
+    from benchmarks.idle_loop import load_listeners
+
+    _, vad = load_listeners()
+    rows: list[Row] = []
+    for head, tail in PAUSED:
+        first, second = _say(head), _say(tail)
+        audio = _concat(_silence(1.0), first, _silence(PAUSE_S), second, _silence(1.5))
+        finished_at = (RATE_HZ + first.size + round(PAUSE_S * RATE_HZ) + second.size) / RATE_HZ
+        vad.reset()
+        endpointer = Endpointer(EndpointConfig())
+        ends: list[UtteranceEnded] = []
+        n = vad.frame_samples
+        for i in range(0, audio.size - n + 1, n):
+            for event in endpointer.process(
+                vad.probability(audio[i : i + n]), audio[i : i + n].tobytes(), (i + n) / RATE_HZ
+            ):
+                if isinstance(event, UtteranceEnded):
+                    ends.append(event)
+        early = sum(e.declared_t < finished_at - 0.15 for e in ends)
+        rows.append(
+            {
+                "utterance": f"{head} … {tail}",
+                "pause s": PAUSE_S,
+                "turns ended": len(ends),
+                "user finished at s": round(finished_at, 3),
+                "turn ended at s": round(ends[0].declared_t, 3) if ends else None,
+                "replies started early": early,
+                "verdict": "ok" if len(ends) == 1 and early == 0 else "FAIL",
+            }
+        )
+    return rows
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def _run_budget(budget: str, turns: int) -> list[dict[str, Any]]:
+    if not PI_CLASS.exists() or shutil.which(sys.executable) is None:
+        return []
+    cmd = [
+        str(PI_CLASS),
+        budget,
+        "--",
+        sys.executable,
+        "-m",
+        "benchmarks.agent_session",
+        "--turns",
+        str(turns),
+    ]
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"pi-class {budget} run failed ({done.returncode}): {done.stderr[-400:]}")
+    result: list[dict[str, Any]] = json.loads(lines[-1])
+    return result
+
+
+def latency_table(quick: bool = False) -> list[Row]:
+    """Local agent turns through LocalAgentSession: end of speech → first audio per Pi budget"""
+    turns = 1 if quick else 4
+    rows = rows_for("box", [asdict(t) for t in asyncio.run(measure(turns))], _load())
+    for budget in () if quick else BUDGETS:  # a Pi-class run takes minutes
+        load = _load()
+        rows.extend(rows_for(budget, _run_budget(budget, 2), load))
+    return rows
+
+
+BENCHMARKS = {"agent.latency.session": latency_table, "agent.latency.pause": pause_rows_table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--turns", type=int, default=2)
+    args = parser.parse_args(argv)
+    turns = asyncio.run(measure(args.turns))
+    print(json.dumps([asdict(t) for t in turns]))
+    sys.stdout.flush()
+    os._exit(0)  # model threads are abandoned, not joined (as the CLI does)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
