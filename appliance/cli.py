@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
         help="testing aid: mix the speaker's output back into the input at GAIN (0-1), as a room would",
     )
     run.add_argument(
+        "--simulate-echo-ir",
+        metavar="FILE.wav",
+        help="with --simulate-echo: convolve the playback with this room impulse response "
+        "(mono WAV, any rate; scaled to unit energy, so GAIN stays the echo's level)",
+    )
+    run.add_argument(
+        "--simulate-echo-drift-ppm",
+        type=float,
+        default=0.0,
+        metavar="PPM",
+        help="with --simulate-echo: the speaker's sample clock runs PPM fast (negative: slow) "
+        "against the microphone's (default 0)",
+    )
+    run.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the log level"
     )
     run.add_argument(
@@ -202,6 +216,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.input not in (None, "-") and not Path(args.input).is_file():
         print(f"--input: {args.input} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    if (args.simulate_echo_ir is not None or args.simulate_echo_drift_ppm) and not args.simulate_echo:
+        print("--simulate-echo-ir and --simulate-echo-drift-ppm need --simulate-echo GAIN", file=sys.stderr)
+        return EXIT_USAGE
+    if args.simulate_echo:
+        # a bad room file is said now, not after the models loaded
+        from appliance.runtime.echo_simulation import SimulationError, check_drift_ppm, load_impulse_response
+
+        try:
+            check_drift_ppm(args.simulate_echo_drift_ppm)
+            if args.simulate_echo_ir is not None:
+                load_impulse_response(args.simulate_echo_ir)
+        except SimulationError as err:
+            print(err, file=sys.stderr)
+            return EXIT_USAGE
     if hasattr(signal, "SIGHUP"):  # a reload asked for while the models load is not a kill
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(args.config)
@@ -218,6 +246,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             events=args.events,
             realtime=args.realtime,
             simulate_echo=args.simulate_echo,
+            simulate_echo_ir=args.simulate_echo_ir,
+            simulate_echo_drift_ppm=args.simulate_echo_drift_ppm,
             require_devices=args.require_devices,
         ),
     )

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from appliance.core.device import DeviceEvent, WakeWordDetected
 from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
-from appliance.ports import MIC_RATE_HZ, Pcm16, VoiceActivityDetector, WakeWordDetector
+from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,17 +34,16 @@ class RouterStats:
     peak_scores: dict[str, float] = field(default_factory=dict)
 
 
+ECHO_TAIL_S = 1.0
+"""The echo canceller keeps running this long after the speaker falls silent: a room's
+reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
+
+
 class PlaybackReference(Protocol):
     @property
     def playing(self) -> bool: ...
 
     def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]: ...
-
-
-class EchoReducer(Protocol):
-    max_delay_samples: int
-
-    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16: ...
 
 
 class _Chunker:
@@ -86,8 +85,9 @@ class AudioRouter:
         wake_vad_gate: float | None = 0.5,
         wake_vad_window_s: float = 1.0,
         playback: PlaybackReference | None = None,
-        echo: EchoReducer | None = None,
+        echo: EchoCanceller | None = None,
         now: Callable[[], float] | None = None,
+        echo_tail_s: float = ECHO_TAIL_S,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -101,6 +101,11 @@ class AudioRouter:
         self._playback = playback
         self._echo = echo
         self._now = now
+        self._echo_tail_s = echo_tail_s
+        self._last_playing_t: float | None = None
+        self._echo_engaged = False
+        self.echo_blocks = 0
+        """Blocks the echo canceller processed (it runs only while the agent speaks + the tail)."""
         # Wake words fire only if the VAD hears speech in the last second: noise that fools a
         # wake-word model (loud broadband noise does) is not speech to Silero. The VAD runs only
         # when a wake-word score crosses its threshold, so the idle loop pays nothing for it.
@@ -139,6 +144,9 @@ class AudioRouter:
             self._vad.reset()
             self._vad_chunks.clear()
             self._wake_chunks.clear()
+            if self._echo_engaged and self._echo is not None:
+                self._echo_engaged = False  # the blocks in between bypass it: not contiguous
+                self._echo.pause()
             if not on:
                 # Back to the wake word: its features still hold the audio from before the
                 # session (the wake word itself) and would fire again at once. Reset here, not
@@ -170,12 +178,7 @@ class AudioRouter:
             # The wake word fired: the rest of this block already belongs to the session.
             self._set_listening(True)
             block, start = rest
-        echo, playback = self._echo, self._playback
-        if echo is not None and playback is not None and self._now is not None and playback.playing:
-            # the block just arrived: it ends now on the appliance clock
-            delay = echo.max_delay_samples
-            t0 = self._now() - (block.size + delay) / MIC_RATE_HZ
-            block = echo.process(block, playback.reference(t0, block.size + delay))
+        block = self._cancel_echo(block)
         offset = start - self._vad_chunks.pending
         for frame in self._vad_chunks.push(block):
             offset += frame.size
@@ -183,6 +186,25 @@ class AudioRouter:
             self.stats.vad_frames += 1
             events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
         return events
+
+    def _cancel_echo(self, block: Pcm16) -> Pcm16:
+        """While the agent speaks and for `echo_tail_s` after, the block minus its echo."""
+        echo, playback = self._echo, self._playback
+        if echo is None or playback is None or self._now is None:
+            return block
+        now = self._now()  # the block just arrived: it ends now on the appliance clock
+        if playback.playing:
+            self._last_playing_t = now
+        if self._last_playing_t is None or now - self._last_playing_t > self._echo_tail_s:
+            if self._echo_engaged:
+                self._echo_engaged = False
+                echo.pause()
+            return block
+        self._echo_engaged = True
+        self.echo_blocks += 1
+        lookback = echo.lookback_samples
+        t0 = now - (block.size + lookback) / MIC_RATE_HZ
+        return echo.process(block, playback.reference(t0, block.size + lookback))
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules
