@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import idle_loop, local_agent, remote, voices
+from benchmarks import echo, idle_loop, local_agent, remote, voices
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "idle.latency.runs": idle_loop.latency_runs_table,
     "idle.memory": idle_loop.memory_table,
     **local_agent.BENCHMARKS,
+    **echo.BENCHMARKS,
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
 }

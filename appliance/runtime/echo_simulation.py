@@ -28,6 +28,7 @@ MAX_IR_S = 2.0
 """Longest impulse response accepted (after trimming trailing silence): RT60 0.8 s rooms need
 about 1 s."""
 MAX_DRIFT_PPM = 1000.0
+REALIGN_S = 0.2
 DRIFT_RESTART_S = 3.0
 """The simulated drift starts over after the speaker has been silent this long (more than any
 accepted impulse response): an output stream that restarts between two agent turns."""
@@ -110,8 +111,14 @@ class EchoMicrophone:
         self._clock = clock
 
     async def frames(self) -> AsyncIterator[Pcm16]:
+        # A room's echo is continuous: the echo timeline advances with the microphone's samples,
+        # read from the clock at the first block (and after a gap: an input that stalled).
+        cursor: float | None = None
         async for block in self._inner.frames():
             start = self._clock.now() - block.size / MIC_RATE_HZ - self.delay_s
+            if cursor is None or abs(start - cursor) > REALIGN_S:
+                cursor = start
+            start, cursor = cursor, cursor + block.size / MIC_RATE_HZ
             echo = self._echo.render(start, block.size) * (self.gain * 32768.0)
             mixed = np.clip(block.astype(np.float64) + echo, -32768, 32767)
             yield np.rint(mixed).astype(np.int16)

@@ -37,6 +37,8 @@ class RouterStats:
 ECHO_TAIL_S = 1.0
 """The echo canceller keeps running this long after the speaker falls silent: a room's
 reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
+REALIGN_S = 0.2
+"""See `AudioRouter._mic_clock`."""
 
 
 class PlaybackReference(Protocol):
@@ -104,6 +106,8 @@ class AudioRouter:
         self._echo_tail_s = echo_tail_s
         self._last_playing_t: float | None = None
         self._echo_engaged = False
+        self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
+        self.mic_realigned = 0
         self.echo_blocks = 0
         """Blocks the echo canceller processed (it runs only while the agent speaks + the tail)."""
         # Wake words fire only if the VAD hears speech in the last second: noise that fools a
@@ -133,7 +137,8 @@ class AudioRouter:
 
     async def process(self, block: Pcm16) -> None:
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(self._executor, self._process_sync, block)
+        arrived = self._now() if self._now is not None else None  # before the hop to the model thread
+        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived)
         for event in events:
             self._post(event)
 
@@ -164,9 +169,10 @@ class AudioRouter:
             self._wake_chunks.clear()
             self._recent = np.zeros(0, dtype=np.int16)
 
-    def _process_sync(self, block: Pcm16) -> list[DeviceEvent]:
-        """Runs on the model thread."""
+    def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
+        """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
         self._apply_pending()
+        end_t = self._mic_clock(block.size, arrived)
         events: list[DeviceEvent] = []
         self.stats.frames_in += 1
         start = self.samples_in
@@ -178,7 +184,7 @@ class AudioRouter:
             # The wake word fired: the rest of this block already belongs to the session.
             self._set_listening(True)
             block, start = rest
-        block = self._cancel_echo(block)
+        block = self._cancel_echo(block, end_t)
         offset = start - self._vad_chunks.pending
         for frame in self._vad_chunks.push(block):
             offset += frame.size
@@ -187,13 +193,30 @@ class AudioRouter:
             events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
         return events
 
-    def _cancel_echo(self, block: Pcm16) -> Pcm16:
+    def _mic_clock(self, n: int, arrived: float | None) -> float | None:
+        """When the block ends on the appliance clock, counted in samples from the first block:
+        the echo canceller's reference must advance with the microphone's samples, not jitter
+        with the event loop's scheduling. Re-read from the clock only when the two disagree by
+        more than `REALIGN_S` (dropped microphone blocks, a stall)."""
+        if arrived is None:
+            return None
+        expected = None if self._mic_end is None else self._mic_end + n / MIC_RATE_HZ
+        if expected is None or abs(arrived - expected) > REALIGN_S:
+            self.mic_realigned += expected is not None
+            expected = arrived
+        self._mic_end = expected
+        return expected
+
+    def _cancel_echo(self, block: Pcm16, end_t: float | None) -> Pcm16:
         """While the agent speaks and for `echo_tail_s` after, the block minus its echo."""
         echo, playback = self._echo, self._playback
         if echo is None or playback is None or self._now is None:
             return block
-        now = self._now()  # the block just arrived: it ends now on the appliance clock
-        if playback.playing:
+        now = self._now() if end_t is None else end_t  # the block ends then on the appliance clock
+        lookback = echo.lookback_samples
+        t0 = now - (block.size + lookback) / MIC_RATE_HZ
+        reference = playback.reference(t0, block.size + lookback)
+        if playback.playing or np.any(reference):
             self._last_playing_t = now
         if self._last_playing_t is None or now - self._last_playing_t > self._echo_tail_s:
             if self._echo_engaged:
@@ -202,9 +225,7 @@ class AudioRouter:
             return block
         self._echo_engaged = True
         self.echo_blocks += 1
-        lookback = echo.lookback_samples
-        t0 = now - (block.size + lookback) / MIC_RATE_HZ
-        return echo.process(block, playback.reference(t0, block.size + lookback))
+        return echo.process(block, reference)
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules

@@ -113,7 +113,7 @@ class FakePlayback:
 
     def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
         self.asked.append((t_start, n_samples))
-        return np.full(n_samples, 0.5, np.float32)
+        return np.full(n_samples, 0.5 if self.playing else 0.0, np.float32)
 
 
 class CountingCanceller:
@@ -198,6 +198,39 @@ def test_the_canceller_runs_while_the_agent_speaks_and_for_the_echo_tail_only() 
 
     asyncio.run(main())
     assert router.echo_blocks == 18
+
+
+def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_jitter() -> None:
+    """Blocks arrive late by a varying few ms (the event loop is busy); the canceller's reference
+    still advances exactly one block per block. A stall of the input (0.5 s) re-reads the clock."""
+    clock = [0.0]
+    playback = FakePlayback()
+    playback.playing = True
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=Endpointer(EndpointConfig()),
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: None,
+        playback=playback,
+        echo=CountingCanceller(),
+        now=lambda: clock[0],
+    )
+    router.set_listening(True)
+    jitter = [0.0, 0.012, 0.003, 0.019, 0.001, 0.015, 0.0, 0.008]
+
+    async def main() -> None:
+        for k, late in enumerate(jitter):
+            clock[0] = 0.08 * (k + 1) + late
+            await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.5 + 0.08  # the input stalled for half a second
+        await router.process(np.ones(1280, np.int16))
+
+    asyncio.run(main())
+    starts = [t for t, _ in playback.asked]
+    np.testing.assert_allclose(np.diff(starts[: len(jitter)]), 0.08, atol=1e-9)
+    assert router.mic_realigned == 1 and starts[-1] == pytest.approx(clock[0] - 0.08)
 
 
 # ------------------------------------------------------------------ room simulation
