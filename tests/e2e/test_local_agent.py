@@ -268,7 +268,7 @@ def test_the_agent_does_not_interrupt_itself_on_its_own_echo(
 
 
 @pytest.mark.parametrize(("room", "gain"), [("small", 2.0), ("hall", 1.0)])
-def test_the_canceller_keeps_the_agent_from_interrupting_itself_in_a_reverberant_room(
+def test_the_canceller_keeps_the_agent_from_interrupting_itself_on_a_room_echo(
     preloaded: Preloaded,
     tmp_path: Path,
     scripted: ScriptedOpenAiServer,
