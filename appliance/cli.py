@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "--simulate-echo",
         type=float,
         metavar="GAIN",
-        help="testing aid: mix the speaker's output back into the input at GAIN (0-1), as a room would",
+        help="testing aid: mix the speaker's output back into the input at GAIN (e.g. 0.5; 2 = a speaker "
+        "right beside the microphone), as a room would",
     )
     run.add_argument(
         "--simulate-echo-ir",
