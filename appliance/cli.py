@@ -74,7 +74,22 @@ def _parser() -> argparse.ArgumentParser:
         "--simulate-echo",
         type=float,
         metavar="GAIN",
-        help="testing aid: mix the speaker's output back into the input at GAIN (0-1), as a room would",
+        help="testing aid: mix the speaker's output back into the input at GAIN (e.g. 0.5; 2 = a speaker "
+        "right beside the microphone), as a room would",
+    )
+    run.add_argument(
+        "--simulate-echo-ir",
+        metavar="FILE.wav",
+        help="with --simulate-echo: convolve the playback with this room impulse response "
+        "(mono WAV, any rate; scaled to unit energy, so GAIN stays the echo's level)",
+    )
+    run.add_argument(
+        "--simulate-echo-drift-ppm",
+        type=float,
+        default=0.0,
+        metavar="PPM",
+        help="with --simulate-echo: the speaker's sample clock runs PPM fast (negative: slow) "
+        "against the microphone's (default 0)",
     )
     run.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the log level"
@@ -216,8 +231,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("--realtime applies to --input runs only", file=sys.stderr)
         return EXIT_USAGE
     check_run_paths(args.input, args.output, args.events, args.config)
-    if args.simulate_echo is not None and not 0 <= args.simulate_echo <= 1:
-        raise UsageError(f"--simulate-echo: {args.simulate_echo} is outside 0–1")
+    if args.simulate_echo is not None and not 0 <= args.simulate_echo <= 4:
+        raise UsageError(f"--simulate-echo: {args.simulate_echo} is outside 0–4")
+    if (args.simulate_echo_ir is not None or args.simulate_echo_drift_ppm) and not args.simulate_echo:
+        print("--simulate-echo-ir and --simulate-echo-drift-ppm need --simulate-echo GAIN", file=sys.stderr)
+        return EXIT_USAGE
+    if args.simulate_echo:
+        # a bad room file is said now, not after the models loaded
+        from appliance.runtime.echo_simulation import SimulationError, check_drift_ppm, load_impulse_response
+
+        try:
+            check_drift_ppm(args.simulate_echo_drift_ppm)
+            if args.simulate_echo_ir is not None:
+                load_impulse_response(args.simulate_echo_ir)
+        except SimulationError as err:
+            print(err, file=sys.stderr)
+            return EXIT_USAGE
     if hasattr(signal, "SIGHUP"):  # a reload asked for while the models load is not a kill
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # A stop while the models load is a requested stop too: exit 0, like Ctrl-C (the run
@@ -242,6 +271,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 events=args.events,
                 realtime=args.realtime,
                 simulate_echo=args.simulate_echo,
+                simulate_echo_ir=args.simulate_echo_ir,
+                simulate_echo_drift_ppm=args.simulate_echo_drift_ppm,
                 require_devices=args.require_devices,
             ),
             own_process=True,

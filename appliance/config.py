@@ -75,6 +75,7 @@ from appliance.validation import (
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "<embedded default-config.yaml>"
+DEFAULT_ECHO_CANCELLATION = "webrtc"
 SECTIONS = ("conversation_config", "platform_settings", "appliance")
 EXPORT_KEYS = ("name", "tags", "agent_id", "metadata", "workflow", "phone_numbers", "access_info")
 SECRET_KEYS = frozenset({"api_key", "xi_api_key", "xi-api-key", "apikey", "token", "password", "secret"})
@@ -117,6 +118,11 @@ class AudioConfig(_Device):
     output_block_ms: Annotated[Int, between(5, 200, "ms")] = 20
     input_queue_blocks: Annotated[Int, between(2, 1024, "blocks")] = 32
     output_volume: Annotated[Num, between(0, 2)] = 1.0
+    echo_cancellation: Literal["off", "gate", "webrtc"] | None = None
+    """What removes the agent's own voice from the microphone while it speaks: `webrtc` (the
+    acoustic echo canceller, WebRTC AEC3), `gate` (subtract a one-tap delayed copy of the
+    playback) or `off`. None (default) = `webrtc`, or `off` when the older
+    `appliance.vad.playback_gating` is false; when both are set, this one wins."""
 
 
 class WakeWord(_Device):
@@ -165,7 +171,8 @@ class VadConfig(_Device):
     speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = None
     """Local agent: start STT this far into a silence, before the end decision (None: off)."""
     playback_gating: Bool = True
-    """While the agent speaks, speech counts only if louder than the echo of its own voice."""
+    """Deprecated: `appliance.audio.echo_cancellation` replaces it (false = off, true = the
+    default canceller); `echo_cancellation` wins when both are set."""
 
 
 class ChimesConfig(_Device):
@@ -391,6 +398,15 @@ class Config:
     def silence_end_call_timeout_s(self) -> float | None:
         t = self.conversation_config.turn.silence_end_call_timeout
         return None if t == -1 else t
+
+    @property
+    def echo_cancellation(self) -> str:
+        """`off`, `gate` or an engine name: `appliance.audio.echo_cancellation` if set, else
+        from the older `appliance.vad.playback_gating` (false = off), else the canceller."""
+        chosen = self.appliance.audio.echo_cancellation
+        if chosen is not None:
+            return chosen
+        return DEFAULT_ECHO_CANCELLATION if self.appliance.vad.playback_gating else "off"
 
     def voice(self, voice_id: str | None) -> tuple[str, LocalVoice]:
         """The local voice for an ElevenLabs voice_id; unknown or None → the default voice."""
@@ -738,6 +754,19 @@ def _device_checks(ap: ApplianceConfig) -> list[str]:
     return out
 
 
+def _device_warnings(ap: ApplianceConfig) -> list[str]:
+    if "playback_gating" not in ap.vad.model_fields_set:
+        return []
+    gating, chosen = ap.vad.playback_gating, ap.audio.echo_cancellation
+    path = "appliance.vad.playback_gating"
+    if chosen is None:
+        meaning = f"{DEFAULT_ECHO_CANCELLATION} (the default)" if gating else "off"
+        return [f"{path}: deprecated, use appliance.audio.echo_cancellation (now {meaning})"]
+    if gating != (chosen != "off"):
+        return [f"{path}: {show(gating)} ignored: appliance.audio.echo_cancellation ({show(chosen)}) wins"]
+    return []
+
+
 def select_llm(platform_llm: str | None, override: LlmBackend | None) -> LlmBackend:
     """The platform's meaning: `custom-llm` calls the custom LLM (`openai`), any other LLM name
     (or none) runs the device's own model (`llama_cpp`); an explicit `override` wins (a
@@ -822,6 +851,7 @@ def load_config_text(
     ap = _validate(ApplianceConfig, doc.get("appliance"), "appliance", problems)
     if ap is not None:
         problems += _device_checks(ap)
+        warnings += _device_warnings(ap)
     if cc is not None:
         more_problems, more_warnings = _joint_checks(cc, ap)
         problems += more_problems

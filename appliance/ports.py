@@ -71,6 +71,34 @@ class PlaybackReference(Protocol):
         ...
 
 
+class EchoCanceller(Protocol):
+    """Removes the agent's own voice from the microphone while it speaks (and for the echo tail
+    after), given what the speaker played: the real canceller (`adapters/echo_canceller.py`) or
+    the one-tap gating fallback (`adapters/echo_suppressor.py`). Runs on the model thread."""
+
+    @property
+    def name(self) -> str:
+        """The `appliance.audio.echo_cancellation` setting it implements (`gate`, `webrtc`)."""
+        ...
+
+    @property
+    def lookback_samples(self) -> int:
+        """How much playback from before the block the reference starts with (gating searches
+        the echo delay in it; the canceller estimates the delay itself and needs none)."""
+        ...
+
+    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16:
+        """`mic`: the block that just arrived (16 kHz); `reference`: what the speaker played from
+        `lookback_samples` before the block's first sample to its last, `lookback_samples +
+        mic.size` samples (float, 16 kHz). Returns the cleaned block, `mic.size` samples."""
+        ...
+
+    def pause(self) -> None:
+        """The agent stopped speaking and the echo tail is over: the next block `process` gets
+        does not follow this one (the adapted echo path is kept: the room did not change)."""
+        ...
+
+
 class WakeWordDetector(Protocol):
     frame_samples: int
     names: list[str]

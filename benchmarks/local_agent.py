@@ -1,5 +1,5 @@
-"""Local-agent benchmarks: how fast the offline agent answers, what it costs in RAM, and how
-often it interrupts itself on its own echo.
+"""Local-agent benchmarks: how fast the offline agent answers and what it costs in RAM (how
+often it interrupts itself on its own echo: `benchmarks/echo.py`).
 
 Everything runs the real models (faster-whisper tiny.en, SmolLM2-135M in-process through
 llama-cpp-python, the piper joe voice), loaded the way the appliance loads them
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import dataclasses
 import functools
 import json
 import os
@@ -80,31 +79,16 @@ LONG_REQUESTS = (
     "Give me some tips for sleeping better.",
 )
 
-STORY = (
-    "Once upon a time, in a quiet village by the sea, there lived an old fisherman.",
-    "Every morning he rowed his small boat past the lighthouse and cast his nets.",
-    "One day he caught a golden fish that could speak.",
-    "The fish promised him three wishes if he would let it go.",
-)
-STORY_REQUEST = "Tell me a story."
-STOP_UTTERANCE = "Stop, stop please."
-SPARE_REPLY = "Okay."
-
 
 @dataclass(frozen=True)
 class Settings:
     turns: int = 2 * len(QUESTIONS)  # each question twice
     long_turns: int = 2 * len(LONG_REQUESTS)
     appliance_runs: int = 3
-    echo_gains: tuple[float, ...] = (0.25, 0.5, 1.0)
-    story_sentences: int = len(STORY)  # about 12 s of speech
-    talk_after_reply_s: float = 4.0  # the user talks over the agent about this far into the reply
 
 
 FULL = Settings()
-QUICK = Settings(
-    turns=3, long_turns=1, appliance_runs=1, echo_gains=(0.5,), story_sentences=2, talk_after_reply_s=2.5
-)
+QUICK = Settings(turns=3, long_turns=1, appliance_runs=1)
 
 
 def settings_for(quick: bool) -> Settings:
@@ -765,148 +749,6 @@ def memory_table(quick: bool = False) -> list[Row]:
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. the agent's own echo: self-interruptions with and without playback gating
-
-
-@dataclass(frozen=True)
-class EchoRun:
-    gain: float
-    gating: bool
-    talk_over: bool
-    agent_turns: int  # replies the agent generated
-    interruptions: int
-    false_interruptions: int  # before the user really spoke (all of them when nobody talks over)
-    true_barge_in: bool | None  # talk-over runs: an interruption once the user spoke
-    user_spoke_into_reply_s: float | None
-    heard_stop: bool | None
-    wall_s: float
-    errors: int
-
-
-def _story(sentences: int) -> str:
-    return " ".join(STORY[:sentences])
-
-
-def _echo_config(url: str, gating: bool) -> Any:
-    def overrides(raw: dict[str, Any]) -> None:
-        prompt = raw["conversation_config"]["agent"]["prompt"]
-        prompt.update(llm="custom-llm", custom_llm={"url": url, "model_id": "scripted-model"})
-        appliance = raw["appliance"]
-        appliance["local"]["llm"] = {"backend": "openai"}
-        appliance["vad"] = {"playback_gating": gating}
-        raw["conversation_config"]["turn"]["turn_timeout"] = 30  # no re-prompt within a run
-
-    return _appliance_config(overrides)
-
-
-def echo_run(gain: float, gating: bool, talk_over: bool, settings: Settings) -> EchoRun:
-    """One realtime run: wake word + "Tell me a story." + (silence, or "Stop" over the reply)."""
-    from appliance.adapters.openai_llm import OpenAiCompatibleLlm
-    from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
-
-    story = _story(settings.story_sentences)
-    reply_s = _say(story).size / RATE_HZ
-    # the reply starts about 1.5 s after the question (endpointing, STT, TTS of the first chunk)
-    lead_s = 1.0 + _say("Hey Jarvis!").size / RATE_HZ + 0.5 + _say(STORY_REQUEST).size / RATE_HZ
-    if talk_over:
-        gap_s = 1.5 + settings.talk_after_reply_s
-        audio = _concat(
-            _wake_and_ask(STORY_REQUEST, gap_s), _say(STOP_UTTERANCE), _silence(4.0)
-        )  # the agent answers the "stop" within the 4 s
-        stop_at_s = lead_s + gap_s
-    else:
-        audio = _wake_and_ask(STORY_REQUEST, reply_s + 3.0)  # the input covers the whole reply
-        stop_at_s = None
-    with ScriptedOpenAiServer() as server:
-        server.add(text_reply(*[w + " " for w in story.split()]))
-        server.add(*[text_reply(SPARE_REPLY) for _ in range(12)])  # whatever the agent thinks it heard
-        preloaded = _preloaded()
-        llm = OpenAiCompatibleLlm(server.url, "scripted-model", None)
-        models = dataclasses.replace(
-            preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
-        )
-        start = time.perf_counter()
-        events = _run_appliance(_echo_config(server.url, gating), models, audio, realtime=True, echo=gain)
-        wall = time.perf_counter() - start
-    interruptions = [e["t"] for e in events if e["type"] == "interruption"]
-    story_audio = [e["t"] for e in events if e["type"] == "audio" and e.get("text", "") in story]
-    transcripts = [e["user_transcript"] for e in events if e["type"] == "user_transcript"]
-    if stop_at_s is None:
-        false, true_barge, spoke_into, heard = len(interruptions), None, None, None
-    else:
-        false = sum(t < stop_at_s for t in interruptions)
-        true_barge = any(t >= stop_at_s for t in interruptions)
-        spoke_into = stop_at_s - story_audio[0] if story_audio else None
-        heard = any("stop" in _words(t) for t in transcripts)
-    return EchoRun(
-        gain=gain,
-        gating=gating,
-        talk_over=talk_over,
-        agent_turns=sum(e["type"] == "agent_response" for e in events),
-        interruptions=len(interruptions),
-        false_interruptions=false,
-        true_barge_in=true_barge,
-        user_spoke_into_reply_s=spoke_into,
-        heard_stop=heard,
-        wall_s=wall,
-        errors=_errors(events),
-    )
-
-
-def echo_table(quick: bool = False) -> list[Row]:
-    """Self-interruptions on a simulated room echo (realtime appliance runs), playback gating on vs off."""
-    settings = settings_for(quick)
-    rows: list[Row] = []
-    for gain in settings.echo_gains:
-        on = echo_run(gain, True, False, settings)
-        off = echo_run(gain, False, False, settings)
-        talk = echo_run(gain, True, True, settings)
-        rows.append(
-            {
-                "echo gain": gain,
-                "scenario": "nobody talks over the agent",
-                "on: agent turns": on.agent_turns,
-                "on: self-interruptions": on.false_interruptions,
-                "on: false barge-in turns": _fraction(on),
-                "off: agent turns": off.agent_turns,
-                "off: self-interruptions": off.false_interruptions,
-                "off: false barge-in turns": _fraction(off),
-                "user spoke at s into reply": None,
-                "barge-in detected": None,
-                "'stop' heard": None,
-                "errors": on.errors + off.errors,
-                "verdict": _verdict(on.false_interruptions == 0, on, off),
-            }
-        )
-        rows.append(
-            {
-                "echo gain": gain,
-                "scenario": f"user says '{STOP_UTTERANCE}' over it",
-                "on: agent turns": talk.agent_turns,
-                "on: self-interruptions": talk.false_interruptions,
-                "on: false barge-in turns": _fraction(talk),
-                "user spoke at s into reply": talk.user_spoke_into_reply_s,
-                "barge-in detected": talk.true_barge_in,
-                "'stop' heard": talk.heard_stop,
-                "errors": talk.errors,
-                "verdict": _verdict(bool(talk.true_barge_in) and talk.false_interruptions == 0, talk),
-            }
-        )
-    return rows
-
-
-def _verdict(ok: bool, *runs: EchoRun) -> str:
-    if any(r.errors or not r.agent_turns for r in runs):
-        return "ERROR"  # the appliance failed (error events, or it never answered): no verdict
-    return "PASS" if ok else "FAIL"
-
-
-def _fraction(run: EchoRun) -> float:
-    """Share of the agent's turns cut short by its own echo (each interruption ends one turn)."""
-    return min(run.false_interruptions, run.agent_turns) / run.agent_turns if run.agent_turns else 0.0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rss", choices=RSS_STAGES, required=True, help="memory probe stage")
@@ -923,7 +765,6 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "agent.latency.turns": latency_turns_table,
     "agent.latency.long": latency_long_table,
     "agent.memory": memory_table,
-    "agent.echo": echo_table,
 }
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import agent_session, idle_loop, local_agent, remote, soak, voices
+from benchmarks import agent_session, echo, idle_loop, local_agent, remote, soak, voices
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "idle.engines.voices": idle_loop.engine_voices_table,
     **local_agent.BENCHMARKS,
     **agent_session.BENCHMARKS,
+    **echo.BENCHMARKS,
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
     **soak.BENCHMARKS,

@@ -109,17 +109,17 @@ def test_idle_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
 
 
 def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
-    from benchmarks import agent_session, local_agent
+    from benchmarks import agent_session, echo, local_agent
 
-    names = run.select(["agent"])
-    assert names == [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS]
+    # `--only agent` runs these and the echo tables (benchmarks/echo.py, their own test below)
+    assert run.select(["agent"]) == [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS, *echo.BENCHMARKS]
+    names = [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS]
     assert names == [
         "agent.latency",
         "agent.latency.stages",
         "agent.latency.turns",
         "agent.latency.long",
         "agent.memory",
-        "agent.echo",
         "agent.latency.session",
         "agent.latency.pause",
     ]
@@ -188,19 +188,7 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
     assert memory[1]["Δ vs idle MiB"] == 0
     assert 0 < memory[1]["Δ vs baseline MiB"] < memory[2]["Δ vs baseline MiB"]
 
-    # 3. echo: quick mode runs gain 0.5 only, gating on and off and a talk-over run
-    echo = results["agent.echo"]["rows"]
-    assert [(r["echo gain"], r["scenario"].startswith("nobody")) for r in echo] == [(0.5, True), (0.5, False)]
-    quiet, talk = echo
-    for row in echo:
-        assert row["errors"] == 0
-        assert row["verdict"] in {"PASS", "FAIL"}
-        assert row["on: agent turns"] >= 1
-        assert 0.0 <= row["on: false barge-in turns"] <= 1.0
-    assert quiet["off: agent turns"] >= 1 and 0.0 <= quiet["off: false barge-in turns"] <= 1.0
-    assert isinstance(talk["barge-in detected"], bool) and isinstance(talk["'stop' heard"], bool)
-
-    # 4. through the real LocalAgentSession (quick: this machine only, one turn per mode)
+    # 3. through the real LocalAgentSession (quick: this machine only, one turn per mode)
     session = results["agent.latency.session"]["rows"]
     assert [(r["budget"], r["mode"], r["turns"]) for r in session] == [
         ("box", "hold", 1),
@@ -245,3 +233,42 @@ def test_soak_quick_run_has_no_stuck_sessions(models_dir: Path) -> None:
     assert slope["value"] is None and slope["verdict"] is None  # too short a run for a slope
     lines = run.format_table(results["soak"]["rows"]).splitlines()
     assert len(lines) == len(results["soak"]["rows"]) + 2
+
+
+def test_echo_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
+    from benchmarks import echo
+
+    names = run.select(["agent.echo"])
+    assert names == list(echo.BENCHMARKS) == ["agent.echo", "agent.echo.appliance", "agent.echo.cpu"]
+    results = run.run(names, quick=True, out=None)
+    json.dumps(results)
+
+    # the session path: the no-echo floor, then the small room at gain 1.0, gating and canceller
+    floor, *rows = results["agent.echo"]["rows"]
+    assert floor["mode"] == "off" and floor["barge-in detected"] == "2/2"  # no echo: the VAD hears them
+    assert [(r["gain"], r["mode"]) for r in rows] == [(1.0, "gate"), (1.0, "webrtc")]
+    for row in rows:
+        assert row["room"].startswith("small (RT60 0.2 s, 4 cm)") and row["target"] == "yes"
+        assert row["verdict"] in {"PASS", "FAIL"}
+        _positive(row, "ERLE dB", "CPU %")
+    gate, canceller = rows
+    assert canceller["turns self-interrupted"] == "0/2"  # deterministic input, a seeded room
+    assert canceller["ERLE dB"] > gate["ERLE dB"] + 10.0
+
+    # the whole appliance in real time: one room, both modes
+    live = results["agent.echo.appliance"]["rows"]
+    assert [r["mode"] for r in live] == ["gate", "webrtc"]
+    for row in live:
+        assert row["errors"] == 0 and row["verdict"] in {"PASS", "FAIL"}
+        assert row["quiet: agent turns"] >= 1
+        assert isinstance(row["barge-in detected"], bool)
+
+    cpu = results["agent.echo.cpu"]["rows"]
+    assert [r["mode"] for r in cpu] == ["gate", "webrtc"]
+    for row in cpu:
+        _positive(row, "audio s", "CPU % of one core", "ms per 80 ms block", "wall × real time")
+
+    for name in names:
+        rows_ = results[name]["rows"]
+        lines = run.format_table(rows_).splitlines()
+        assert len(lines) == len(rows_) + 2

@@ -318,7 +318,7 @@ def test_supported_voices_cloud_fields_are_warnings() -> None:
 def test_unknown_appliance_keys_name_the_allowed_keys() -> None:
     assert problems({"appliance.audio.inptu_device": 1}) == [
         "appliance.audio.inptu_device: unknown key (allowed: input_device, output_device, input_block_ms, "
-        "output_block_ms, input_queue_blocks, output_volume)"
+        "output_block_ms, input_queue_blocks, output_volume, echo_cancellation)"
     ]
     (line,) = problems({"appliance.local.voices": {"joe": {"model": "m", "sped": 1.0}}})
     assert line.startswith(

@@ -19,11 +19,23 @@ RATE_HZ = MIC_RATE_HZ
 
 
 class EchoSuppressor:
+    """`ports.EchoCanceller`: the `gate` setting of `appliance.audio.echo_cancellation`, and the
+    fallback when the configured canceller cannot load."""
+
+    name = "gate"
+
     def __init__(self, max_delay_s: float = 0.12) -> None:
         self.max_delay_samples = int(max_delay_s * RATE_HZ)
         self.last_gain = 0.0
         self.last_delay_s = 0.0
         self.blocks = 0
+
+    @property
+    def lookback_samples(self) -> int:
+        return self.max_delay_samples
+
+    def pause(self) -> None:
+        """Stateless between blocks: nothing to forget."""
 
     def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16:
         """`reference`: the playback (float scale, 16 kHz) from `max_delay_s` before the block

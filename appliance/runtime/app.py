@@ -32,7 +32,15 @@ from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
 from appliance.errors import AudioDeviceError
-from appliance.ports import AgentSession, Clock, Microphone, Speaker, VoiceActivityDetector, WakeWordDetector
+from appliance.ports import (
+    AgentSession,
+    Clock,
+    EchoCanceller,
+    Microphone,
+    Speaker,
+    VoiceActivityDetector,
+    WakeWordDetector,
+)
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import MonotonicClock, StreamClock
 from appliance.runtime.event_log import EventLog
@@ -119,11 +127,26 @@ def open_audio(config: Config, options: RunOptions) -> Wiring:
             speaker = WavFileSpeaker(FALLBACK_OUTPUT, timeline=timeline)
     monitored = MonitoredSpeaker(speaker, clock)
     if options.simulate_echo:
-        from appliance.runtime.echo_simulation import EchoMicrophone
+        from appliance.runtime.echo_simulation import EchoMicrophone, load_impulse_response
 
-        mic = EchoMicrophone(mic, monitored, clock, gain=options.simulate_echo)
+        ir = load_impulse_response(options.simulate_echo_ir) if options.simulate_echo_ir else None
+        mic = EchoMicrophone(
+            mic,
+            monitored,
+            clock,
+            gain=options.simulate_echo,
+            impulse_response=ir,
+            drift_ppm=options.simulate_echo_drift_ppm,
+        )
+        room = f" through the room response {options.simulate_echo_ir}" if ir is not None else ""
+        drift = (
+            f", speaker clock {options.simulate_echo_drift_ppm:+g} ppm"
+            if options.simulate_echo_drift_ppm
+            else ""
+        )
         notes.append(
             f"simulating a room echo: the speaker comes back into the input at gain {options.simulate_echo}"
+            f"{room}{drift}"
         )
     events = EventLog(clock, options.events)
     if device_mic is not None:
@@ -172,8 +195,6 @@ def build_loop(
     session_factory: Callable[[str], AgentSession],
     executor: ThreadPoolExecutor,
 ) -> ApplianceLoop:
-    from appliance.adapters.echo_suppressor import EchoSuppressor
-
     chime_cfg = config.appliance.chimes
     chimes = ChimePlayer(
         wiring.speaker,
@@ -195,7 +216,7 @@ def build_loop(
         executor=executor,
         post=lambda event: loop_ref[0].post(event),
         playback=wiring.speaker if isinstance(wiring.speaker, MonitoredSpeaker) else None,
-        echo=EchoSuppressor() if config.appliance.vad.playback_gating else None,
+        echo=build_echo_canceller(config.echo_cancellation),
         now=wiring.clock.now,
     )
     bound = float(config.conversation_config.conversation.max_duration_seconds) + SESSION_MARGIN_S
@@ -212,6 +233,26 @@ def build_loop(
     )
     loop_ref.append(loop)
     return loop
+
+
+def build_echo_canceller(setting: str) -> EchoCanceller | None:
+    """`appliance.audio.echo_cancellation`: None for `off`; gating for `gate`, and in place of
+    an engine that cannot load here (said once in the log: the appliance still runs)."""
+    from appliance.adapters.echo_suppressor import EchoSuppressor
+
+    if setting == "off":
+        return None
+    if setting == "gate":
+        return EchoSuppressor()
+    from appliance.adapters.echo_canceller import ENGINES, EchoCancellerUnavailable
+
+    try:
+        return ENGINES[setting]()
+    except EchoCancellerUnavailable as err:
+        _LOGGER.warning(
+            "appliance.audio.echo_cancellation: %s cannot run here (%s); falling back to gating", setting, err
+        )
+        return EchoSuppressor()
 
 
 def session_factory_for(

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from appliance.core.device import DeviceEvent, WakeWordDetected
 from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
-from appliance.ports import MIC_RATE_HZ, Pcm16, VoiceActivityDetector, WakeWordDetector
+from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,17 +34,18 @@ class RouterStats:
     peak_scores: dict[str, float] = field(default_factory=dict)
 
 
+ECHO_TAIL_S = 1.0
+"""The echo canceller keeps running this long after the speaker falls silent: a room's
+reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
+REALIGN_S = 0.2
+"""See `AudioRouter._mic_clock`."""
+
+
 class PlaybackReference(Protocol):
     @property
     def playing(self) -> bool: ...
 
     def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]: ...
-
-
-class EchoReducer(Protocol):
-    max_delay_samples: int
-
-    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16: ...
 
 
 class _Chunker:
@@ -86,8 +87,9 @@ class AudioRouter:
         wake_vad_gate: float | None = 0.5,
         wake_vad_window_s: float = 1.0,
         playback: PlaybackReference | None = None,
-        echo: EchoReducer | None = None,
+        echo: EchoCanceller | None = None,
         now: Callable[[], float] | None = None,
+        echo_tail_s: float = ECHO_TAIL_S,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -101,6 +103,13 @@ class AudioRouter:
         self._playback = playback
         self._echo = echo
         self._now = now
+        self._echo_tail_s = echo_tail_s
+        self._last_playing_t: float | None = None
+        self._echo_engaged = False
+        self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
+        self.mic_realigned = 0
+        self.echo_blocks = 0
+        """Blocks the echo canceller processed (it runs only while the agent speaks + the tail)."""
         # Wake words fire only if the VAD hears speech in the last second: noise that fools a
         # wake-word model (loud broadband noise does) is not speech to Silero. The VAD runs only
         # when a wake-word score crosses its threshold, so the idle loop pays nothing for it.
@@ -128,7 +137,8 @@ class AudioRouter:
 
     async def process(self, block: Pcm16) -> None:
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(self._executor, self._process_sync, block)
+        arrived = self._now() if self._now is not None else None  # before the hop to the model thread
+        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived)
         for event in events:
             self._post(event)
 
@@ -139,6 +149,9 @@ class AudioRouter:
             self._vad.reset()
             self._vad_chunks.clear()
             self._wake_chunks.clear()
+            if self._echo_engaged and self._echo is not None:
+                self._echo_engaged = False  # the blocks in between bypass it: not contiguous
+                self._echo.pause()
             if not on:
                 # Back to the wake word: its features still hold the audio from before the
                 # session (the wake word itself) and would fire again at once. Reset here, not
@@ -156,9 +169,10 @@ class AudioRouter:
             self._wake_chunks.clear()
             self._recent = np.zeros(0, dtype=np.int16)
 
-    def _process_sync(self, block: Pcm16) -> list[DeviceEvent]:
-        """Runs on the model thread."""
+    def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
+        """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
         self._apply_pending()
+        end_t = self._mic_clock(block.size, arrived)
         events: list[DeviceEvent] = []
         self.stats.frames_in += 1
         start = self.samples_in
@@ -170,12 +184,7 @@ class AudioRouter:
             # The wake word fired: the rest of this block already belongs to the session.
             self._set_listening(True)
             block, start = rest
-        echo, playback = self._echo, self._playback
-        if echo is not None and playback is not None and self._now is not None and playback.playing:
-            # the block just arrived: it ends now on the appliance clock
-            delay = echo.max_delay_samples
-            t0 = self._now() - (block.size + delay) / MIC_RATE_HZ
-            block = echo.process(block, playback.reference(t0, block.size + delay))
+        block = self._cancel_echo(block, end_t)
         offset = start - self._vad_chunks.pending
         for frame in self._vad_chunks.push(block):
             offset += frame.size
@@ -183,6 +192,40 @@ class AudioRouter:
             self.stats.vad_frames += 1
             events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
         return events
+
+    def _mic_clock(self, n: int, arrived: float | None) -> float | None:
+        """When the block ends on the appliance clock, counted in samples from the first block:
+        the echo canceller's reference must advance with the microphone's samples, not jitter
+        with the event loop's scheduling. Re-read from the clock only when the two disagree by
+        more than `REALIGN_S` (dropped microphone blocks, a stall)."""
+        if arrived is None:
+            return None
+        expected = None if self._mic_end is None else self._mic_end + n / MIC_RATE_HZ
+        if expected is None or abs(arrived - expected) > REALIGN_S:
+            self.mic_realigned += expected is not None
+            expected = arrived
+        self._mic_end = expected
+        return expected
+
+    def _cancel_echo(self, block: Pcm16, end_t: float | None) -> Pcm16:
+        """While the agent speaks and for `echo_tail_s` after, the block minus its echo."""
+        echo, playback = self._echo, self._playback
+        if echo is None or playback is None or self._now is None:
+            return block
+        now = self._now() if end_t is None else end_t  # the block ends then on the appliance clock
+        lookback = echo.lookback_samples
+        t0 = now - (block.size + lookback) / MIC_RATE_HZ
+        reference = playback.reference(t0, block.size + lookback)
+        if playback.playing or np.any(reference):
+            self._last_playing_t = now
+        if self._last_playing_t is None or now - self._last_playing_t > self._echo_tail_s:
+            if self._echo_engaged:
+                self._echo_engaged = False
+                echo.pause()
+            return block
+        self._echo_engaged = True
+        self.echo_blocks += 1
+        return echo.process(block, reference)
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules

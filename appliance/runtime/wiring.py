@@ -28,6 +28,10 @@ class RunOptions:
     realtime: bool = False
     simulate_echo: float | None = None
     """Testing aid: mix the speaker's output back into the input at this gain (30 ms late)."""
+    simulate_echo_ir: str | None = None
+    """With `simulate_echo`: a room impulse response WAV the playback is convolved with."""
+    simulate_echo_drift_ppm: float = 0.0
+    """With `simulate_echo`: the speaker's clock runs this many ppm fast (negative: slow)."""
     require_devices: bool = False
     """A service: a missing microphone or speaker is an error (exit 4, systemd retries) instead
     of the example recording / a WAV file standing in."""

@@ -81,6 +81,7 @@ def run_inprocess(
     *,
     realtime: bool,
     echo: float | None = None,
+    echo_ir: Path | None = None,
 ) -> tuple[Events, Path]:
     """The real appliance loop in this process, with the shared models (LLM per config)."""
     from appliance.adapters.openai_llm import OpenAiCompatibleLlm
@@ -96,7 +97,12 @@ def run_inprocess(
     wav = write_wav(tmp_path / "in.wav", audio)
     out, events_path = tmp_path / "out.wav", tmp_path / "events.jsonl"
     options = RunOptions(
-        input=str(wav), output=str(out), events=str(events_path), realtime=realtime, simulate_echo=echo
+        input=str(wav),
+        output=str(out),
+        events=str(events_path),
+        realtime=realtime,
+        simulate_echo=echo,
+        simulate_echo_ir=str(echo_ir) if echo_ir else None,
     )
     asyncio.run(run_async(cfg, options, models))
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
@@ -259,6 +265,30 @@ def test_the_agent_does_not_interrupt_itself_on_its_own_echo(
     audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(16.0))
     events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=0.5)
     assert ("interruption" in types(events)) is self_interrupts
+
+
+@pytest.mark.parametrize(("room", "gain"), [("small", 2.0), ("hall", 1.0)])
+def test_the_canceller_keeps_the_agent_from_interrupting_itself_on_a_room_echo(
+    preloaded: Preloaded,
+    tmp_path: Path,
+    scripted: ScriptedOpenAiServer,
+    say: Callable[[str], np.ndarray],
+    room: str,
+    gain: float,
+) -> None:
+    """The agent's voice comes back through a simulated room (`--simulate-echo-ir`: the smallest
+    room at gain 2.0; RT60 0.8 s at 50 cm at gain 1.0); nobody talks over it. The default
+    canceller keeps it from taking its own voice for the user's through the whole story."""
+    from appliance.testing.rooms import ROOMS, impulse_response, write_ir_wav
+
+    ir = write_ir_wav(tmp_path / "room.wav", impulse_response(next(r for r in ROOMS if r.name == room)))
+    scripted.add(text_reply(*[w + " " for w in LONG.split()]), text_reply("Yes?"))
+    config = scripted_config(scripted.url)
+    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(16.0))
+    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=gain, echo_ir=ir)
+    assert "interruption" not in types(events)
+    assert [e["agent_response"] for e in events if e["type"] == "agent_response"][:1] == [LONG]
+    assert "speech_started" not in types(events)[types(events).index("agent_response") :]
 
 
 # ---------------------------------------------------------------------- turn timeout, tools

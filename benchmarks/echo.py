@@ -1,0 +1,591 @@
+"""Echo benchmarks: does the agent interrupt itself on its own voice in a room, can the user
+still talk over it, and what does the echo canceller cost.
+
+Rooms come from pyroomacoustics (`appliance.testing.rooms`: RT60 0.2–0.8 s, speaker–microphone
+4–50 cm); the echo is the agent's playback convolved with the room's impulse response, scaled by
+the gain (unit-energy responses: gain = echo level / playback level), 30 ms late
+(`appliance.runtime.echo_simulation.RoomEcho`, the code behind `--simulate-echo-ir`).
+Agent and user speech are piper (joe). Every table puts gating (`appliance.audio.
+echo_cancellation: gate`) and the canceller (`webrtc`) side by side.
+
+- `agent.echo`: the session's listening path itself (`AudioRouter`: the echo canceller, the real
+  Silero VAD, the `Endpointer` with the default config) on the audio clock, faster than real
+  time, for every room × gain: self-interruptions per agent turn, barge-in detection rate and
+  delay over several talk-over trials, ERLE after convergence, the canceller's CPU.
+- `agent.echo.appliance`: the whole appliance in real time (`run_async`, realtime, with
+  `simulate_echo_ir`): a scripted story, nobody talking / the user saying "Stop" over it.
+- `agent.echo.cpu`: the canceller alone on 20 s of the agent's speech; run it under
+  `../shared/tools/pi-class pi4 -- ...` too (the table reads the CPU quota it runs under).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.local_agent import (
+    APPLIANCE_RUN_SLACK_S,
+    RATE_HZ,
+    _appliance_config,
+    _concat,
+    _errors,
+    _preloaded,
+    _say,
+    _silence,
+    _wake_and_ask,
+    _words,
+)
+
+Row = dict[str, Any]
+Pcm16 = npt.NDArray[np.int16]
+
+STORY = (
+    "Once upon a time, in a quiet village by the sea, there lived an old fisherman.",
+    "Every morning he rowed his small boat past the lighthouse and cast his nets.",
+    "One day he caught a golden fish that could speak.",
+    "The fish promised him three wishes if he would let it go.",
+)
+STORY_REQUEST = "Tell me a story."
+STOP_UTTERANCE = "Stop, stop please."
+SPARE_REPLY = "Okay."
+MODES = ("gate", "webrtc")
+DEVICE_DELAY_S = 0.03  # what --simulate-echo adds on top of the room's own delay
+BARGE_IN_WINDOW_S = 0.30  # target: detected within this long after the user starts speaking
+CONVERGENCE_S = 2.0  # ERLE counts from this far into the agent's speech
+ERLE_TARGET_DB = 25.0
+CPU_TARGET_PCT = 5.0
+BARGE_IN_RATE_TARGET = 0.95
+USER_PHRASES = (
+    STOP_UTTERANCE,
+    "Wait, wait a moment.",
+    "Hey, what time is it?",
+    "No, tell me about the weather.",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    rooms: tuple[str, ...] = ("small", "living", "hall-close", "hall")
+    gains: tuple[float, ...] = (0.5, 1.0, 2.0)
+    turns: int = len(STORY)  # agent turns in the quiet session (one story sentence each)
+    trials: int = 12  # talk-over trials per room, gain and mode
+    appliance: tuple[tuple[str, float], ...] = (
+        ("small", 1.0),
+        ("small", 2.0),
+        ("living", 1.0),
+        ("hall-close", 1.0),
+        ("hall", 1.0),
+    )
+    story_sentences: int = len(STORY)
+    talk_after_reply_s: float = 4.0
+    cpu_audio_s: float = 20.0
+
+
+FULL = Settings()
+QUICK = Settings(
+    rooms=("small",),
+    gains=(1.0,),
+    turns=2,
+    trials=2,
+    appliance=(("small", 1.0),),
+    story_sentences=2,
+    talk_after_reply_s=2.5,
+    cpu_audio_s=4.0,
+)
+
+
+def settings_for(quick: bool) -> Settings:
+    return QUICK if quick else FULL
+
+
+def _room(name: str) -> Any:
+    from appliance.testing.rooms import ROOMS
+
+    return next(r for r in ROOMS if r.name == name)
+
+
+@functools.cache
+def _ir(name: str) -> npt.NDArray[np.float64]:
+    from appliance.testing.rooms import impulse_response
+
+    return impulse_response(_room(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# the session path, offline
+
+
+class Timeline:
+    """The playback record: what the speaker played, by audio-clock time (`PlaybackReference`)."""
+
+    def __init__(self, total_s: float) -> None:
+        self.audio = np.zeros(round(total_s * RATE_HZ), dtype=np.float32)
+        self.spans: list[tuple[float, float]] = []
+        self.now = 0.0
+
+    def play(self, at_s: float, pcm: Pcm16) -> None:
+        start = round(at_s * RATE_HZ)
+        end = min(self.audio.size, start + pcm.size)
+        self.audio[start:end] += pcm[: end - start].astype(np.float32) / 32768.0
+        self.spans.append((start / RATE_HZ, end / RATE_HZ))
+
+    @property
+    def playing(self) -> bool:
+        return any(a <= self.now < b for a, b in self.spans)
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
+        out = np.zeros(n_samples, dtype=np.float32)
+        start = round(t_start * RATE_HZ)
+        lo, hi = max(0, start), min(self.audio.size, start + n_samples)
+        if hi > lo:
+            out[lo - start : hi - start] = self.audio[lo:hi]
+        return out
+
+
+class Metered:
+    """Wraps an `EchoCanceller`: its thread CPU time, and what went in and came out."""
+
+    def __init__(self, inner: Any, now: Callable[[], float]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.lookback_samples = inner.lookback_samples
+        self.cpu_s = 0.0
+        self.audio_s = 0.0
+        self.blocks: list[tuple[float, Pcm16, Pcm16]] = []  # (block end time, in, out)
+        self._now = now
+
+    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16:
+        t0 = time.thread_time()
+        out: Pcm16 = self.inner.process(mic, reference)
+        self.cpu_s += time.thread_time() - t0
+        self.audio_s += mic.size / RATE_HZ
+        self.blocks.append((self._now(), mic.copy(), out.copy()))
+        return out
+
+    def pause(self) -> None:
+        self.inner.pause()
+
+
+@dataclass
+class PathRun:
+    speech_starts: list[float] = field(default_factory=list)  # decision times (audio clock)
+    canceller: Metered | None = None
+
+
+def run_session_path(
+    mode: str,
+    timeline: Timeline,
+    room: str | None,
+    gain: float,
+    user: list[tuple[float, Pcm16]],
+    total_s: float,
+) -> PathRun:
+    """The router's listening path on `total_s` of audio: the room's echo of `timeline` plus the
+    user's speech (at their start times), 80 ms blocks, the audio clock."""
+    from appliance.core.endpointing import Endpointer, SpeechStarted
+    from appliance.core.wakeword import WakeWordGate
+    from appliance.runtime.app import build_echo_canceller
+    from appliance.runtime.echo_simulation import RoomEcho
+    from appliance.runtime.router import AudioRouter
+
+    config = _appliance_config()
+    preloaded = _preloaded()
+    inner = build_echo_canceller(mode)
+    canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
+    result = PathRun(canceller=canceller)
+    block = 1280
+    echo = RoomEcho(timeline, _ir(room) if room else None)
+    near = np.zeros(round(total_s * RATE_HZ), dtype=np.float64)
+    for at_s, pcm in user:
+        start = round(at_s * RATE_HZ)
+        end = min(near.size, start + pcm.size)
+        near[start:end] += pcm[: end - start]
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-bench")
+
+    def post(event: Any) -> None:
+        if isinstance(event, SpeechStarted):
+            result.speech_starts.append(timeline.now)
+
+    router = AudioRouter(
+        detector=preloaded.detector,
+        gate=WakeWordGate(config.wake_word_rules()),
+        vad=preloaded.vad,
+        endpointer=Endpointer(config.endpoint_config()),
+        executor=executor,
+        post=post,
+        playback=timeline,
+        echo=canceller,
+        now=lambda: timeline.now,
+    )
+    router.set_listening(True)
+
+    async def feed() -> None:
+        for i in range(0, near.size - block + 1, block):
+            timeline.now = (i + block) / RATE_HZ
+            start_s = i / RATE_HZ - DEVICE_DELAY_S
+            mixed = near[i : i + block] + echo.render(start_s, block) * gain * 32768.0
+            await router.process(np.clip(np.rint(mixed), -32768, 32767).astype(np.int16))
+
+    try:
+        asyncio.run(feed())
+    finally:
+        executor.shutdown(wait=True)
+    return result
+
+
+def _onset_s(pcm: Pcm16) -> float:
+    """Where the speech in `pcm` starts: the first 10 ms frame within 30 dB of the loudest."""
+    frames = pcm[: pcm.size // 160 * 160].astype(np.float64).reshape(-1, 160)
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-9)
+    return float(np.argmax(level > level.max() - 30.0)) * 0.01
+
+
+@dataclass
+class PathResult:
+    turns: int = 0
+    turns_self_interrupted: int = 0
+    trials: int = 0
+    detected: int = 0
+    in_window: int = 0
+    false_in_trials: int = 0
+    delays_s: list[float] = field(default_factory=list)
+    erle_db: float | None = None
+    cpu_pct: float | None = None
+
+
+def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -> PathResult:
+    res = PathResult()
+    # 1. nobody talks: one session, one story sentence per agent turn, 1.5 s apart
+    replies = [_say(STORY[i % len(STORY)]) for i in range(settings.turns)]
+    lead_s, gap_s = 1.0, 1.5
+    total = lead_s + sum(r.size / RATE_HZ + gap_s for r in replies)
+    timeline = Timeline(total)
+    at = lead_s
+    for reply in replies:
+        timeline.play(at, reply)
+        at += reply.size / RATE_HZ + gap_s
+    quiet = run_session_path(mode, timeline, room, gain, [], total)
+    res.turns = len(replies)
+    for a, b in timeline.spans:
+        if any(a <= t <= b + gap_s for t in quiet.speech_starts):
+            res.turns_self_interrupted += 1
+    if quiet.canceller is not None:
+        res.cpu_pct = 100.0 * quiet.canceller.cpu_s / max(quiet.canceller.audio_s, 1e-9)
+        res.erle_db = _erle(quiet.canceller, timeline)
+    # 2. the user talks over the agent's first reply of a fresh session, at varied points
+    story = _say(" ".join(STORY[: settings.story_sentences]))
+    reply_s = story.size / RATE_HZ
+    for k in range(settings.trials):
+        phrase = _say(USER_PHRASES[k % len(USER_PHRASES)])
+        into_s = 0.5 + (reply_s - 3.0) * (k + 0.5) / settings.trials  # spread over the reply
+        total = lead_s + into_s + phrase.size / RATE_HZ + 1.0
+        timeline = Timeline(total)
+        timeline.play(lead_s, story)
+        user_at = lead_s + into_s
+        run = run_session_path(mode, timeline, room, gain, [(user_at, phrase)], total)
+        onset = user_at + _onset_s(phrase)
+        res.trials += 1
+        res.false_in_trials += sum(t < onset for t in run.speech_starts)
+        after = [t - onset for t in run.speech_starts if t >= onset]
+        if after:
+            res.detected += 1
+            res.delays_s.append(after[0])
+            res.in_window += after[0] <= BARGE_IN_WINDOW_S
+    return res
+
+
+def _erle(canceller: Metered, timeline: Timeline) -> float | None:
+    """Echo in ÷ echo out over the agent's speech after `CONVERGENCE_S` of it (nobody talks)."""
+    from appliance.testing.rooms import erle_db
+
+    first = timeline.spans[0][0] if timeline.spans else 0.0
+    ins: list[Pcm16] = []
+    outs: list[Pcm16] = []
+    for t_end, mic, out in canceller.blocks:
+        if t_end - first >= CONVERGENCE_S and timeline.reference(t_end - 0.08, 1280).any():
+            ins.append(mic)
+            outs.append(out)
+    if not ins:
+        return None
+    return erle_db(np.concatenate(ins), np.concatenate(outs))
+
+
+def echo_table(quick: bool = False) -> list[Row]:
+    """Echo in a room: self-interruptions, barge-in and ERLE on the session path, gating vs canceller"""
+    settings = settings_for(quick)
+    rows: list[Row] = []
+    floor = measure_path("off", None, 0.0, dataclasses.replace(settings, turns=1))
+    rows.append(
+        {
+            "room": "no echo (the VAD's own delay)",
+            "gain": None,
+            "mode": "off",
+            "turns self-interrupted": f"{floor.turns_self_interrupted}/{floor.turns}",
+            "barge-in detected": f"{floor.detected}/{floor.trials}",
+            "≤ 300 ms": f"{floor.in_window}/{floor.trials}",
+            "delay median ms": _ms(_median(floor.delays_s)),
+            "delay max ms": _ms(max(floor.delays_s, default=None)),
+            "false starts": floor.false_in_trials,
+            "ERLE dB": None,
+            "CPU %": None,
+            "target": "—",
+            "verdict": "—",
+        }
+    )
+    for room in settings.rooms:
+        for gain in settings.gains:
+            targeted = gain <= 1.0 or room == "small"
+            for mode in MODES:
+                r = measure_path(mode, room, gain, settings)
+                ok = (
+                    r.turns_self_interrupted == 0
+                    and r.false_in_trials == 0
+                    and r.in_window >= BARGE_IN_RATE_TARGET * r.trials
+                    and (r.erle_db or 0.0) >= ERLE_TARGET_DB
+                    and (r.cpu_pct or 0.0) <= CPU_TARGET_PCT
+                )
+                rows.append(
+                    {
+                        "room": _room(room).label,
+                        "gain": gain,
+                        "mode": mode,
+                        "turns self-interrupted": f"{r.turns_self_interrupted}/{r.turns}",
+                        "barge-in detected": f"{r.detected}/{r.trials}",
+                        "≤ 300 ms": f"{r.in_window}/{r.trials}",
+                        "delay median ms": _ms(_median(r.delays_s)),
+                        "delay max ms": _ms(max(r.delays_s, default=None)),
+                        "false starts": r.false_in_trials,
+                        "ERLE dB": r.erle_db,
+                        "CPU %": r.cpu_pct,
+                        "target": "yes" if targeted else "no",
+                        "verdict": ("PASS" if ok else "FAIL") if targeted else "—",
+                    }
+                )
+    return rows
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole appliance in real time
+
+
+@dataclass(frozen=True)
+class ApplianceEcho:
+    agent_turns: int
+    self_interruptions: int
+    barge_in: bool | None
+    barge_in_delay_s: float | None
+    heard_stop: bool | None
+    errors: int
+
+
+def _echo_config(url: str, mode: str) -> Any:
+    def overrides(raw: dict[str, Any]) -> None:
+        prompt = raw["conversation_config"]["agent"]["prompt"]
+        prompt.update(llm="custom-llm", custom_llm={"url": url, "model_id": "scripted-model"})
+        appliance = raw["appliance"]
+        appliance["local"]["llm"] = {"backend": "openai"}
+        appliance.setdefault("audio", {})["echo_cancellation"] = mode
+        raw["conversation_config"]["turn"]["turn_timeout"] = 30  # no re-prompt within a run
+
+    return _appliance_config(overrides)
+
+
+def _run_realtime(config: Any, models: Any, audio: Pcm16, gain: float, ir_wav: Path) -> list[dict[str, Any]]:
+    from appliance.runtime.app import RunOptions, run_async
+    from appliance.testing.speech import write_wav
+
+    with tempfile.TemporaryDirectory(prefix="echo-bench-") as tmp:
+        wav = write_wav(Path(tmp) / "in.wav", audio)
+        events_path = Path(tmp) / "events.jsonl"
+        options = RunOptions(
+            input=str(wav),
+            output=str(Path(tmp) / "out.wav"),
+            events=str(events_path),
+            realtime=True,
+            simulate_echo=gain,
+            simulate_echo_ir=str(ir_wav),
+        )
+        limit_s = audio.size / RATE_HZ + APPLIANCE_RUN_SLACK_S
+        failure: dict[str, Any] | None = None
+        try:
+            asyncio.run(asyncio.wait_for(run_async(config, options, models), limit_s))
+        except TimeoutError:
+            failure = {"type": "error", "code": "benchmark_timeout", "message": f"run took > {limit_s:.0f} s"}
+        except Exception as err:  # the table says the run failed; the other runs go on
+            failure = {"type": "error", "code": "run_failed", "message": f"{type(err).__name__}: {err}"}
+        text = events_path.read_text() if events_path.exists() else ""
+        events = [json.loads(line) for line in text.splitlines()]
+    return [*events, failure] if failure else events
+
+
+def appliance_run(mode: str, room: str, gain: float, talk_over: bool, settings: Settings) -> ApplianceEcho:
+    """Wake word + "Tell me a story." + (silence, or "Stop" over the reply), in real time."""
+    from appliance.adapters.openai_llm import OpenAiCompatibleLlm
+    from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
+    from appliance.testing.rooms import cache_dir, write_ir_wav
+
+    story = " ".join(STORY[: settings.story_sentences])
+    reply_s = _say(story).size / RATE_HZ
+    lead_s = 1.0 + _say("Hey Jarvis!").size / RATE_HZ + 0.5 + _say(STORY_REQUEST).size / RATE_HZ
+    if talk_over:
+        gap_s = 1.5 + settings.talk_after_reply_s
+        stop = _say(STOP_UTTERANCE)
+        audio = _concat(_wake_and_ask(STORY_REQUEST, gap_s), stop, _silence(4.0))
+        stop_at_s: float | None = lead_s + gap_s + _onset_s(stop)
+    else:
+        audio = _wake_and_ask(STORY_REQUEST, reply_s + 3.0)
+        stop_at_s = None
+    ir_wav = cache_dir() / f"{room}.wav"
+    if not ir_wav.exists():
+        ir_wav.parent.mkdir(parents=True, exist_ok=True)
+        write_ir_wav(ir_wav, _ir(room))
+    with ScriptedOpenAiServer() as server:
+        server.add(text_reply(*[w + " " for w in story.split()]))
+        server.add(*[text_reply(SPARE_REPLY) for _ in range(12)])
+        preloaded = _preloaded()
+        llm = OpenAiCompatibleLlm(server.url, "scripted-model", None)
+        models = dataclasses.replace(
+            preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
+        )
+        events = _run_realtime(_echo_config(server.url, mode), models, audio, gain, ir_wav)
+    interruptions = [e["t"] for e in events if e["type"] == "interruption"]
+    transcripts = [e["user_transcript"] for e in events if e["type"] == "user_transcript"]
+    if stop_at_s is None:
+        false, barge, delay, heard = len(interruptions), None, None, None
+    else:
+        false = sum(t < stop_at_s for t in interruptions)
+        after = [t - stop_at_s for t in interruptions if t >= stop_at_s]
+        barge, delay = bool(after), (after[0] if after else None)
+        heard = any("stop" in _words(t) for t in transcripts)
+    return ApplianceEcho(
+        agent_turns=sum(e["type"] == "agent_response" for e in events),
+        self_interruptions=false,
+        barge_in=barge,
+        barge_in_delay_s=delay,
+        heard_stop=heard,
+        errors=_errors(events),
+    )
+
+
+def appliance_table(quick: bool = False) -> list[Row]:
+    """Echo in a room, the whole appliance in real time: gating vs canceller"""
+    settings = settings_for(quick)
+    rows: list[Row] = []
+    for room, gain in settings.appliance:
+        for mode in MODES:
+            quiet = appliance_run(mode, room, gain, False, settings)
+            talk = appliance_run(mode, room, gain, True, settings)
+            runs = (quiet, talk)
+            failed = any(r.errors or not r.agent_turns for r in runs)
+            ok = quiet.self_interruptions == 0 and talk.self_interruptions == 0 and bool(talk.barge_in)
+            rows.append(
+                {
+                    "room": _room(room).label,
+                    "gain": gain,
+                    "mode": mode,
+                    "quiet: agent turns": quiet.agent_turns,
+                    "quiet: self-interruptions": quiet.self_interruptions,
+                    "talk-over: self-interruptions": talk.self_interruptions,
+                    "barge-in detected": talk.barge_in,
+                    "barge-in delay ms": _ms(talk.barge_in_delay_s),
+                    "'stop' heard": talk.heard_stop,
+                    "errors": quiet.errors + talk.errors,
+                    "verdict": "ERROR" if failed else ("PASS" if ok else "FAIL"),
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the canceller's CPU
+
+
+def _cpu_quota_cores() -> float | None:
+    """The CFS quota this process runs under (pi-class sets one), in cores; None if unlimited."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "cpu" in controllers.split(","):
+                base = Path("/sys/fs/cgroup") / "cpu" / path.lstrip("/")
+                quota = int((base / "cpu.cfs_quota_us").read_text())
+                period = int((base / "cpu.cfs_period_us").read_text())
+                return quota / period if quota > 0 else None
+            if controllers == "":  # cgroup v2
+                text = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
+                return None if text[0] == "max" else int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cpu_table(quick: bool = False) -> list[Row]:
+    """The echo canceller's CPU while the agent speaks (hall room, gain 1.0, 80 ms blocks)"""
+    from appliance.runtime.app import build_echo_canceller
+    from appliance.runtime.echo_simulation import RoomEcho
+
+    settings = settings_for(quick)
+    speech = _say(" ".join(STORY))
+    reps = int(np.ceil(settings.cpu_audio_s * RATE_HZ / speech.size))
+    played = np.tile(speech, reps)[: round(settings.cpu_audio_s * RATE_HZ)]
+    timeline = Timeline(played.size / RATE_HZ + 1.0)
+    timeline.play(0.0, played)
+    echo = RoomEcho(timeline, _ir("hall"))
+    block = 1280
+    blocks = [
+        (i, np.clip(np.rint(echo.render(i / RATE_HZ - DEVICE_DELAY_S, block) * 32768.0), -32768, 32767))
+        for i in range(0, played.size - block + 1, block)
+    ]
+    quota = _cpu_quota_cores()
+    rows: list[Row] = []
+    for mode in MODES:
+        canceller = build_echo_canceller(mode)
+        assert canceller is not None
+        lookback = canceller.lookback_samples
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i, mic in blocks:
+            ref = timeline.reference((i - lookback) / RATE_HZ, block + lookback)
+            canceller.process(mic.astype(np.int16), ref)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        audio_s = len(blocks) * block / RATE_HZ
+        rows.append(
+            {
+                "mode": mode,
+                "audio s": audio_s,
+                "CPU % of one core": 100.0 * cpu / audio_s,
+                "ms per 80 ms block": 1000.0 * cpu / len(blocks),
+                "wall × real time": wall / audio_s,
+                "CPU quota (cores)": quota,
+                "% of the quota": None if quota is None else 100.0 * cpu / audio_s / quota,
+                "verdict": ("PASS" if 100.0 * cpu / audio_s <= CPU_TARGET_PCT else "FAIL")
+                if quota is None
+                else "—",
+            }
+        )
+    return rows
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
+    "agent.echo": echo_table,
+    "agent.echo.appliance": appliance_table,
+    "agent.echo.cpu": cpu_table,
+}

@@ -1,0 +1,401 @@
+"""The echo path around the canceller: the config setting and its older spelling, the fallback
+to gating, when the router runs the canceller (the agent speaking + the echo tail), and the
+room simulation behind `--simulate-echo-ir` / `--simulate-echo-drift-ppm`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import yaml
+from scipy.signal import fftconvolve
+
+from appliance.adapters.echo_suppressor import EchoSuppressor
+from appliance.config import load_config_text
+from appliance.core.endpointing import EndpointConfig, Endpointer
+from appliance.core.wakeword import WakeWordGate, WakeWordRule
+from appliance.errors import ConfigError
+from appliance.ports import Pcm16
+from appliance.runtime.echo_simulation import (
+    EchoMicrophone,
+    RoomEcho,
+    SimulationError,
+    load_impulse_response,
+)
+from appliance.runtime.router import AudioRouter
+from appliance.testing.rooms import SMALL, impulse_response, write_ir_wav
+
+RATE = 16000
+
+
+def config(appliance: dict[str, Any]) -> Any:
+    return load_config_text(yaml.safe_dump({"appliance": appliance}), "test.yaml", log_warnings=False)
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize(
+    ("appliance", "setting", "warning"),
+    [
+        ({}, "webrtc", None),
+        ({"audio": {"echo_cancellation": "gate"}}, "gate", None),
+        ({"audio": {"echo_cancellation": "off"}}, "off", None),
+        (
+            {"vad": {"playback_gating": False}},
+            "off",
+            "deprecated, use appliance.audio.echo_cancellation (now off)",
+        ),
+        (
+            {"vad": {"playback_gating": True}},
+            "webrtc",
+            "deprecated, use appliance.audio.echo_cancellation (now webrtc",
+        ),
+        # both set: echo_cancellation wins, and a contradiction is said
+        (
+            {"vad": {"playback_gating": False}, "audio": {"echo_cancellation": "webrtc"}},
+            "webrtc",
+            "false ignored",
+        ),
+        ({"vad": {"playback_gating": True}, "audio": {"echo_cancellation": "off"}}, "off", "true ignored"),
+        ({"vad": {"playback_gating": True}, "audio": {"echo_cancellation": "gate"}}, "gate", None),
+    ],
+)
+def test_echo_cancellation_setting_and_the_older_playback_gating(
+    appliance: dict[str, Any], setting: str, warning: str | None
+) -> None:
+    cfg = config(appliance)
+    assert cfg.echo_cancellation == setting
+    found = [w for w in cfg.warnings if w.startswith("appliance.vad.playback_gating: ")]
+    if warning is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and warning in found[0], found
+
+
+def test_an_unknown_engine_is_a_config_problem() -> None:
+    with pytest.raises(ConfigError) as err:
+        config({"audio": {"echo_cancellation": "speex"}})
+    (line,) = err.value.problems
+    assert line.startswith("appliance.audio.echo_cancellation: ") and "webrtc" in line
+
+
+def test_an_engine_that_cannot_load_falls_back_to_gating(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from appliance.adapters import echo_canceller
+    from appliance.runtime.app import build_echo_canceller
+
+    def broken() -> echo_canceller.WebRtcEchoCanceller:
+        raise echo_canceller.EchoCancellerUnavailable("no native library")
+
+    assert isinstance(build_echo_canceller("webrtc"), echo_canceller.WebRtcEchoCanceller)
+    monkeypatch.setitem(echo_canceller.ENGINES, "webrtc", broken)
+    with caplog.at_level(logging.WARNING):
+        fallback = build_echo_canceller("webrtc")
+    assert isinstance(fallback, EchoSuppressor) and fallback.name == "gate"
+    assert "appliance.audio.echo_cancellation: webrtc cannot run here (no native library)" in caplog.text
+    assert build_echo_canceller("off") is None
+    assert isinstance(build_echo_canceller("gate"), EchoSuppressor)
+
+
+# ------------------------------------------------------------------ router: when it runs
+class FakePlayback:
+    def __init__(self) -> None:
+        self.playing = False
+        self.asked: list[tuple[float, int]] = []
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
+        self.asked.append((t_start, n_samples))
+        return np.full(n_samples, 0.5 if self.playing else 0.0, np.float32)
+
+
+class CountingCanceller:
+    name = "fake"
+    lookback_samples = 0
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.pauses = 0
+
+    def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16:
+        assert reference.size == mic.size
+        self.blocks += 1
+        return np.zeros_like(mic)
+
+    def pause(self) -> None:
+        self.pauses += 1
+
+
+class NeverWakes:
+    frame_samples = 1280
+    names: ClassVar[list[str]] = ["hey_jarvis"]
+
+    def scores(self, frame: Pcm16) -> dict[str, float]:
+        return {"hey_jarvis": 0.0}
+
+    def reset(self) -> None:
+        return None
+
+
+class QuietVad:
+    frame_samples = 512
+
+    def probability(self, frame: Pcm16) -> float:
+        return 0.0
+
+    def reset(self) -> None:
+        return None
+
+
+def test_the_canceller_runs_while_the_agent_speaks_and_for_the_echo_tail_only() -> None:
+    clock = [0.0]
+    playback = FakePlayback()
+    canceller = CountingCanceller()
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=Endpointer(EndpointConfig()),
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: None,
+        playback=playback,
+        echo=canceller,
+        now=lambda: clock[0],
+        echo_tail_s=0.5,
+    )
+    block = np.ones(1280, np.int16)
+    router.set_listening(True)
+
+    async def feed(n: int) -> None:
+        for _ in range(n):
+            clock[0] += 0.08
+            await router.process(block)
+
+    async def main() -> None:
+        await feed(5)  # listening, the agent silent: nothing to cancel
+        assert canceller.blocks == 0
+        playback.playing = True
+        await feed(10)
+        assert canceller.blocks == 10
+        # the block that just arrived ends now: its reference starts one block earlier
+        t, n = playback.asked[-1]
+        assert n == 1280 and t == pytest.approx(clock[0] - 0.08)
+        playback.playing = False
+        await feed(10)  # the tail: 0.5 s = 6 blocks after the last one heard playing
+        assert canceller.blocks == 16 and canceller.pauses == 1
+        playback.playing = True
+        await feed(2)
+        router.set_listening(False)  # the session ends mid-echo: the next block is not contiguous
+        await feed(1)
+        assert canceller.pauses == 2
+
+    asyncio.run(main())
+    assert router.echo_blocks == 18
+
+
+def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_jitter() -> None:
+    """Blocks arrive late by a varying few ms (the event loop is busy); the canceller's reference
+    still advances exactly one block per block. A stall of the input (0.5 s) re-reads the clock."""
+    clock = [0.0]
+    playback = FakePlayback()
+    playback.playing = True
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=Endpointer(EndpointConfig()),
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: None,
+        playback=playback,
+        echo=CountingCanceller(),
+        now=lambda: clock[0],
+    )
+    router.set_listening(True)
+    jitter = [0.0, 0.012, 0.003, 0.019, 0.001, 0.015, 0.0, 0.008]
+
+    async def main() -> None:
+        for k, late in enumerate(jitter):
+            clock[0] = 0.08 * (k + 1) + late
+            await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.5 + 0.08  # the input stalled for half a second
+        await router.process(np.ones(1280, np.int16))
+
+    asyncio.run(main())
+    starts = [t for t, _ in playback.asked]
+    np.testing.assert_allclose(np.diff(starts[: len(jitter)]), 0.08, atol=1e-9)
+    assert router.mic_realigned == 1 and starts[-1] == pytest.approx(clock[0] - 0.08)
+
+
+# ------------------------------------------------------------------ room simulation
+class Timeline:
+    """A playback record: what the speaker played from clock time 0."""
+
+    def __init__(self, audio: npt.NDArray[np.float64]) -> None:
+        self.audio = audio.astype(np.float32)
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
+        out = np.zeros(n_samples, np.float32)
+        start = round(t_start * RATE)
+        lo, hi = max(0, start), min(self.audio.size, start + n_samples)
+        if hi > lo:
+            out[lo - start : hi - start] = self.audio[lo:hi]
+        return out
+
+
+def test_the_streamed_room_echo_is_the_convolution_of_the_playback() -> None:
+    rng = np.random.default_rng(7)
+    played = rng.standard_normal(3 * RATE) * 0.1
+    ir = impulse_response(SMALL)
+    echo = RoomEcho(Timeline(played), ir)
+    blocks = [echo.render(i / RATE, 1280) for i in range(0, 4 * RATE, 1280)]  # past the end: the tail
+    streamed = np.concatenate(blocks)
+    expected = np.zeros(streamed.size)
+    full = fftconvolve(played, ir)
+    expected[: min(full.size, streamed.size)] = full[: streamed.size]
+    np.testing.assert_allclose(streamed, expected, atol=1e-6)  # float32 playback record
+
+
+def test_without_a_room_the_echo_is_the_delayed_playback_as_before() -> None:
+    played = np.linspace(-0.5, 0.5, RATE)
+    echo = RoomEcho(Timeline(played))
+    np.testing.assert_array_equal(echo.render(0.25, 800), played[4000:4800].astype(np.float32))
+
+
+def test_drift_stretches_the_echo_in_time() -> None:
+    """A speaker clock 500 ppm fast: 4 s later its echo is 2 ms (32 samples) ahead."""
+    played = np.zeros(6 * RATE)
+    clicks = np.arange(RATE // 2, 5 * RATE, RATE // 2)
+    played[clicks] = 1.0
+    echo = RoomEcho(Timeline(played), drift_ppm=500.0)
+    out = np.concatenate([echo.render(i / RATE, 1280) for i in range(0, 5 * RATE, 1280)])
+    peaks = [c - 100 + int(np.argmax(out[c - 100 : c + 100])) for c in clicks]
+    lead = np.array([c - p for c, p in zip(clicks, peaks, strict=True)], dtype=float)
+    anchor = clicks[0] // 1280 * 1280  # the drift counts from the first block with sound in it
+    expected = (clicks - anchor) * 500e-6
+    np.testing.assert_allclose(lead, expected, atol=1.0)
+    assert lead[-1] >= 2.0  # it did drift
+
+
+def test_drift_starts_over_when_the_speaker_falls_silent() -> None:
+    played = np.zeros(10 * RATE)
+    played[RATE] = played[8 * RATE] = 1.0  # two turns, 7 s apart, silence (> 3 s) in between
+    echo = RoomEcho(Timeline(played), drift_ppm=1000.0)
+    out = np.concatenate([echo.render(i / RATE, 1280) for i in range(0, 9 * RATE, 1280)])
+    # the first click anchors the drift (at its block); the second anchors it anew: both on time
+    assert abs(int(np.argmax(out[: 2 * RATE])) - RATE) <= 2
+    assert abs(int(np.argmax(out[7 * RATE :])) + 7 * RATE - 8 * RATE) <= 2
+
+
+async def _collect(mic: EchoMicrophone) -> list[Pcm16]:
+    return [block async for block in mic.frames()]
+
+
+def test_the_echo_microphone_adds_the_scaled_room_echo() -> None:
+    class Source:
+        sample_rate_hz = RATE
+        dropped_blocks = 0
+
+        async def frames(self) -> Any:
+            for _ in range(10):
+                clock.t += 0.08
+                yield np.full(1280, 100, np.int16)
+
+        async def close(self) -> None:
+            return None
+
+    class Clock:
+        t = 0.0
+
+        def now(self) -> float:
+            return self.t
+
+    clock = Clock()
+    played = np.random.default_rng(3).standard_normal(RATE) * 0.05
+    ir = impulse_response(SMALL)
+    mic = EchoMicrophone(Source(), Timeline(played), clock, gain=2.0, delay_s=0.03, impulse_response=ir)
+    out = np.concatenate(asyncio.run(_collect(mic))).astype(np.float64)
+    expected_echo = np.concatenate([np.zeros(480), fftconvolve(played, ir)])[: out.size] * 2.0 * 32768
+    np.testing.assert_allclose(out, np.clip(np.rint(100 + expected_echo), -32768, 32767), atol=1.0)
+
+
+# ------------------------------------------------------------------ impulse response files
+def _wav(path: Path, data: npt.NDArray[Any], rate: int, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(data, "<i2").tobytes())
+    return path
+
+
+def test_an_impulse_response_at_any_rate_is_resampled_and_scaled_to_unit_energy(tmp_path: Path) -> None:
+    ir = impulse_response(SMALL)
+    at16 = load_impulse_response(write_ir_wav(tmp_path / "16k.wav", ir))
+    assert np.sum(at16**2) == pytest.approx(1.0)
+    np.testing.assert_allclose(at16[: ir.size], ir[: at16.size], atol=2e-3)
+    import soxr
+
+    at48 = load_impulse_response(write_ir_wav(tmp_path / "48k.wav", soxr.resample(ir, RATE, 48000), 48000))
+    assert np.sum(at48**2) == pytest.approx(1.0)
+    assert abs(int(np.argmax(np.abs(at48))) - int(np.argmax(np.abs(ir)))) <= 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: _wav(p, np.zeros((100, 2), np.int16), RATE, channels=2),
+            "2 channels; a room impulse response is mono",
+        ),
+        (lambda p: _wav(p, np.zeros(100, np.int16), RATE), "the impulse response is silent"),
+        (lambda p: _wav(p, np.full(3 * RATE, 1000, np.int16), RATE), "3.0 s of response; at most 2 s"),
+        (lambda p: _wav(p, np.full(9 * RATE, 1000, np.int16), RATE), "9.0 s long; at most 2 s"),
+        (lambda p: p.write_bytes(b"not a wav file at all") and p, "not a RIFF/WAVE file"),
+        (lambda p: p, "cannot read the file"),
+    ],
+)
+def test_bad_impulse_response_files_are_said_clearly(tmp_path: Path, make: Any, message: str) -> None:
+    path = make(tmp_path / "room.wav")
+    with pytest.raises(SimulationError) as err:
+        load_impulse_response(path)
+    assert str(err.value).startswith(f"--simulate-echo-ir: {path}: ") and message in str(err.value)
+
+
+def test_the_cli_rejects_a_bad_room_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance import cli
+    from appliance.runtime import app
+
+    def no_models(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the models must not load")
+
+    monkeypatch.setattr(app, "run_appliance", no_models)
+    monkeypatch.setattr(app, "preload", no_models)
+    wav_in = _wav(tmp_path / "in.wav", np.zeros(RATE, np.int16), RATE)
+    stereo = _wav(tmp_path / "room.wav", np.zeros((10, 2), np.int16), RATE, channels=2)
+    base = ["run", "--input", str(wav_in), "--simulate-echo", "0.5"]
+    assert cli.main([*base, "--simulate-echo-ir", str(stereo)]) == 2
+    assert f"--simulate-echo-ir: {stereo}: 2 channels" in capsys.readouterr().err
+    assert cli.main([*base, "--simulate-echo-drift-ppm", "5000"]) == 2
+    assert "--simulate-echo-drift-ppm: 5000 is outside ±1000 ppm" in capsys.readouterr().err
+    assert cli.main(["run", "--input", str(wav_in), "--simulate-echo-ir", str(stereo)]) == 2
+    assert "need --simulate-echo GAIN" in capsys.readouterr().err
+
+
+def test_float_and_24_bit_impulse_responses_load(tmp_path: Path) -> None:
+    ir = impulse_response(SMALL)
+    path = tmp_path / "float.wav"
+    data = (ir / np.max(np.abs(ir)) * 0.5).astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 22050, 22050 * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    loaded = load_impulse_response(path)
+    assert np.sum(loaded**2) == pytest.approx(1.0)
