@@ -17,9 +17,15 @@ from appliance.core.endpointing import UtteranceEnded
 from appliance.ports import LlmOutput, Pcm16, TextDelta
 from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
-from tests.runtime.test_local_session_llm import Clock, Events, FakeStt, Speaker, until
+from appliance.testing.fakes import FixedClock as Clock
+from appliance.testing.fakes import FixedStt, RecordingEvents, RecordingSpeaker, until
 
 REPLY = ["The capital ", "of France ", "is Paris, ", "a city on the Seine. ", "It is ", "lovely in spring."]
+
+
+class Events(RecordingEvents):
+    def audio(self) -> list[str]:
+        return [e["text"] for e in self.of("audio")]
 
 
 class Log:
@@ -69,10 +75,18 @@ def one_turn(hold: bool) -> list[str]:
         clock = Clock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=FakeStt(), llm=HoldableLlm(log), tts=Tts(log), speaker=Speaker(), events=events,
-            clock=clock, timers=Timers(clock), stt_executor=executor, tts_executor=executor,
-            voice="joe", hold_llm_for_first_audio=hold,
-        )  # fmt: skip
+            stt=FixedStt("Tell me a story."),
+            llm=HoldableLlm(log),
+            tts=Tts(log),
+            speaker=RecordingSpeaker(),
+            events=events,
+            clock=clock,
+            timers=Timers(clock),
+            stt_executor=executor,
+            tts_executor=executor,
+            voice="joe",
+            hold_llm_for_first_audio=hold,
+        )
         session = LocalAgentSession(ConversationSettings(system_prompt="x", max_duration_s=None), deps)
         try:
             await session.start()
@@ -83,7 +97,9 @@ def one_turn(hold: bool) -> list[str]:
                     bool(events.of("agent_response"))
                     and session.machine.phase is Phase.LISTENING
                     and not session.busy
-                )
+                ),
+                10.0,
+                "the answer",
             )
             await session.end("test")
             assert await asyncio.wait_for(session.closed(), 5) == "test"
@@ -139,22 +155,34 @@ def speculative_turn(resume: bool) -> tuple[list[str], Events, list[dict[str, An
         clock = Clock()
         executor = ThreadPoolExecutor(1)
         deps = LocalAgentDeps(
-            stt=CountingStt(log), llm=HoldableLlm(log), tts=Tts(log), speaker=Speaker(), events=events,
-            clock=clock, timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
-        )  # fmt: skip
+            stt=CountingStt(log),
+            llm=HoldableLlm(log),
+            tts=Tts(log),
+            speaker=RecordingSpeaker(),
+            events=events,
+            clock=clock,
+            timers=Timers(clock),
+            stt_executor=executor,
+            tts_executor=executor,
+            voice="joe",
+        )
         session = LocalAgentSession(ConversationSettings(system_prompt="x", max_duration_s=None), deps)
         try:
             await session.start()
-            await until(lambda: session.machine.phase is Phase.LISTENING and not session.busy)
+            await until(
+                lambda: session.machine.phase is Phase.LISTENING and not session.busy, 10.0, "listening"
+            )
             await session.speech_started(0.0)
             session.speech_paused(head)
-            await until(lambda: "stt:What is the capital" in log.items)  # the speculation ran
+            await until(
+                lambda: "stt:What is the capital" in log.items, 10.0, "the speculation"
+            )  # the speculation ran
             if resume:
                 session.speech_resumed()
                 await session.utterance(UtteranceEnded(0.0, 0.3, "silence", whole))
             else:
                 await session.utterance(UtteranceEnded(0.0, 0.1, "silence", head))
-            await until(lambda: bool(events.of("agent_response")) and not session.busy)
+            await until(lambda: bool(events.of("agent_response")) and not session.busy, 10.0, "the answer")
             history.extend(session.machine.history.messages())
             stats.append(session.speculation)
             await session.end("test")
