@@ -247,9 +247,9 @@ def test_missing_or_directory_inputs_and_a_bad_echo_gain(
         f"--input: {fifo} is not a regular file (for a pipe, use --input - < {fifo})\n",
     )
     rec = wav(tmp_path / "rec.wav")
-    assert run(capsys, "--input", str(rec), "--simulate-echo", "3") == (
+    assert run(capsys, "--input", str(rec), "--simulate-echo", "5") == (
         2,
-        "--simulate-echo: 3.0 is outside 0–1\n",
+        "--simulate-echo: 5.0 is outside 0–4\n",
     )
 
 
