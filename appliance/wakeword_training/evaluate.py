@@ -120,11 +120,14 @@ def evaluate(
     negative_streams: list[npt.NDArray[np.float32]],
     negative_seconds: float,
     max_false_accepts_per_hour: float = 0.5,
+    extra_thresholds: tuple[float, ...] = (),
 ) -> Evaluation:
+    """The curve at the default thresholds and `extra_thresholds` (e.g. the trained one)."""
     peaks = peak_scores(model, extractor, positives)
     streams = [score_windows(model, sliding(e)).tolist() for e in negative_streams]
     hours = negative_seconds / 3600
-    curve = core.threshold_curve(peaks, streams, hours, core.default_thresholds(), REFRACTORY_FRAMES)
+    thresholds = sorted({*core.default_thresholds(), *extra_thresholds})
+    curve = core.threshold_curve(peaks, streams, hours, thresholds, REFRACTORY_FRAMES)
     return Evaluation(
         name, len(peaks), hours, curve, core.suggest_threshold(curve, max_false_accepts_per_hour), peaks
     )
