@@ -32,6 +32,23 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--out", metavar="DIR", help="output folder (default: the configured custom_dir)")
     train.add_argument("--quick", action="store_true", help="a tiny data set: checks the setup in ~1 minute")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    en = wsub.add_parser(
+        "enroll",
+        help="adapt a trained word to 3-10 takes of your own voice (a verifier in the model)",
+        description="Adapt NAME to your voice: the takes become templates of a verifier folded into "
+        "NAME.onnx (the trained model is kept as NAME.base.onnx; enrolling again starts from it). "
+        "Generated negative speech calibrates the verifier so that it lifts no negative window.",
+    )
+    en.add_argument("name", metavar="NAME")
+    en.add_argument("wavs", nargs="+", metavar="WAV", help="takes of you saying the phrase")
+    en.add_argument("--dir", metavar="DIR", help="folder with NAME.onnx (default: the configured custom_dir)")
+    en.add_argument(
+        "--negative-minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="calibration audio (default 10, cached)",
+    )
     ev = wsub.add_parser(
         "evaluate",
         help="recall, false accepts per hour and the threshold curve of a wake word",
@@ -68,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         return _train(args)
     if args.wakeword_command == "evaluate":
         return _evaluate(args)
-    print("appliance wakeword: choose train or evaluate (see --help)", file=sys.stderr)
+    if args.wakeword_command == "enroll":
+        return _enroll(args)
+    print("appliance wakeword: choose train, enroll or evaluate (see --help)", file=sys.stderr)
     return 2
 
 
@@ -101,6 +120,44 @@ def _train(args: argparse.Namespace) -> int:
     print("  appliance:\n    wake_words:")
     print(f"      custom_dir: {out}")
     print(f"      words:\n        - name: {name}\n          threshold: {result.threshold}")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from appliance.adapters.resample import resample
+    from appliance.paths import state_dir
+    from appliance.testing.speech import read_wav
+    from appliance.wakeword_training import evaluate as ev
+    from appliance.wakeword_training.enroll import MAX_TAKES, MIN_TAKES, enroll
+    from appliance.wakeword_training.train import features_for
+
+    source = "appliance wakeword enroll"
+    custom, models_dir = _dirs(args.config)
+    folder = Path(args.dir).expanduser() if args.dir else custom
+    if folder is None:
+        raise ConfigError(
+            ["--dir: give the model folder, or set appliance.wake_words.custom_dir"], source=source
+        )
+    if not (folder / f"{args.name}.onnx").is_file():
+        raise ConfigError([f"NAME: {folder / args.name}.onnx does not exist (train it first)"], source=source)
+    if not MIN_TAKES <= len(args.wavs) <= MAX_TAKES:
+        raise ConfigError([f"WAV: give {MIN_TAKES}–{MAX_TAKES} takes, got {len(args.wavs)}"], source=source)
+    takes = []
+    for item in args.wavs:
+        try:
+            audio, rate = read_wav(Path(item))
+        except (OSError, ValueError, EOFError) as err:
+            raise ConfigError(
+                [f"WAV {item}: cannot read it as 16-bit PCM WAV ({err})"], source=source
+            ) from None
+        takes.append(resample(audio, rate, ev.RATE_HZ) if rate != ev.RATE_HZ else audio)
+    extractor = features_for(models_dir)
+    streams = ev.negative_embeddings(extractor, args.negative_minutes / 60, 1, state_dir() / "wakeword-eval")
+    result = enroll(folder, args.name, extractor, takes, streams)
+    print(
+        f"enrolled {result.takes} takes into {result.model_path} (base kept as {result.base_path.name}; "
+        f"verifier similarity {result.s_low:.3f}–{result.s_high:.3f})"
+    )
     return 0
 
 

@@ -130,3 +130,47 @@ def test_cli_train_writes_model_and_metadata(
     assert meta["name"] == "okay_kiosk" and meta["phrase"] == "okay kiosk" and meta["seed"] == 5
     printed = capsys.readouterr().out
     assert "- name: okay_kiosk" in printed and f"threshold: {meta['threshold']}" in printed
+
+
+def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
+    trained: tuple[Path, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    from appliance.testing.speech import espeak_say, noise
+    from appliance.wakeword_training.enroll import FLOOR, enroll, peak_windows
+    from appliance.wakeword_training.train import features_for, score_windows, sliding
+
+    a, _ = trained
+    for f in ("hello_lamp.onnx", "hello_lamp.wakeword.json"):
+        shutil.copy(a / f, tmp_path / f)
+    extractor = features_for(models_dir)
+    voice = "en-029+m5"
+    takes = [espeak_say("hello lamp", voice) for voice in (voice, voice + "", voice)]
+    takes[1] = (takes[1] * 0.5).astype(np.int16)
+    takes[2] = np.concatenate([noise(0.2, 50, seed=2), takes[2]])
+    negative = np.concatenate(
+        [espeak_say("the lamp on the table is bright", "en-gb+m3"), noise(10.0, seed=4)]
+    )
+    streams = [extractor.embeddings(negative)]
+    result = enroll(tmp_path, "hello_lamp", extractor, takes, streams)
+    assert result.base_path.read_bytes() == (a / "hello_lamp.onnx").read_bytes()
+    assert result.s_low < result.s_high
+    meta = json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())
+    assert meta["enrollment"]["takes"] == 3
+    # negatives: exactly the base scores (the verifier lifts none of them)
+    windows = sliding(streams[0])
+    base = score_windows(result.base_path, windows)
+    assert np.allclose(score_windows(result.model_path, windows), base, atol=1e-6)
+    # the enrolled takes: lifted wherever the classifier leans towards the word
+    peaks = peak_windows(result.base_path, extractor, takes)
+    before = score_windows(result.base_path, peaks)
+    after = score_windows(result.model_path, peaks)
+    assert np.all(after >= before - 1e-6)
+    leaning = before >= FLOOR
+    assert np.all(after[leaning] > 0.99)
+    # the detector loads the enrolled model like any other word
+    features = models_dir / "oww-features"
+    OpenWakeWordDetector(
+        [WakeWordModelFile("hello_lamp", result.model_path)],
+        features / "melspectrogram.onnx",
+        features / "embedding_model.onnx",
+    )
