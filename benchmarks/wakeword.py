@@ -44,6 +44,7 @@ QUICK = TrainSize(
     near_miss_limit=4,
     epochs=40,
     hidden=4,
+    speech_minutes=0,
 )
 
 

@@ -15,10 +15,9 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.train import OTHER_PHRASES, SENTENCES, score_windows, sliding, trim
+from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, score_windows, sliding, trim
 
 RATE_HZ = 16000
-CHUNK_S = 60.0
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
 
 
@@ -54,31 +53,6 @@ def peak_scores(
         scores = score_windows(model, sliding(extractor.embeddings(pad_take(take, rng))))
         peaks.append(float(scores.max()) if scores.size else 0.0)
     return peaks
-
-
-def negative_audio_chunk(index: int, seed: int) -> Pcm16:
-    """One minute of negative audio: held-out voices reading the fixed sentences and phrases
-    with room noise and pauses, and every fourth minute plain noise of varying colour and level."""
-    rng = np.random.default_rng([seed, index])
-    n = int(CHUNK_S * RATE_HZ)
-    if index % 4 == 3:
-        parts = [augment.room_noise(n // 6, rng, float(rng.uniform(5, 3000))) for _ in range(6)]
-        return augment.to_pcm(np.concatenate(parts))[:n]
-    speakers = synth.voices(True, 6, seed * 1009 + index, piper=index % 8 == 0)
-    texts = [*SENTENCES, *OTHER_PHRASES]
-    order = rng.permutation(len(texts))
-    parts_f: list[npt.NDArray[np.float64]] = []
-    total = 0
-    for k, i in enumerate(order):
-        take = trim(synth.say(texts[int(i)], speakers[k % len(speakers)]))
-        parts_f.append(augment.augment(take, rng, strength=0.7))
-        parts_f.append(
-            augment.room_noise(int(rng.uniform(0.2, 1.5) * RATE_HZ), rng, float(rng.uniform(5, 60)))
-        )
-        total += parts_f[-2].shape[0] + parts_f[-1].shape[0]
-        if total >= n:
-            break
-    return augment.to_pcm(np.concatenate(parts_f))[:n]
 
 
 def negative_embeddings(

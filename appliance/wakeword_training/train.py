@@ -21,6 +21,7 @@ from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
 
 RATE_HZ = 16000
+CHUNK_S = 60.0
 WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s)
 METADATA_SUFFIX = ".wakeword.json"
 T = TypeVar("T")
@@ -88,6 +89,8 @@ class TrainSize:
     noise_clips: int = 200
     speech_sentences: int = len(SENTENCES)
     other_phrases: int = len(OTHER_PHRASES)
+    speech_minutes: int = 8  # generated speech and noise in training voices, as negatives
+    hard_negative_rounds: int = 1
     near_miss_limit: int = core.MAX_NEAR_MISSES
     epochs: int = 400
     hidden: int = 32
@@ -101,6 +104,7 @@ TINY = TrainSize(
     speech_voices=1,
     noise_clips=20,
     speech_sentences=6,
+    speech_minutes=0,
     near_miss_limit=10,
     epochs=80,
     hidden=8,
@@ -186,6 +190,31 @@ def long_speech(texts: list[str], voice_list: list[synth.Voice], rng: np.random.
     return augment.to_pcm(np.concatenate(parts)) if parts else np.zeros(0, np.int16)
 
 
+def negative_audio_chunk(index: int, seed: int, heldout: bool = True) -> Pcm16:
+    """One minute of negative audio: held-out (or training) voices reading the fixed sentences and phrases
+    with room noise and pauses, and every fourth minute plain noise of varying colour and level."""
+    rng = np.random.default_rng([seed, index])
+    n = int(CHUNK_S * RATE_HZ)
+    if index % 4 == 3:
+        parts = [augment.room_noise(n // 6, rng, float(rng.uniform(5, 3000))) for _ in range(6)]
+        return augment.to_pcm(np.concatenate(parts))[:n]
+    speakers = synth.voices(heldout, 6, seed * 1009 + index, piper=index % 8 == 0)
+    texts = [*SENTENCES, *OTHER_PHRASES]
+    order = rng.permutation(len(texts))
+    parts_f: list[npt.NDArray[np.float64]] = []
+    total = 0
+    for k, i in enumerate(order):
+        take = trim(synth.say(texts[int(i)], speakers[k % len(speakers)]))
+        parts_f.append(augment.augment(take, rng, strength=0.7))
+        parts_f.append(
+            augment.room_noise(int(rng.uniform(0.2, 1.5) * RATE_HZ), rng, float(rng.uniform(5, 60)))
+        )
+        total += parts_f[-2].shape[0] + parts_f[-1].shape[0]
+        if total >= n:
+            break
+    return augment.to_pcm(np.concatenate(parts_f))[:n]
+
+
 def _each(items: list[T], progress: Progress, label: str) -> Iterator[T]:
     for item in items:
         yield item
@@ -228,7 +257,11 @@ def build_dataset(
     negatives = window_set(extractor, [*neg_clips, *early])
     speech_voices = synth.voices(False, size.speech_voices, seed + 3)
     speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
-    speech_windows = sliding(extractor.embeddings(speech), stride=3)
+    streams = [extractor.embeddings(speech)]
+    for index in range(size.speech_minutes):
+        streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
+        progress.step("general speech")
+    speech_windows = np.concatenate([sliding(e, stride=2) for e in streams])
     progress.step("general speech")
     x = np.concatenate([positives, negatives, speech_windows])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows))])
@@ -236,7 +269,7 @@ def build_dataset(
         "positive_windows": len(positives),
         "near_miss_and_noise_windows": len(negatives),
         "speech_windows": len(speech_windows),
-        "speech_seconds": round(speech.shape[0] / RATE_HZ, 1),
+        "speech_seconds": round(speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S, 1),
         "near_misses": near,
         "voices": sorted({v.label for v in [*pos_voices, *near_voices, *other_voices, *speech_voices]}),
     }
@@ -260,11 +293,20 @@ def train_word(
     started = clock()
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
-    progress = Progress(size.positive_voices + n_near + size.other_phrases + 3, show_progress)
+    progress = Progress(
+        size.positive_voices + n_near + size.other_phrases + size.speech_minutes + 3, show_progress
+    )
     try:
         x, y, info = build_dataset(text, size, seed, extractor, progress)
         data_s = clock() - started
         model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
+        for _ in range(size.hard_negative_rounds):  # again, with the negatives it still likes repeated
+            hard = (y < 0.5) & (model.scores(x) >= 0.05)
+            if not hard.any():
+                break
+            x = np.concatenate([x, *([x[hard]] * 4)])
+            y = np.concatenate([y, *([y[hard]] * 4)])
+            model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
         progress.step("training")
     finally:
         progress.close()

@@ -28,6 +28,7 @@ MICRO = TrainSize(
     near_miss_limit=4,
     epochs=40,
     hidden=4,
+    speech_minutes=0,
 )
 
 
