@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("args", nargs="*", metavar="ARG")
     send.add_argument("--socket", metavar="PATH", help=feed_help)
     send.add_argument("--config", "-c", metavar="FILE", help="read appliance.status.socket from this config")
+    from appliance.wakeword_training.cli import add_parser as add_wakeword_parser
+
+    add_wakeword_parser(sub)
     sub.add_parser(
         "fake-server",
         help="run a fake ElevenLabs Agents server (try remote mode without an account; --help for options)",
@@ -189,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_doctor(args)
         if args.command in ("status", "send"):
             return _cmd_feed(args)
+        if args.command == "wakeword":
+            from appliance.wakeword_training.cli import run as wakeword
+
+            return wakeword(args)
     except ConfigError as err:
         print(redact(str(err)), file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import agent_session, echo, idle_loop, local_agent, remote, soak, voices
+from benchmarks import agent_session, echo, idle_loop, local_agent, remote, soak, voices, wakeword
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
     **soak.BENCHMARKS,
+    **wakeword.BENCHMARKS,
 }
 OPT_IN: frozenset[str] = soak.OPT_IN
 """Run only when named exactly with --only (long wall-clock runs such as the real-time soak)."""

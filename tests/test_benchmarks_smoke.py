@@ -272,3 +272,22 @@ def test_echo_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
         rows_ = results[name]["rows"]
         lines = run.format_table(rows_).splitlines()
         assert len(lines) == len(rows_) + 2
+
+
+def test_wakeword_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
+    names = run.select(["wakeword"])
+    assert names == ["wakeword.heldout", "wakeword.idle_cost"]
+    results = run.run(names, quick=True, out=None)
+    json.dumps(results)
+    [row] = results["wakeword.heldout"]["rows"]
+    assert row["phrase"] == "hello lamp" and row["held-out takes"] == 3
+    assert 0.01 < row["negative h"] < 0.02
+    _positive(row, "train s", "trained threshold", "suggested threshold")
+    assert 0 <= row["recall % @suggested"] <= 100 and row["FA/h @suggested"] >= 0
+    assert row["verdict"] in {"PASS", "FAIL"}
+    assert isinstance(row["near misses ≥ threshold"], str)
+    idle = results["wakeword.idle_cost"]["rows"]
+    assert [r["detector"] for r in idle] == ["hey_jarvis", "hey_jarvis + 1 trained", "hey_jarvis + 2 trained"]
+    for r in idle:
+        _positive(r, "% of one core")
+    assert idle[0]["added per word %"] is None and idle[1]["verdict"] in {"PASS", "FAIL"}

@@ -188,3 +188,37 @@ class OpenWakeWordDetector:
         self._spec = np.ones((MELSPEC_WINDOW_ROWS, MELSPEC_BINS), dtype=np.float32)
         self._features = self._initial_features[-self._keep :].copy()
         self._frames = 0
+
+
+class OpenWakeWordFeatures:
+    """openWakeWord's shared features of a whole clip, for training and measuring classifiers.
+
+    The same melspectrogram and embedding models and the same `x / 10 + 2` transform as the
+    detector; the embedding windows (76 rows, one every 8 rows = 80 ms) are aligned to the end
+    of the clip, as the streaming detector's newest window is aligned to the newest frame."""
+
+    def __init__(self, melspec_path: Path, embedding_path: Path) -> None:
+        for item in (melspec_path, embedding_path):
+            if not item.is_file():
+                raise ModelError(
+                    f"wake-word feature model {item} does not exist; run 'appliance models provision'",
+                    code="wakeword_missing",
+                )
+        self._melspec = _session(melspec_path)
+        self._embedding = _session(embedding_path)
+        self._melspec_input = self._melspec.get_inputs()[0].name
+        self._embedding_input = self._embedding.get_inputs()[0].name
+
+    def embeddings(self, samples: npt.NDArray[np.int16], batch: int = 256) -> Float32Array:
+        """One 96-value embedding per 80 ms of `samples` (rows aligned to the end; [n, 96])."""
+        out = self._melspec.run(None, {self._melspec_input: samples.astype(np.float32)[None, :]})
+        spec = np.asarray(np.squeeze(out[0], axis=(0, 1)) / 10 + 2, dtype=np.float32)
+        starts = list(range(spec.shape[0] - MELSPEC_WINDOW_ROWS, -1, -MELSPEC_STEP_ROWS))[::-1]
+        if not starts:
+            return np.zeros((0, 96), dtype=np.float32)
+        rows: list[Float32Array] = []
+        for i in range(0, len(starts), batch):
+            windows = np.stack([spec[s : s + MELSPEC_WINDOW_ROWS] for s in starts[i : i + batch]])
+            emb = self._embedding.run(None, {self._embedding_input: windows[:, :, :, None]})[0]
+            rows.append(np.asarray(emb, dtype=np.float32).reshape(len(windows), -1))
+        return np.concatenate(rows)

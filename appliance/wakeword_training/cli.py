@@ -1,0 +1,238 @@
+"""`appliance wakeword train | evaluate`: the command-line side (argument parsing is in appliance.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.core import wakeword_training as core
+from appliance.errors import ConfigError
+
+
+def add_parser(sub: Any) -> None:
+    ww = sub.add_parser("wakeword", help="train a custom wake word from text, or measure one")
+    ww.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (custom_dir, models_dir)")
+    wsub = ww.add_subparsers(dest="wakeword_command", metavar="ACTION")
+    train = wsub.add_parser(
+        "train",
+        help="synthesize takes of a phrase and train a classifier for it (a few minutes)",
+        description="Train a wake word from text alone: synthesized takes (Piper, espeak-ng), room "
+        "augmentation, near misses and general speech as negatives, a small classifier on "
+        "openWakeWord's features. Writes NAME.onnx and NAME.wakeword.json into the custom wake-word "
+        "folder (--out, else appliance.wake_words.custom_dir).",
+    )
+    train.add_argument("phrase", metavar="PHRASE")
+    train.add_argument("--name", metavar="NAME", help="model name (default: the phrase, e.g. hey_computer)")
+    train.add_argument("--seed", type=int, default=0, metavar="N", help="same seed, same model (default 0)")
+    train.add_argument("--out", metavar="DIR", help="output folder (default: the configured custom_dir)")
+    train.add_argument("--quick", action="store_true", help="a tiny data set: checks the setup in ~1 minute")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    en = wsub.add_parser(
+        "enroll",
+        help="adapt a trained word to 3-10 takes of your own voice (a verifier in the model)",
+        description="Adapt NAME to your voice: the takes become templates of a verifier folded into "
+        "NAME.onnx (the trained model is kept as NAME.base.onnx; enrolling again starts from it). "
+        "Generated negative speech calibrates the verifier so that it lifts no negative window.",
+    )
+    en.add_argument("name", metavar="NAME")
+    en.add_argument("wavs", nargs="+", metavar="WAV", help="takes of you saying the phrase")
+    en.add_argument("--dir", metavar="DIR", help="folder with NAME.onnx (default: the configured custom_dir)")
+    en.add_argument(
+        "--negative-minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="calibration audio (default 10, cached)",
+    )
+    ev = wsub.add_parser(
+        "evaluate",
+        help="recall, false accepts per hour and the threshold curve of a wake word",
+        description="Score positive takes (--positive DIR of WAVs, or --heldout N synthesized takes in "
+        "voices training never uses) and negative audio (--negative DIR of WAVs, or --negative-hours N "
+        "of generated speech and noise, cached), print the threshold curve and suggest a threshold.",
+    )
+    ev.add_argument("name", metavar="NAME")
+    ev.add_argument("--dir", metavar="DIR", help="folder with NAME.onnx (default: the configured custom_dir)")
+    ev.add_argument("--positive", metavar="DIR", help="WAV takes of the phrase")
+    ev.add_argument(
+        "--heldout", type=int, metavar="N", help="N synthesized held-out takes (needs the phrase metadata)"
+    )
+    ev.add_argument("--negative", metavar="DIR", help="WAVs that must not fire the word")
+    ev.add_argument("--negative-hours", type=float, metavar="H", help="generated negative speech and noise")
+    ev.add_argument(
+        "--max-fa-per-hour", type=float, default=0.5, metavar="R", help="budget for the suggestion"
+    )
+    ev.add_argument("--seed", type=int, default=0, metavar="N")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _dirs(config_path: str | None) -> tuple[Path | None, Path]:
+    from appliance.config import load_config, resolve_models_dir
+
+    config = load_config(config_path, log_warnings=False)
+    wake = config.appliance.wake_words
+    custom = config.resolve_path(wake.custom_dir) if wake.custom_dir else None
+    return custom, resolve_models_dir(config, os.environ)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.wakeword_command == "train":
+        return _train(args)
+    if args.wakeword_command == "evaluate":
+        return _evaluate(args)
+    if args.wakeword_command == "enroll":
+        return _enroll(args)
+    print("appliance wakeword: choose train, enroll or evaluate (see --help)", file=sys.stderr)
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from appliance.wakeword_training.train import TINY, TrainSize, train_word
+
+    try:
+        phrase = core.normalize_phrase(args.phrase)
+    except ValueError as err:
+        raise ConfigError([f"PHRASE: {err}"], source="appliance wakeword train") from None
+    name = args.name or core.phrase_name(phrase)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(
+            [f"--name: {name!r} may only use letters, digits, _ and -"], source="appliance wakeword train"
+        )
+    custom, models_dir = _dirs(args.config)
+    out = Path(args.out).expanduser() if args.out else custom
+    if out is None:
+        raise ConfigError(
+            ["--out: give an output folder, or set appliance.wake_words.custom_dir in --config"],
+            source="appliance wakeword train",
+        )
+    started = time.monotonic()
+    result = train_word(
+        phrase, name, out, models_dir, seed=args.seed, size=TINY if args.quick else TrainSize(),
+        show_progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"wrote {result.model_path} and {result.metadata_path} in {time.monotonic() - started:.0f} s")
+    print("use it with:")
+    print("  appliance:\n    wake_words:")
+    print(f"      custom_dir: {out}")
+    print(f"      words:\n        - name: {name}\n          threshold: {result.threshold}")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from appliance.adapters.resample import resample
+    from appliance.audio_files import read_wav
+    from appliance.paths import state_dir
+    from appliance.wakeword_training import evaluate as ev
+    from appliance.wakeword_training.enroll import MAX_TAKES, MIN_TAKES, enroll
+    from appliance.wakeword_training.train import features_for
+
+    source = "appliance wakeword enroll"
+    custom, models_dir = _dirs(args.config)
+    folder = Path(args.dir).expanduser() if args.dir else custom
+    if folder is None:
+        raise ConfigError(
+            ["--dir: give the model folder, or set appliance.wake_words.custom_dir"], source=source
+        )
+    if not (folder / f"{args.name}.onnx").is_file():
+        raise ConfigError([f"NAME: {folder / args.name}.onnx does not exist (train it first)"], source=source)
+    if not MIN_TAKES <= len(args.wavs) <= MAX_TAKES:
+        raise ConfigError([f"WAV: give {MIN_TAKES}–{MAX_TAKES} takes, got {len(args.wavs)}"], source=source)
+    takes = []
+    for item in args.wavs:
+        try:
+            audio, rate = read_wav(Path(item))
+        except (OSError, ValueError, EOFError) as err:
+            raise ConfigError(
+                [f"WAV {item}: cannot read it as 16-bit PCM WAV ({err})"], source=source
+            ) from None
+        takes.append(resample(audio, rate, ev.RATE_HZ) if rate != ev.RATE_HZ else audio)
+    extractor = features_for(models_dir)
+    streams = ev.negative_embeddings(extractor, args.negative_minutes / 60, 1, state_dir() / "wakeword-eval")
+    result = enroll(folder, args.name, extractor, takes, streams)
+    print(
+        f"enrolled {result.takes} takes into {result.model_path} (base kept as {result.base_path.name}; "
+        f"verifier similarity {result.s_low:.3f}–{result.s_high:.3f})"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from appliance.wakeword_training import evaluate as ev
+    from appliance.wakeword_training.train import METADATA_SUFFIX, features_for
+
+    source = "appliance wakeword evaluate"
+    custom, models_dir = _dirs(args.config)
+    folder = Path(args.dir).expanduser() if args.dir else custom
+    if folder is None:
+        raise ConfigError(
+            ["--dir: give the model folder, or set appliance.wake_words.custom_dir"], source=source
+        )
+    model = folder / f"{args.name}.onnx"
+    if not model.is_file():
+        raise ConfigError(
+            [f"NAME: {model} does not exist (train it first with 'appliance wakeword train')"], source=source
+        )
+    if (args.positive is None) == (args.heldout is None):
+        raise ConfigError(["give exactly one of --positive DIR and --heldout N"], source=source)
+    if (args.negative is None) == (args.negative_hours is None):
+        raise ConfigError(["give exactly one of --negative DIR and --negative-hours H"], source=source)
+    extractor = features_for(models_dir)
+    if args.positive is not None:
+        positives, _ = ev.read_wav_dir(Path(args.positive))
+    else:
+        meta_path = folder / f"{args.name}{METADATA_SUFFIX}"
+        if not meta_path.is_file():
+            raise ConfigError([f"--heldout: {meta_path} (the phrase) does not exist"], source=source)
+        phrase = json.loads(meta_path.read_text(encoding="utf-8"))["phrase"]
+        positives = ev.heldout_takes(str(phrase), args.heldout, args.seed + 1000)
+    if args.negative is not None:
+        audio, seconds = ev.read_wav_dir(Path(args.negative))
+        streams = [extractor.embeddings(a) for a in audio]
+    else:
+        from appliance.paths import state_dir
+
+        def tick(done: int, total: int) -> None:
+            print(f"\rnegative audio: {done}/{total} min", end="", file=sys.stderr, flush=True)
+
+        streams = ev.negative_embeddings(
+            extractor, args.negative_hours, args.seed, state_dir() / "wakeword-eval", on_chunk=tick
+        )
+        print(file=sys.stderr)
+        seconds = sum(max(0, s.shape[0]) for s in streams) * 0.08
+    result = ev.evaluate(args.name, model, extractor, positives, streams, seconds, args.max_fa_per_hour)
+    if args.json:
+        print(json.dumps(evaluation_json(result), indent=2))
+        return 0
+    print(f"{result.name}: {result.positives} positive takes, {result.negative_hours:.2f} h negative audio")
+    print(f"{'threshold':>9} {'recall':>7} {'FA':>5} {'FA/h':>7}")
+    for p in result.curve:
+        print(f"{p.threshold:>9.3f} {p.recall:>7.1%} {p.false_accepts:>5d} {p.false_accepts_per_hour:>7.2f}")
+    s = result.suggested
+    print(
+        f"suggested threshold: {s.threshold} (recall {s.recall:.1%}, {s.false_accepts_per_hour:.2f} "
+        f"false accepts per hour; budget {args.max_fa_per_hour}/h)"
+    )
+    return 0
+
+
+def evaluation_json(result: Any) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "positives": result.positives,
+        "negative_hours": round(result.negative_hours, 4),
+        "curve": [
+            {
+                "threshold": p.threshold,
+                "recall": round(p.recall, 4),
+                "false_accepts": p.false_accepts,
+                "false_accepts_per_hour": round(p.false_accepts_per_hour, 3),
+            }
+            for p in result.curve
+        ],
+        "suggested_threshold": result.suggested.threshold,
+    }

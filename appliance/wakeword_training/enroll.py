@@ -1,0 +1,161 @@
+"""Adapt a trained word to a user's voice: a verifier folded into the word's ONNX model.
+
+The enrolled takes' feature windows (the window where the classifier peaks on each take,
+centered and L2-normalized) become templates. The enrolled model computes the classifier score
+p and the best cosine similarity s of the current window to a template, and returns
+
+    p + (1 − p) · clip((s − s_low) / (s_high − s_low), 0, 1) · [p ≥ floor]
+
+so a window that sounds like the user saying the phrase (high s) and that the classifier already
+leans towards (p ≥ floor) is lifted towards 1, and everything else keeps the classifier's score.
+s_high is the lowest leave-one-out similarity among the enrolled takes; s_low is placed above
+the highest similarity of any negative window (generated speech and noise) the classifier gives
+at least `floor`, so negatives are not lifted. The base model is kept as NAME.base.onnx.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
+from appliance.ports import Pcm16
+from appliance.wakeword_training.evaluate import pad_take
+from appliance.wakeword_training.model import FEATURES, FRAMES
+from appliance.wakeword_training.train import METADATA_SUFFIX, score_windows, sliding
+
+FLOOR = 0.05
+MIN_TAKES = 3
+MAX_TAKES = 10
+Float = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    model_path: Path
+    base_path: Path
+    takes: int
+    s_low: float
+    s_high: float
+
+
+def _normalize(windows: npt.NDArray[np.floating[Any]], center: Float) -> Float:
+    flat = np.asarray(windows, dtype=np.float64).reshape(windows.shape[0], -1) - center
+    return np.asarray(flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-9), dtype=np.float64)
+
+
+def peak_windows(base: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16]) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(0)
+    out = []
+    for take in takes:
+        windows = sliding(extractor.embeddings(pad_take(take, rng)))
+        scores = score_windows(base, windows)
+        out.append(windows[int(np.argmax(scores))])
+    return np.stack(out).astype(np.float32)
+
+
+def enroll(
+    folder: Path,
+    name: str,
+    extractor: OpenWakeWordFeatures,
+    takes: list[Pcm16],
+    negative_streams: list[npt.NDArray[np.float32]],
+) -> Enrollment:
+    if not MIN_TAKES <= len(takes) <= MAX_TAKES:
+        raise ValueError(f"enrolling needs {MIN_TAKES}–{MAX_TAKES} takes, got {len(takes)}")
+    model = folder / f"{name}.onnx"
+    base = folder / f"{name}.base.onnx"
+    if not base.is_file():
+        if not model.is_file():
+            raise FileNotFoundError(
+                f"{model} does not exist (train it first with 'appliance wakeword train')"
+            )
+        base.write_bytes(model.read_bytes())
+    enrolled = peak_windows(base, extractor, takes)
+    negatives = np.concatenate([sliding(e, stride=2) for e in negative_streams]) if negative_streams else None
+    center = np.asarray(
+        (negatives if negatives is not None and len(negatives) else enrolled)
+        .reshape(-1, FRAMES * FEATURES)
+        .mean(axis=0),
+        dtype=np.float64,
+    )
+    templates = _normalize(enrolled, center)
+    sims = templates @ templates.T
+    np.fill_diagonal(sims, -1.0)
+    s_high = float(np.min(sims.max(axis=1)))
+    s_neg = 0.0
+    if negatives is not None and len(negatives):
+        p = score_windows(base, negatives)
+        leaning = negatives[p >= FLOOR]
+        if len(leaning):
+            s_neg = float(np.max(_normalize(leaning, center) @ templates.T))
+    s_low = max(s_neg + 0.02, 0.0)
+    if s_high <= s_low + 0.02:  # the takes are no more alike than the negatives: a narrow lift
+        s_high = s_low + 0.02
+    blob = verifier_onnx(base, templates, center, s_low, s_high, name)
+    model.write_bytes(blob)
+    meta_path = folder / f"{name}{METADATA_SUFFIX}"
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    meta["enrollment"] = {
+        "takes": len(takes),
+        "s_low": round(s_low, 4),
+        "s_high": round(s_high, 4),
+        "floor": FLOOR,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Enrollment(model, base, len(takes), s_low, s_high)
+
+
+def verifier_onnx(
+    base: Path, templates: Float, center: Float, s_low: float, s_high: float, name: str
+) -> bytes:
+    """The base classifier's graph with the verifier added after its score."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(base))
+    graph = proto.graph
+    inp = graph.input[0].name
+    score = graph.output[0].name
+
+    def const(tensor: str, value: Any, dtype: Any = np.float32) -> None:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), tensor))
+
+    const("v_shape", [-1, FRAMES * FEATURES], np.int64)
+    const("v_center", center)
+    const("v_templates", templates.T)
+    const("v_low", [s_low])
+    const("v_span", [s_high - s_low])
+    const("v_floor", [FLOOR])
+    const("v_one", [1.0])
+    const("v_zero", [0.0])
+    const("v_eps", [1e-9])
+    nodes = [
+        helper.make_node("Reshape", [inp, "v_shape"], ["v_flat"]),
+        helper.make_node("Sub", ["v_flat", "v_center"], ["v_c"]),
+        helper.make_node("ReduceL2", ["v_c"], ["v_norm"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["v_norm", "v_eps"], ["v_norm2"]),
+        helper.make_node("Div", ["v_c", "v_norm2"], ["v_unit"]),
+        helper.make_node("MatMul", ["v_unit", "v_templates"], ["v_sims"]),
+        helper.make_node("ReduceMax", ["v_sims"], ["v_sim"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["v_sim", "v_low"], ["v_d"]),
+        helper.make_node("Div", ["v_d", "v_span"], ["v_r"]),
+        helper.make_node("Clip", ["v_r", "v_zero", "v_one"], ["v_w"]),
+        helper.make_node("GreaterOrEqual", [score, "v_floor"], ["v_gate_b"]),
+        helper.make_node("Cast", ["v_gate_b"], ["v_gate"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Sub", ["v_one", score], ["v_rest"]),
+        helper.make_node("Mul", ["v_rest", "v_w"], ["v_lift0"]),
+        helper.make_node("Mul", ["v_lift0", "v_gate"], ["v_lift"]),
+        helper.make_node("Add", [score, "v_lift"], ["score_enrolled"]),
+    ]
+    graph.node.extend(nodes)
+    out = graph.output[0]
+    out.name = "score_enrolled"
+    graph.name = name
+    onnx.checker.check_model(proto)
+    return bytes(proto.SerializeToString())

@@ -1,0 +1,131 @@
+"""Measure a wake-word classifier: recall on positive takes, false accepts per hour on negative
+audio, the threshold curve and a suggested threshold (`appliance wakeword evaluate`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
+from appliance.core import wakeword_training as core
+from appliance.ports import Pcm16
+from appliance.wakeword_training import augment, synth
+from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, score_windows, sliding, trim
+
+RATE_HZ = 16000
+REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    name: str
+    positives: int
+    negative_hours: float
+    curve: list[core.CurvePoint]
+    suggested: core.CurvePoint
+    positive_peaks: list[float]
+
+
+def pad_take(take: Pcm16, rng: np.random.Generator) -> Pcm16:
+    """A positive take with 2 s of quiet room before it and 0.5 s after (the detector's view)."""
+    x = np.concatenate(
+        [
+            augment.room_noise(2 * RATE_HZ, rng, 20.0),
+            np.asarray(take, np.float64),
+            augment.room_noise(RATE_HZ // 2, rng, 20.0),
+        ]
+    )
+    return augment.to_pcm(x)
+
+
+def peak_scores(
+    model: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0
+) -> list[float]:
+    """The highest score over each padded take."""
+    rng = np.random.default_rng(seed)
+    peaks = []
+    for take in takes:
+        scores = score_windows(model, sliding(extractor.embeddings(pad_take(take, rng))))
+        peaks.append(float(scores.max()) if scores.size else 0.0)
+    return peaks
+
+
+def negative_embeddings(
+    extractor: OpenWakeWordFeatures,
+    hours: float,
+    seed: int,
+    cache_dir: Path | None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> list[npt.NDArray[np.float32]]:
+    """The embedding streams of `hours` of generated negative audio (one per minute), cached
+    in `cache_dir` as .npy files so a second evaluation reads them back."""
+    chunks = max(1, round(hours * 3600 / CHUNK_S))
+    out = []
+    for index in range(chunks):
+        path = None
+        if cache_dir is not None:
+            key = hashlib.sha256(f"v1:{seed}:{index}".encode()).hexdigest()[:16]
+            path = cache_dir / f"negative-{key}.npy"
+            if path.is_file():
+                out.append(np.load(path))
+                if on_chunk:
+                    on_chunk(index + 1, chunks)
+                continue
+        emb = extractor.embeddings(negative_audio_chunk(index, seed))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, emb)
+        out.append(emb)
+        if on_chunk:
+            on_chunk(index + 1, chunks)
+    return out
+
+
+def evaluate(
+    name: str,
+    model: Path,
+    extractor: OpenWakeWordFeatures,
+    positives: list[Pcm16],
+    negative_streams: list[npt.NDArray[np.float32]],
+    negative_seconds: float,
+    max_false_accepts_per_hour: float = 0.5,
+    extra_thresholds: tuple[float, ...] = (),
+) -> Evaluation:
+    """The curve at the default thresholds and `extra_thresholds` (e.g. the trained one)."""
+    peaks = peak_scores(model, extractor, positives)
+    streams = [score_windows(model, sliding(e)).tolist() for e in negative_streams]
+    hours = negative_seconds / 3600
+    thresholds = sorted({*core.default_thresholds(), *extra_thresholds})
+    curve = core.threshold_curve(peaks, streams, hours, thresholds, REFRACTORY_FRAMES)
+    return Evaluation(
+        name, len(peaks), hours, curve, core.suggest_threshold(curve, max_false_accepts_per_hour), peaks
+    )
+
+
+def heldout_takes(phrase: str, count: int, seed: int) -> list[Pcm16]:
+    """The phrase in voices training never uses, room-augmented."""
+    rng = np.random.default_rng(seed)
+    takes = []
+    for voice in synth.voices(True, count, seed + 7):
+        takes.append(augment.to_pcm(augment.augment(trim(synth.say(phrase, voice)), rng)))
+    return takes
+
+
+def read_wav_dir(directory: Path) -> tuple[list[Pcm16], float]:
+    """Every *.wav in a folder as 16 kHz mono, and their total seconds."""
+    from appliance.adapters.resample import resample
+    from appliance.audio_files import read_wav
+
+    files = sorted(directory.glob("*.wav"))
+    if not files:
+        raise FileNotFoundError(f"{directory} has no .wav files")
+    out = []
+    for f in files:
+        audio, rate = read_wav(f)
+        out.append(resample(audio, rate, RATE_HZ) if rate != RATE_HZ else audio)
+    return out, sum(a.shape[0] for a in out) / RATE_HZ

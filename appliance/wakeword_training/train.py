@@ -1,0 +1,359 @@
+"""Build the data set, train, pick a threshold, write `<name>.onnx` + `<name>.wakeword.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
+from appliance.core import wakeword_training as core
+from appliance.ports import Pcm16
+from appliance.wakeword_training import augment, synth
+from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
+
+RATE_HZ = 16000
+CHUNK_S = 60.0
+WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s)
+METADATA_SUFFIX = ".wakeword.json"
+T = TypeVar("T")
+Windows = npt.NDArray[np.float32]
+
+OTHER_PHRASES = (
+    "hey jarvis", "alexa", "okay google", "hey siri", "hey mycroft", "good morning", "good night",
+    "turn on the lights", "what time is it", "set a timer", "thank you", "how are you",
+    "stop the music", "play some jazz", "open the door", "hello there", "excuse me", "never mind",
+)  # fmt: skip
+
+SENTENCES = (
+    "The weather tomorrow will be cloudy with a chance of rain in the afternoon.",
+    "Could you pass me the salt and the pepper, please?",
+    "I left my keys on the kitchen table next to the fruit bowl.",
+    "We are going to visit my grandmother this weekend.",
+    "The train to the city leaves at a quarter past eight.",
+    "Please remember to water the plants while I am away.",
+    "My favourite book is about a sailor who crosses the ocean alone.",
+    "The children played football in the park until it got dark.",
+    "Dinner is ready, come and sit down before it gets cold.",
+    "I think the printer in the office is out of paper again.",
+    "She bought a new bicycle and rides it to work every day.",
+    "The meeting has been moved to Thursday morning at ten.",
+    "Turn left at the next corner and then go straight ahead.",
+    "There is a small bakery near the station that sells fresh bread.",
+    "He forgot to charge his phone and now the battery is dead.",
+    "The museum is closed on Mondays but open late on Fridays.",
+    "Can you tell me how long it takes to bake a chocolate cake?",
+    "The dog barked at the mail carrier every single morning.",
+    "We watched a documentary about whales and dolphins last night.",
+    "It is important to drink enough water when it is hot outside.",
+    "My brother is learning to play the guitar and the piano.",
+    "The garden looks beautiful now that the roses are blooming.",
+    "I need to buy milk, eggs, butter and a loaf of bread.",
+    "The computer lab on the second floor opens at nine.",
+    "Our neighbours are painting their house a bright shade of blue.",
+    "The concert was cancelled because the singer had a cold.",
+    "Let me know when you arrive so I can pick you up.",
+    "The river flooded the fields after three days of heavy rain.",
+    "He wrote a long letter to his friend who lives abroad.",
+    "The restaurant serves the best soup in the whole town.",
+    "Put the groceries in the fridge before they go bad.",
+    "A family of ducks lives by the pond behind the school.",
+    "The lamp in the hallway flickers whenever the wind blows.",
+    "Hey, did you see the game on television yesterday evening?",
+    "Okay, I will call you back in about ten minutes.",
+    "Hello, is anybody home? I brought some cookies.",
+    "The kiosk at the corner sells newspapers and coffee.",
+    "Computers have changed the way we work and communicate.",
+    "Please close the window, it is getting cold in here.",
+    "The flight was delayed by two hours because of fog.",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainSize:
+    """How much data to make (the CLI default fits the 10-minute budget on a 2-core box)."""
+
+    positive_voices: int = 140
+    positive_augments: int = 3
+    near_miss_voices: int = 14
+    other_phrase_voices: int = 6
+    speech_voices: int = 6
+    noise_clips: int = 200
+    speech_sentences: int = len(SENTENCES)
+    other_phrases: int = len(OTHER_PHRASES)
+    speech_minutes: int = 8  # generated speech and noise in training voices, as negatives
+    hard_negative_rounds: int = 1
+    near_miss_limit: int = core.MAX_NEAR_MISSES
+    epochs: int = 400
+    hidden: int = 32
+
+
+TINY = TrainSize(
+    positive_voices=12,
+    positive_augments=2,
+    near_miss_voices=2,
+    other_phrase_voices=1,
+    speech_voices=1,
+    noise_clips=20,
+    speech_sentences=6,
+    speech_minutes=0,
+    near_miss_limit=10,
+    epochs=80,
+    hidden=8,
+)
+
+
+@dataclass
+class TrainResult:
+    name: str
+    phrase: str
+    model_path: Path
+    metadata_path: Path
+    threshold: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """A tqdm bar on stderr (silent when `enabled` is False)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def step(self, label: str, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.set_description(label[:40])
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def features_for(models_dir: Path) -> OpenWakeWordFeatures:
+    features = models_dir / "oww-features"
+    return OpenWakeWordFeatures(features / "melspectrogram.onnx", features / "embedding_model.onnx")
+
+
+def place(take: Pcm16, rng: np.random.Generator, max_tail_s: float = 0.24) -> Pcm16:
+    """`take` in a 2 s window, ending 0–`max_tail_s` before the window's end (silence around)."""
+    take = np.asarray(take[-WINDOW_SAMPLES:], dtype=np.int16)
+    tail = int(rng.uniform(0, max_tail_s) * RATE_HZ)
+    tail = min(tail, WINDOW_SAMPLES - take.shape[0])
+    out = np.zeros(WINDOW_SAMPLES, dtype=np.int16)
+    end = WINDOW_SAMPLES - tail
+    out[end - take.shape[0] : end] = take
+    return out
+
+
+def trim(audio: Pcm16, level: int = 200) -> Pcm16:
+    """Cut leading and trailing near-silence of a synthesized take."""
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > level)
+    if loud.size == 0:
+        return audio
+    return audio[max(0, loud[0] - 800) : loud[-1] + 800]
+
+
+def window_set(extractor: OpenWakeWordFeatures, clips: Iterable[npt.NDArray[np.float64]]) -> Windows:
+    """The 16×96 feature window of each 2 s clip."""
+    out = [extractor.embeddings(augment.to_pcm(c))[-FRAMES:] for c in clips]
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, FRAMES, 96), np.float32)
+
+
+def sliding(embeddings: Windows, stride: int = 1) -> Windows:
+    """Every 16-frame window of a long embedding stream, one per `stride` frames."""
+    n = embeddings.shape[0] - FRAMES + 1
+    if n <= 0:
+        return np.zeros((0, FRAMES, 96), np.float32)
+    idx = np.arange(0, n, stride)[:, None] + np.arange(FRAMES)[None, :]
+    return np.asarray(embeddings[idx], dtype=np.float32)
+
+
+def long_speech(texts: list[str], voice_list: list[synth.Voice], rng: np.random.Generator) -> Pcm16:
+    """The texts spoken one after another (voices in turn) with 0.2–1 s pauses, room-augmented."""
+    parts: list[npt.NDArray[np.float64]] = []
+    for i, text in enumerate(texts):
+        take = synth.say(text, voice_list[i % len(voice_list)])
+        parts.append(augment.augment(take, rng, strength=0.7))
+        parts.append(augment.room_noise(int(rng.uniform(0.2, 1.0) * RATE_HZ), rng, float(rng.uniform(5, 80))))
+    return augment.to_pcm(np.concatenate(parts)) if parts else np.zeros(0, np.int16)
+
+
+def negative_audio_chunk(index: int, seed: int, heldout: bool = True) -> Pcm16:
+    """One minute of negative audio: held-out (or training) voices reading the fixed sentences and phrases
+    with room noise and pauses, and every fourth minute plain noise of varying colour and level."""
+    rng = np.random.default_rng([seed, index])
+    n = int(CHUNK_S * RATE_HZ)
+    if index % 4 == 3:
+        parts = [augment.room_noise(n // 6, rng, float(rng.uniform(5, 3000))) for _ in range(6)]
+        return augment.to_pcm(np.concatenate(parts))[:n]
+    speakers = synth.voices(heldout, 6, seed * 1009 + index, piper=index % 8 == 0)
+    texts = [*SENTENCES, *OTHER_PHRASES]
+    order = rng.permutation(len(texts))
+    parts_f: list[npt.NDArray[np.float64]] = []
+    total = 0
+    for k, i in enumerate(order):
+        take = trim(synth.say(texts[int(i)], speakers[k % len(speakers)]))
+        parts_f.append(augment.augment(take, rng, strength=0.7))
+        parts_f.append(
+            augment.room_noise(int(rng.uniform(0.2, 1.5) * RATE_HZ), rng, float(rng.uniform(5, 60)))
+        )
+        total += parts_f[-2].shape[0] + parts_f[-1].shape[0]
+        if total >= n:
+            break
+    return augment.to_pcm(np.concatenate(parts_f))[:n]
+
+
+def _each(items: list[T], progress: Progress, label: str) -> Iterator[T]:
+    for item in items:
+        yield item
+        progress.step(label)
+
+
+def build_dataset(
+    phrase: str, size: TrainSize, seed: int, extractor: OpenWakeWordFeatures, progress: Progress
+) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    pos_voices = synth.voices(False, size.positive_voices, seed)
+    pos_clips: list[npt.NDArray[np.float64]] = []
+    for voice in _each(pos_voices, progress, "positive takes"):
+        take = trim(synth.say(phrase, voice))
+        for _ in range(size.positive_augments):
+            pos_clips.append(augment.augment(place(take, rng), rng))
+    positives = window_set(extractor, pos_clips)
+    # the phrase cut short: the window ends 0.3–0.6 s before the phrase does (must not fire yet)
+    early: list[npt.NDArray[np.float64]] = []
+    for voice in pos_voices[:: max(1, len(pos_voices) // 30)]:
+        take = trim(synth.say(phrase, voice))
+        cut = int(rng.uniform(0.3, 0.6) * RATE_HZ)
+        if take.shape[0] > cut + 3200:
+            early.append(augment.augment(place(take[:-cut], rng, 0.05), rng))
+    near = core.near_misses(phrase, size.near_miss_limit)
+    neg_clips: list[npt.NDArray[np.float64]] = []
+    near_voices = synth.voices(False, size.near_miss_voices, seed + 1)
+    for text in _each(near, progress, "near misses"):
+        for voice in near_voices:
+            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+    other_voices = synth.voices(False, size.other_phrase_voices, seed + 2)
+    others = [t for t in OTHER_PHRASES if core.normalize_phrase(t) != phrase][: size.other_phrases]
+    for text in _each(others, progress, "other phrases"):
+        for voice in other_voices:
+            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+    for _ in range(size.noise_clips):
+        level = float(rng.uniform(2, 3000))
+        neg_clips.append(augment.room_noise(WINDOW_SAMPLES, rng, level))
+    progress.step("noise")
+    negatives = window_set(extractor, [*neg_clips, *early])
+    speech_voices = synth.voices(False, size.speech_voices, seed + 3)
+    speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
+    streams = [extractor.embeddings(speech)]
+    for index in range(size.speech_minutes):
+        streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
+        progress.step("general speech")
+    speech_windows = np.concatenate([sliding(e, stride=2) for e in streams])
+    progress.step("general speech")
+    x = np.concatenate([positives, negatives, speech_windows])
+    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows))])
+    info = {
+        "positive_windows": len(positives),
+        "near_miss_and_noise_windows": len(negatives),
+        "speech_windows": len(speech_windows),
+        "speech_seconds": round(speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S, 1),
+        "near_misses": near,
+        "voices": sorted({v.label for v in [*pos_voices, *near_voices, *other_voices, *speech_voices]}),
+    }
+    return x, y, info
+
+
+def train_word(
+    phrase: str,
+    name: str,
+    out_dir: Path,
+    models_dir: Path,
+    *,
+    seed: int = 0,
+    size: TrainSize | None = None,
+    show_progress: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+) -> TrainResult:
+    """Train a wake word for `phrase` and write `<name>.onnx` and `<name>.wakeword.json`."""
+    size = size or TrainSize()
+    text = core.normalize_phrase(phrase)
+    started = clock()
+    extractor = features_for(models_dir)
+    n_near = len(core.near_misses(text, size.near_miss_limit))
+    progress = Progress(
+        size.positive_voices + n_near + size.other_phrases + size.speech_minutes + 3, show_progress
+    )
+    try:
+        x, y, info = build_dataset(text, size, seed, extractor, progress)
+        data_s = clock() - started
+        model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
+        for _ in range(size.hard_negative_rounds):  # again, with the negatives it still likes repeated
+            hard = (y < 0.5) & (model.scores(x) >= 0.05)
+            if not hard.any():
+                break
+            x = np.concatenate([x, *([x[hard]] * 4)])
+            y = np.concatenate([y, *([y[hard]] * 4)])
+            model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
+        progress.step("training")
+    finally:
+        progress.close()
+    scores = model.scores(x)
+    pos, neg = scores[y > 0.5], scores[y < 0.5]
+    threshold = _training_threshold(pos, neg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / f"{name}.onnx"
+    blob = to_onnx(model, name)
+    model_path.write_bytes(blob)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "phrase": text,
+        "threshold": threshold,
+        "seed": seed,
+        "engine": "openwakeword",
+        "model_sha256": hashlib.sha256(blob).hexdigest(),
+        "training": {
+            **info,
+            "hidden": size.hidden,
+            "epochs": size.epochs,
+            "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
+            "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
+            "data_seconds": round(data_s, 1),
+            "total_seconds": round(clock() - started, 1),
+        },
+    }
+    metadata_path = out_dir / f"{name}{METADATA_SUFFIX}"
+    metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return TrainResult(name, text, model_path, metadata_path, threshold, metadata)
+
+
+def _training_threshold(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]) -> float:
+    """Midway between the highest training negative and the score 98 % of positives reach,
+    clamped to 0.3–0.9 (a training set is easier than a room)."""
+    hi_neg = float(np.max(neg)) if neg.size else 0.0
+    p2 = float(np.quantile(pos, 0.02)) if pos.size else 1.0
+    return round(min(0.9, max(0.3, (hi_neg + p2) / 2 if p2 > hi_neg else hi_neg + 0.01)), 3)
+
+
+def score_windows(model_path: Path, windows: Windows) -> npt.NDArray[np.float64]:
+    """Scores of feature windows by the exported ONNX model (as the detector runs it)."""
+    import onnxruntime as ort
+
+    if windows.shape[0] == 0:
+        return np.zeros(0)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: windows[i : i + 1024]})[0][:, 0] for i in range(0, len(windows), 1024)]
+    return np.concatenate(out).astype(np.float64)

@@ -1,0 +1,119 @@
+"""Near misses, activation counting, the threshold curve and the threshold suggestion."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.core.wakeword_training import (
+    CurvePoint,
+    count_activations,
+    default_thresholds,
+    near_misses,
+    normalize_phrase,
+    phrase_name,
+    suggest_threshold,
+    threshold_curve,
+)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "expected"),
+    [
+        ("Hey  Computer!", "hey computer"),
+        ("okay, kiosk", "okay kiosk"),
+        ("  hello-lamp ", "hello lamp"),
+        ("what's up", "what's up"),
+    ],
+)
+def test_normalize_phrase(phrase: str, expected: str) -> None:
+    assert normalize_phrase(phrase) == expected
+
+
+@pytest.mark.parametrize("phrase", ["", "  !? ", "x" * 61])
+def test_normalize_phrase_refuses(phrase: str) -> None:
+    with pytest.raises(ValueError, match="wake phrase"):
+        normalize_phrase(phrase)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "name"), [("Hey Computer", "hey_computer"), ("what's up", "whats_up"), ("alexa", "alexa")]
+)
+def test_phrase_name(phrase: str, name: str) -> None:
+    assert phrase_name(phrase) == name
+
+
+@pytest.mark.parametrize(
+    ("phrase", "must_have"),
+    [
+        ("hey computer", ["hey", "computer", "computer hey", "hey commuter", "commuter", "okay computer"]),
+        ("okay kiosk", ["okay", "kiosk", "kiosk okay", "hey kiosk", "okay tiosk"]),
+        ("hello lamp", ["hello", "lamp", "lamp hello", "hello ramp", "hello lemp", "hey lamp"]),
+        ("alexa", ["elexa", "arexa", "okay alexa"]),
+    ],
+)
+def test_near_misses(phrase: str, must_have: list[str]) -> None:
+    got = near_misses(phrase)
+    for item in must_have:
+        assert item in got
+    assert phrase not in got
+    assert len(got) == len(set(got))
+    assert near_misses(phrase) == got  # a fixed order
+
+
+def test_near_misses_are_bounded() -> None:
+    assert len(near_misses("hey wonderful magnificent computer")) == 40
+    assert len(near_misses("hey computer", limit=5)) == 5
+
+
+@pytest.mark.parametrize(
+    ("scores", "threshold", "refractory", "expected"),
+    [
+        ([], 0.5, 25, 0),
+        ([0.1, 0.4, 0.49], 0.5, 25, 0),
+        ([0.1, 0.6, 0.7, 0.8, 0.2], 0.5, 25, 1),  # one burst, one activation
+        ([0.6, 0.1, 0.6], 0.5, 2, 1),  # the second is inside the refractory window
+        ([0.6, 0.7, 0.6], 0.5, 1, 2),  # deaf for one frame only
+        ([0.6, 0.1, 0.6], 0.5, 0, 2),
+        ([0.6, 0.1, 0.1, 0.6], 0.5, 2, 2),  # deaf for frames 1 and 2, frame 3 fires
+        ([0.5], 0.5, 0, 1),  # at the threshold fires (as the gate)
+    ],
+)
+def test_count_activations(scores: list[float], threshold: float, refractory: int, expected: int) -> None:
+    assert count_activations(scores, threshold, refractory) == expected
+
+
+def test_threshold_curve() -> None:
+    curve = threshold_curve([0.9, 0.7, 0.3, 0.95], [[0.0, 0.6, 0.0], [0.2, 0.8]], 2.0, [0.5, 0.75, 0.85], 0)
+    assert curve == [
+        CurvePoint(0.5, 0.75, 2, 1.0),
+        CurvePoint(0.75, 0.5, 1, 0.5),
+        CurvePoint(0.85, 0.5, 0, 0.0),
+    ]
+    with pytest.raises(ValueError, match="negative_hours"):
+        threshold_curve([0.5], [], 0, [0.5])
+
+
+@pytest.mark.parametrize(
+    ("curve", "budget", "expected"),
+    [
+        # the best recall within budget, then the higher threshold
+        ([(0.5, 0.9, 1.0), (0.7, 0.9, 0.5), (0.8, 0.9, 0.0), (0.9, 0.6, 0.0)], 0.5, 0.8),
+        ([(0.5, 0.95, 1.0), (0.7, 0.9, 0.4), (0.9, 0.6, 0.0)], 0.5, 0.7),
+        # none within budget: fewest false accepts
+        ([(0.5, 0.95, 3.0), (0.7, 0.9, 2.0), (0.9, 0.6, 2.0)], 0.5, 0.7),
+        ([(0.5, 0.95, 3.0), (0.9, 0.6, 3.0)], 1.0, 0.5),
+    ],
+)
+def test_suggest_threshold(curve: list[tuple[float, float, float]], budget: float, expected: float) -> None:
+    points = [CurvePoint(t, r, int(f), f) for t, r, f in curve]
+    assert suggest_threshold(points, budget).threshold == expected
+
+
+def test_suggest_threshold_refuses_an_empty_curve() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        suggest_threshold([])
+
+
+def test_default_thresholds_are_increasing_and_inside_0_1() -> None:
+    t = default_thresholds()
+    assert t == sorted(t) and t[0] > 0 and t[-1] < 1

@@ -1,0 +1,177 @@
+"""Training a tiny wake word end to end: determinism, the adapter loads it, the CLI writes it,
+evaluate's output shape. A small seeded data set keeps it to about a minute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
+from appliance.cli import main
+from appliance.wakeword_training.train import TrainSize, train_word
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+MICRO = TrainSize(
+    positive_voices=7,
+    positive_augments=2,
+    near_miss_voices=1,
+    other_phrase_voices=1,
+    speech_voices=1,
+    noise_clips=8,
+    speech_sentences=2,
+    other_phrases=3,
+    near_miss_limit=4,
+    epochs=40,
+    hidden=4,
+    speech_minutes=0,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    a = tmp_path_factory.mktemp("a")
+    b = tmp_path_factory.mktemp("b")
+    for out in (a, b):
+        train_word("hello lamp", "hello_lamp", out, models_dir, seed=3, size=MICRO, show_progress=False)
+    return a, b
+
+
+def test_same_seed_gives_the_same_model_bytes(trained: tuple[Path, Path]) -> None:
+    a, b = trained
+    assert (a / "hello_lamp.onnx").read_bytes() == (b / "hello_lamp.onnx").read_bytes()
+    meta = json.loads((a / "hello_lamp.wakeword.json").read_text())
+    assert meta["phrase"] == "hello lamp"
+    assert meta["seed"] == 3
+    assert 0.3 <= meta["threshold"] <= 0.9
+    assert meta["training"]["positive_windows"] == 14
+    assert any(v.startswith("espeak:") for v in meta["training"]["voices"])
+    assert "hello ramp" in meta["training"]["near_misses"] or "lamp" in meta["training"]["near_misses"]
+
+
+def test_the_detector_loads_the_trained_model(trained: tuple[Path, Path], models_dir: Path) -> None:
+    a, _ = trained
+    features = models_dir / "oww-features"
+    detector = OpenWakeWordDetector(
+        [WakeWordModelFile("hello_lamp", a / "hello_lamp.onnx")],
+        features / "melspectrogram.onnx",
+        features / "embedding_model.onnx",
+    )
+    rng = np.random.default_rng(0)
+    scores = [detector.scores(rng.normal(0, 200, 1280).astype(np.int16)) for _ in range(8)]
+    assert all(set(s) == {"hello_lamp"} for s in scores)
+    assert all(0.0 <= s["hello_lamp"] <= 1.0 for s in scores)
+    assert scores[-1]["hello_lamp"] > 0.0  # past the warm-up: the classifier ran
+
+
+def test_config_with_custom_dir_resolves_the_word(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from appliance.config import load_config_text
+    from appliance.models.manifest import load_manifest
+    from appliance.runtime.wake_words import resolve_config_wake_words
+
+    a, _ = trained
+    cfg = load_config_text(
+        f"appliance:\n  wake_words:\n    custom_dir: {a}\n    words: [{{name: hello_lamp}}]\n", "test.yaml"
+    )
+    [word] = resolve_config_wake_words(cfg, load_manifest())
+    assert word.engine == "openwakeword" and word.path == a / "hello_lamp.onnx"
+
+
+def test_cli_evaluate_prints_the_curve_as_json(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.testing.speech import espeak_say, noise, write_wav
+
+    a, _ = trained
+    pos, neg = tmp_path / "pos", tmp_path / "neg"
+    pos.mkdir()
+    neg.mkdir()
+    write_wav(pos / "1.wav", espeak_say("hello lamp", "en-gb-x-rp"))
+    write_wav(pos / "2.wav", espeak_say("hello lamp", "en-029"))
+    write_wav(neg / "n.wav", np.concatenate([espeak_say("the lamp is on the table"), noise(20.0, seed=1)]))
+    code = main(["wakeword", "evaluate", "hello_lamp", "--dir", str(a), "--positive", str(pos),
+                 "--negative", str(neg), "--json"])  # fmt: skip
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["name"] == "hello_lamp" and out["positives"] == 2
+    assert 0.005 < out["negative_hours"] < 0.01
+    assert [p["threshold"] for p in out["curve"]] == sorted(p["threshold"] for p in out["curve"])
+    recalls = [p["recall"] for p in out["curve"]]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never detects more
+    assert out["suggested_threshold"] in [p["threshold"] for p in out["curve"]]
+
+
+def test_cli_train_refuses_without_an_output_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["wakeword", "train", "hey computer", "--no-progress"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_cli_train_refuses_an_empty_phrase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["wakeword", "train", "?!", "--out", str(tmp_path)]) == 2
+    assert "PHRASE" in capsys.readouterr().err
+
+
+def test_cli_train_writes_model_and_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import appliance.wakeword_training.train as train
+
+    monkeypatch.setattr(train, "TINY", MICRO)  # --quick, made smaller still for the test
+    out = tmp_path / "words"
+    code = main(
+        ["wakeword", "train", "Okay Kiosk", "--quick", "--seed", "5", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    assert (out / "okay_kiosk.onnx").is_file()
+    meta = json.loads((out / "okay_kiosk.wakeword.json").read_text())
+    assert meta["name"] == "okay_kiosk" and meta["phrase"] == "okay kiosk" and meta["seed"] == 5
+    printed = capsys.readouterr().out
+    assert "- name: okay_kiosk" in printed and f"threshold: {meta['threshold']}" in printed
+
+
+def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
+    trained: tuple[Path, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    from appliance.testing.speech import espeak_say, noise
+    from appliance.wakeword_training.enroll import FLOOR, enroll, peak_windows
+    from appliance.wakeword_training.train import features_for, score_windows, sliding
+
+    a, _ = trained
+    for f in ("hello_lamp.onnx", "hello_lamp.wakeword.json"):
+        shutil.copy(a / f, tmp_path / f)
+    extractor = features_for(models_dir)
+    voice = "en-029+m5"
+    takes = [espeak_say("hello lamp", voice) for voice in (voice, voice + "", voice)]
+    takes[1] = (takes[1] * 0.5).astype(np.int16)
+    takes[2] = np.concatenate([noise(0.2, 50, seed=2), takes[2]])
+    negative = np.concatenate(
+        [espeak_say("the lamp on the table is bright", "en-gb+m3"), noise(10.0, seed=4)]
+    )
+    streams = [extractor.embeddings(negative)]
+    result = enroll(tmp_path, "hello_lamp", extractor, takes, streams)
+    assert result.base_path.read_bytes() == (a / "hello_lamp.onnx").read_bytes()
+    assert result.s_low < result.s_high
+    meta = json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())
+    assert meta["enrollment"]["takes"] == 3
+    # negatives: exactly the base scores (the verifier lifts none of them)
+    windows = sliding(streams[0])
+    base = score_windows(result.base_path, windows)
+    assert np.allclose(score_windows(result.model_path, windows), base, atol=1e-6)
+    # the enrolled takes: lifted wherever the classifier leans towards the word
+    peaks = peak_windows(result.base_path, extractor, takes)
+    before = score_windows(result.base_path, peaks)
+    after = score_windows(result.model_path, peaks)
+    assert np.all(after >= before - 1e-6)
+    leaning = before >= FLOOR
+    assert np.all(after[leaning] > 0.99)
+    # the detector loads the enrolled model like any other word
+    features = models_dir / "oww-features"
+    OpenWakeWordDetector(
+        [WakeWordModelFile("hello_lamp", result.model_path)],
+        features / "melspectrogram.onnx",
+        features / "embedding_model.onnx",
+    )
