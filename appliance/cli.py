@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a fake ElevenLabs Agents server (try remote mode without an account; --help for options)",
         add_help=False,
     )
+    from appliance.kb_cli import add_kb_parser
+
+    add_kb_parser(sub)
     return p
 
 
@@ -174,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_doctor(args)
         if args.command in ("status", "send"):
             return _cmd_feed(args)
+        if args.command == "kb":
+            from appliance.kb_cli import cmd_kb
+
+            return cmd_kb(args)
     except ConfigError as err:
         print(redact(str(err)), file=sys.stderr)
         return EXIT_USAGE
