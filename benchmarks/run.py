@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import idle_loop, local_agent, remote, soak, voices
+from benchmarks import idle_loop, knowledge, local_agent, remote, soak, voices
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
     **soak.BENCHMARKS,
+    **knowledge.BENCHMARKS,
 }
 OPT_IN: frozenset[str] = soak.OPT_IN
 """Run only when named exactly with --only (long wall-clock runs such as the real-time soak)."""

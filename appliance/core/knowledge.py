@@ -259,7 +259,7 @@ def knowledge_prompt(chunks: Sequence[str], max_chars: int) -> str:
         used += len(text)
     if not parts:
         return ""
-    body = "\n---\n".join(parts)
+    body = "\n\n".join(parts)
     return f"{KNOWLEDGE_HEADER}\n\n{body}"
 
 
