@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,8 +115,8 @@ async def _ask(llm: Any, messages: list[dict[str, Any]]) -> tuple[str, float]:
     return "".join(parts).strip(), first if first is not None else time.perf_counter() - t0
 
 
-@functools.cache
-def _run(quick: bool) -> tuple[Answer, ...]:
+def answers(quick: bool) -> Iterator[Answer]:
+    """Each question spoken, transcribed and answered with and without the knowledge base."""
     from appliance.runtime.knowledge_base import KnowledgeLLM
     from appliance.testing.speech import espeak_say, piper_say
     from benchmarks.local_agent import _preloaded
@@ -125,7 +125,6 @@ def _run(quick: bool) -> tuple[Answer, ...]:
     system = _system_prompt()
     with tempfile.TemporaryDirectory() as tmp:
         index = _index(Path(tmp))
-    answers: list[Answer] = []
     for i, q in enumerate(_questions(quick)):
         voice = "espeak-ng en-us" if i % ESPEAK_EVERY == ESPEAK_EVERY - 1 else "piper joe"
         audio = espeak_say(q["q"]) if voice.startswith("espeak") else piper_say(q["q"])
@@ -141,8 +140,12 @@ def _run(quick: bool) -> tuple[Answer, ...]:
         a.faq_used = bool(found.get("faq_used"))
         a.retrieved = [c["chunk_id"] for c in found.get("chunks", [])]
         a.retrieval_ms = float(found.get("ms", 0.0))
-        answers.append(a)
-    return tuple(answers)
+        yield a
+
+
+@functools.cache
+def _run(quick: bool) -> tuple[Answer, ...]:
+    return tuple(answers(quick))
 
 
 def accuracy_table(quick: bool = False) -> list[Row]:
@@ -327,3 +330,24 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "kb.misses": misses_table,
     "kb.latency": latency_table,
 }
+
+
+def main() -> int:
+    """`python -m benchmarks.knowledge [--quick]`: one line per question as it is answered."""
+    import sys
+
+    quick = "--quick" in sys.argv
+    for a in answers(quick):
+        print(
+            f"{a.kind} {'FAQ' if a.faq_used else 'rag'} kb={right(a.with_kb, a.facts)} "
+            f"plain={right(a.without_kb, a.facts)} ttft_kb={a.first_text_kb_s:.2f} "
+            f"ttft_plain={a.first_text_plain_s:.2f} ret_ms={a.retrieval_ms:.2f} | {a.voice} | "
+            f"{a.question} | heard: {a.transcript} | kb: {a.with_kb[:100]!r} | plain: {a.without_kb[:60]!r} "
+            f"| {a.retrieved}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
