@@ -281,6 +281,27 @@ def _legacy_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return tool
 
 
+class KnowledgeBaseLocator(Mirror):
+    """A `prompt.knowledge_base` document; on the device it needs a local `path`."""
+
+    type: Literal["file", "url", "text"] | None = None
+    name: str | None = None
+    id: str | None = None
+    usage_mode: Literal["auto", "prompt"] = "auto"
+    path: Text | None = None
+    """Device-side extension: a local file or folder (text, Markdown, HTML, `.faq.yaml`),
+    relative to the configuration file (not an ElevenLabs field)."""
+    faq_threshold: Annotated[Num, between(0, 1)] | None = None
+    """Device-side extension: how close a question must be to an FAQ entry of this document for
+    its answer to be spoken as written (0..1; default 0.62)."""
+
+
+class RagConfig(Mirror):
+    enabled: Bool = True
+    max_documents_length: Annotated[Int, between(1, None)] = 10_000
+    max_retrieved_rag_chunks_count: Annotated[Int, between(1, 100)] = 3
+
+
 class PromptConfig(Mirror):
     prompt: str = ""
     llm: str | None = None
@@ -295,6 +316,8 @@ class PromptConfig(Mirror):
     tools: list[Annotated[dict[str, Any], AfterValidator(_legacy_tool)]] = []
     """Deprecated by ElevenLabs (use tool_ids + built_in_tools); accepted with a warning."""
     tool_ids: list[str] = []
+    knowledge_base: list[KnowledgeBaseLocator] = []
+    rag: RagConfig = Field(default_factory=RagConfig)
 
 
 class DynamicVariables(Mirror):
@@ -449,5 +472,10 @@ def agent_warnings(cc: ConversationConfig) -> list[str]:
             out.append(
                 f"conversation_config.tts.pronunciation_dictionary_locators[{i}]: platform dictionary "
                 "without a local path, ignored on the device"
+            )
+    for i, doc in enumerate(prompt.knowledge_base):
+        if doc.path is None:
+            out.append(
+                f"{base}.knowledge_base[{i}]: platform document without a local path, ignored on the device"
             )
     return out

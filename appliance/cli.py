@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a fake ElevenLabs Agents server (try remote mode without an account; --help for options)",
         add_help=False,
     )
+    from appliance.kb_cli import add_kb_parser
+
+    add_kb_parser(sub)
     return p
 
 
@@ -196,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from appliance.wakeword_training.cli import run as wakeword
 
             return wakeword(args)
+        if args.command == "kb":
+            from appliance.kb_cli import cmd_kb
+
+            return cmd_kb(args)
     except ConfigError as err:
         print(redact(str(err)), file=sys.stderr)
         return EXIT_USAGE

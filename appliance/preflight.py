@@ -240,6 +240,7 @@ def context_checks(config: Config, counter: TokenCounter | None = None) -> tuple
             f"turn ({MIN_TURN_TOKENS}) and the reply ({MIN_REPLY_TOKENS}): at most "
             f"{max(0, llm.n_ctx - reserve):,} prompt tokens fit; shorten the prompt or raise {N_CTX_PATH}"
         )
+        line += _prompt_documents_note(config, counter)
         (problems if counter.exact else warnings).append(line)
     elif prompt_tokens + MIN_TURN_TOKENS > llm.history_tokens:
         warnings.append(
@@ -250,9 +251,39 @@ def context_checks(config: Config, counter: TokenCounter | None = None) -> tuple
     return problems, warnings
 
 
+def _prompt_documents_note(config: Config, counter: TokenCounter) -> str:
+    """Which `usage_mode: prompt` knowledge-base files take how much of that prompt."""
+    from appliance.runtime.knowledge_base import prompt_documents
+
+    try:
+        docs = prompt_documents(config)
+    except ConfigError:
+        return ""  # reported by knowledge_problems
+    if not docs:
+        return ""
+    sizes = ", ".join(f"{d.path} {counter.count(d.text):,} tokens" for d in docs)
+    return (
+        f"; of which knowledge_base documents with usage_mode: prompt: {sizes} (use usage_mode: auto "
+        "to retrieve only the relevant parts)"
+    )
+
+
+def knowledge_problems(config: Config) -> list[str]:
+    """Every knowledge-base `path` that does not exist or cannot be read, one line each."""
+    if not _uses_local_agent(config):
+        return []
+    from appliance.runtime.knowledge_base import load_documents
+
+    try:
+        load_documents(config.conversation_config.agent.prompt.knowledge_base, config.resolve_path)
+    except ConfigError as err:
+        return list(err.problems)
+    return []
+
+
 def preflight(config: Config, counter: TokenCounter | None = None) -> tuple[list[str], list[str]]:
-    """`(problems, warnings)` of both checks; `counter` None = estimate the tokens."""
-    problems = variable_problems(config)
+    """`(problems, warnings)` of the checks; `counter` None = estimate the tokens."""
+    problems = variable_problems(config) + knowledge_problems(config)
     more_problems, warnings = context_checks(config, counter)
     return problems + more_problems, warnings
 

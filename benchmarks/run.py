@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import agent_session, echo, idle_loop, local_agent, remote, soak, voices, wakeword
+from benchmarks import agent_session, echo, idle_loop, knowledge, local_agent, remote, soak, voices, wakeword
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **remote.BENCHMARKS,
     **soak.BENCHMARKS,
     **wakeword.BENCHMARKS,
+    **knowledge.BENCHMARKS,
 }
 OPT_IN: frozenset[str] = soak.OPT_IN
 """Run only when named exactly with --only (long wall-clock runs such as the real-time soak)."""

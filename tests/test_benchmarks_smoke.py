@@ -291,3 +291,17 @@ def test_wakeword_benchmark_quick_run_has_expected_tables(models_dir: Path) -> N
     for r in idle:
         _positive(r, "% of one core")
     assert idle[0]["added per word %"] is None and idle[1]["verdict"] in {"PASS", "FAIL"}
+
+
+def test_kb_retrieval_benchmark_quick_run() -> None:
+    from benchmarks import knowledge
+
+    assert {"kb.retrieval", "kb.accuracy", "kb.misses", "kb.latency"} <= set(run.BENCHMARKS)
+    rows = knowledge.retrieval_table(quick=True)
+    assert [r["knowledge base"] for r in rows] == ["kiosk (5 files, FAQ)", "20 pages + FAQ"]
+    for row in rows:
+        _positive(row, "chunks", "index s (cold)", "retrieval p50 ms", "max ms")
+        assert row["retrieval p50 ms"] <= row["p95 ms"] <= row["max ms"]
+    assert rows[1]["chunks"] > rows[0]["chunks"] and rows[1]["index s (cached)"] > 0
+    assert knowledge.right("It costs Fourteen euros.", ["14", "fourteen"])
+    assert not knowledge.right("It costs 40 euros.", ["14", "fourteen"])

@@ -39,7 +39,9 @@ from appliance.core.system_tools import client_tool_schema, system_tool_schemas,
 from appliance.errors import ApplianceError, ConfigError, ModelError
 from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
-from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
+from appliance.runtime.knowledge_base import KnowledgeLLM, knowledge_for
+from appliance.runtime.knowledge_base import prompt_block as knowledge_prompt_block
+from appliance.runtime.local_session import FILLER_PROMPT, LocalAgentDeps, LocalAgentSession
 from appliance.runtime.timers import Timers
 from appliance.runtime.voice_rendering import (
     VoiceRenderer,
@@ -273,6 +275,7 @@ def conversation_settings(config: Config, variables: dict[str, dv.VariableValue]
         extra += "\n\n" + multivoice_prompt(voices)
     if tools and config.llm_backend == "llama_cpp":
         extra += textual_tool_instructions(tools)
+    extra += knowledge_prompt_block(config)  # knowledge_base documents with usage_mode: prompt
     system_prompt += extra
     language_prompts = {
         lang: dv.render(p, variables, where=f"the {lang} preset's prompt") + extra
@@ -400,6 +403,8 @@ def local_session_factory(
         raise ConfigError([str(err)], source=config.source) from err
     if missing := device_secret_problems(config):  # at the start, never at a call
         raise ConfigError(missing, source=config.source)
+    knowledge = knowledge_for(config)  # indexed once at start (cached on disk)
+    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, events, FILLER_PROMPT)
 
     def make(wake_word: str) -> AgentSession:
         conversation_id = f"local_{os.urandom(8).hex()}"
@@ -432,7 +437,7 @@ def local_session_factory(
         )
         deps = LocalAgentDeps(
             stt=models.stt,
-            llm=models.llm,
+            llm=llm,
             tts=models.tts,
             speaker=speaker,
             events=events,

@@ -1,0 +1,267 @@
+"""The local knowledge base around the pure logic: files (text, Markdown, HTML, FAQ), the index
+cache, the LLM wrapper (FAQ answers and retrieved context), check-config and the kb commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.agent_config import KnowledgeBaseLocator, RagConfig
+from appliance.cli import main
+from appliance.config import check_config, load_config
+from appliance.ports import LlmOutput, TextDelta
+from appliance.runtime.knowledge_base import (
+    KnowledgeLLM,
+    build_index,
+    html_text,
+    knowledge_for,
+    load_documents,
+)
+
+KIOSK = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "kiosk"
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self.items.append((type, fields))
+
+
+class RecordingLlm:
+    def __init__(self) -> None:
+        self.requests: list[list[dict[str, Any]]] = []
+
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]
+    ) -> AsyncIterator[LlmOutput]:
+        self.requests.append(messages)
+        yield TextDelta("From the LLM.")
+
+
+def kiosk_copy(tmp_path: Path) -> Path:
+    shutil.copytree(KIOSK / "docs", tmp_path / "docs")
+    shutil.copy(KIOSK / "kiosk.yaml", tmp_path / "kiosk.yaml")
+    return tmp_path / "kiosk.yaml"
+
+
+def docs_of(tmp_path: Path) -> Any:
+    return load_documents([KnowledgeBaseLocator(path="docs", id="h")], lambda p: tmp_path / p)
+
+
+def test_html_keeps_text_and_headings_drops_scripts_and_styles() -> None:
+    html = (
+        "<html><head><title>T</title><style>p{}</style><script>var x=1;</script></head>"
+        "<body><h2>Opening &amp; hours</h2><p>Open <b>10</b> to 6.</p>"
+        "<ul><li>A</li><li>B</li></ul></body></html>"
+    )
+    text = html_text(html)
+    assert "# Opening & hours" in text and "Open 10 to 6." in text
+    assert "var x" not in text and "p{}" not in text
+    assert "A\nB" in text
+
+
+def test_a_folder_is_read_with_every_kind_of_file(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    docs = docs_of(tmp_path)
+    assert [d.document_id for d in docs] == [
+        "h/events.md", "h/galleries.html", "h/kiosk.faq.yaml", "h/services.txt", "h/visiting.md",
+    ]  # fmt: skip
+    faq = next(d for d in docs if d.faq)
+    assert len(faq.faq) == 10 and faq.faq[0].questions[0] == "What time do you open?"
+    galleries = next(d for d in docs if d.path.suffix == ".html")
+    assert "Vossberg" in galleries.text and "tracking" not in galleries.text
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("faq: {question: a}", "an FAQ file holds `faq:`"),
+        ("faq:\n  - {question: [], answer: x}", "faq[0].question: give a question"),
+        ("faq:\n  - {question: q}", "faq[0].answer: give the answer text"),
+        ("faq: [", "cannot read the FAQ file"),
+    ],
+)
+def test_a_broken_faq_file_is_named(tmp_path: Path, content: str, problem: str) -> None:
+    (tmp_path / "x.faq.yaml").write_text(content)
+    with pytest.raises(Exception) as info:
+        load_documents([KnowledgeBaseLocator(path="x.faq.yaml")], lambda p: tmp_path / p)
+    text = str(info.value)
+    assert "knowledge_base[0].path" in text and "x.faq.yaml" in text and problem in text
+
+
+def test_the_index_is_cached_and_rebuilt_when_a_file_changes(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    cache = tmp_path / "cache"
+    first = build_index(docs_of(tmp_path), RagConfig(), cache)
+    assert first.cache_state == "built" and first.cache_file is not None and first.cache_file.is_file()
+    again = build_index(docs_of(tmp_path), RagConfig(), cache)
+    assert again.cache_state == "cached" and again.cache_file == first.cache_file
+    assert [c.text for c in again.chunks] == [c.text for c in first.chunks]
+    visiting = tmp_path / "docs" / "visiting.md"
+    visiting.write_text(visiting.read_text().replace("14 euros", "16 euros"))
+    changed = build_index(docs_of(tmp_path), RagConfig(), cache)
+    assert changed.cache_state == "built" and changed.cache_file != first.cache_file
+    assert not first.cache_file.exists()  # the stale index is gone
+    hits = changed.retrieve("How much is a family ticket for students?").hits
+    assert any("16 euros" in h.chunk.text for h in hits)
+    # a corrupt cache file is rebuilt, not trusted
+    assert changed.cache_file is not None
+    changed.cache_file.write_text("{not json")
+    assert build_index(docs_of(tmp_path), RagConfig(), cache).cache_state == "built"
+
+
+def run_turn(llm: KnowledgeLLM, messages: list[dict[str, Any]]) -> str:
+    async def go() -> str:
+        return "".join(
+            [i.text async for i in llm.stream_chat(messages, None, {}) if isinstance(i, TextDelta)]
+        )
+
+    return asyncio.run(go())
+
+
+def test_an_faq_question_is_answered_as_written_without_the_llm(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(), None)
+    inner, events = RecordingLlm(), Events()
+    llm = KnowledgeLLM(inner, index, events)
+    system = {"role": "system", "content": "You are a kiosk."}
+    reply = run_turn(llm, [system, {"role": "user", "content": "Where are the restrooms?"}])
+    assert reply == "Toilets are on every floor, next to the stairs."
+    assert inner.requests == []
+    [(name, fields)] = events.items
+    assert name == "knowledge_retrieved" and fields["faq_used"] is True and fields["chunks"] == []
+    assert fields["faq_document_id"] == "h/kiosk.faq.yaml" and fields["faq_score"] == 1.0
+    assert fields["ms"] >= 0
+
+
+def test_other_questions_get_the_retrieved_chunks_in_that_request_only(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=2), None)
+    inner, events = RecordingLlm(), Events()
+    llm = KnowledgeLLM(inner, index, events, skip_system="FILLER")
+    messages = [
+        {"role": "system", "content": "You are a kiosk."},
+        {"role": "user", "content": "Who carried the Albatross chronometer?"},
+    ]
+    assert run_turn(llm, messages) == "From the LLM."
+    [sent] = inner.requests
+    assert sent[0]["content"].startswith("You are a kiosk.\n\n") and "Ilse Marrow" in sent[0]["content"]
+    assert sent[1:] == messages[1:] and messages[0]["content"] == "You are a kiosk."  # not mutated
+    [(name, fields)] = events.items
+    assert name == "knowledge_retrieved" and fields["faq_used"] is False
+    assert len(fields["chunks"]) == 2 and fields["chunks"][0]["document_id"] == "h/galleries.html"
+    assert fields["chunks"][0]["score"] >= fields["chunks"][1]["score"] > 0
+    # a tool round and a filler request are passed through without retrieval
+    run_turn(llm, [*messages, {"role": "tool", "content": "ok", "tool_call_id": "1"}])
+    run_turn(llm, [{"role": "system", "content": "FILLER"}, {"role": "user", "content": "Albatross?"}])
+    assert len(events.items) == 1 and inner.requests[1][0]["content"] == "You are a kiosk."
+    assert inner.requests[2][0]["content"] == "FILLER"
+
+
+def test_rag_disabled_retrieves_nothing_but_faq_still_answers(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(enabled=False), None)
+    assert index.retrieve("Who carried the Albatross chronometer?").hits == ()
+    assert index.retrieve("Where is the toilet?").faq_answer is not None
+
+
+def write_config(tmp_path: Path, kb: list[dict[str, Any]], **prompt: Any) -> Path:
+    cfg = yaml.safe_load((KIOSK / "kiosk.yaml").read_text())
+    cfg["conversation_config"]["agent"]["prompt"]["knowledge_base"] = kb
+    cfg["conversation_config"]["agent"]["prompt"].update(prompt)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_check_config_names_every_broken_path(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.faq.yaml").write_text("faq: 3")
+    path = write_config(
+        tmp_path,
+        [
+            {"path": "missing.md"},
+            {"path": "empty"},
+            {"path": "bad.faq.yaml"},
+            {"name": "cloud doc", "id": "x"},
+        ],
+    )
+    cfg, problems = check_config(path)
+    assert cfg is None
+    base = "conversation_config.agent.prompt.knowledge_base"
+    assert problems[0] == f"{base}[0].path: {tmp_path / 'missing.md'} does not exist"
+    assert problems[1].startswith(f"{base}[1].path: {tmp_path / 'empty'} holds no .txt, .md, .html")
+    assert problems[2].startswith(f"{base}[2].path: {tmp_path / 'bad.faq.yaml'}: an FAQ file holds")
+    assert len(problems) == 3
+
+
+def test_an_entry_without_a_path_warns_once(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [{"type": "file", "name": "cloud doc", "id": "x"}])
+    cfg, warnings = check_config(path)
+    assert cfg is not None
+    assert (
+        warnings.count(
+            "conversation_config.agent.prompt.knowledge_base[0]: platform document without a local path, "
+            "ignored on the device"
+        )
+        == 1
+    )
+    assert knowledge_for(cfg, tmp_path / "cache") is None
+
+
+def test_prompt_mode_documents_go_into_the_system_prompt(tmp_path: Path) -> None:
+    from appliance.runtime.local_agent import conversation_settings
+
+    kiosk_copy(tmp_path)
+    path = write_config(tmp_path, [{"path": "docs/visiting.md", "name": "Visiting", "usage_mode": "prompt"}])
+    cfg = load_config(path, log_warnings=False)
+    prompt = conversation_settings(cfg, {}).system_prompt
+    assert "## Visiting\n# Visiting the Harbourlight" in prompt and "Saltmarket" in prompt
+    index = knowledge_for(cfg, tmp_path / "cache")
+    assert index is not None and index.chunks == []  # prompt documents are not retrieved again
+
+
+def test_a_prompt_mode_document_too_big_for_the_context_is_named(tmp_path: Path) -> None:
+    big = tmp_path / "manual.md"
+    big.write_text("The clock manual says many things. " * 2000)  # ~70 000 characters
+    path = write_config(tmp_path, [{"path": "manual.md", "usage_mode": "prompt"}])
+    cfg, problems = check_config(path)
+    text = " ".join(problems)
+    assert "n_ctx" in text or "n_ctx" in " ".join(cfg.warnings if cfg else [])
+    # the line (a problem with the real tokenizer, a warning with the estimate) names the file
+    lines = problems if cfg is None else [w for w in (check_config(path)[1]) if "n_ctx" in w]
+    assert any(f"{big} " in line and "usage_mode: prompt" in line for line in lines)
+
+
+def test_kb_list_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = kiosk_copy(tmp_path)
+    cache = str(tmp_path / "cache")
+    assert main(["kb", "-c", str(config), "--cache-dir", cache, "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("index: built (") and "25 chunks" in out
+    assert "harbourlight/kiosk.faq.yaml  [auto]" in out and "10 FAQ entries (threshold 0.62)" in out
+    assert main(["kb", "-c", str(config), "--cache-dir", cache, "list"]) == 0
+    assert capsys.readouterr().out.startswith("index: cached (")
+    assert main(["kb", "-c", str(config), "--cache-dir", cache, "search", "Where can I park my car?"]) == 0
+    out = capsys.readouterr().out
+    assert "harbourlight/visiting.md#" in out and "Saltmarket" in out
+    assert (
+        main(["kb", "-c", str(config), "--cache-dir", cache, "search", "--json", "Is there an elevator?"])
+        == 0
+    )
+    fields = json.loads(capsys.readouterr().out)
+    assert fields["faq_used"] is True and fields["faq_score"] == 1.0
+
+
+def test_kb_without_a_knowledge_base(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kb", "list"]) == 0
+    assert "no knowledge base" in capsys.readouterr().out
