@@ -87,6 +87,30 @@ FIELD_SUPPORT: dict[str, str] = {
     "conversation_config.agent.prompt.tools": (
         "ignored: deprecated by ElevenLabs; device tools go under appliance.tools"
     ),
+    # conversation_config.agent.prompt.knowledge_base and rag (runtime/knowledge_base.py)
+    "conversation_config.agent.prompt.knowledge_base[].type": (
+        "ignored: the device reads what the local path holds (text, Markdown, HTML, .faq.yaml)"
+    ),
+    "conversation_config.agent.prompt.knowledge_base[].name": ("honoured: the document's name in kb list"),
+    "conversation_config.agent.prompt.knowledge_base[].id": (
+        "honoured: the document id in knowledge_retrieved"
+    ),
+    "conversation_config.agent.prompt.knowledge_base[].usage_mode": (
+        "honoured: prompt (in the system prompt) or auto (retrieved per turn)"
+    ),
+    "conversation_config.agent.prompt.knowledge_base[].path": (
+        "honoured: the local file or folder (device-only field)"
+    ),
+    "conversation_config.agent.prompt.knowledge_base[].faq_threshold": (
+        "honoured: when an FAQ answer is spoken as written (device-only field)"
+    ),
+    "conversation_config.agent.prompt.rag.enabled": ("honoured: retrieval on or off for usage_mode auto"),
+    "conversation_config.agent.prompt.rag.max_documents_length": (
+        "honoured: characters of retrieved text per turn"
+    ),
+    "conversation_config.agent.prompt.rag.max_retrieved_rag_chunks_count": (
+        "honoured: chunks retrieved per turn"
+    ),
     "conversation_config.agent.prompt.tool_ids": (
         "ignored: platform tools live in the cloud; device tools go under appliance.tools"
     ),
@@ -167,6 +191,9 @@ _WARNED_ELSEWHERE = frozenset(
         "conversation_config.tts.pronunciation_dictionary_locators[].pronunciation_dictionary_id",
         "conversation_config.tts.pronunciation_dictionary_locators[].version_id",
         "conversation_config.agent.prompt.tools",
+        # a platform document's kind: without a local path the entry is warned as a whole; with
+        # one, the files' own extensions decide (a line per document would only repeat that)
+        "conversation_config.agent.prompt.knowledge_base[].type",
     }
 )
 

@@ -991,9 +991,9 @@ RICH_WARNINGS = [
     f"conversation_config.tts.similarity_boost: {CLOUD_ONLY}",
     f"conversation_config.tts.supported_voices[1].model_family: {CLOUD_ONLY}",
     f"conversation_config.tts.supported_voices[1].stability: {CLOUD_ONLY}",
-    f"conversation_config.agent.prompt.knowledge_base: {CLOUD_ONLY}",
     f"conversation_config.agent.prompt.ignore_default_personality: {CLOUD_ONLY}",
-    f"conversation_config.agent.prompt.rag: {CLOUD_ONLY}",
+    f"conversation_config.agent.prompt.rag.embedding_model: {CLOUD_ONLY}",
+    f"conversation_config.agent.prompt.rag.max_vector_distance: {CLOUD_ONLY}",
     "conversation_config.conversation.client_events[6]: 'agent_response_metadata' is not known "
     "to this device; ignored",
     "conversation_config.agent.prompt.built_in_tools.transfer_to_agent: cloud-only tool, "
@@ -1004,6 +1004,11 @@ RICH_WARNINGS = [
     "ignored on the device",
     "conversation_config.agent.prompt.built_in_tools.voicemail_detection: cloud-only tool, "
     "ignored on the device",
+    *(
+        f"conversation_config.agent.prompt.knowledge_base[{i}]: platform document without a local "
+        "path, ignored on the device"
+        for i in range(3)
+    ),
     "conversation_config.tts.voice_id: unknown local voice 'cjVigY5qzO86Huf0OWal'; the default "
     "voice 'joe' is used",
     "conversation_config.tts.supported_voices[0].voice_id: unknown local voice "
