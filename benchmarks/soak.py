@@ -739,6 +739,9 @@ def table(result: SoakResult) -> list[Row]:
             f"≤ {RSS_SLOPE_TARGET_MIB_H:g}" + ("" if judged else f" (judged over ≥ {VERDICT_SPAN_H:g} h)"),
             (slope is not None and slope <= RSS_SLOPE_TARGET_MIB_H) if judged else None,
         )
+        if slope is not None:  # a leak climbs all along; a high-water mark levels off
+            late = rss_slope(samples, (warm.audio_s + last.audio_s) / 2)
+            row("RSS slope, second half (MiB per appliance hour)", None if late is None else round(late, 2))
         row(
             "open fds start / after warm-up / end",
             f"{first.fds} / {warm.fds} / {last.fds}",
