@@ -35,6 +35,8 @@ with 10 ms-multiple blocks, the default, there is no lag and no padding).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +46,8 @@ import numpy.typing as npt
 from scipy import fft as sfft
 
 from appliance.ports import Pcm16
+
+_LOGGER = logging.getLogger(__name__)
 
 RATE_HZ = 16000
 FRAME_SAMPLES = 160  # 10 ms: the audio processing module's frame
@@ -115,29 +119,24 @@ class WebRtcEchoCanceller:
         self.lookback_samples = self.echo_path.lag_samples
         self.passed_blocks = 0
         """Blocks passed through unchanged: no echo path found."""
-        try:
-            from livekit import rtc
-        except (ImportError, OSError) as err:  # not installed, or the native library fails to load
-            raise EchoCancellerUnavailable(f"livekit's WebRTC audio processing does not load: {err}") from err
-        self._new_module: Callable[[], Any] = lambda: rtc.AudioProcessingModule(
-            echo_cancellation=True, high_pass_filter=high_pass_filter
-        )
-        try:
-            self._apm: Any = self._new_module()
-        except Exception as err:  # the FFI answers with a RuntimeError; anything else is the same fact
-            raise EchoCancellerUnavailable(
-                f"the WebRTC audio processing module failed to start: {err}"
-            ) from err
+        # Found now (a missing engine falls back to gating at build time), loaded at the agent's
+        # first speech: the library and one module cost about 26 MiB, which an idle device
+        # listening for its wake word should not carry.
+        if importlib.util.find_spec("livekit") is None:
+            raise EchoCancellerUnavailable("livekit is not installed")
+        self._high_pass_filter = high_pass_filter
+        self._apm: Any = None
+        self._new_module: Callable[[], Any] = lambda: None
+        self._failed = False
         self._fresh = True
         self.restarts = 0
         self._stream_delay_ms = stream_delay_ms
-        # one buffer per direction, reused: the module processes them in place (no allocation per frame)
         self._near_buf = bytearray(_BYTES)
         self._far_buf = bytearray(_BYTES)
         self._near = np.frombuffer(self._near_buf, dtype=np.int16)
         self._far = np.frombuffer(self._far_buf, dtype=np.int16)
-        self._near_frame = rtc.AudioFrame(self._near_buf, RATE_HZ, 1, FRAME_SAMPLES)
-        self._far_frame = rtc.AudioFrame(self._far_buf, RATE_HZ, 1, FRAME_SAMPLES)
+        self._near_frame: Any = None
+        self._far_frame: Any = None
         self._pending_mic = np.zeros(0, dtype=np.int16)
         self._pending_ref = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -147,9 +146,31 @@ class WebRtcEchoCanceller:
         """Thread CPU time spent in `process` so far (the module runs in the calling thread)."""
         self.padded_samples = 0
 
+    def _load(self) -> bool:
+        """Import the library and start the module (once); False, said once, if it fails."""
+        if self._apm is not None or self._failed:
+            return not self._failed
+        try:
+            from livekit import rtc
+
+            high_pass = self._high_pass_filter
+            self._new_module = lambda: rtc.AudioProcessingModule(
+                echo_cancellation=True, high_pass_filter=high_pass
+            )
+            self._apm = self._new_module()
+            self._near_frame = rtc.AudioFrame(self._near_buf, RATE_HZ, 1, FRAME_SAMPLES)
+            self._far_frame = rtc.AudioFrame(self._far_buf, RATE_HZ, 1, FRAME_SAMPLES)
+        except Exception as err:  # ImportError, OSError (native library), the FFI's RuntimeError
+            self._failed = True
+            _LOGGER.warning(
+                "the WebRTC echo canceller does not start (%s); the microphone passes unchanged", err
+            )
+            return False
+        return True
+
     def process(self, mic: Pcm16, reference: npt.NDArray[np.float32]) -> Pcm16:
         n = int(mic.size)
-        if n == 0:
+        if n == 0 or not self._load():
             return mic
         if reference.size != n + self.lookback_samples:
             raise ValueError(

@@ -140,3 +140,22 @@ def test_the_reference_must_match_the_block() -> None:
     canceller = WebRtcEchoCanceller()
     with pytest.raises(ValueError, match="reference has 160 samples for a 160-sample block"):
         canceller.process(np.zeros(160, np.int16), np.zeros(160, np.float32))
+
+
+def test_building_the_canceller_does_not_load_livekit_until_the_agent_speaks() -> None:
+    """An idle device listening for its wake word carries neither the library nor a module
+    (about 26 MiB); the first processed block loads them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from appliance.adapters.echo_canceller import WebRtcEchoCanceller\n"
+        "c = WebRtcEchoCanceller()\n"
+        "assert 'livekit' not in sys.modules, 'livekit imported at build'\n"
+        "mic = np.zeros(1280, dtype=np.int16)\n"
+        "c.process(mic, np.zeros(1280 + c.lookback_samples, dtype=np.float32))\n"
+        "assert 'livekit' in sys.modules and c.frames == 8\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
