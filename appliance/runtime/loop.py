@@ -54,11 +54,15 @@ from appliance.logs import redact
 from appliance.ports import MIC_RATE_HZ, AgentSession, Clock, EventSink, Microphone
 from appliance.runtime.chimes import ChimePlayer
 from appliance.runtime.clock import StreamClock
+from appliance.runtime.memory import release_free_memory
 from appliance.runtime.router import AudioRouter
 from appliance.runtime.tasks import TaskFailure, spawn_guarded
 from appliance.runtime.timers import Timers
 
 _LOGGER = logging.getLogger(__name__)
+
+_TRIM_AFTER_S = 0.5
+"""After a session ends, its freed memory goes back to the system (`runtime/memory.py`)."""
 
 SessionFactory = Callable[[str], AgentSession]
 _DEVICE = "device:"
@@ -470,6 +474,8 @@ class ApplianceLoop:
         run.finished = True
         self._runs.discard(run)
         self.progress.session_ended(run.key, self._monotonic())
+        # The session's buffers are free now; hand them back once its threads have let go.
+        asyncio.get_running_loop().call_later(_TRIM_AFTER_S, release_free_memory)
         if self._current is run:
             self._current = None
             self._session = None

@@ -1,0 +1,51 @@
+"""Give freed heap back to the system between conversations.
+
+A session allocates and frees hundreds of MiB in many threads (ONNX runtime, CTranslate2,
+llama.cpp, numpy). glibc keeps freed memory in its per-thread arenas, so a device that runs for
+months shows the highest mark of its busiest session, and fragmentation lets that mark creep.
+`malloc_trim(0)` returns the free top of every arena and unused whole pages to the kernel. It
+costs a few milliseconds and runs once per finished session, when nothing is speaking.
+
+On a C library without `malloc_trim` (musl, macOS) this does nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+_LOGGER = logging.getLogger(__name__)
+
+_trim: Callable[[int], int] | None = None
+_looked_up = False
+
+
+def _lookup() -> Callable[[int], int] | None:
+    global _trim, _looked_up
+    if not _looked_up:
+        _looked_up = True
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+        except OSError:
+            fn = None
+        if fn is not None:
+            fn.argtypes = [ctypes.c_size_t]
+            fn.restype = ctypes.c_int
+            _trim = fn
+        else:
+            _LOGGER.debug("malloc_trim is not available; freed memory stays with the allocator")
+    return _trim
+
+
+def release_free_memory() -> bool:
+    """Return freed heap memory to the system. True when the C library did it (glibc's
+    `malloc_trim` returns 1 when it released something, 0 when there was nothing to release),
+    False when the C library cannot."""
+    fn = _lookup()
+    if fn is None:
+        return False
+    fn(0)
+    return True
