@@ -130,6 +130,8 @@ class RemoteFault:
 
     options: FakeOptions
     remote: Mapping[str, Any] = field(default_factory=dict)
+    private: bool = False
+    """The agent is private: the device fetches a signed URL with `PRIVATE_KEY` for every connection."""
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,32 @@ def truncated(reason: str, max_speech_s: float) -> Check:
         assert story <= max_speech_s, f"{story:.1f} s of an endless reply was spoken"
 
     return check
+
+
+def named_in_error(code: str, text: str) -> Check:
+    def check(o: Outcome) -> None:
+        messages = [e["message"] for e in of(o.events, "error") if e["code"] == code]
+        assert messages and all(text in m for m in messages), messages
+
+    return check
+
+
+def ended_with(reason: str) -> Check:
+    """The first session ended for `reason` (the error chime's outcome)."""
+
+    def check(o: Outcome) -> None:
+        ended = [e["reason"] for e in of(o.events, "session_ended")]
+        assert ended and ended[0] == reason, ended
+
+    return check
+
+
+def nothing_played_before_answer(o: Outcome) -> None:
+    """No agent audio in a guessed format: nothing is spoken before the working session's answer."""
+    first_error = first_error_index(o, ["remote_protocol_error"])
+    assert not of(o.events[:first_error], "audio"), "agent audio played before the format error"
+    ended = next(i for i, e in enumerate(o.events) if e["type"] == "session_ended")
+    assert not of(o.events[:ended], "audio"), "agent audio played in the failed session"
 
 
 def retried_once(word: str) -> Check:
@@ -465,6 +493,41 @@ ROWS = [
         ),
         (answered(ANSWER_1),),
     ),
+    Row(
+        "remote-bad-metadata",
+        RemoteFault(
+            FakeOptions(
+                transcripts=["What is the capital of France?"],
+                replies=[ANSWER_1],
+                metadata_fields={"agent_output_audio_format": "mp3_44100"},
+                faulty_first=1,
+            )
+        ),
+        (
+            error("remote_protocol_error"),
+            named_in_error("remote_protocol_error", "mp3_44100"),
+            ended_with("remote_error"),
+            nothing_played_before_answer,
+            answered(ANSWER_1, after=["remote_protocol_error"]),
+        ),
+    ),
+    Row(
+        "remote-trickling-signed-url",
+        RemoteFault(
+            FakeOptions(
+                transcripts=["What is the capital of France?"],
+                replies=[ANSWER_1],
+                signed_url_fault="trickle",
+                trickle_interval_s=0.5,
+                faulty_first=1,
+            ),
+            private=True,
+        ),
+        (
+            error("remote_signed_url_timeout"),
+            answered(ANSWER_1, after=["remote_signed_url_timeout"]),
+        ),
+    ),
     # ---------------------------------------------------------------- signals (the CLI)
     *(
         Row(f"sigterm-{state}", SignalFault(state), (clean_exit, state_was(state)))
@@ -629,12 +692,23 @@ def run_local(
     return Outcome(events, out, reason=result.reason, chat=chat, lines=lines)
 
 
-def run_remote(fault: RemoteFault, preloaded: Any, audio: np.ndarray, tmp_path: Path) -> Outcome:
+PRIVATE_KEY = "sk_fault_matrix_0123456789"
+
+
+def run_remote(
+    fault: RemoteFault, preloaded: Any, audio: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Outcome:
     from appliance.config import load_config_text
     from appliance.runtime.app import Preloaded, RunOptions, run_async
 
-    with FakeElevenLabsServer(dataclasses.replace(fault.options, ping_interval_s=0.3)) as server:
-        cfg = load_config_text(yaml.safe_dump(remote_config(server, **fault.remote)), "remote.yaml")
+    options = dataclasses.replace(fault.options, ping_interval_s=0.3)
+    remote = dict(fault.remote)
+    if fault.private:
+        options = dataclasses.replace(options, api_key=PRIVATE_KEY)
+        remote["requires_auth"] = True
+        monkeypatch.setenv("ELEVENLABS_API_KEY", PRIVATE_KEY)
+    with FakeElevenLabsServer(options) as server:
+        cfg = load_config_text(yaml.safe_dump(remote_config(server, **remote)), "remote.yaml")
         wav = write_wav(tmp_path / "in.wav", audio)
         out, events_path = tmp_path / "out.wav", tmp_path / "events.jsonl"
         options = RunOptions(input=str(wav), output=str(out), events=str(events_path))
@@ -783,7 +857,8 @@ def test_fault(
     if isinstance(fault, LocalFault):
         outcome = run_local(fault, preloaded, two_questions, tmp_path, monkeypatch)
     elif isinstance(fault, RemoteFault):
-        outcome = run_remote(fault, preloaded, two_questions, tmp_path)
+        outcome = run_remote(fault, preloaded, two_questions, tmp_path, monkeypatch)
+        assert not fault.private or PRIVATE_KEY not in "\n".join(outcome.lines)
     elif isinstance(fault, MicOutageFault):
         outcome = run_mic_outage(fault, two_questions, tmp_path, models_dir)
     elif isinstance(fault, SignalFault):
@@ -800,3 +875,27 @@ def test_the_table_has_one_row_per_fault_of_the_issue() -> None:
     assert len(ids) == len(set(ids))
     for state in ("idle", "listening", "transcribing", "thinking", "speaking"):
         assert f"sigterm-{state}" in ids
+    issue_rows = {
+        *(
+            "llm-http-500",
+            "llm-hang",
+            "llm-garbage-stream",
+            "llm-half-reply-then-drop",
+            "llm-refused-connection",
+        ),
+        *(
+            "llm-endless-stream",
+            "tts-exception",
+            "stt-exception",
+            "microphone-read-error",
+            "sighup-broken-config",
+        ),
+        *(
+            "remote-drop",
+            "remote-stall",
+            "remote-garbage",
+            "remote-bad-metadata",
+            "remote-trickling-signed-url",
+        ),
+    }
+    assert issue_rows <= set(ids), issue_rows - set(ids)

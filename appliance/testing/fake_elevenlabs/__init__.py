@@ -18,6 +18,7 @@ Faults before the conversation: `signed_url_fault` (`trickle`: the answer one by
 `trickle_interval_s`; `not_json`, `no_signed_url`, `http_404`, `http_500`...) and
 `handshake_delay_s` (the WebSocket upgrade is answered that late). `metadata_fields` overrides
 fields of `conversation_initiation_metadata` (e.g. `agent_output_audio_format: mp3_44100`).
+`faulty_first=N` limits both to the first N requests or connections.
 
 The fake has no speech recognition: it hears *that* the user spoke, from the energy and duration
 of the received `user_audio_chunk`s, and answers with scripted transcripts and replies (spoken by

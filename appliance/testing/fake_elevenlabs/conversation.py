@@ -67,8 +67,16 @@ class FakeOptions:
     """The WebSocket upgrade is answered this late (a hanging handshake)."""
     metadata_fields: dict[str, Any] = field(default_factory=dict)
     """Fields of `conversation_initiation_metadata_event` to send instead of the negotiated ones."""
+    faulty_first: int = 0
+    """`signed_url_fault` and `metadata_fields` apply to the first this many signed-URL requests and
+    connections only (0: to all): the fault, then a device that works again."""
     flood: int = 300
     """`noisy`: how many malformed frames to send."""
+
+
+def faulty(options: FakeOptions, index: int) -> bool:
+    """Whether the `index`-th (from 0) signed-URL request or connection gets the configured fault."""
+    return options.faulty_first == 0 or index < options.faulty_first
 
 
 @dataclass
@@ -165,7 +173,7 @@ class FakeConversation:
             "conversation_id": self.conversation_id,
             "agent_output_audio_format": self.output.name,
             "user_input_audio_format": self.input.name,
-            **self.opts.metadata_fields,
+            **(self.opts.metadata_fields if faulty(self.opts, self.index) else {}),
         }
         await self.send(
             {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": fields}

@@ -26,6 +26,7 @@ from appliance.testing.fake_elevenlabs.conversation import (
     FakeConversation,
     FakeOptions,
     Scenario,
+    faulty,
 )
 from appliance.testing.fake_elevenlabs.scenarios import scenario as named_scenario
 
@@ -148,7 +149,7 @@ class FakeElevenLabsServer:
             signed = f"ws://{self.host}:{self._port}{CONVERSATION_PATH}?" + urlencode(
                 {"agent_id": agent, "conversation_signature": signature}
             )
-            if opts.signed_url_fault is not None:
+            if opts.signed_url_fault is not None and faulty(opts, len(self.signed_url_requests) - 1):
                 return await self._signed_url_fault(connection, opts.signed_url_fault, signed)
             return _json(connection, http.HTTPStatus.OK, {"signed_url": signed})
         if opts.handshake_delay_s > 0:
