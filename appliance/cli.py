@@ -509,6 +509,11 @@ def _cmd_check_config(path: str) -> int:
     for note in notes:
         print(f"warning: {redact(note)}")
     print(redact(llm))
+    if config.word_agents:
+        from appliance.word_agents import agent_summary
+
+        for line in agent_summary(config):  # which agent each wake word opens
+            print(redact(line))
     print(f"{path}: OK (mode {config.appliance.mode}, {len(lines)} warning(s))")
     return EXIT_OK
 

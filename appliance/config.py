@@ -18,6 +18,7 @@ with the log redactor when the file is loaded, whatever the mode.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import (
@@ -70,6 +71,9 @@ from appliance.validation import (
     show,
     url_with,
 )
+
+if TYPE_CHECKING:
+    from appliance.word_agents import WordBinding
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -124,6 +128,24 @@ class AudioConfig(_Device):
     `appliance.vad.playback_gating` is false; when both are set, this one wins."""
 
 
+class WordAgent(_Device):
+    """A wake word's own agent (`appliance/word_agents.py`): an agent file and/or overrides in
+    the platform's names, deep-merged over the main config, and its own mode and agent id."""
+
+    name: Text | None = None
+    """For events and `check-config`; None = the agent file's `name`, its stem, or the word."""
+    config: Text | None = None
+    """An agent file (conversation_config / platform_settings), relative to this file."""
+    mode: Literal["remote", "local", "auto"] | None = None
+    """None = `appliance.mode`."""
+    agent_id: Text | None = None
+    """The remote agent (required with mode remote or auto; None = the file's `agent_id`)."""
+    conversation_config: dict[str, Any] = {}
+    platform_settings: dict[str, Any] = {}
+    tools: Annotated[list[DeviceTool], AfterValidator(_unique_tools)] | None = None
+    """Device tools of this agent in place of `appliance.tools` (None = those)."""
+
+
 class WakeWord(_Device):
     name: str = ""
     path: Text | None = None
@@ -134,6 +156,8 @@ class WakeWord(_Device):
     patience_frames: Annotated[Int, between(1, 25, "frames")] = 1
     refractory_s: Annotated[Num, between(0, 30, "seconds")] = 2.0
     dynamic_variables: VariableMap = {}
+    agent: WordAgent | None = None
+    """This word's own agent (None = the main one)."""
 
     @model_validator(mode="after")
     def _name_from_path(self) -> Self:
@@ -367,6 +391,23 @@ class Config:
     source: str = DEFAULT_SOURCE
     base_dir: Path | None = None
     """Relative paths in the file are relative to this (the file's folder; None = the cwd)."""
+    word_agents: Mapping[str, WordBinding] = field(default_factory=dict)
+    """The wake words that bring their own agent (`appliance/word_agents.py`), by word."""
+
+    def agent_for(self, wake_word: str) -> Config:
+        """The configuration of the agent `wake_word` opens (this one unless the word binds its own)."""
+        binding = self.word_agents.get(wake_word)
+        return binding.config if binding is not None else self
+
+    def agent_configs(self) -> list[Config]:
+        """Every agent configuration a wake word can open (this one first, when a word uses it)."""
+        own = [self] if len(self.word_agents) < len(self.appliance.wake_words.words) else []
+        return own + [b.config for b in self.word_agents.values()]
+
+    @property
+    def uses_local_agent(self) -> bool:
+        """Some wake word opens a local agent (mode local or auto): the local models load."""
+        return any(c.appliance.mode != "remote" for c in self.agent_configs())
 
     @property
     def llm_backend(self) -> LlmBackend:
@@ -626,7 +667,16 @@ def load_config_text(
     if problems or cc is None or ps is None or ap is None:
         raise ConfigError(problems, source=source)
     config = Config(cc, ps, ap, warnings, source, base_dir)
-    register_config_secrets(config)
+    if any(w.agent is not None for w in ap.wake_words.words):
+        from appliance.word_agents import bind_word_agents
+
+        bindings, problems, more_warnings = bind_word_agents(doc, config)
+        if problems:
+            raise ConfigError(problems, source=source)
+        warnings += more_warnings
+        config = dataclasses.replace(config, word_agents=bindings)
+    for agent in [config, *(b.config for b in config.word_agents.values())]:
+        register_config_secrets(agent)  # a word's agent file may name its own
     if log_warnings:
         for warning in warnings:
             _LOGGER.warning("%s: %s", source, warning)
@@ -662,16 +712,21 @@ def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
     from appliance.core.pronunciation import LexiconError, load_pls
 
     broken: list[str] = []  # local pronunciation dictionaries: `<file>:<line>: <problem>`
-    for locator in cfg.conversation_config.tts.pronunciation_dictionary_locators:
-        try:
-            if locator.path is not None:
-                load_pls(cfg.resolve_path(locator.path))
-        except LexiconError as err:
-            broken.append(str(err))
+    agents = [("", cfg)] + [
+        (f"appliance.wake_words.words[{b.index}].agent: ", b.config) for b in cfg.word_agents.values()
+    ]
+    for prefix, agent in agents:
+        for locator in agent.conversation_config.tts.pronunciation_dictionary_locators:
+            try:
+                if locator.path is not None:
+                    load_pls(agent.resolve_path(locator.path))
+            except LexiconError as err:
+                broken.append(prefix + str(err))
+        broken += [prefix + p for p in device_secret_problems(agent)]
     from appliance.preflight import preflight, token_counter_for
 
     problems, warnings = preflight(cfg, token_counter_for(cfg))  # what a session would render
-    problems = broken + device_secret_problems(cfg) + problems
+    problems = list(dict.fromkeys(broken)) + problems
     return (None, problems) if problems else (cfg, cfg.warnings + warnings)
 
 
@@ -932,7 +987,7 @@ def register_config_secrets(config: Config, env: Mapping[str, str] | None = None
 def llm_summary(config: Config, env: Mapping[str, str] | None = None) -> list[str]:
     """Which LLM the device will use, for `check-config` and the start log (URL password masked),
     then anything about its access that could not be resolved."""
-    if config.appliance.mode == "remote":
+    if not config.uses_local_agent:
         return ["LLM: the remote agent's (appliance.mode is remote: no LLM runs on the device)"]
     prefix = "LLM (local fallback)" if config.appliance.mode == "auto" else "LLM"
     if config.llm_backend == "llama_cpp":

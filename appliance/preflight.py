@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import io
 import logging
 import threading
@@ -122,7 +123,7 @@ def model_token_counter(config: Config) -> TokenCounter:
 
 
 def _uses_local_agent(config: Config) -> bool:
-    return config.appliance.mode in ("local", "auto")
+    return config.uses_local_agent  # mode local or auto, of the main agent or a word's own
 
 
 def _uses_llama_cpp(config: Config) -> bool:
@@ -282,10 +283,33 @@ def knowledge_problems(config: Config) -> list[str]:
 
 
 def preflight(config: Config, counter: TokenCounter | None = None) -> tuple[list[str], list[str]]:
-    """`(problems, warnings)` of the checks; `counter` None = estimate the tokens."""
-    problems = variable_problems(config) + knowledge_problems(config)
-    more_problems, warnings = context_checks(config, counter)
-    return problems + more_problems, warnings
+    """`(problems, warnings)` of the checks; `counter` None = estimate the tokens. The main
+    agent is checked for the wake words that open it, each word's own agent for its word."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    main = _main_agent(config)
+    if main is not None:
+        problems = variable_problems(main) + knowledge_problems(main)
+        more_problems, warnings = context_checks(main, counter)
+        problems += more_problems
+    for binding in config.word_agents.values():
+        prefix = f"appliance.wake_words.words[{binding.index}].agent: "
+        word_problems, word_warnings = preflight(binding.config, counter)
+        problems += [prefix + p for p in word_problems]
+        warnings += [prefix + w for w in word_warnings]
+    return problems, warnings
+
+
+def _main_agent(config: Config) -> Config | None:
+    """`config` restricted to the wake words without their own agent (None: there are none)."""
+    if not config.word_agents:
+        return config
+    words = [w for w in config.appliance.wake_words.words if w.name not in config.word_agents]
+    if not words:
+        return None
+    wake_words = config.appliance.wake_words.model_copy(update={"words": words})
+    appliance = config.appliance.model_copy(update={"wake_words": wake_words})
+    return dataclasses.replace(config, appliance=appliance, word_agents={})
 
 
 def token_counter_for(config: Config) -> TokenCounter | None:

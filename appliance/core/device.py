@@ -10,6 +10,7 @@ Events are facts in the past tense; effects are requests in the imperative.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import assert_never
@@ -21,6 +22,9 @@ from appliance.core.common import Emit as Emit
 from appliance.core.common import Event, Timer
 from appliance.core.common import TimerFired as TimerFired
 from appliance.core.endpointing import SpeechPaused, SpeechResumed, SpeechStarted, UtteranceEnded
+
+MAIN_AGENT = "main"
+"""The agent of the wake words that do not bring their own (`appliance.wake_words.words[].agent`)."""
 
 
 class DeviceState(StrEnum):
@@ -162,6 +166,10 @@ Effect = (
 class DeviceConfig:
     no_speech_timeout_s: float = 8.0
     """After the wake word, end the session if the user says nothing for this long."""
+    agents: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Wake word → (agent name, mode) of the agent it opens, for `session_started`; a word not
+    listed opens the main agent (`MAIN_AGENT`, `main_mode`)."""
+    main_mode: str = "local"
 
 
 @dataclass
@@ -201,6 +209,7 @@ class DeviceMachine:
         self.state = DeviceState.SESSION
         self.heard_speech = False
         self.wake_word = event.name
+        agent, mode = self.config.agents.get(event.name, (MAIN_AGENT, self.config.main_mode))
         return [
             Emit(
                 "wake_word_detected",
@@ -208,7 +217,7 @@ class DeviceMachine:
             ),
             PlayChime(Chime.WAKE),
             StartSession(event.name),
-            Emit("session_started", {"wake_word": event.name}),
+            Emit("session_started", {"wake_word": event.name, "agent": agent, "agent_mode": mode}),
             SetListening(True),
             Emit("listening_started"),
             ArmTimer(NO_SPEECH_TIMER, now + self.config.no_speech_timeout_s),

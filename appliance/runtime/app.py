@@ -31,7 +31,7 @@ from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
-from appliance.errors import AudioDeviceError
+from appliance.errors import ApplianceError, AudioDeviceError
 from appliance.ports import (
     AgentSession,
     Clock,
@@ -206,7 +206,13 @@ def build_loop(
             Chime.ERROR: config.resolve_path(chime_cfg.error) if chime_cfg.error else None,
         },
     )
-    machine = DeviceMachine(DeviceConfig(no_speech_timeout_s=config.appliance.vad.no_speech_timeout_s))
+    machine = DeviceMachine(
+        DeviceConfig(
+            no_speech_timeout_s=config.appliance.vad.no_speech_timeout_s,
+            agents={word: (b.name, b.mode) for word, b in config.word_agents.items()},
+            main_mode=config.appliance.mode,
+        )
+    )
     loop_ref: list[ApplianceLoop] = []
     router = AudioRouter(
         detector=detector,
@@ -258,7 +264,27 @@ def build_echo_canceller(setting: str) -> EchoCanceller | None:
 def session_factory_for(
     config: Config, wiring: Wiring, local_models: LocalModels | None
 ) -> Callable[[str], AgentSession]:
-    """Which agent a wake word talks to."""
+    """Which agent a wake word talks to: its own (`appliance.wake_words.words[].agent`, each
+    factory built now, so nothing slow happens at the wake word) or the main one."""
+    if not config.word_agents:
+        return _agent_factory(config, wiring, local_models)
+    own = {word: _agent_factory(b.config, wiring, local_models) for word, b in config.word_agents.items()}
+    unbound = len(own) < len(config.appliance.wake_words.words)
+    main = _agent_factory(config, wiring, local_models) if unbound else None
+
+    def make(wake_word: str) -> AgentSession:
+        factory = own.get(wake_word, main)
+        if factory is None:
+            raise ApplianceError(f"no agent for the wake word {wake_word!r}", code="session_start_failed")
+        return factory(wake_word)
+
+    return make
+
+
+def _agent_factory(
+    config: Config, wiring: Wiring, local_models: LocalModels | None
+) -> Callable[[str], AgentSession]:
+    """The sessions of one agent configuration (its mode)."""
     if config.appliance.mode in ("remote", "auto"):
         from appliance.runtime.remote_agent import agent_session_factory
 
@@ -281,7 +307,7 @@ def session_factory_for(
 
 def load_agent_models(config: Config) -> LocalModels | None:
     """Models of the local agent (None when the configured mode does not use it)."""
-    if config.appliance.mode == "remote":
+    if not config.uses_local_agent:  # no word opens a local agent (mode remote everywhere)
         return None  # auto keeps the local agent loaded: it takes over when the network fails
     from appliance.runtime.local_agent import load_local_models
 

@@ -50,6 +50,7 @@ from appliance.runtime.voice_rendering import (
     load_lexicon,
     multivoice_prompt,
 )
+from appliance.word_agents import start_voices
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def load_local_models(config: Config) -> LocalModels:
         for name, v in local.voices.items()
     }
     tts = PiperTts(voices, local.default_voice, cache_size=local.voice_cache_size)
-    tts.preload([local.default_voice, *local.preload_voices])
+    tts.preload(start_voices(config, config.word_agents))  # each wake word's agent's voice too
     return LocalModels(
         stt=stt,
         llm=llm,

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config, resolve_models_dir
+from appliance.word_agents import start_voices
 
 if TYPE_CHECKING:
     from appliance.ports import VoiceActivityDetector, WakeWordDetector
@@ -41,6 +42,14 @@ def sections(config: Config) -> dict[str, Any]:
     }
     for name, value in _dump(config.appliance).items():
         out[f"appliance.{name}"] = value
+    for binding in config.word_agents.values():  # an agent file can change on its own
+        agent = binding.config
+        out[f"appliance.wake_words.words[{binding.index}].agent"] = [
+            _dump(agent.conversation_config),
+            _dump(agent.platform_settings),
+            _dump(agent.appliance.remote),
+            [_dump(t) for t in agent.appliance.tools],
+        ]
     return out
 
 
@@ -66,6 +75,7 @@ def _listener_inputs(config: Config) -> Any:
     words = _dump(config.appliance.wake_words)
     for word in words["words"]:
         word.pop("dynamic_variables", None)  # sent with sessions; the detector does not use them
+        word.pop("agent", None)  # the word's agent: sessions, rebuilt with every loop
         for key in ("threshold", "patience_frames", "refractory_s"):
             word.pop(key, None)  # applied by the gate, rebuilt with every loop
     return (str(resolve_models_dir(config)), str(config.base_dir), words)
@@ -82,6 +92,8 @@ def _agent_inputs(config: Config) -> Any:
         _dump(config.appliance.local),
         _dump(config.appliance.remote),
         custom,
+        config.uses_local_agent,
+        start_voices(config, config.word_agents),  # the voices the words' agents load at start
     )
 
 
