@@ -312,3 +312,11 @@ def test_a_reload_rereads_the_agent_file_and_reports_it(tmp_path: Path) -> None:
     calls.clear()
     reload_models(new, newer, models, load_listeners=listeners, load_agent_models=agent_models)
     assert calls == []  # same voices, same words: nothing to load
+
+
+def test_the_commented_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "word-agents.yaml"
+    cfg, lines = check_config(example)
+    assert cfg is not None, lines
+    assert cfg.word_agents["alexa"].name == "Chef"
+    assert cfg.agent_for("alexa").conversation_config.agent.first_message.startswith("Chef here.")
