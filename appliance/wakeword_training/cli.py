@@ -40,7 +40,21 @@ def add_parser(sub: Any) -> None:
         "Generated negative speech calibrates the verifier so that it lifts no negative window.",
     )
     en.add_argument("name", metavar="NAME")
-    en.add_argument("wavs", nargs="+", metavar="WAV", help="takes of you saying the phrase")
+    en.add_argument("wavs", nargs="*", metavar="WAV", help="takes of you saying the phrase")
+    en.add_argument(
+        "--record",
+        type=int,
+        metavar="N",
+        help="record N takes from the microphone instead (prompted; silent or clipped takes are asked again)",
+    )
+    en.add_argument(
+        "--take-seconds", type=float, default=3.0, metavar="S", help="--record: seconds per take (default 3)"
+    )
+    en.add_argument(
+        "--input",
+        metavar="WAV|-",
+        help="--record: read the 'microphone' from a WAV file or raw 16 kHz s16le on stdin (-)",
+    )
     en.add_argument("--dir", metavar="DIR", help="folder with NAME.onnx (default: the configured custom_dir)")
     en.add_argument(
         "--negative-minutes",
@@ -140,9 +154,22 @@ def _enroll(args: argparse.Namespace) -> int:
         )
     if not (folder / f"{args.name}.onnx").is_file():
         raise ConfigError([f"NAME: {folder / args.name}.onnx does not exist (train it first)"], source=source)
-    if not MIN_TAKES <= len(args.wavs) <= MAX_TAKES:
+    if args.record is not None:
+        if args.wavs:
+            raise ConfigError(["--record: record takes or give WAV files, not both"], source=source)
+        if not MIN_TAKES <= args.record <= MAX_TAKES:
+            raise ConfigError(
+                [f"--record: give {MIN_TAKES}–{MAX_TAKES} takes, got {args.record}"], source=source
+            )
+        if not 1.0 <= args.take_seconds <= 10.0:
+            raise ConfigError(
+                [f"--take-seconds: {args.take_seconds:g} is outside 1–10 seconds"], source=source
+            )
+    elif args.input is not None:
+        raise ConfigError(["--input: only with --record N"], source=source)
+    elif not MIN_TAKES <= len(args.wavs) <= MAX_TAKES:
         raise ConfigError([f"WAV: give {MIN_TAKES}–{MAX_TAKES} takes, got {len(args.wavs)}"], source=source)
-    takes = []
+    takes = _record(args) if args.record is not None else []
     for item in args.wavs:
         try:
             audio, rate = read_wav(Path(item))
@@ -159,6 +186,44 @@ def _enroll(args: argparse.Namespace) -> int:
         f"verifier similarity {result.s_low:.3f}–{result.s_high:.3f})"
     )
     return 0
+
+
+def _record(args: argparse.Namespace) -> list[Any]:
+    """`--record N`: the takes from the microphone (or `--input`), through the audio input code."""
+    import asyncio
+
+    from appliance.ports import Microphone
+    from appliance.wakeword_training.recording import record_takes
+
+    mic: Microphone
+    if args.input == "-":
+        from appliance.adapters.wav_audio import RawPipeMicrophone
+
+        mic = RawPipeMicrophone(open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), realtime=False)  # noqa: SIM115
+    elif args.input is not None:
+        from appliance.adapters.wav_audio import WavFileMicrophone
+
+        try:
+            mic = WavFileMicrophone(Path(args.input), realtime=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ConfigError(
+                [f"--input {args.input}: cannot read it ({err})"], source="appliance wakeword enroll"
+            ) from None
+    else:
+        from appliance.adapters.sounddevice import SounddeviceMicrophone
+        from appliance.config import load_config
+
+        audio = load_config(args.config, log_warnings=False).appliance.audio
+        mic = SounddeviceMicrophone(
+            device=audio.input_device,
+            input_block_ms=audio.input_block_ms,
+            input_queue_blocks=audio.input_queue_blocks,
+        )
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return asyncio.run(record_takes(mic, args.record, say, take_s=args.take_seconds))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -175,3 +175,36 @@ def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
         features / "melspectrogram.onnx",
         features / "embedding_model.onnx",
     )
+
+
+def test_cli_enroll_records_takes_from_the_microphone_input(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--record 3 --input WAV`: the file backend stands in for the microphone; a silent take is
+    refused and asked again, the three spoken ones are enrolled."""
+    from appliance.testing.speech import espeak_say, silence, write_wav
+
+    a, _ = trained
+    for f in ("hello_lamp.onnx", "hello_lamp.wakeword.json"):
+        shutil.copy(a / f, tmp_path / f)
+
+    def window(audio: np.ndarray) -> np.ndarray:
+        out = np.concatenate([silence(0.5), audio, silence(3.0)]).astype(np.int16)
+        return out[: 3 * 16000]
+
+    spoken = [window(espeak_say("hello lamp", "en-029+m5")) for _ in range(3)]
+    recording = np.concatenate([spoken[0], silence(3.0).astype(np.int16), spoken[1], spoken[2]])
+    wav = write_wav(tmp_path / "mic.wav", recording)
+    code = main(
+        ["wakeword", "enroll", "hello_lamp", "--dir", str(tmp_path), "--record", "3", "--input", str(wav),
+         "--negative-minutes", "0.2"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    prompts = [line for line in out.splitlines() if line.startswith("say it now")]
+    assert prompts == ["say it now (1/3)", "say it now (2/3)", "say it now (2/3)", "say it now (3/3)"]
+    assert "take refused: heard nothing" in out
+    assert json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())["enrollment"]["takes"] == 3
+    assert (tmp_path / "hello_lamp.base.onnx").is_file()
+    assert main(["wakeword", "enroll", "hello_lamp", "--dir", str(tmp_path), "--record", "2"]) == 2
+    assert "--record: give 3–10 takes, got 2" in capsys.readouterr().err
