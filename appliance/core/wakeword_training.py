@@ -52,18 +52,49 @@ def phrase_name(phrase: str) -> str:
     return normalize_phrase(phrase).replace("'", "").replace(" ", "_")
 
 
+def sound_key(word: str) -> str:
+    """A rough key of how an English word sounds: spellings of one sound become one letter, so
+    two words with the same key are homophones ('hey' / 'hay', 'computer' / 'computa' in the
+    non-rhotic voices training uses, 'cat' / 'kat', 'lamp' / 'lammp'). Conservative: words with
+    different keys may still sound alike, but equal keys almost always do."""
+    w = word.lower()
+    for end, sound in (("ey", "A"), ("ay", "A"), ("er", "a")):  # word-final spellings of one sound
+        if w.endswith(end) and len(w) > len(end):
+            w = w[: -len(end)] + sound
+    for start, sound in (("kn", "n"), ("wr", "r"), ("ps", "s")):  # silent first letters
+        if w.startswith(start):
+            w = sound + w[len(start) :]
+    for spelling, sound in (("ph", "f"), ("ck", "k"), ("qu", "kw"), ("q", "k"), ("x", "ks")):
+        w = w.replace(spelling, sound)
+    out: list[str] = []
+    for i, ch in enumerate(w):
+        if ch == "c":  # soft before e, i, y; hard elsewhere
+            ch = "s" if i + 1 < len(w) and w[i + 1] in "eiy" else "k"
+        if not out or out[-1] != ch:  # doubled letters sound once
+            out.append(ch)
+    return "".join(out)
+
+
+def sounds_same(a: str, b: str) -> bool:
+    """Two phrases whose words are homophones one by one (`sound_key`)."""
+    wa, wb = a.split(), b.split()
+    return len(wa) == len(wb) and all(sound_key(x) == sound_key(y) for x, y in zip(wa, wb, strict=True))
+
+
 def near_misses(phrase: str, limit: int = MAX_NEAR_MISSES) -> list[str]:
     """Phrases a listener could confuse with `phrase` that must NOT fire it, in a fixed order.
 
     Single words of the phrase alone, the words reordered, the phrase with its last or first
-    word cut or replaced, and one-edit sound-alikes of each word ('computer' → 'commuter')."""
+    word cut or replaced, and one-edit sound-alikes of each word ('computer' → 'commuter').
+    An edit that sounds the same as the phrase ('hay computer') is left out: as a negative it
+    would teach the model to reject the phrase itself."""
     text = normalize_phrase(phrase)
     words = text.split()
     out: list[str] = []
 
     def add(candidate: str) -> None:
         candidate = " ".join(candidate.split())
-        if candidate and candidate != text and candidate not in out:
+        if candidate and not sounds_same(candidate, text) and candidate not in out:
             out.append(candidate)
 
     for word in words:

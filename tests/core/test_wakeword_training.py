@@ -11,6 +11,8 @@ from appliance.core.wakeword_training import (
     near_misses,
     normalize_phrase,
     phrase_name,
+    sound_key,
+    sounds_same,
     suggest_threshold,
     threshold_curve,
 )
@@ -117,3 +119,43 @@ def test_suggest_threshold_refuses_an_empty_curve() -> None:
 def test_default_thresholds_are_increasing_and_inside_0_1() -> None:
     t = default_thresholds()
     assert t == sorted(t) and t[0] > 0 and t[-1] < 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("hey", "hay", True),
+        ("grey", "gray", True),
+        ("computer", "computa", True),  # non-rhotic voices (en-gb) say them alike
+        ("cat", "kat", True),
+        ("kiosk", "kiossk", True),
+        ("phone", "fone", True),
+        ("knight", "night", True),
+        ("city", "sity", True),
+        ("computer", "commuter", False),
+        ("lamp", "ramp", False),
+        ("hey", "hiy", False),
+        ("jarvis", "jervis", False),
+        ("okay", "otay", False),
+        ("cat", "gat", False),
+    ],
+)
+def test_sound_key(a: str, b: str, same: bool) -> None:
+    assert (sound_key(a) == sound_key(b)) is same
+
+
+@pytest.mark.parametrize(
+    ("phrase", "homophones"),
+    [
+        ("hey computer", ["hay computer", "hey computa", "hay computa"]),
+        ("hey jarvis", ["hay jarvis"]),
+        ("okay kiosk", ["okey kiosk"]),
+        ("hay there", ["hey there"]),  # a filler word that sounds like the phrase's own
+    ],
+)
+def test_near_misses_leave_out_what_sounds_like_the_phrase(phrase: str, homophones: list[str]) -> None:
+    got = near_misses(phrase)
+    for item in homophones:
+        assert sounds_same(item, phrase)
+        assert item not in got
+    assert not [n for n in got if sounds_same(n, phrase)]
