@@ -400,9 +400,9 @@ class Config:
         return binding.config if binding is not None else self
 
     def agent_configs(self) -> list[Config]:
-        """Every agent configuration a wake word can open (this one first, when a word uses it)."""
-        own = [self] if len(self.word_agents) < len(self.appliance.wake_words.words) else []
-        return own + [b.config for b in self.word_agents.values()]
+        """Every agent configuration a session can open: this one (the words without their own
+        agent, and push-to-talk), then each word's own."""
+        return [self, *(b.config for b in self.word_agents.values())]
 
     @property
     def uses_local_agent(self) -> bool:

@@ -35,6 +35,7 @@ from appliance.config import _validate as validate_section
 from appliance.config_parse import MAX_CONFIG_BYTES, is_json, lone_surrogates, parse_json, parse_yaml
 from appliance.core.device import MAIN_AGENT
 from appliance.errors import ConfigError
+from appliance.field_support import ignored_field_warnings
 from appliance.validation import show
 
 MAX_LOCAL_LLMS = 1
@@ -139,9 +140,8 @@ def start_voices(main: Config, bindings: Mapping[str, WordBinding]) -> list[str]
     """The local voices loaded at start: the default, `preload_voices`, each local agent's voice."""
     local = main.appliance.local
     names = [local.default_voice, *local.preload_voices]
-    agents = [b.config for b in bindings.values() if b.mode in ("local", "auto")]
-    if main.appliance.mode != "remote" and len(bindings) < len(main.appliance.wake_words.words):
-        agents.insert(0, main)
+    agents = [main] if main.appliance.mode != "remote" else []  # words without an agent, push-to-talk
+    agents += [b.config for b in bindings.values() if b.mode in ("local", "auto")]
     for cfg in agents:
         names.append(cfg.voice(cfg.conversation_config.tts.voice_id)[0])
     return list(dict.fromkeys(n for n in names if n in local.voices))
@@ -219,7 +219,8 @@ def bind_word_agents(
         )
         more_problems, more_warnings = joint_checks(cc, word_ap)
         problems += [f"{where}: {p}" for p in more_problems]
-        fresh = [w for w in agent_warnings(cc) + more_warnings if w not in main_warnings]
+        ignored = ignored_field_warnings(cc, "conversation_config") if mode != "remote" else []
+        fresh = [w for w in agent_warnings(cc) + more_warnings + ignored if w not in main_warnings]
         warnings += [f"{where}: {w}" for w in fresh]
         config = replace(main, conversation_config=cc, platform_settings=ps, appliance=word_ap, warnings=[])
         label = name or (agent_id if mode == "remote" and agent_id else word.name)

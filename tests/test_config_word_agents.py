@@ -118,10 +118,11 @@ def test_a_remote_word_names_its_agent_and_a_local_main_keeps_its_models(tmp_pat
     remote = cfg.agent_for("alexa")
     assert (remote.appliance.mode, remote.appliance.remote.agent_id) == ("remote", "agent_chef")
     assert cfg.appliance.remote.agent_id is None and cfg.uses_local_agent
-    all_remote = load(
-        tmp_path, main_doc({"name": "alexa", "agent": {"mode": "remote", "agent_id": "agent_chef"}})
-    )
-    assert not all_remote.uses_local_agent  # no word opens a local agent: no local model loads
+    # push-to-talk opens the main agent: a local main agent keeps the local models loaded
+    word = {"name": "alexa", "agent": {"mode": "remote", "agent_id": "agent_chef"}}
+    assert load(tmp_path, main_doc(word)).uses_local_agent
+    remote_main = main_doc(word, mode="remote", remote={"agent_id": "agent_main"})
+    assert not load(tmp_path, remote_main).uses_local_agent  # no local agent anywhere: nothing loads
 
 
 @pytest.mark.parametrize(
@@ -320,3 +321,15 @@ def test_the_commented_example_is_valid() -> None:
     assert cfg is not None, lines
     assert cfg.word_agents["alexa"].name == "Chef"
     assert cfg.agent_for("alexa").conversation_config.agent.first_message.startswith("Chef here.")
+
+
+def test_a_word_agent_warns_of_its_own_ignored_fields_once(tmp_path: Path) -> None:
+    doc = main_doc(
+        {"name": "hey_jarvis"},
+        {"name": "alexa", "agent": {"conversation_config": {"conversation": {"text_only": True}}}},
+    )
+    doc["conversation_config"]["agent"]["prompt"]["tool_ids"] = ["tool_1"]  # the main agent's: warned once
+    warnings = load(tmp_path, doc).warnings
+    mine = [w for w in warnings if w.startswith(f"{WORDS}[1].agent: ")]
+    assert len(mine) == 1 and "conversation_config.conversation.text_only: ignored on the device" in mine[0]
+    assert len([w for w in warnings if "tool_ids" in w]) == 1

@@ -31,7 +31,7 @@ from appliance.core.device import Chime, DeviceConfig, DeviceMachine
 from appliance.core.endpointing import Endpointer
 from appliance.core.progress import ProgressLimits
 from appliance.core.wakeword import WakeWordGate
-from appliance.errors import ApplianceError, AudioDeviceError
+from appliance.errors import AudioDeviceError
 from appliance.ports import (
     AgentSession,
     Clock,
@@ -265,18 +265,15 @@ def session_factory_for(
     config: Config, wiring: Wiring, local_models: LocalModels | None
 ) -> Callable[[str], AgentSession]:
     """Which agent a wake word talks to: its own (`appliance.wake_words.words[].agent`, each
-    factory built now, so nothing slow happens at the wake word) or the main one."""
+    factory built now, so nothing slow happens at the wake word) or the main one (also the one
+    push-to-talk opens)."""
     if not config.word_agents:
         return _agent_factory(config, wiring, local_models)
     own = {word: _agent_factory(b.config, wiring, local_models) for word, b in config.word_agents.items()}
-    unbound = len(own) < len(config.appliance.wake_words.words)
-    main = _agent_factory(config, wiring, local_models) if unbound else None
+    main = _agent_factory(config, wiring, local_models)  # other words and push-to-talk
 
     def make(wake_word: str) -> AgentSession:
-        factory = own.get(wake_word, main)
-        if factory is None:
-            raise ApplianceError(f"no agent for the wake word {wake_word!r}", code="session_start_failed")
-        return factory(wake_word)
+        return own.get(wake_word, main)(wake_word)
 
     return make
 
