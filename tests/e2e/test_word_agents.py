@@ -7,6 +7,10 @@ import asyncio
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +171,88 @@ def test_each_wake_word_opens_its_own_remote_agent(
     assert started == [(name, "remote")], started
     assert agents == [agent_id]
     assert of(events, "conversation_initiation_metadata")
+
+
+def test_sighup_reloads_a_changed_agent_file(
+    tmp_path: Path, models_dir: Path, scripted: ScriptedOpenAiServer, say: Callable[[str], np.ndarray]
+) -> None:
+    """The service re-reads the word's agent file on SIGHUP: the next "alexa" opens the new agent."""
+    goodbye = {"reason": "the user said goodbye", "message": "Goodbye!"}
+    scripted.add(tool_call_reply("end_call", goodbye), tool_call_reply("end_call", goodbye))
+    chef = tmp_path / "chef.yaml"
+    chef.write_text(yaml.safe_dump({"conversation_config": {"agent": {"first_message": "Chef here."}}}))
+    main = {
+        "conversation_config": {
+            "agent": {
+                "first_message": "Main agent here.",
+                "prompt": {
+                    "prompt": "You are the main agent.",
+                    "llm": "custom-llm",
+                    "custom_llm": {"url": scripted.url},
+                    "built_in_tools": {"end_call": {}},
+                },
+            },
+        },
+        "appliance": {
+            "status": {"enabled": False},
+            "wake_words": {
+                "words": [{"name": "hey_jarvis"}, {"name": "alexa", "agent": {"config": "chef.yaml"}}]
+            },
+        },
+    }
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(main))
+    events_path = tmp_path / "events.jsonl"
+    question = concat(
+        silence(0.5), say("Alexa!"), silence(0.5), say("Thanks, that is all. Goodbye."), silence(3.0)
+    ).astype("<i2")
+
+    def events() -> Events:
+        if not events_path.exists():
+            return []
+        lines = events_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}: {[e['type'] for e in events()]}"
+            )
+            time.sleep(0.1)
+
+    env = {**os.environ, "APPLIANCE_MODELS_DIR": str(models_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(cfg_path), "--input", "-",
+         "--events", str(events_path), "--output", str(tmp_path / "out.wav")],
+        stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    try:
+        wait(lambda: bool(of(events(), "appliance_started")), 120, "the start")
+        proc.stdin.write(question.tobytes())
+        proc.stdin.flush()
+        wait(lambda: len(of(events(), "session_ended")) == 1, 60, "the first conversation")
+        chef.write_text(
+            yaml.safe_dump({"conversation_config": {"agent": {"first_message": "Sous-chef here."}}})
+        )
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: bool(of(events(), "config_reloaded")), 60, "the reload")
+        wait(lambda: len(of(events(), "appliance_started")) == 2, 30, "the new loop")
+        proc.stdin.write(question.tobytes())
+        proc.stdin.flush()
+        wait(lambda: len(of(events(), "session_ended")) == 2, 60, "the second conversation")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    found = events()
+    assert [e["text"] for e in of(found, "audio")] == [
+        "Chef here.",
+        "Goodbye!",
+        "Sous-chef here.",
+        "Goodbye!",
+    ]
+    assert of(found, "config_reloaded")[0]["changed"] == ["appliance.wake_words.words[1].agent"]
+    assert [e["agent"] for e in of(found, "session_started")] == ["chef", "chef"]
