@@ -275,7 +275,7 @@ def needed_models(config: Config) -> list[str]:
         if not w.path:
             oww = w.name in known and w.engine != "microwakeword"
             names.append(w.name if oww else MICRO_PREFIX + w.name)
-    if config.appliance.mode in ("local", "auto"):
+    if config.uses_local_agent:  # the main agent's mode, or a wake word's own agent
         local = config.appliance.local
         names.append(local.stt.model)
         if config.llm_backend == "llama_cpp":

@@ -333,3 +333,12 @@ def test_a_word_agent_warns_of_its_own_ignored_fields_once(tmp_path: Path) -> No
     mine = [w for w in warnings if w.startswith(f"{WORDS}[1].agent: ")]
     assert len(mine) == 1 and "conversation_config.conversation.text_only: ignored on the device" in mine[0]
     assert len([w for w in warnings if "tool_ids" in w]) == 1
+
+
+def test_doctor_wants_the_local_models_when_only_a_word_opens_a_local_agent(tmp_path: Path) -> None:
+    from appliance.doctor import needed_models
+
+    doc = main_doc({"name": "hey_jarvis"}, mode="remote", remote={"agent_id": "agent_main"})
+    assert "whisper-tiny.en" not in needed_models(load(tmp_path, doc))
+    doc["appliance"]["wake_words"]["words"].append({"name": "alexa", "agent": {"mode": "local"}})
+    assert "whisper-tiny.en" in needed_models(load(tmp_path, doc))
