@@ -342,3 +342,29 @@ def test_doctor_wants_the_local_models_when_only_a_word_opens_a_local_agent(tmp_
     assert "whisper-tiny.en" not in needed_models(load(tmp_path, doc))
     doc["appliance"]["wake_words"]["words"].append({"name": "alexa", "agent": {"mode": "local"}})
     assert "whisper-tiny.en" in needed_models(load(tmp_path, doc))
+
+
+def test_a_remote_word_sends_its_own_overrides_and_variables(tmp_path: Path) -> None:
+    from appliance.runtime.remote_agent import initiation_for, remote_settings
+
+    allowed = {"overrides": {"conversation_config_override": {"agent": {"first_message": True}}}}
+    doc = main_doc(
+        {"name": "hey_jarvis"},
+        {
+            "name": "alexa",
+            "dynamic_variables": {"dish": "soup"},
+            "agent": {
+                "mode": "remote",
+                "agent_id": "agent_chef",
+                "conversation_config": {"agent": {"first_message": "Chef here."}},
+                "platform_settings": allowed,
+            },
+        },
+    )
+    cfg = load(tmp_path, doc)
+    chef = cfg.agent_for("alexa")
+    assert remote_settings(chef).agent_id == "agent_chef"
+    data = initiation_for(chef, "alexa", device_name="pi")
+    assert data.conversation_config_override == {"agent": {"first_message": "Chef here."}}
+    assert data.dynamic_variables["dish"] == "soup"
+    assert initiation_for(cfg, "hey_jarvis", device_name="pi").conversation_config_override == {}
