@@ -493,7 +493,7 @@ def _cmd_devices() -> int:
 
 
 def _cmd_check_config(path: str) -> int:
-    from appliance.config import check_config
+    from appliance.preflight import check_config
 
     config, lines = check_config(path)
     if config is None:

@@ -5,8 +5,9 @@ field, see `appliance.agent_config`) and `appliance` (the device; unknown keys a
 Every problem is collected and raised at once as a `ConfigError`, one line each:
 `<dotted.path>: <value> <what is allowed>`. Secrets are never read from the file (`read_secret`).
 
-The CLI's `appliance check-config FILE` calls `check_config(FILE)`: on `(config, warnings)` it
-prints "OK" and the warnings and exits 0; on `(None, problems)` it prints the problems, exit 2.
+The CLI's `appliance check-config FILE` calls `appliance.preflight.check_config(FILE)` (this
+loader, then what a session would render): on `(config, warnings)` it prints "OK" and the
+warnings and exits 0; on `(None, problems)` it prints the problems, exit 2.
 
 Which LLM the local agent uses follows the platform: `conversation_config.agent.prompt.llm:
 custom-llm` calls `prompt.custom_llm` (an OpenAI-compatible server), any other value runs the
@@ -701,33 +702,6 @@ def load_config(path: str | Path | None, *, log_warnings: bool = True) -> Config
         limit = MAX_CONFIG_BYTES // (1024 * 1024)
         raise ConfigError([f"{p}: larger than {limit} MiB; this is not a configuration file"], source=str(p))
     return load_config_text(text, str(p), base_dir=p.resolve().parent, log_warnings=log_warnings)
-
-
-def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
-    """`(config, warnings)` when the file is valid, else `(None, problems)`; nothing is logged."""
-    try:
-        cfg = load_config(path, log_warnings=False)
-    except ConfigError as err:
-        return None, err.problems
-    from appliance.core.pronunciation import LexiconError, load_pls
-
-    broken: list[str] = []  # local pronunciation dictionaries: `<file>:<line>: <problem>`
-    agents = [("", cfg)] + [
-        (f"appliance.wake_words.words[{b.index}].agent: ", b.config) for b in cfg.word_agents.values()
-    ]
-    for prefix, agent in agents:
-        for locator in agent.conversation_config.tts.pronunciation_dictionary_locators:
-            try:
-                if locator.path is not None:
-                    load_pls(agent.resolve_path(locator.path))
-            except LexiconError as err:
-                broken.append(prefix + str(err))
-        broken += [prefix + p for p in device_secret_problems(agent)]
-    from appliance.preflight import preflight, token_counter_for
-
-    problems, warnings = preflight(cfg, token_counter_for(cfg))  # what a session would render
-    problems = list(dict.fromkeys(broken)) + problems
-    return (None, problems) if problems else (cfg, cfg.warnings + warnings)
 
 
 def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:

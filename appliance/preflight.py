@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.config import Config
+from appliance.config import Config, device_secret_problems, load_config
 from appliance.core import variables as dv
-from appliance.core.history import MESSAGE_OVERHEAD_TOKENS
+from appliance.core.history import ESTIMATE_CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS, MIN_REPLY_TOKENS
 from appliance.errors import ApplianceError, ConfigError
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,11 +47,6 @@ HISTORY_PATH = "appliance.local.llm.history_tokens"
 
 MIN_TURN_TOKENS = 64
 """Room kept for the user's turn next to the system prompt (a long spoken sentence)."""
-MIN_REPLY_TOKENS = 128
-"""Room kept for the reply (about 30 seconds of speech)."""
-ESTIMATE_CHARS_PER_TOKEN = 3
-"""Without the tokenizer: English runs at about 4-5 characters per token with these models;
-3 over-counts on purpose (other languages and code take more tokens)."""
 
 
 @dataclass(frozen=True)
@@ -327,3 +322,28 @@ def check_runnable(config: Config) -> list[str]:
 
 
 atexit.register(_close_vocabs)
+
+
+def check_config(path: str | Path | None) -> tuple[Config | None, list[str]]:
+    """`(config, warnings)` when the file is valid, else `(None, problems)`; nothing is logged."""
+    try:
+        cfg = load_config(path, log_warnings=False)
+    except ConfigError as err:
+        return None, err.problems
+    from appliance.core.pronunciation import LexiconError, load_pls
+
+    broken: list[str] = []  # local pronunciation dictionaries: `<file>:<line>: <problem>`
+    agents = [("", cfg)] + [
+        (f"appliance.wake_words.words[{b.index}].agent: ", b.config) for b in cfg.word_agents.values()
+    ]
+    for prefix, agent in agents:
+        for locator in agent.conversation_config.tts.pronunciation_dictionary_locators:
+            try:
+                if locator.path is not None:
+                    load_pls(agent.resolve_path(locator.path))
+            except LexiconError as err:
+                broken.append(prefix + str(err))
+        broken += [prefix + p for p in device_secret_problems(agent)]
+    problems, warnings = preflight(cfg, token_counter_for(cfg))  # what a session would render
+    problems = list(dict.fromkeys(broken)) + problems
+    return (None, problems) if problems else (cfg, cfg.warnings + warnings)

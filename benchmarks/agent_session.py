@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.idle_loop import REPO_ROOT
-from benchmarks.local_agent import (
+from benchmarks.common import (
     ENDPOINT_SILENCE_S,
     QUESTIONS,
     RATE_HZ,
@@ -49,6 +48,7 @@ from benchmarks.local_agent import (
     _silence,
     _words,
 )
+from benchmarks.idle_loop import REPO_ROOT
 
 PI_CLASS = Path(os.environ.get("PI_CLASS", "/work/shared/tools/pi-class"))
 BUDGETS = ("pi5", "pi4")
@@ -134,7 +134,7 @@ async def session_turn(
     from appliance.runtime.local_agent import conversation_settings, session_variables
     from appliance.runtime.local_session import LocalAgentDeps, LocalAgentSession
     from appliance.runtime.timers import Timers
-    from benchmarks.local_agent import _default_config
+    from benchmarks.common import _default_config
 
     config = _default_config()
     models = _preloaded().local_models

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.local_agent import (
-    APPLIANCE_RUN_SLACK_S,
+from benchmarks.common import (
     RATE_HZ,
     _appliance_config,
     _concat,
@@ -46,6 +43,7 @@ from benchmarks.local_agent import (
     _silence,
     _wake_and_ask,
     _words,
+    run_appliance,
 )
 
 Row = dict[str, Any]
@@ -88,6 +86,7 @@ class Settings:
         ("hall-close", 1.0),
         ("hall", 1.0),
     )
+    appliance_modes: tuple[str, ...] = MODES
     story_sentences: int = len(STORY)
     talk_after_reply_s: float = 4.0
     cpu_audio_s: float = 20.0
@@ -100,6 +99,7 @@ QUICK = Settings(
     turns=2,
     trials=2,
     appliance=(("small", 1.0),),
+    appliance_modes=("webrtc",),  # the default; the session path (`agent.echo`) has both
     story_sentences=2,
     talk_after_reply_s=2.5,
     cpu_audio_s=4.0,
@@ -410,34 +410,6 @@ def _echo_config(url: str, mode: str) -> Any:
     return _appliance_config(overrides)
 
 
-def _run_realtime(config: Any, models: Any, audio: Pcm16, gain: float, ir_wav: Path) -> list[dict[str, Any]]:
-    from appliance.runtime.app import RunOptions, run_async
-    from appliance.testing.speech import write_wav
-
-    with tempfile.TemporaryDirectory(prefix="echo-bench-") as tmp:
-        wav = write_wav(Path(tmp) / "in.wav", audio)
-        events_path = Path(tmp) / "events.jsonl"
-        options = RunOptions(
-            input=str(wav),
-            output=str(Path(tmp) / "out.wav"),
-            events=str(events_path),
-            realtime=True,
-            simulate_echo=gain,
-            simulate_echo_ir=str(ir_wav),
-        )
-        limit_s = audio.size / RATE_HZ + APPLIANCE_RUN_SLACK_S
-        failure: dict[str, Any] | None = None
-        try:
-            asyncio.run(asyncio.wait_for(run_async(config, options, models), limit_s))
-        except TimeoutError:
-            failure = {"type": "error", "code": "benchmark_timeout", "message": f"run took > {limit_s:.0f} s"}
-        except Exception as err:  # the table says the run failed; the other runs go on
-            failure = {"type": "error", "code": "run_failed", "message": f"{type(err).__name__}: {err}"}
-        text = events_path.read_text() if events_path.exists() else ""
-        events = [json.loads(line) for line in text.splitlines()]
-    return [*events, failure] if failure else events
-
-
 def appliance_run(mode: str, room: str, gain: float, talk_over: bool, settings: Settings) -> ApplianceEcho:
     """Wake word + "Tell me a story." + (silence, or "Stop" over the reply), in real time."""
     from appliance.adapters.openai_llm import OpenAiCompatibleLlm
@@ -467,7 +439,9 @@ def appliance_run(mode: str, room: str, gain: float, talk_over: bool, settings: 
         models = dataclasses.replace(
             preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
         )
-        events = _run_realtime(_echo_config(server.url, mode), models, audio, gain, ir_wav)
+        events = run_appliance(
+            _echo_config(server.url, mode), models, audio, realtime=True, echo=gain, echo_ir=ir_wav
+        )
     interruptions = [e["t"] for e in events if e["type"] == "interruption"]
     transcripts = [e["user_transcript"] for e in events if e["type"] == "user_transcript"]
     if stop_at_s is None:
@@ -492,7 +466,7 @@ def appliance_table(quick: bool = False) -> list[Row]:
     settings = settings_for(quick)
     rows: list[Row] = []
     for room, gain in settings.appliance:
-        for mode in MODES:
+        for mode in settings.appliance_modes:
             quiet = appliance_run(mode, room, gain, False, settings)
             talk = appliance_run(mode, room, gain, True, settings)
             runs = (quiet, talk)

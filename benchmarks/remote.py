@@ -691,7 +691,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
 if __name__ == "__main__":  # python -m benchmarks.remote: these tables only
     if "--client" in sys.argv:
         sys.exit(client_main(sys.argv[1:]))
-    from benchmarks.run import format_table
+    from benchmarks.common import format_table
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name, fn in BENCHMARKS.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import agent_session, echo, idle_loop, knowledge, local_agent, remote, soak, voices, wakeword
+from benchmarks.common import format_table
 
 Row = dict[str, Any]
 Benchmark = Callable[[bool], list[Row]]
@@ -70,43 +71,6 @@ def select(
 def title_of(fn: Benchmark) -> str:
     doc = (fn.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        magnitude = abs(value)
-        if magnitude >= 100:
-            return f"{value:.1f}"
-        if magnitude >= 1:
-            return f"{value:.2f}"
-        return f"{value:.3f}"
-    return str(value)
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """Aligned plain text: numbers right-aligned, text left-aligned, missing cells as '—'."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(key for key in row if key not in columns)
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    numeric = [
-        all(isinstance(row.get(col), int | float) or row.get(col) is None for row in rows) for col in columns
-    ]
-    widths = [max([len(col), *(len(line[i]) for line in cells)]) for i, col in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    out = [line(columns), "  ".join("-" * w for w in widths)]
-    out.extend(line(values) for values in cells)
-    return "\n".join(out)
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from appliance.core import wakeword_training as core
 from appliance.paths import state_dir
 from appliance.wakeword_training import evaluate as ev
 from appliance.wakeword_training import synth
-from appliance.wakeword_training.train import TrainSize, features_for, train_word
+from appliance.wakeword_training.train import MICRO, features_for, train_word
 
 Row = dict[str, Any]
 PHRASES = ("hey computer", "okay kiosk", "hello lamp")
@@ -32,20 +32,7 @@ RECALL_TARGET = 0.90
 FA_TARGET = 0.5
 IDLE_TARGET_PCT = 0.3
 TRAIN_TARGET_S = 600.0
-QUICK = TrainSize(
-    positive_voices=7,
-    positive_augments=2,
-    near_miss_voices=1,
-    other_phrase_voices=1,
-    speech_voices=1,
-    noise_clips=8,
-    speech_sentences=2,
-    other_phrases=3,
-    near_miss_limit=4,
-    epochs=40,
-    hidden=4,
-    speech_minutes=0,
-)
+QUICK = MICRO
 
 
 def _models_dir() -> Path:

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from appliance import cli
-from appliance.config import check_config, load_config
-from appliance.preflight import MIN_REPLY_TOKENS, MIN_TURN_TOKENS, estimate_counter, preflight
+from appliance.config import load_config
+from appliance.preflight import MIN_REPLY_TOKENS, MIN_TURN_TOKENS, check_config, estimate_counter, preflight
 from appliance.runtime.app import Preloaded, Wiring
 from appliance.runtime.clock import StreamClock
 from appliance.runtime.event_log import EventLog

@@ -14,7 +14,6 @@ from appliance.agent_config import CLOUD_ONLY, ClientEvent
 from appliance.config import (
     DEFAULT_SOURCE,
     Config,
-    check_config,
     load_config,
     load_config_text,
     read_secret,
@@ -23,6 +22,7 @@ from appliance.config import (
 from appliance.core.endpointing import TurnEagerness
 from appliance.core.wakeword import WakeWordRule
 from appliance.errors import ConfigError
+from appliance.preflight import check_config
 
 ASSETS = Path(__file__).parents[1] / "appliance" / "assets"
 FIXTURES = Path(__file__).parent / "fixtures"

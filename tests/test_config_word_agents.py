@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.config import Config, check_config, load_config
+from appliance.config import Config, load_config
 from appliance.core.device import DeviceConfig, DeviceMachine, Emit, WakeWordDetected
 from appliance.errors import ConfigError
 from appliance.logs import redact
+from appliance.preflight import check_config
 from appliance.runtime.reload import changed_sections, reload_models
 from appliance.runtime.wiring import Preloaded
 from appliance.word_agents import deep_merge, start_voices

@@ -11,12 +11,15 @@ patched on every write, so out.wav is valid even if the process dies.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import math
 import os
 import queue
+import select
 import struct
 import threading
+import time
 import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -342,32 +345,60 @@ class WavFileMicrophone:
         self._file.close()
 
 
+_READ_POLL_S = 0.05  # a read on a pipe wakes this often to see whether the reader was closed
+_READER_STOP_S = 0.5  # close() waits this long at most for the reader thread to end
+
+
+def _selectable_fd(stream: BinaryIO) -> int | None:
+    """The file descriptor to wait on before each read, or None where a read cannot be waited
+    for that way (a buffered stream may hold data that `select` does not see; BytesIO)."""
+    if not isinstance(stream, io.RawIOBase):
+        return None
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):
+        return None
+
+
 class _ThreadReader:
     """Blocking reads of a binary stream on one daemon thread, awaited from asyncio.
 
     A daemon thread (rather than `asyncio.to_thread`) because a read blocked on a stdin that
     never closes would otherwise make `asyncio.run` wait forever for the default executor at exit.
-    One read at a time, on demand, so there is back-pressure on the writer of the pipe.
+    One read at a time, on demand, so there is back-pressure on the writer of the pipe. On an
+    unbuffered pipe (the appliance's stdin) each read first waits for data in `_READ_POLL_S`
+    slices, so `close()` ends the thread within `_READER_STOP_S` even while the writer is silent.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self._fd = _selectable_fd(stream)
         self._requests: queue.SimpleQueue[
-            tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]]
+            tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]] | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def read_now(self, n: int) -> bytes:
+        """One read of up to `n` bytes on the calling (reader) thread; b"" at the end of the
+        input or once the reader is closed."""
+        if self._fd is not None:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self._fd], [], [], _READ_POLL_S)
+                if ready:
+                    break
+        if self._stop.is_set():
+            return b""
+        data = self._stream.read(n)
+        return bytes(data) if data is not None else b""
 
     async def read(self, n: int) -> bytes:
-        def work() -> bytes:
-            data = self._stream.read(n)
-            return bytes(data) if data is not None else b""
-
-        data = await self.call(work)
+        data = await self.call(lambda: self.read_now(n))
         assert isinstance(data, bytes)
         return data
 
     async def call(self, work: Callable[[], object]) -> object:
-        """Run `work` (blocking reads of the stream) on the reader thread."""
+        """Run `work` (blocking reads through `read_now`) on the reader thread."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
         if self._thread is None:
@@ -376,9 +407,23 @@ class _ThreadReader:
         self._requests.put((work, loop, future))
         return await future
 
+    async def close(self) -> None:
+        """End the thread: now if it is idle, after its read's current poll if it is reading."""
+        self._stop.set()
+        self._requests.put(None)
+        thread = self._thread
+        deadline = time.monotonic() + _READER_STOP_S
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if thread is not None and thread.is_alive():  # a read that cannot be waited for (not a pipe)
+            _LOGGER.debug("the input reader thread is still in a read; abandoned (daemon)")
+
     def _run(self) -> None:
         while True:
-            work, loop, future = self._requests.get()
+            request = self._requests.get()
+            if request is None:
+                return
+            work, loop, future = request
             try:
                 result: object = work()
             except Exception as err:  # handed to the awaiting task
@@ -429,7 +474,7 @@ class RawPipeMicrophone:
         block_samples = MIC_RATE_HZ * self.block_ms // 1000
         assembler = BlockAssembler(block_samples)
         pacer = _Pacer(MIC_RATE_HZ)
-        head = await self._reader.call(lambda: _read_exact(self._stream.read, 12))
+        head = await self._reader.call(lambda: _read_exact(self._reader.read_now, 12))
         assert isinstance(head, bytes)
         if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
             pieces = self._wav_pieces(head)
@@ -476,13 +521,13 @@ class RawPipeMicrophone:
             if skipped > _MAX_STREAM_SKIP_BYTES:
                 raise _bad_file(STDIN_NAME, "more than 16 MiB of chunks before the audio data")
             while n > 0:
-                got = len(_read_exact(self._stream.read, min(n, 65536)))
+                got = len(_read_exact(self._reader.read_now, min(n, 65536)))
                 if got == 0:
                     return
                 n -= got
 
         def header() -> tuple[_Fmt, int]:
-            return _parse_header(self._stream.read, skip, STDIN_NAME, head)
+            return _parse_header(self._reader.read_now, skip, STDIN_NAME, head)
 
         parsed = await self._reader.call(header)
         assert isinstance(parsed, tuple)
@@ -526,6 +571,7 @@ class RawPipeMicrophone:
 
     async def close(self) -> None:
         self._closed = True
+        await self._reader.close()
 
 
 class WavFileSpeaker:

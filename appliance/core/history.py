@@ -23,6 +23,11 @@ from enum import StrEnum
 from typing import Any, assert_never
 
 MESSAGE_OVERHEAD_TOKENS = 4
+MIN_REPLY_TOKENS = 128
+"""Room kept for the reply in the model's context (about 30 seconds of speech)."""
+ESTIMATE_CHARS_PER_TOKEN = 3
+"""Without the tokenizer: English runs at about 4-5 characters per token with these models;
+3 over-counts on purpose (other languages and code take more tokens)."""
 
 
 def approx_tokens(text: str) -> int:

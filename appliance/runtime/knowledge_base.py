@@ -349,7 +349,7 @@ MIN_CONTEXT_CHARS = 300
 def context_budget_chars(config: Any) -> int:
     """`rag.max_documents_length`, capped for llama.cpp by what the context leaves next to the
     history and the reply (n_ctx - history_tokens - reply reserve, at 3 characters per token)."""
-    from appliance.preflight import ESTIMATE_CHARS_PER_TOKEN, MIN_REPLY_TOKENS
+    from appliance.core.history import ESTIMATE_CHARS_PER_TOKEN, MIN_REPLY_TOKENS
 
     limit = int(config.conversation_config.agent.prompt.rag.max_documents_length)
     if config.llm_backend != "llama_cpp":

@@ -382,22 +382,32 @@ def signal_in_state(
                 while not server.chat_requests and time.monotonic() < deadline:
                     time.sleep(0.02)
             time.sleep(settle_s)
-            sent = time.monotonic()
-            proc.send_signal(signum)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            stop_s = time.monotonic() - sent
+            stop_s = stop_timed(proc, signum)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
         requests = len(server.chat_requests)
     lines = events_path.read_text(encoding="utf-8").splitlines() if events_path.exists() else []
     events = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
     return SignalRun(state, proc.returncode, stop_s, events, lines, stderr_path.read_text(), out, requests)
+
+
+def stop_timed(proc: subprocess.Popen[bytes], signum: int, timeout_s: float = 30.0) -> float:
+    """Send `signum`, wait up to `timeout_s` for the exit (then kill): seconds from signal to exit."""
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - sent
+
+
+def kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    """Kill and reap `proc` unless it has exited already (a test's cleanup)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_for_event(path: Path, proc: subprocess.Popen[bytes], kind: str, timeout_s: float) -> None:

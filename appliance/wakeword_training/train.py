@@ -109,6 +109,21 @@ TINY = TrainSize(
     epochs=80,
     hidden=8,
 )
+MICRO = TrainSize(
+    positive_voices=7,
+    positive_augments=2,
+    near_miss_voices=1,
+    other_phrase_voices=1,
+    speech_voices=1,
+    noise_clips=8,
+    speech_sentences=2,
+    other_phrases=3,
+    near_miss_limit=4,
+    epochs=40,
+    hidden=4,
+    speech_minutes=0,
+)
+"""The smallest seeded data set that still trains (about a minute): the tests and quick benchmarks."""
 
 
 @dataclass

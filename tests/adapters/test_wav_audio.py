@@ -278,6 +278,45 @@ def test_raw_input_shorter_than_a_header_is_still_audio() -> None:
     assert np.array_equal(np.concatenate(blocks), samples)
 
 
+def _new_threads(before: set[threading.Thread]) -> list[str]:
+    """The microphone reader threads started since `before` that are still alive."""
+    return [t.name for t in threading.enumerate() if t not in before and t.name == "raw-pipe-reader"]
+
+
+def test_close_ends_the_reader_thread_even_while_a_read_waits_on_a_silent_pipe() -> None:
+    """A writer that never closes (a live stdin): `close()` must not leave a thread blocked on
+    the read behind, nor one waiting for the next request after the input ended."""
+    before = set(threading.enumerate())
+    with _pipe(bytes(100)) as pipe:  # ends: the reader goes idle, waiting for requests
+        asyncio.run(_collect(RawPipeMicrophone(pipe, realtime=False)))
+    assert _new_threads(before) == []
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, bytes(12 + 2560))  # the sniffed head and one 80 ms block, then nothing
+    try:
+        with os.fdopen(read_fd, "rb", buffering=0) as stream:
+            mic = RawPipeMicrophone(stream, realtime=False)
+
+            async def run() -> tuple[int, float, list[Pcm16]]:
+                frames = mic.frames()
+                first = await anext(frames)
+                rest = asyncio.create_task(anext(frames, None))  # the next read blocks: no data
+                await asyncio.sleep(0.2)
+                assert not rest.done() and _new_threads(before) == ["raw-pipe-reader"]
+                start = time.monotonic()
+                await mic.close()
+                closed_s = time.monotonic() - start
+                tail = await asyncio.wait_for(rest, 2.0)
+                return first.size, closed_s, [] if tail is None else [tail]
+
+            size, closed_s, tail = asyncio.run(run())
+        assert size == 1280 and tail == []
+        assert closed_s < 1.0
+        assert _new_threads(before) == []
+    finally:
+        os.close(write_fd)
+
+
 def _read_wav(path: Path) -> tuple[int, np.ndarray]:
     with wave.open(str(path), "rb") as wav:
         assert wav.getnchannels() == 1 and wav.getsampwidth() == 2

@@ -52,9 +52,11 @@ from appliance.testing.faults import (
     FaultyMicrophone,
     FaultyStt,
     FaultyTts,
+    kill_if_running,
     on_calls,
     on_text,
     signal_in_state,
+    stop_timed,
     with_faults,
 )
 from appliance.testing.openai_server import (
@@ -777,18 +779,9 @@ def run_mic_outage(fault: MicOutageFault, audio: np.ndarray, tmp_path: Path, mod
                 "the second answer",
             )
             time.sleep(0.5)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            stop_s = time.monotonic() - sent
+            stop_s = stop_timed(proc, signal.SIGTERM)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
     events, lines = read_events(events_path)
     reason = events[-1].get("reason") if events and events[-1]["type"] == "appliance_stopped" else None
     return Outcome(
@@ -824,9 +817,7 @@ def run_reload(fault: ReloadFault, example: np.ndarray, tmp_path: Path, models_d
             wait_for_event(events_path, proc, "error", timeout_s=10)
             proc.wait(timeout=60)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
     events, lines = read_events(events_path)
     reason = events[-1].get("reason") if events and events[-1]["type"] == "appliance_stopped" else None
     return Outcome(

@@ -15,8 +15,9 @@ import yaml
 
 from appliance.agent_config import KnowledgeBaseLocator, RagConfig
 from appliance.cli import main
-from appliance.config import check_config, load_config
+from appliance.config import load_config
 from appliance.ports import LlmOutput, TextDelta
+from appliance.preflight import check_config
 from appliance.runtime.knowledge_base import (
     KnowledgeLLM,
     build_index,

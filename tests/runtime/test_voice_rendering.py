@@ -509,7 +509,7 @@ def test_phoneme_entries_are_phonemized_in_context_when_the_tts_can() -> None:
 
 
 def test_check_config_reports_a_broken_dictionary(tmp_path: Path) -> None:
-    from appliance.config import check_config
+    from appliance.preflight import check_config
 
     (tmp_path / "words.pls").write_text(PLS.replace("<alias>", "<alias>&nbsp;"), encoding="utf-8")
     path = tmp_path / "config.yaml"

@@ -12,24 +12,9 @@ import pytest
 
 from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
 from appliance.cli import main
-from appliance.wakeword_training.train import TrainSize, train_word
+from appliance.wakeword_training.train import MICRO, train_word
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
-
-MICRO = TrainSize(
-    positive_voices=7,
-    positive_augments=2,
-    near_miss_voices=1,
-    other_phrase_voices=1,
-    speech_voices=1,
-    noise_clips=8,
-    speech_sentences=2,
-    other_phrases=3,
-    near_miss_limit=4,
-    epochs=40,
-    hidden=4,
-    speech_minutes=0,
-)
 
 
 @pytest.fixture(scope="module")
