@@ -39,7 +39,7 @@ from appliance.core.speculation import (
     transcript_verdict,
 )
 from appliance.core.voice_tags import Segment, VoiceTagParser, parse, speakable
-from appliance.errors import ApplianceError
+from appliance.errors import AgentError, ApplianceError
 from appliance.logs import redact, set_turn_id
 from appliance.ports import (
     Clock,
@@ -351,13 +351,14 @@ class LocalAgentSession:
         voices = VoiceTagParser(self._labels)
         first_chunk: list[str] = []
         stream: Any = None
+        ended = False
         try:
             options = self._reply_options()
             request = reply.request
             stream = self._d.llm.stream_chat(list(request.messages), list(request.tools) or None, options)
             async for item in stream:
                 if isinstance(item, ToolCallRequest) and not reply.committed:
-                    reply.stopped_at_tool = True
+                    reply.stopped_at_tool = ended = True  # never continued: no end marker needed
                     return
                 reply.items.put_nowait(item)
                 if isinstance(item, TextDelta) and item.text and not first_chunk and guard.stopped is None:
@@ -370,10 +371,15 @@ class LocalAgentSession:
                 if first_chunk:
                     self._synthesize_ahead(reply, voices, first_chunk[0])
             reply.items.put_nowait(None)
+            ended = True
         except Exception as err:  # reported at the commit (or the normal path runs instead)
-            reply.failed = True
+            reply.failed = ended = True
             reply.items.put_nowait(err)
         finally:
+            if not ended:  # cancelled: a generation reading it must not wait for more
+                reply.items.put_nowait(
+                    AgentError("the speculative reply was cancelled", code="llm_cancelled")
+                )
             if stream is not None:
                 with contextlib.suppress(Exception):
                     await stream.aclose()

@@ -224,3 +224,32 @@ def test_a_speculative_tool_call_runs_no_tool_before_the_commit() -> None:
     assert log.count("tool:lookup") == 1
     assert log.index("tool:lookup") > log.index("llm:What is the capital", len(before))
     assert (turn.stats.replies, turn.stats.replies_used, turn.stats.replies_wasted) == (1, 0, 1)
+
+
+def test_a_stop_during_the_pause_cancels_the_speculative_reply_without_a_trace() -> None:
+    log, events, speaker = Log(), RecordingEvents(), RecordingSpeaker()
+    llm = ScriptedLlm(log, events)
+
+    async def run() -> None:
+        clock = FixedClock()
+        executor = ThreadPoolExecutor(1)
+        deps = LocalAgentDeps(
+            stt=Stt(log), llm=llm, tts=Tts(log), speaker=speaker, events=events, clock=clock,
+            timers=Timers(clock), stt_executor=executor, tts_executor=executor, voice="joe",
+        )  # fmt: skip
+        session = LocalAgentSession(ConversationSettings(system_prompt="x", max_duration_s=None), deps)
+        try:
+            await session.start()
+            await until(lambda: session.machine.phase is Phase.LISTENING, 10.0, "listening")
+            await session.speech_started(0.0)
+            session.speech_paused(HEAD)
+            await until(lambda: any(i.startswith("synth:") for i in log.items), 10.0, "the speculation")
+            await session.stop("stop")
+            assert await asyncio.wait_for(session.closed(), 5) == "stop"
+            await until(lambda: "llm closed:What is the capital" in log.items, 5.0, "the LLM stream closed")
+        finally:
+            executor.shutdown()
+
+    asyncio.run(run())
+    assert not {"user_transcript", "knowledge_retrieved", "agent_response", "audio"} & set(events.types())
+    assert speaker.played == []
