@@ -167,8 +167,11 @@ class VadConfig(_Device):
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
     preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.6
-    speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = None
-    """Local agent: start STT this far into a silence, before the end decision (None: off)."""
+    speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = 0.2
+    """Local agent: this far into a silence, before the end decision, start the turn on the audio
+    so far (STT, then the LLM and the first chunk's audio, into buffers; committed if the end
+    confirms that audio, discarded without a trace if speech resumes). None: off. The end
+    decision itself (turn eagerness, `end_silence_s`) does not change."""
     playback_gating: Bool = True
     """Deprecated: `appliance.audio.echo_cancellation` replaces it (false = off, true = the
     default canceller); `echo_cancellation` wins when both are set."""
