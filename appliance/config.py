@@ -198,7 +198,11 @@ class LlmConfig(_Device):
     """An explicit override; None (default) follows conversation_config.agent.prompt.llm."""
     model: Text = "smollm2-135m-instruct"
     n_ctx: Annotated[Int, between(256, 32768, "tokens")] = 2048
-    threads: Annotated[Int, between(1, 16)] = 2
+    threads: Annotated[Int, between(1, 16)] = 1
+    """llama.cpp threads. 1 by default: its threads wait for each other at every step, so when
+    STT and TTS share the cores (a speculative turn, the first chunk's synthesis) or the CPU is
+    short (a Pi), 2 threads made the first chunk 10x later (issue 12: pi-class pi5 0.39 s with 1
+    thread against 4.06 s with 2, first audio 2.5 s against 7.0 s)."""
     history_tokens: Annotated[Int, between(64, None, "tokens")] = 1024
 
 
