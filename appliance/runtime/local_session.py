@@ -582,7 +582,7 @@ class LocalAgentSession:
     async def _synthesize(self, text: str, label: str | None) -> tuple[Pcm16, int]:
         try:
             ready = self._ready_audio.pop((text, label, self._voice, self._speed), None)
-            if ready is not None:
+            if ready is not None and not ready.cancelled():
                 with contextlib.suppress(Exception):
                     return await ready  # the committed speculation's first chunk
             return await self._render(text, label)
