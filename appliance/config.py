@@ -192,8 +192,11 @@ class VadConfig(_Device):
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
     preroll_s: Annotated[Num, between(0, 2, "seconds")] = 0.6
-    speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = None
-    """Local agent: start STT this far into a silence, before the end decision (None: off)."""
+    speculate_after_s: Annotated[Num, between(0.2, 2, "seconds")] | None = 0.2
+    """Local agent: this far into a silence, before the end decision, start the turn on the audio
+    so far (STT, then the LLM and the first chunk's audio, into buffers; committed if the end
+    confirms that audio, discarded without a trace if speech resumes). None: off. The end
+    decision itself (turn eagerness, `end_silence_s`) does not change."""
     playback_gating: Bool = True
     """Deprecated: `appliance.audio.echo_cancellation` replaces it (false = off, true = the
     default canceller); `echo_cancellation` wins when both are set."""
@@ -220,7 +223,11 @@ class LlmConfig(_Device):
     """An explicit override; None (default) follows conversation_config.agent.prompt.llm."""
     model: Text = "smollm2-135m-instruct"
     n_ctx: Annotated[Int, between(256, 32768, "tokens")] = 2048
-    threads: Annotated[Int, between(1, 16)] = 2
+    threads: Annotated[Int, between(1, 16)] = 1
+    """llama.cpp threads. 1 by default: its threads wait for each other at every step, so when
+    STT and TTS share the cores (a speculative turn, the first chunk's synthesis) or the CPU is
+    short (a Pi), 2 threads made the first chunk 10x later (issue 12: pi-class pi5 0.39 s with 1
+    thread against 4.06 s with 2, first audio 2.5 s against 7.0 s)."""
     history_tokens: Annotated[Int, between(64, None, "tokens")] = 1024
 
 

@@ -5,13 +5,17 @@ The turn is driven exactly as the appliance drives it (`speech_started`, then th
 and a recording speaker that plays instantly and notes when each piece of audio arrived. The
 stage split is the session's own `turn_metrics` event. Each mode runs the same questions:
 
-- `hold`: the LLM held from the first chunk until its audio is synthesized;
-- `no hold`: the default, generation and the first chunk's synthesis share the cores;
-- `no hold + spec`: with speculative STT (`appliance.vad.speculate_after_s: 0.2`): the session is
-  told of the pause 0.2 s into the silence, and of the end 0.55 s later, as the endpointer does;
-- `paused, spec` ("What is the capital of … France?", 0.5 s pause): a speculation on the first
-  part, discarded when speech resumes, then one on the whole: the waste and the STT worker
-  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `no hold + spec`).
+- `hold` (only with `--hold`): the LLM held from the first chunk until its audio is synthesized;
+- `no hold`: no speculation; generation and the first chunk's synthesis share the cores;
+- `spec STT`: speculative STT only (`speculate_reply` off): the session is told of the pause
+  0.2 s into the silence (`appliance.vad.speculate_after_s`), and of the end 0.55 s later, as the
+  endpointer does;
+- `spec full`: the same pause, and the reply speculated too (LLM + the first chunk's audio, ready
+  and committed at the end);
+- `paused, spec` ("What is the capital of … France?", 0.5 s pause): a full speculation on the
+  first part, discarded when speech resumes, then one on the whole: the waste and the worker
+  time it cost (wall time; its share of the CPU is the `CPU s/turn` difference to `spec full`),
+  and that no reply audio played before the end (`early audio`).
 
 `python -m benchmarks.agent_session --turns N --json` prints one JSON list of turns; the table
 runs that in a subprocess under `/work/shared/tools/pi-class pi5` and `pi4` (a CPU quota the
@@ -74,6 +78,11 @@ class SessionTurn:
     speculations: int = 0
     speculations_wasted: int = 0
     wasted_stt_s: float = 0.0
+    replies_speculated: int = 0
+    replies_wasted: int = 0
+    wasted_reply_s: float = 0.0
+    early_audio: int = 0
+    """Reply audio played before the end decision (must be 0)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -125,7 +134,12 @@ PAUSE_HEAD_S = 0.5
 
 
 async def session_turn(
-    question: str, audio: Pcm16, hold: bool, speculate: bool = False, head: Pcm16 | None = None
+    question: str,
+    audio: Pcm16,
+    hold: bool,
+    speculate: bool = False,
+    head: Pcm16 | None = None,
+    reply: bool = True,
 ) -> SessionTurn:
     from appliance.core import conversation as cv
     from appliance.core.endpointing import UtteranceEnded
@@ -148,12 +162,12 @@ async def session_turn(
         timers=Timers(clock), stt_executor=models.stt_executor, tts_executor=models.tts_executor,
         voice=config.voice(config.conversation_config.tts.voice_id)[0],
         llm_options={"temperature": 0.0, "max_tokens": prompt.max_tokens},
-        reply_limits=ReplyLimits(), hold_llm_for_first_audio=hold,
+        reply_limits=ReplyLimits(), hold_llm_for_first_audio=hold, speculate_reply=reply,
     )  # fmt: skip
     session = LocalAgentSession(settings, deps)
     mode = "hold" if hold else "no hold"
     if speculate:
-        mode = "paused, spec" if head is not None else f"{mode} + spec"
+        mode = "paused, spec" if head is not None else ("spec full" if reply else "spec STT")
     turn = SessionTurn(mode, question)
     await session.start()
     try:
@@ -171,6 +185,7 @@ async def session_turn(
         if speculate:
             session.speech_paused(audio.tobytes())
             await asyncio.sleep(ENDPOINT_SILENCE_S - SPECULATE_AFTER_S)
+        turn.early_audio = len(speaker.played) - before
         await session.utterance(
             UtteranceEnded(
                 PREROLL_S, end_t, "silence", audio.tobytes(), declared_t=end_t + ENDPOINT_SILENCE_S
@@ -201,6 +216,8 @@ async def session_turn(
     stats = session.speculation
     turn.speculations, turn.speculations_wasted = stats.started, stats.wasted
     turn.wasted_stt_s = round(stats.wasted_stt_s, 3)
+    turn.replies_speculated, turn.replies_wasted = stats.replies, stats.replies_wasted
+    turn.wasted_reply_s = round(stats.wasted_reply_s, 3)
     return turn
 
 
@@ -210,16 +227,17 @@ async def _wait_llm(llm: Any) -> None:
         await wait()
 
 
-async def measure(turns: int) -> list[SessionTurn]:
+async def measure(turns: int, hold: bool = False) -> list[SessionTurn]:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
     audio = {q: utterance(q) for q in {*questions, "Hello, how are you today?"}}
     await session_turn("Hello, how are you today?", audio["Hello, how are you today?"], False)  # warm-up
     out: list[SessionTurn] = []
     for i, question in enumerate(questions):
-        order = (True, False) if i % 2 == 0 else (False, True)
-        for hold in order:
-            out.append(await session_turn(question, audio[question], hold))
-        out.append(await session_turn(question, audio[question], False, speculate=True))
+        if hold:
+            out.append(await session_turn(question, audio[question], True))
+        modes = [(False, True), (True, False), (True, True)]  # (speculate, reply)
+        for speculate, reply in modes if i % 2 == 0 else reversed(modes):
+            out.append(await session_turn(question, audio[question], False, speculate, reply=reply))
     for first, rest in PAUSED[: max(1, turns // 2)]:
         head = utterance(first)
         whole = _concat(
@@ -236,7 +254,7 @@ def _median(values: list[float | None]) -> float | None:
 
 def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
     rows: list[Row] = []
-    for mode in ("hold", "no hold", "no hold + spec", "paused, spec"):
+    for mode in ("hold", "no hold", "spec STT", "spec full", "paused, spec"):
         mine = [t for t in turns if t["mode"] == mode]
         if not mine:
             continue
@@ -258,6 +276,9 @@ def rows_for(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
                 "heard ok": f"{sum(t['heard_ok'] for t in mine)}/{len(mine)}",
                 "spec wasted": f"{_total(mine, 'speculations_wasted')}/{_total(mine, 'speculations')}",
                 "wasted STT s": round(sum(t["wasted_stt_s"] for t in mine), 3),
+                "replies wasted": f"{_total(mine, 'replies_wasted')}/{_total(mine, 'replies_speculated')}",
+                "wasted reply s": round(sum(t["wasted_reply_s"] for t in mine), 3),
+                "early audio": _total(mine, "early_audio"),
                 "errors": sum(len(t["errors"]) for t in mine),
                 "target s": target,
                 "verdict": None if total is None else ("ok" if total <= target else "FAIL"),
@@ -294,9 +315,16 @@ def pause_rows_table(quick: bool = False) -> list[Row]:
 
 
 def pause_rows() -> list[Row]:
-    """Utterances with a 0.5 s pause mid-sentence through Silero and the real endpointer: the
-    reply can start only at `UtteranceEnded`, so it must come after the second part."""
-    from appliance.core.endpointing import EndpointConfig, Endpointer, UtteranceEnded
+    """Utterances with a 0.5 s pause mid-sentence through Silero and the real endpointer, with
+    speculation on (`pause_report_s`): the reply can start only at `UtteranceEnded`, so it must
+    come after the second part; the pause's speculation is discarded at `SpeechResumed`."""
+    from appliance.core.endpointing import (
+        EndpointConfig,
+        Endpointer,
+        SpeechPaused,
+        SpeechResumed,
+        UtteranceEnded,
+    )
     from benchmarks.idle_loop import load_listeners
 
     _, vad = load_listeners()
@@ -306,8 +334,9 @@ def pause_rows() -> list[Row]:
         audio = _concat(_silence(1.0), first, _silence(PAUSE_S), second, _silence(1.5))
         finished_at = (RATE_HZ + first.size + round(PAUSE_S * RATE_HZ) + second.size) / RATE_HZ
         vad.reset()
-        endpointer = Endpointer(EndpointConfig())
+        endpointer = Endpointer(EndpointConfig(pause_report_s=SPECULATE_AFTER_S))
         ends: list[UtteranceEnded] = []
+        paused = resumed = 0
         n = vad.frame_samples
         for i in range(0, audio.size - n + 1, n):
             for event in endpointer.process(
@@ -315,6 +344,8 @@ def pause_rows() -> list[Row]:
             ):
                 if isinstance(event, UtteranceEnded):
                     ends.append(event)
+                paused += isinstance(event, SpeechPaused)
+                resumed += isinstance(event, SpeechResumed)
         early = sum(e.declared_t < finished_at - 0.15 for e in ends)
         rows.append(
             {
@@ -324,6 +355,7 @@ def pause_rows() -> list[Row]:
                 "user finished at s": round(finished_at, 3),
                 "turn ended at s": round(ends[0].declared_t, 3) if ends else None,
                 "replies started early": early,
+                "speculations (discarded)": f"{paused} ({resumed})",
                 "verdict": "ok" if len(ends) == 1 and early == 0 else "FAIL",
             }
         )
@@ -373,8 +405,9 @@ BENCHMARKS = {"agent.latency.session": latency_table, "agent.latency.pause": pau
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--hold", action="store_true", help="also measure the LLM hold mode")
     args = parser.parse_args(argv)
-    turns = asyncio.run(measure(args.turns))
+    turns = asyncio.run(measure(args.turns, args.hold))
     print(json.dumps([asdict(t) for t in turns]))
     sys.stdout.flush()
     os._exit(0)  # model threads are abandoned, not joined (as the CLI does)

@@ -177,18 +177,23 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
     # 3. through the real LocalAgentSession (quick: this machine only, one turn per mode)
     session = results["agent.latency.session"]["rows"]
     assert [(r["budget"], r["mode"], r["turns"]) for r in session] == [
-        ("box", "hold", 1),
         ("box", "no hold", 1),
-        ("box", "no hold + spec", 1),
+        ("box", "spec STT", 1),
+        ("box", "spec full", 1),
         ("box", "paused, spec", 1),
     ]
     assert session[3]["spec wasted"] == "1/2"  # the first part's speculation, discarded
+    # a reply speculated on the first part (if its transcript came before speech resumed) was
+    # wasted; the one on the whole was committed
+    assert session[3]["replies wasted"] in {"0/0", "0/1", "1/1", "1/2"}
+    assert session[2]["replies wasted"] in {"0/0", "0/1"}
     for row in session:
-        assert row["errors"] == 0 and row["heard ok"] == "1/1"
+        assert row["errors"] == 0 and row["heard ok"] == "1/1" and row["early audio"] == 0
         assert row["end of speech → first audio s (median)"] > row["endpointing s"] > 0
         assert row["verdict"] in {"ok", "FAIL"}
     pauses = results["agent.latency.pause"]["rows"]
     assert len(pauses) == 3 and all(r["replies started early"] == 0 for r in pauses)
+    assert all(int(r["speculations (discarded)"].split("(")[1].rstrip(")")) >= 1 for r in pauses)
 
     for name in names:
         rows = results[name]["rows"]

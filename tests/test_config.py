@@ -804,9 +804,11 @@ def test_accessors() -> None:
     endpoint = cfg.endpoint_config()
     assert endpoint.threshold == 0.3 and endpoint.release_threshold == 0.3 and endpoint.end_silence_s == 1.5
     assert load({"appliance.vad.end_silence_s": 1.0}).end_silence_s == 1.0
-    # speculative turns: off unless asked for; the pause report is at least 0.2 s of silence
-    assert endpoint.pause_report_s is None and endpoint.preroll_s == 0.6
-    assert load({"appliance.vad.speculate_after_s": 0.2}).endpoint_config().pause_report_s == 0.2
+    # speculative turns: on at 0.2 s of silence by default (at least 0.2 s: the paused audio is
+    # then the audio the end hands over); null switches them off
+    assert endpoint.pause_report_s == 0.2 and endpoint.preroll_s == 0.6
+    assert load({"appliance.vad.speculate_after_s": None}).endpoint_config().pause_report_s is None
+    assert load({"appliance.vad.speculate_after_s": 0.5}).endpoint_config().pause_report_s == 0.5
     assert problems({"appliance.vad.speculate_after_s": 0.1}) == [
         "appliance.vad.speculate_after_s: 0.1 is outside 0.2–2 seconds"
     ]

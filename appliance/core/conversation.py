@@ -30,6 +30,7 @@ Where the seeds are silent (see ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -397,6 +398,18 @@ class ConversationMachine:
         turn.request = GenerateReply(turn.id, tuple(messages), self.settings.tools, turn.kind)
         turn.requested_at = now
         return turn.request
+
+    def preview_reply(self, transcript: str) -> GenerateReply | None:
+        """The reply request a turn with this transcript would make now, without changing any
+        state (a speculative reply generates it while the end decision is pending); None when
+        the conversation is not waiting for the user or there are no words."""
+        text = transcript.strip()
+        if self.phase is not Phase.LISTENING or not text or self._closing_reason is not None:
+            return None
+        history = copy.deepcopy(self.history)
+        history.add_user(text)
+        messages = tuple(history.messages())
+        return GenerateReply(self._next_turn + 1, messages, self.settings.tools, OutputKind.REPLY)
 
     def _listen(self, now: float, *, arm_turn_timeout: bool) -> list[Effect]:
         self.phase = Phase.LISTENING

@@ -41,7 +41,12 @@ from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
 from appliance.runtime.knowledge_base import KnowledgeLLM, knowledge_for
 from appliance.runtime.knowledge_base import prompt_block as knowledge_prompt_block
-from appliance.runtime.local_session import FILLER_PROMPT, LocalAgentDeps, LocalAgentSession
+from appliance.runtime.local_session import (
+    FILLER_PROMPT,
+    LocalAgentDeps,
+    LocalAgentSession,
+    SpeculativeEvents,
+)
 from appliance.runtime.timers import Timers
 from appliance.runtime.voice_rendering import (
     VoiceRenderer,
@@ -405,7 +410,8 @@ def local_session_factory(
     if missing := device_secret_problems(config):  # at the start, never at a call
         raise ConfigError(missing, source=config.source)
     knowledge = knowledge_for(config)  # indexed once at start (cached on disk)
-    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, events, FILLER_PROMPT)
+    held = SpeculativeEvents(events)  # a speculative reply's retrieval is reported at its commit
+    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, held, FILLER_PROMPT)
 
     def make(wake_word: str) -> AgentSession:
         conversation_id = f"local_{os.urandom(8).hex()}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -30,13 +31,21 @@ from appliance.core import conversation as cv
 from appliance.core.chunker import SpeechChunker
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.reply_guard import ReplyGuard, ReplyLimits
+from appliance.core.speculation import (
+    ReplyRequest,
+    Verdict,
+    reply_may_start,
+    reply_verdict,
+    transcript_verdict,
+)
 from appliance.core.voice_tags import Segment, VoiceTagParser, parse, speakable
-from appliance.errors import ApplianceError
+from appliance.errors import AgentError, ApplianceError
 from appliance.logs import redact, set_turn_id
 from appliance.ports import (
     Clock,
     EventSink,
     LanguageModel,
+    LlmOutput,
     Pcm16,
     Speaker,
     SpeechToText,
@@ -61,6 +70,29 @@ FILLER_PROMPT = (
 
 
 NO_RESPONSE_RESULT = "ok (the tool runs without sending a response)"
+
+MAX_HELD_EVENTS = 16
+"""Events a speculative reply's LLM may emit before its turn commits it (`knowledge_retrieved`)."""
+
+_HELD_EVENTS: contextvars.ContextVar[list[tuple[str, dict[str, Any]]] | None] = contextvars.ContextVar(
+    "speculative_events", default=None
+)
+
+
+class SpeculativeEvents:
+    """The EventSink for what the LLM itself emits (the knowledge base's `knowledge_retrieved`):
+    inside a speculative reply's task the events are held back, replayed in order if the turn
+    commits that reply and dropped if it is discarded; everywhere else they pass through."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+
+    def emit(self, type: str, **fields: Any) -> None:
+        held = _HELD_EVENTS.get()
+        if held is None:
+            self._sink.emit(type, **fields)
+        elif len(held) < MAX_HELD_EVENTS:
+            held.append((type, fields))
 
 
 class ToolRunner(Protocol):
@@ -106,6 +138,10 @@ class LocalAgentDeps:
     synthesized. Off: measured (`agent.latency.session`), holding made the first audio later on
     this box and under pi-class pi5, and cost more CPU per turn (llama.cpp's threads are not idle
     while the Python generator is paused between tokens)."""
+    speculate_reply: bool = True
+    """When a speculative transcript is ready while the pause still runs (`speech_paused`), also
+    start the reply on it: the LLM and the first chunk's synthesis, into buffers, committed or
+    discarded at the end decision (`appliance.vad.speculate_after_s` switches speculation on)."""
 
 
 @dataclass
@@ -119,12 +155,61 @@ class SpeculationStats:
     wasted: int = 0
     stt_s: float = 0.0
     wasted_stt_s: float = 0.0
+    replies: int = 0
+    """Speculative replies started (LLM + first chunk's audio) on a speculative transcript."""
+    replies_used: int = 0
+    replies_wasted: int = 0
+    wasted_reply_s: float = 0.0
+    """Wall time the wasted replies ran (the LLM and TTS workers' time, started to discarded)."""
+
+
+@dataclass
+class _SpeculativeReply:
+    request: cv.GenerateReply
+    started_at: float
+    items: asyncio.Queue[LlmOutput | Exception | None] = field(default_factory=asyncio.Queue)
+    """What the LLM produced (bounded by the request's max_tokens), then None (the end) or the
+    failure."""
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    audio: dict[tuple[str, str | None, str, float], asyncio.Future[tuple[Pcm16, int]]] = field(
+        default_factory=dict
+    )
+    """The first chunk's audio by (text, voice label, voice, speed), synthesized ahead."""
+    task: asyncio.Task[None] | None = None
+    committed: bool = False
+    stopped_at_tool: bool = False
+    failed: bool = False
 
 
 @dataclass
 class _Speculation:
     audio: bytes
     future: asyncio.Future[tuple[str, str, float]]
+    language: str | None = None
+    reply: _SpeculativeReply | None = None
+
+
+class _AdoptedStream:
+    """A committed speculative reply as the turn's LLM stream: what is buffered, then the rest
+    as the speculation's task reads it; closing it cancels that task (the LLM stops)."""
+
+    def __init__(self, reply: _SpeculativeReply) -> None:
+        self._reply = reply
+
+    def __aiter__(self) -> _AdoptedStream:
+        return self
+
+    async def __anext__(self) -> LlmOutput:
+        item = await self._reply.items.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        if self._reply.task is not None:
+            self._reply.task.cancel()
 
 
 @dataclass
@@ -154,6 +239,10 @@ class LocalAgentSession:
         """Estimated speech queued per turn by its LLM rounds (the guard's budget is per turn)."""
         self._pending_metrics: _Metrics | None = None
         self._speculation: _Speculation | None = None
+        self._committed: _SpeculativeReply | None = None
+        """A speculative reply whose transcript the turn used: its generation may continue it."""
+        self._ready_audio: dict[tuple[str, str | None, str, float], asyncio.Future[tuple[Pcm16, int]]] = {}
+        """The committed reply's first chunk audio, synthesized ahead."""
         self.speculation = SpeculationStats()
         self._held_texts: set[str] = set()
         """Segments of a first chunk the LLM is held for (released once one is synthesized)."""
@@ -223,8 +312,87 @@ class LocalAgentSession:
         pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
         language = self._stt_language()
         future = loop.run_in_executor(self._d.stt_executor, _timed_transcribe, self._d.stt, pcm, language)
-        self._speculation = _Speculation(audio, future)
+        spec = self._speculation = _Speculation(audio, future, language)
         self.speculation.started += 1
+        future.add_done_callback(functools.partial(self._transcript_ready, spec))
+
+    def _transcript_ready(self, spec: _Speculation, future: asyncio.Future[tuple[str, str, float]]) -> None:
+        """The speculative transcript is there: start the reply on it if the pause still runs."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        text = future.result()[0]
+        current = self._speculation is spec and spec.reply is None
+        listening = self._machine.phase is cv.Phase.LISTENING
+        if not reply_may_start(
+            current=current, listening=listening, transcript=text, enabled=self._d.speculate_reply
+        ):
+            return
+        request = self._machine.preview_reply(text)
+        if request is None:
+            return
+        reply = spec.reply = _SpeculativeReply(request, self._d.stopwatch.now())
+        self.speculation.replies += 1
+        context = contextvars.copy_context()
+        context.run(_HELD_EVENTS.set, reply.events)  # what the LLM emits waits for the commit
+        task = future.get_loop().create_task(
+            self._speculate_reply(reply), name="speculation", context=context
+        )
+        reply.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _speculate_reply(self, reply: _SpeculativeReply) -> None:
+        """Run the LLM on the speculative request into `reply.items`, and synthesize the first
+        chunk (cut as `_generate` will cut it) into `reply.audio`. Before the commit a tool call
+        ends the speculation (tools run only in a committed turn); after it, everything is passed
+        on as the LLM yields it. Never raises: a failure is an item."""
+        guard = ReplyGuard(self._d.reply_limits)
+        chunker = SpeechChunker()
+        voices = VoiceTagParser(self._labels)
+        first_chunk: list[str] = []
+        stream: Any = None
+        ended = False
+        try:
+            options = self._reply_options()
+            request = reply.request
+            stream = self._d.llm.stream_chat(list(request.messages), list(request.tools) or None, options)
+            async for item in stream:
+                if isinstance(item, ToolCallRequest) and not reply.committed:
+                    reply.stopped_at_tool = ended = True  # never continued: no end marker needed
+                    return
+                reply.items.put_nowait(item)
+                if isinstance(item, TextDelta) and item.text and not first_chunk and guard.stopped is None:
+                    first_chunk = chunker.push(guard.push(item.text).release)
+                    if first_chunk:
+                        self._synthesize_ahead(reply, voices, first_chunk[0])
+            if not first_chunk and (guard.stopped is None or guard.at_boundary):
+                tail = chunker.push(guard.finish().release) if guard.stopped is None else []
+                first_chunk = tail + chunker.flush()
+                if first_chunk:
+                    self._synthesize_ahead(reply, voices, first_chunk[0])
+            reply.items.put_nowait(None)
+            ended = True
+        except Exception as err:  # reported at the commit (or the normal path runs instead)
+            reply.failed = ended = True
+            reply.items.put_nowait(err)
+        finally:
+            if not ended:  # cancelled: a generation reading it must not wait for more
+                reply.items.put_nowait(
+                    AgentError("the speculative reply was cancelled", code="llm_cancelled")
+                )
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+    def _synthesize_ahead(self, reply: _SpeculativeReply, voices: VoiceTagParser, chunk: str) -> None:
+        for segment in speakable(voices.feed(chunk + " ")):
+            text = segment.text.strip()
+            if text:
+                key = (text, segment.voice, self._voice, self._speed)
+                future = asyncio.ensure_future(self._render(text, segment.voice))
+                future.add_done_callback(_retrieved)
+                reply.audio[key] = future
+                return
 
     def _stt_language(self) -> str | None:
         """The language `Transcribe` asks for now (None: detect)."""
@@ -241,6 +409,19 @@ class LocalAgentSession:
             return
         self.speculation.wasted += 1
         spec.future.add_done_callback(self._count_wasted)
+        if spec.reply is not None:
+            self._discard_reply(spec.reply)
+
+    def _discard_reply(self, reply: _SpeculativeReply) -> None:
+        """Cancel a speculative reply's LLM stream and synthesis; nothing of it remains."""
+        if reply.task is not None:
+            reply.task.cancel()  # the LLM adapter aborts the generation
+        for future in reply.audio.values():
+            future.cancel()  # (a synthesis already running finishes unheard)
+        reply.audio.clear()
+        reply.events.clear()
+        self.speculation.replies_wasted += 1
+        self.speculation.wasted_reply_s += self._d.stopwatch.now() - reply.started_at
 
     def _count_wasted(self, future: asyncio.Future[tuple[str, str, float]]) -> None:
         if not future.cancelled() and future.exception() is None:
@@ -332,6 +513,9 @@ class LocalAgentSession:
             case cv.SealOutput(turn=turn):
                 self._output.seal(turn)
             case cv.CancelOutput(turn=turn):
+                if self._committed is not None and self._committed.request.turn == turn:
+                    committed, self._committed = self._committed, None
+                    self._discard_reply(committed)
                 for task in list(self._turn_tasks.get(turn, ())):
                     task.cancel()
                 self._output.cancel(turn)
@@ -371,10 +555,18 @@ class LocalAgentSession:
         pcm = np.frombuffer(audio, dtype="<i2").astype(np.int16)
         t0 = self._d.stopwatch.now()
         spec, self._speculation = self._speculation, None
-        if spec is not None and spec.audio == audio and language == self._stt_language():
+        verdict = None if spec is None else transcript_verdict(spec.audio, spec.language, audio, language)
+        if spec is not None and verdict is Verdict.COMMIT:
             text, heard, busy = await spec.future  # the same audio: its transcript, maybe ready
             self.speculation.used += 1
             self.speculation.stt_s += busy
+            if spec.reply is not None:
+                spec.reply.request = cv.GenerateReply(
+                    turn, spec.reply.request.messages, spec.reply.request.tools, spec.reply.request.kind
+                )
+                if self._committed is not None:
+                    self._discard_reply(self._committed)
+                self._committed = spec.reply  # `_generate` continues it if the request matches
         else:
             if spec is not None:
                 self._speculation = spec
@@ -388,19 +580,26 @@ class LocalAgentSession:
         self._post(cv.Transcribed(turn, text, heard))
 
     async def _synthesize(self, text: str, label: str | None) -> tuple[Pcm16, int]:
-        loop = asyncio.get_running_loop()
-        renderer = self._d.renderer
         try:
-            if renderer is None:
-                return await loop.run_in_executor(
-                    self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._speed
-                )
-            return await loop.run_in_executor(
-                self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._speed
-            )
+            ready = self._ready_audio.pop((text, label, self._voice, self._speed), None)
+            if ready is not None and not ready.cancelled():
+                with contextlib.suppress(Exception):
+                    return await ready  # the committed speculation's first chunk
+            return await self._render(text, label)
         finally:
             if text in self._held_texts:
                 self._release_llm()
+
+    async def _render(self, text: str, label: str | None) -> tuple[Pcm16, int]:
+        loop = asyncio.get_running_loop()
+        renderer = self._d.renderer
+        if renderer is None:
+            return await loop.run_in_executor(
+                self._d.tts_executor, self._d.tts.synthesize, text, self._voice, self._speed
+            )
+        return await loop.run_in_executor(
+            self._d.tts_executor, renderer.synthesize, text, label, self._voice, self._speed
+        )
 
     def _hold_llm(self, texts: list[str]) -> None:
         """The first chunk is queued: hold the LLM until its audio is synthesized."""
@@ -428,10 +627,8 @@ class LocalAgentSession:
         metrics = self._metrics.setdefault(turn, _Metrics(endpoint_at=self._d.stopwatch.now()))
         metrics.llm_started_at = self._d.stopwatch.now()
         limits = self._d.reply_limits
-        options = {
-            **self._d.llm_options,
-            "max_tokens": limits.llm_max_tokens(self._d.llm_options.get("max_tokens")),
-        }
+        options = self._reply_options()
+        adopted = self._adopt(effect)
         guard = ReplyGuard(limits, spent_seconds=self._reply_seconds.get(turn, 0.0))
         chunker = SpeechChunker()
         voices = VoiceTagParser(self._labels)
@@ -442,7 +639,10 @@ class LocalAgentSession:
         failure: Exception | None = None
         stream: Any = None
         try:
-            stream = self._d.llm.stream_chat(list(effect.messages), list(effect.tools) or None, options)
+            if adopted is not None:
+                stream = adopted
+            else:
+                stream = self._d.llm.stream_chat(list(effect.messages), list(effect.tools) or None, options)
             async for item in stream:
                 if isinstance(item, TextDelta):
                     if not item.text:
@@ -488,6 +688,40 @@ class LocalAgentSession:
             )  # fmt: skip
         text = cut.spoken_text if cut is not None else "".join(parts)
         self._post(cv.ReplyGenerated(turn, text.strip(), tuple(calls), cut))
+
+    def _reply_options(self) -> dict[str, Any]:
+        limits = self._d.reply_limits
+        return {
+            **self._d.llm_options,
+            "max_tokens": limits.llm_max_tokens(self._d.llm_options.get("max_tokens")),
+        }
+
+    def _adopt(self, effect: cv.GenerateReply) -> _AdoptedStream | None:
+        """The committed speculative reply as this generation's stream, if it asked the same."""
+        reply, self._committed = self._committed, None
+        if reply is None:
+            return None
+        verdict = reply_verdict(
+            ReplyRequest(reply.request.messages, reply.request.tools),
+            ReplyRequest(effect.messages, effect.tools),
+            is_user_reply=effect.kind is cv.OutputKind.REPLY and effect.turn == reply.request.turn,
+            stopped_at_tool=reply.stopped_at_tool,
+            failed=reply.failed,
+        )
+        if verdict is not Verdict.COMMIT or reply.task is None:
+            _LOGGER.debug("speculative reply not used: %s", verdict)
+            self._discard_reply(reply)
+            return None
+        reply.committed = True
+        self.speculation.replies_used += 1
+        self._turn_tasks.setdefault(effect.turn, set()).add(reply.task)
+        reply.task.add_done_callback(self._turn_tasks[effect.turn].discard)
+        for type_, fields in reply.events:  # held back until now, in their order
+            self._d.events.emit(type_, **fields)
+        reply.events.clear()
+        self._ready_audio = dict(reply.audio)
+        reply.audio.clear()
+        return _AdoptedStream(reply)
 
     @staticmethod
     def _llm_failed(turn: int, err: Exception, spoken: str) -> cv.WorkFailed:
@@ -585,6 +819,12 @@ def _timed_transcribe(stt: SpeechToText, pcm: Pcm16, language: str | None) -> tu
     start = time.perf_counter()
     text, heard = stt.transcribe(pcm, language)
     return text, heard, time.perf_counter() - start
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A synthesis ahead that nobody awaits (discarded): its failure is not an error."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _r(value: float | None) -> float | None:

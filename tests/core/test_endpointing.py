@@ -182,3 +182,31 @@ def test_paused_audio_is_what_the_end_hands_over() -> None:
 def test_no_pause_events_by_default() -> None:
     events = drive_pauses(Endpointer(EndpointConfig()), seq((0.9, 10), (0.0, 16), (0.9, 10), (0.0, 24)))
     assert [e[0] for e in events] == ["start", "silence"]
+
+
+@pytest.mark.parametrize("eagerness", list(TurnEagerness))
+@pytest.mark.parametrize(
+    "probs",
+    [
+        seq((0.9, 10), (0.0, 60)),
+        seq((0.9, 10), (0.0, 16), (0.9, 10), (0.0, 60)),  # a 0.5 s mid-sentence pause
+        seq((0.9, 10), (0.0, 30), (0.9, 10), (0.0, 60)),  # a 0.96 s one (ends an eager/normal turn)
+    ],
+)
+def test_speculation_leaves_turn_eagerness_as_it_is(eagerness: TurnEagerness, probs: list[float]) -> None:
+    """Pause reports only add events: every turn ends when and with what it ends without them."""
+
+    def ends(pause_report_s: float | None) -> list[tuple[float, float, bytes]]:
+        ep = Endpointer(EndpointConfig(end_silence_s=END_SILENCE_S[eagerness], pause_report_s=pause_report_s))
+        out: list[tuple[float, float, bytes]] = []
+        for i, p in enumerate(probs):
+            for ev in ep.process(p, frame(int(p * 10) + i % 3), (i + 1) * FRAME_S):
+                if isinstance(ev, UtteranceEnded):
+                    out.append((round(ev.end_t, 3), round(ev.declared_t, 3), ev.audio))
+        return out
+
+    plain = ends(None)
+    assert plain and ends(0.2) == plain
+    assert all(
+        declared - end == pytest.approx(END_SILENCE_S[eagerness], abs=0.033) for end, declared, _ in plain
+    )
