@@ -70,6 +70,7 @@ from appliance.validation import (
     matches,
     problem_line,
     show,
+    threads_or_auto,
     url_with,
 )
 
@@ -223,11 +224,11 @@ class LlmConfig(_Device):
     """An explicit override; None (default) follows conversation_config.agent.prompt.llm."""
     model: Text = "smollm2-135m-instruct"
     n_ctx: Annotated[Int, between(256, 32768, "tokens")] = 2048
-    threads: Annotated[Int, between(1, 16)] = 1
-    """llama.cpp threads. 1 by default: its threads wait for each other at every step, so when
-    STT and TTS share the cores (a speculative turn, the first chunk's synthesis) or the CPU is
-    short (a Pi), 2 threads made the first chunk 10x later (issue 12: pi-class pi5 0.39 s with 1
-    thread against 4.06 s with 2, first audio 2.5 s against 7.0 s)."""
+    threads: Annotated[int | str, threads_or_auto(16)] = "auto"
+    """llama.cpp threads; `auto`: 1 below 3 usable CPUs (a CPU quota counts), else 2
+    (`runtime/cpus.py`). Its threads wait for each other at every step, so when STT and TTS share
+    the cores or the CPU is short, more threads make the first chunk later (issue 12: pi-class
+    pi5 0.39 s with 1 thread against 4.06 s with 2, first audio 2.5 s against 7.0 s)."""
     history_tokens: Annotated[Int, between(64, None, "tokens")] = 1024
 
 
@@ -272,6 +273,8 @@ class LocalConfig(_Device):
     default_voice: Text = "joe"
     preload_voices: list[str] = []
     voice_cache_size: Annotated[Int, between(1, 10, "voices")] = 3
+    tts_threads: Annotated[int | str, threads_or_auto(8)] = "auto"
+    """Piper's ONNX intra-op threads; `auto` as for `llm.threads` (`runtime/cpus.py`)."""
     max_reply_seconds: Annotated[Num, between(5, 600, "seconds")] = 45.0
     """A reply ends (at a sentence end) before this much speech, estimated from its text."""
     max_reply_tokens: Annotated[Int, between(16, 8192, "tokens")] = 400

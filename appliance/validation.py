@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import NoneType, UnionType
 from typing import Annotated, Any, NoReturn, Union, get_args, get_origin
 
-from pydantic import AfterValidator, AllowInfNan, BaseModel, Strict
+from pydantic import AfterValidator, AllowInfNan, BaseModel, PlainValidator, Strict
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 
@@ -37,6 +37,21 @@ def show(value: object) -> str:
 def fail(message: str) -> NoReturn:
     """Reject a value; `message` becomes the problem line after the dotted path."""
     raise PydanticCustomError("appliance", "{msg}", {"msg": message})
+
+
+def threads_or_auto(hi: int) -> PlainValidator:
+    """A thread count in 1–hi, or the word `auto` (chosen from the usable CPUs at start)."""
+
+    def check(v: object) -> int | str:
+        if v == "auto":
+            return "auto"
+        if isinstance(v, bool) or not isinstance(v, int):
+            fail(f"{show(v)} is neither a thread count (1–{hi}) nor 'auto'")
+        if 1 <= v <= hi:
+            return v
+        fail(f"{show(v)} is outside 1–{hi}")
+
+    return PlainValidator(check)
 
 
 def between(

@@ -213,6 +213,12 @@ RANGE_CASES: list[tuple[str, Any, str | None]] = [
     (f"{A}.local.llm.n_ctx", 255, f"{A}.local.llm.n_ctx: 255 is outside 256–32768 tokens"),
     (f"{A}.local.llm.threads", 17, f"{A}.local.llm.threads: 17 is outside 1–16"),
     (
+        f"{A}.local.llm.threads",
+        "many",
+        f"{A}.local.llm.threads: 'many' is neither a thread count (1–16) nor 'auto'",
+    ),
+    (f"{A}.local.tts_threads", 0, f"{A}.local.tts_threads: 0 is outside 1–8"),
+    (
         f"{A}.local.llm.history_tokens",
         4096,
         f"{A}.local.llm.history_tokens: 4096 is outside 64–2048 tokens (at most n_ctx)",

@@ -76,6 +76,13 @@ class LocalModels:
     """The custom LLM's resolved access (None with llama.cpp): its per-conversation headers."""
 
 
+def _threads(configured: int | str) -> int:
+    """A configured thread count, or `auto`'s choice from the usable CPUs."""
+    from appliance.runtime.cpus import auto_threads
+
+    return configured if isinstance(configured, int) else auto_threads()
+
+
 def _model_file(config: Config, ref: str, suffix: str) -> Path:
     """A manifest model name (its file with `suffix`) or a path from the config."""
     from appliance.models.manifest import load_manifest
@@ -129,7 +136,9 @@ def load_local_models(config: Config) -> LocalModels:
         from appliance.adapters.llama_cpp_llm import LlamaCppLlm
 
         llama = LlamaCppLlm(
-            _model_file(config, local.llm.model, ".gguf"), n_ctx=local.llm.n_ctx, n_threads=local.llm.threads
+            _model_file(config, local.llm.model, ".gguf"),
+            n_ctx=local.llm.n_ctx,
+            n_threads=_threads(local.llm.threads),
         )
         _prime(config, llama)
         llm = llama
@@ -146,7 +155,9 @@ def load_local_models(config: Config) -> LocalModels:
         )
         for name, v in local.voices.items()
     }
-    tts = PiperTts(voices, local.default_voice, cache_size=local.voice_cache_size)
+    tts = PiperTts(
+        voices, local.default_voice, cache_size=local.voice_cache_size, threads=_threads(local.tts_threads)
+    )
     tts.preload(start_voices(config, config.word_agents))  # each wake word's agent's voice too
     return LocalModels(
         stt=stt,
