@@ -435,6 +435,10 @@ async def run_async(
     from appliance.runtime.reload import reload_models
     from appliance.runtime.service import Service
 
+    if own_process:
+        from appliance.runtime.memory import fix_mmap_threshold
+
+        fix_mmap_threshold()  # before the models allocate (runtime/memory.py)
     models = preloaded or preload(config)
     wiring = open_audio(config, options)
     for note in wiring.notes:
