@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
 
 from appliance.ports import Pcm16
 
@@ -87,9 +86,9 @@ class EchoPathCheck:
         ref_energy = float(np.dot(reference, reference)) * n / reference.size
         if ref_energy < n * 1e-7:  # about -70 dBFS: nothing played, no evidence either way
             return self.present
-        size = sfft.next_fast_len(n + d, real=True)
+        size = 1 << (n + d - 1).bit_length()  # a power of two: numpy's FFT is fastest there
         # cross[k] = sum_j mic[j] * reference[j + k]: the echo of lag d - k
-        cross = sfft.irfft(sfft.rfft(reference, size) * np.conj(sfft.rfft(mic, size)), size)[: d + 1]
+        cross = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(mic, size)), size)[: d + 1]
         keep = float(np.exp(-(n / RATE_HZ) / self._memory_s))
         self._cross = keep * self._cross + cross
         self._mic_energy = keep * self._mic_energy + float(np.dot(mic, mic))

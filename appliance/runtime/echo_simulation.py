@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
 
 from appliance.ports import MIC_RATE_HZ, Clock, Microphone, Pcm16, PlaybackReference
 
@@ -182,12 +181,12 @@ class RoomEcho:
         self._silent = not np.any(x)
         if self._ir is None or self._silent:
             return x if self._ir is None else np.zeros(n, dtype=np.float64)
-        size = sfft.next_fast_len(n + taps - 1, real=True)
+        size = 1 << (n + taps - 2).bit_length()  # a power of two: numpy's FFT is fastest there
         spectrum = self._spectra.get(size)
         if spectrum is None:
             if len(self._spectra) >= 4:  # block sizes rarely vary; bound the cache anyway
                 self._spectra.clear()
-            spectrum = self._spectra[size] = sfft.rfft(self._ir, size)
-        y = sfft.irfft(sfft.rfft(x, size) * spectrum, size)
+            spectrum = self._spectra[size] = np.fft.rfft(self._ir, size)
+        y = np.fft.irfft(np.fft.rfft(x, size) * spectrum, size)
         out: npt.NDArray[np.float64] = y[taps - 1 : taps - 1 + n]
         return out

@@ -152,3 +152,22 @@ def test_idle_path_imports_no_openwakeword_scipy_or_sklearn(models_dir: Path) ->
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY []" in done.stdout, done.stdout
+
+
+def test_the_run_path_imports_no_scipy() -> None:
+    """scipy is a development dependency only: nothing `appliance run` imports may need it (the
+    echo canceller and the echo simulation use numpy's FFT). It also cost ~18 MiB at idle."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import appliance.cli, appliance.runtime.app, appliance.runtime.echo_simulation
+        import appliance.adapters.echo_canceller, appliance.adapters.elevenlabs.session
+        import appliance.runtime.local_session, appliance.runtime.remote_agent
+        print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "sklearn")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout, done.stdout
