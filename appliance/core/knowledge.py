@@ -477,15 +477,53 @@ def select_sentences(
     return out
 
 
-KNOWLEDGE_INSTRUCTION = "Answer with these facts:"
+KNOWLEDGE_LABEL = "Information:"
+KNOWLEDGE_INSTRUCTION = "Answer using the information."
 
 
 def knowledge_question(facts: Sequence[str], question: str) -> str:
-    """The user's turn as the LLM sees it with retrieved facts: the facts right before the
-    question ("" facts: the question unchanged)."""
+    """The user's turn as the LLM sees it with retrieved facts: the facts, the question, a short
+    instruction (no facts: the question unchanged). On 12 hard kiosk questions (typed) SmolLM2
+    answered 8 right this way (measured with the label "Museum information:"), against 2 with
+    "Answer with these facts: ..." before the question, and 4 with the facts, then "Using only
+    the text above, answer: ..."."""
     if not facts:
         return question
-    return f"{KNOWLEDGE_INSTRUCTION} {' '.join(facts)}\n\n{question}"
+    return f"{KNOWLEDGE_LABEL} {' '.join(facts)}\nQuestion: {question}\n{KNOWLEDGE_INSTRUCTION}"
+
+
+class EchoStrip:
+    """Drops `label` when a streamed reply starts with it (a small model often begins by
+    repeating "Information:" before the fact): `feed` each piece, then `finish`. Holds back at
+    most len(label) characters, only while the reply could still be the label."""
+
+    def __init__(self, label: str = KNOWLEDGE_LABEL) -> None:
+        self._label = label.lower()
+        self._pending = ""
+        self._done = False
+        self._trim = False  # the label was dropped: so is the space after it
+
+    def feed(self, text: str) -> str:
+        if self._done:
+            if self._trim:
+                text = text.lstrip()
+                self._trim = not text
+            return text
+        self._pending += text
+        head = self._pending.lstrip()
+        if len(head) < len(self._label) and self._label.startswith(head.lower()):
+            return ""  # still possibly the label
+        self._done = True
+        if head.lower().startswith(self._label):
+            head = head[len(self._label) :].lstrip()
+            self._trim = not head
+        self._pending = ""
+        return head
+
+    def finish(self) -> str:
+        """What is still held back (the reply ended inside a possible label)."""
+        rest, self._pending, self._done = self._pending, "", True
+        return "" if rest.strip().lower() == self._label else rest
 
 
 def words(text: str) -> list[str]:

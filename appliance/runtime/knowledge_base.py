@@ -382,9 +382,16 @@ def knowledge_vocabulary(config: Any, max_chars: int = VOCABULARY_CHARS) -> list
 MIN_CONTEXT_CHARS = 300
 
 
+LOCAL_FACT_CHARS = 400
+"""What the retrieved sentences may take per turn with llama.cpp (about 100 prompt tokens to
+prefill); on the kiosk set the chosen sentences average ~155 characters, and 29 of its 30 page
+questions (typed, not heard) get the sentence holding the answer."""
+
+
 def context_budget_chars(config: Any) -> int:
-    """`rag.max_documents_length`, capped for llama.cpp by what the context leaves next to the
-    history and the reply (n_ctx - history_tokens - reply reserve, at 3 characters per token)."""
+    """`rag.max_documents_length`, capped for llama.cpp by LOCAL_FACT_CHARS and by what the
+    context leaves next to the history and the reply (n_ctx - history_tokens - reply reserve, at
+    3 characters per token)."""
     from appliance.preflight import ESTIMATE_CHARS_PER_TOKEN, MIN_REPLY_TOKENS
 
     limit = int(config.conversation_config.agent.prompt.rag.max_documents_length)
@@ -392,7 +399,7 @@ def context_budget_chars(config: Any) -> int:
         return limit
     llm = config.appliance.local.llm
     room = (llm.n_ctx - llm.history_tokens - MIN_REPLY_TOKENS) * ESTIMATE_CHARS_PER_TOKEN
-    return max(MIN_CONTEXT_CHARS, min(limit, int(room)))
+    return max(MIN_CONTEXT_CHARS, min(limit, LOCAL_FACT_CHARS, int(room)))
 
 
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
@@ -434,10 +441,26 @@ class KnowledgeLLM:
             yield TextDelta(found.faq_answer)
             return
         facts = self._index.facts(found)
-        if facts:  # next to the question, in this request only: the history keeps the question
-            messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
+        if not facts:
+            async for item in self._llm.stream_chat(messages, tools, options):
+                yield item
+            return
+        # next to the question, in this request only: the history keeps the question as it was
+        messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
+        echo = kn.EchoStrip()
         async for item in self._llm.stream_chat(messages, tools, options):
-            yield item
+            if isinstance(item, TextDelta):
+                text = echo.feed(item.text)
+                if text:
+                    yield TextDelta(text)
+            else:
+                held = echo.finish()
+                if held:
+                    yield TextDelta(held)
+                yield item
+        held = echo.finish()
+        if held:
+            yield TextDelta(held)
 
 
 _prompt_cache: dict[tuple[Any, ...], str] = {}

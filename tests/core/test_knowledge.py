@@ -172,5 +172,26 @@ def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
 
 def test_the_facts_go_right_before_the_question() -> None:
     text = kn.knowledge_question(["Tickets cost 14 euros.", "Children pay 7."], "How much?")
-    assert text == f"{kn.KNOWLEDGE_INSTRUCTION} Tickets cost 14 euros. Children pay 7.\n\nHow much?"
+    assert text == (
+        "Information: Tickets cost 14 euros. Children pay 7.\nQuestion: How much?\n"
+        "Answer using the information."
+    )
     assert kn.knowledge_question([], "How much?") == "How much?"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "spoken"),
+    [
+        (["Infor", "mation: The shop", " is Second Hand."], ["", "The shop", " is Second Hand."]),
+        ([" information:", " 14 euros."], ["", "14 euros."]),
+        (["It", "'s free."], ["It", "'s free."]),  # not the label: nothing held back
+        (["In", " the basement."], ["", "In the basement."]),  # held while it could be the label
+        (["Info"], [""]),  # the reply ended inside a possible label: finish() gives it back
+    ],
+)
+def test_echo_strip_drops_the_label_a_small_model_repeats(pieces: list[str], spoken: list[str]) -> None:
+    echo = kn.EchoStrip()
+    assert [echo.feed(p) for p in pieces] == spoken
+    assert echo.finish() == ("Info" if pieces == ["Info"] else "")
+    label_only = kn.EchoStrip()
+    assert label_only.feed("Information:") == "" and label_only.finish() == ""

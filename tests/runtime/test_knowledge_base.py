@@ -159,7 +159,8 @@ def test_other_questions_get_the_retrieved_facts_next_to_the_question_in_that_re
     [sent] = inner.requests
     assert sent[0] == messages[0] and len(sent) == 2  # the system prompt stays the same (cached)
     facts = "Its treasure is the Albatross chronometer, carried around the world by Captain Ilse Marrow"
-    assert sent[1]["content"] == f"{kn.KNOWLEDGE_INSTRUCTION} {facts} in 1868.\n\n{messages[1]['content']}"
+    assert sent[1]["content"] == kn.knowledge_question([f"{facts} in 1868."], messages[1]["content"])
+    assert "Ilse Marrow" in sent[1]["content"]
     assert messages[1]["content"] == "Who carried the Albatross chronometer?"  # not mutated
     [(name, fields)] = events.items
     assert name == "knowledge_retrieved" and fields["faq_used"] is False
@@ -295,3 +296,19 @@ def test_the_speech_recogniser_gets_the_knowledge_base_names(tmp_path: Path) -> 
     bare = tmp_path / "bare.yaml"
     bare.write_text("conversation_config: {agent: {prompt: {prompt: hi}}}\nappliance: {mode: local}\n")
     assert knowledge_vocabulary(load_config(bare, log_warnings=False)) == []
+
+
+class EchoingLlm:
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]
+    ) -> AsyncIterator[LlmOutput]:
+        for piece in ("Inform", "ation:", " Captain", " Ilse Marrow."):
+            yield TextDelta(piece)
+
+
+def test_the_label_a_small_model_echoes_is_not_spoken(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=2), None)
+    llm = KnowledgeLLM(EchoingLlm(), index, Events())
+    messages = [{"role": "user", "content": "Who carried the Albatross chronometer?"}]
+    assert run_turn(llm, messages) == "Captain Ilse Marrow."
