@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,11 +147,14 @@ def cli_add(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         download_verified(url, dest, sha256=digest, size=ADD_MAX_BYTES, progress=progress)
-    except ModelError as err:
-        print(_error_line(chosen, err))
-        return EXIT_FAILED
-    except OSError as err:
-        print(f"{chosen}: cannot write {dest}: {err}")
+    except (ModelError, OSError) as err:
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # only when empty: nothing is left of a failed download
+        print(
+            _error_line(chosen, err)
+            if isinstance(err, ModelError)
+            else f"{chosen}: cannot write {dest}: {err}"
+        )
         return EXIT_FAILED
     print(f"{chosen}: ok ({dest})")
     if filename.endswith(".gguf"):
