@@ -420,12 +420,13 @@ RELATIVE_SCORE = 0.5
 """A sentence is given to the LLM when it scores at least this share of the best sentence."""
 
 
-def _fact_lines(chunk: str) -> Iterable[str]:
-    """A chunk's lines as facts: an FAQ entry gives its answer, not its question phrasings."""
-    for line in chunk.splitlines():
-        if line.startswith("Q: "):
-            continue
-        yield line[3:] if line.startswith("A: ") else line
+def _facts_of(chunk: str) -> list[tuple[str, str]]:
+    """A chunk's facts as (text to score, text to give): its sentences; an FAQ entry
+    (`faq_document_text`) is one fact, its answer, scored with its question phrasings too."""
+    if chunk.startswith("Q: ") and "\nA: " in chunk:
+        answer = chunk.split("\nA: ", 1)[1].strip()
+        return [(chunk, answer)] if answer else []
+    return [(s, s) for s in sentences(chunk)]
 
 
 def select_sentences(
@@ -439,17 +440,18 @@ def select_sentences(
     (IDF-weighted) query terms, best first: those scoring at least `relative` times the best
     one, within `max_chars` (a sentence that would overflow is left out; the best one is cut
     at a word if it alone is too long). When no sentence shares a term, the first sentence of
-    the best chunk. An FAQ chunk ("Q: ... A: ...") gives its answer only."""
+    the best chunk. An FAQ chunk ("Q: ... A: ...") gives its answer only, scored with its
+    questions (a misheard question that missed the exact-answer threshold still finds it)."""
     terms = set(query)
     scored: list[tuple[float, int, str]] = []
     seen: set[str] = set()
     position = 0
     for chunk in chunks:
-        for sentence in sentences("\n".join(_fact_lines(chunk))):
+        for scored_text, sentence in _facts_of(chunk):
             if sentence in seen:
                 continue
             seen.add(sentence)
-            score = sum(idf(t) for t in terms & set(tokens(sentence)))
+            score = sum(idf(t) for t in terms & set(tokens(scored_text)))
             scored.append((score, position, sentence))
             position += 1
     if not scored:

@@ -161,11 +161,19 @@ def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
     ]
     bm = kn.Bm25([kn.tokens(c) for c in chunks] + [["book"], ["shop"]])
     query = kn.tokens("How much does an adult ticket cost?")
-    # the FAQ chunk gives its answer, once; "Children pay" shares no term; the heading stays
-    assert kn.select_sentences(chunks, query, bm.idf, 400) == ["Tickets: An adult ticket costs 14 euros."]
+    # the FAQ chunk gives its answer (scored with its question too), once: the page's sentence
+    # saying the same is left out; "Children pay" shares no term
+    assert kn.select_sentences(chunks, query, bm.idf, 400) == ["An adult ticket costs 14 euros."]
     both = kn.select_sentences(chunks, kn.tokens("adult ticket or child price"), bm.idf, 400, relative=0.1)
     assert both == ["Tickets: An adult ticket costs 14 euros.", "Children pay 7 euros."]
-    assert kn.select_sentences(chunks, query, bm.idf, 20) == ["Tickets: An adult"]  # cut at a word
+    # a question that only the FAQ's phrasing has the words of still gets the FAQ's answer
+    faq = [
+        "The Workshop: restorers at work in the basement room.",
+        "Q: Where are the restrooms?\nA: By the stairs.",
+    ]
+    bm2 = kn.Bm25([kn.tokens(c) for c in faq] + [["basem"]])
+    assert kn.select_sentences(faq, kn.tokens("restrooms?"), bm2.idf, 400) == ["By the stairs."]
+    assert kn.select_sentences(chunks, query, bm.idf, 20) == ["An adult ticket"]  # cut at a word
     assert kn.select_sentences(chunks, ["zebra"], bm.idf, 400) == ["Tickets: An adult ticket costs 14 euros."]
     assert kn.select_sentences([], query, bm.idf, 400) == []
 
