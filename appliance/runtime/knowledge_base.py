@@ -221,6 +221,8 @@ class Retrieval:
     faq_answer: str | None
     faq_document: str | None
     ms: float
+    terms: tuple[str, ...] = ()
+    """The query's terms as ranked: its own, then the known terms its misheard words resemble."""
 
     def event_fields(self) -> dict[str, Any]:
         return {
@@ -252,6 +254,13 @@ class KnowledgeIndex:
     def __post_init__(self) -> None:
         self._bm25 = kn.Bm25(self.terms)
         self._faqs = [(d, kn.FaqMatcher(d.faq, self.terms)) for d in self.documents if d.faq]
+        words = (w for c in self.chunks for w in kn.words(c.text))
+        self._fuzzy = kn.FuzzyTerms(words, (t for doc in self.terms for t in doc))
+
+    def query_terms(self, question: str) -> list[str]:
+        """The question's terms, and those of the indexed words its unknown words resemble."""
+        own = kn.tokens(question)
+        return own + [t for t in self._fuzzy.expand(question) if t not in own]
 
     def retrieve(self, question: str, k: int | None = None) -> Retrieval:
         t0 = time.perf_counter()
@@ -266,14 +275,19 @@ class KnowledgeIndex:
         if answer is None:
             faq_doc = faq_doc if faq is not None else None
         hits: tuple[Hit, ...] = ()
+        terms: list[str] = []
         if answer is None and self.rag.enabled and self.chunks:
             n = self.rag.max_retrieved_rag_chunks_count if k is None else k
-            hits = tuple(Hit(self.chunks[i], s) for i, s in self._bm25.top(kn.tokens(question), n))
-        return Retrieval(hits, faq, answer, faq_doc, (time.perf_counter() - t0) * 1000)
+            terms = self.query_terms(question)
+            hits = tuple(Hit(self.chunks[i], s) for i, s in self._bm25.top(terms, n))
+        return Retrieval(hits, faq, answer, faq_doc, (time.perf_counter() - t0) * 1000, tuple(terms))
 
-    def context(self, retrieval: Retrieval) -> str:
+    def facts(self, retrieval: Retrieval) -> list[str]:
+        """The retrieved chunks' sentences that share the most terms with the question, best
+        first, within the turn's budget (`context_chars`, else `rag.max_documents_length`)."""
         budget = self.context_chars if self.context_chars is not None else self.rag.max_documents_length
-        return kn.knowledge_prompt([h.chunk.text for h in retrieval.hits], budget)
+        chunks = [h.chunk.text for h in retrieval.hits]
+        return kn.select_sentences(chunks, retrieval.terms, self._bm25.idf, budget)
 
 
 def _cache_key(docs: Sequence[Document], chunk_chars: int) -> str:
@@ -343,12 +357,41 @@ def knowledge_for(config: Any, cache_dir: Path | None = None) -> KnowledgeIndex 
     return index
 
 
+VOCABULARY_CHARS = 220
+"""The knowledge base's names given to the speech recogniser (about 55 Whisper tokens): with
+whisper tiny.en on the kiosk's 44 spoken questions, 220 characters of names fixed "cookie
+gallery" → "Cuckoo Gallery" (3 questions) without raising the word error rate overall (10.0 %
+with and without); 400 characters made it slightly worse (10.4 %), and faster-whisper's
+`hotwords` worse still (12.9 %)."""
+
+
+def knowledge_vocabulary(config: Any, max_chars: int = VOCABULARY_CHARS) -> list[str]:
+    """The names the configuration's local knowledge base is about, for the speech recogniser
+    ([] without a local knowledge base, or when a document cannot be read: `check-config` and
+    the session's start name the file)."""
+    prompt = config.conversation_config.agent.prompt
+    if not any(loc.path is not None for loc in prompt.knowledge_base):
+        return []
+    try:
+        docs = load_documents(prompt.knowledge_base, config.resolve_path)
+    except KnowledgeError:
+        return []
+    return kn.distinctive_terms((d.text for d in docs), max_chars)
+
+
 MIN_CONTEXT_CHARS = 300
 
 
+LOCAL_FACT_CHARS = 400
+"""What the retrieved sentences may take per turn with llama.cpp (about 100 prompt tokens to
+prefill); on the kiosk set the chosen sentences average ~155 characters, and 29 of its 30 page
+questions (typed, not heard) get the sentence holding the answer."""
+
+
 def context_budget_chars(config: Any) -> int:
-    """`rag.max_documents_length`, capped for llama.cpp by what the context leaves next to the
-    history and the reply (n_ctx - history_tokens - reply reserve, at 3 characters per token)."""
+    """`rag.max_documents_length`, capped for llama.cpp by LOCAL_FACT_CHARS and by what the
+    context leaves next to the history and the reply (n_ctx - history_tokens - reply reserve, at
+    3 characters per token)."""
     from appliance.core.history import ESTIMATE_CHARS_PER_TOKEN, MIN_REPLY_TOKENS
 
     limit = int(config.conversation_config.agent.prompt.rag.max_documents_length)
@@ -356,7 +399,7 @@ def context_budget_chars(config: Any) -> int:
         return limit
     llm = config.appliance.local.llm
     room = (llm.n_ctx - llm.history_tokens - MIN_REPLY_TOKENS) * ESTIMATE_CHARS_PER_TOKEN
-    return max(MIN_CONTEXT_CHARS, min(limit, int(room)))
+    return max(MIN_CONTEXT_CHARS, min(limit, LOCAL_FACT_CHARS, int(room)))
 
 
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
@@ -397,15 +440,27 @@ class KnowledgeLLM:
         if found.faq_answer is not None:
             yield TextDelta(found.faq_answer)
             return
-        extra = self._index.context(found)
-        if extra:
-            messages = list(messages)
-            if first.get("role") == "system":
-                messages[0] = {**first, "content": f"{first.get('content') or ''}\n\n{extra}".strip()}
-            else:
-                messages.insert(0, {"role": "system", "content": extra})
+        facts = self._index.facts(found)
+        if not facts:
+            async for item in self._llm.stream_chat(messages, tools, options):
+                yield item
+            return
+        # next to the question, in this request only: the history keeps the question as it was
+        messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
+        echo = kn.EchoStrip()
         async for item in self._llm.stream_chat(messages, tools, options):
-            yield item
+            if isinstance(item, TextDelta):
+                text = echo.feed(item.text)
+                if text:
+                    yield TextDelta(text)
+            else:
+                held = echo.finish()
+                if held:
+                    yield TextDelta(held)
+                yield item
+        held = echo.finish()
+        if held:
+            yield TextDelta(held)
 
 
 _prompt_cache: dict[tuple[Any, ...], str] = {}

@@ -39,7 +39,7 @@ from appliance.core.system_tools import client_tool_schema, system_tool_schemas,
 from appliance.errors import ApplianceError, ConfigError, ModelError
 from appliance.logs import register_secret
 from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
-from appliance.runtime.knowledge_base import KnowledgeLLM, knowledge_for
+from appliance.runtime.knowledge_base import KnowledgeLLM, knowledge_for, knowledge_vocabulary
 from appliance.runtime.knowledge_base import prompt_block as knowledge_prompt_block
 from appliance.runtime.local_session import (
     FILLER_PROMPT,
@@ -114,7 +114,7 @@ def load_local_models(config: Config) -> LocalModels:
         threads=local.stt.threads,
         compute_type=local.stt.compute_type,
         beam_size=local.stt.beam_size,
-        keywords=config.conversation_config.asr.keywords,
+        keywords=[*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)],
     )
     llm: LanguageModel
     concurrent = False

@@ -95,15 +95,111 @@ def test_faq_score_is_one_for_the_same_words_and_falls_with_extra_words() -> Non
     assert more is not None and 0 < more.score < 1.0
 
 
-def test_knowledge_prompt_is_bounded_and_best_first() -> None:
-    text = kn.knowledge_prompt(["first chunk " * 10, "second chunk " * 10], 150)
-    assert text.startswith(kn.KNOWLEDGE_HEADER)
-    body = text[len(kn.KNOWLEDGE_HEADER) :]
-    assert "first chunk" in body and len(body) <= 150 + 10
-    assert kn.knowledge_prompt([], 1000) == ""
-    assert kn.knowledge_prompt(["a" * 50], 10) == ""
-
-
 def test_prompt_documents_text() -> None:
     assert kn.prompt_documents_text([("Hours", " Open 10-6.\n")]) == "## Hours\nOpen 10-6."
     assert kn.prompt_documents_text([]) == ""
+
+
+VENUE = """# Visiting the Harbourlight Museum
+
+The Harbourlight Museum stands at 12 Ropewalk Quay, next to the
+Vossberg tower. Tickets are sold at the desk; the Wi-Fi is Harbourlight-Guest.
+
+## Tickets
+Tickets cost 14 euros on Monday. The museum director is Dr. Amara Quist.
+The Vossberg clock strikes every hour. Tickets for children are cheaper.
+"""
+
+
+def test_distinctive_terms_are_the_names_most_frequent_first_and_bounded() -> None:
+    terms = kn.distinctive_terms([VENUE], 200)
+    assert terms[:2] == ["Harbourlight Museum", "Vossberg"]
+    assert set(terms) == {
+        "Harbourlight Museum",
+        "Vossberg",
+        "Ropewalk Quay",
+        "Wi-Fi",
+        "Harbourlight-Guest",
+        "Amara Quist",
+    }  # not "Tickets" (heads a line, also lowercase), "Monday" (known to every recogniser), "Dr"
+    assert kn.distinctive_terms([VENUE], 30) == ["Harbourlight Museum", "Vossberg"]
+    assert kn.distinctive_terms([VENUE], 4) == []
+    assert kn.distinctive_terms(["plain words only. Nothing Else"], 100) == ["Nothing Else"]
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How old is the Vosberg clock?", ["vossb"]),  # one letter missing
+        ("Who carried the Albert Ross chronometer?", ["albat"]),  # a name split in two words
+        ("Where is the Zaltmarket car park?", ["saltm"]),  # the stem differs from its start
+        ("How old is the Vossberg clock?", []),  # every word known already
+        ("Where is the bakery?", []),  # nothing like it
+    ],
+)
+def test_fuzzy_terms_map_a_misheard_word_to_the_known_one(question: str, expected: list[str]) -> None:
+    text = "The Vossberg clock. The Albatross chronometer. The Saltmarket car park. Old clocks."
+    known = kn.tokens(text)
+    fuzzy = kn.FuzzyTerms(kn.words(text), known)
+    assert fuzzy.expand(question) == expected
+    assert fuzzy.closest("xyzzy") is None
+
+
+def test_sentences_keep_abbreviations_and_cut_lines() -> None:
+    assert kn.sentences("Director: It is Dr. Amara Quist. Founded in 1952!\nNext line") == [
+        "Director: It is Dr. Amara Quist.",
+        "Founded in 1952!",
+        "Next line",
+    ]
+    assert kn.sentences("") == []
+
+
+def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
+    chunks = [
+        "Tickets: An adult ticket costs 14 euros. Children pay 7 euros. The shop sells books.",
+        "Q: How much is a ticket?\nA: An adult ticket costs 14 euros.",
+    ]
+    bm = kn.Bm25([kn.tokens(c) for c in chunks] + [["book"], ["shop"]])
+    query = kn.tokens("How much does an adult ticket cost?")
+    # the FAQ chunk gives its answer (scored with its question too), once: the page's sentence
+    # saying the same is left out; "Children pay" shares no term
+    assert kn.select_sentences(chunks, query, bm.idf, 400) == ["An adult ticket costs 14 euros."]
+    both = kn.select_sentences(chunks, kn.tokens("adult ticket or child price"), bm.idf, 400, relative=0.1)
+    assert both == ["Tickets: An adult ticket costs 14 euros.", "Children pay 7 euros."]
+    # a question that only the FAQ's phrasing has the words of still gets the FAQ's answer
+    faq = [
+        "The Workshop: restorers at work in the basement room.",
+        "Q: Where are the restrooms?\nA: By the stairs.",
+    ]
+    bm2 = kn.Bm25([kn.tokens(c) for c in faq] + [["basem"]])
+    assert kn.select_sentences(faq, kn.tokens("restrooms?"), bm2.idf, 400) == ["By the stairs."]
+    assert kn.select_sentences(chunks, query, bm.idf, 20) == ["An adult ticket"]  # cut at a word
+    assert kn.select_sentences(chunks, ["zebra"], bm.idf, 400) == ["Tickets: An adult ticket costs 14 euros."]
+    assert kn.select_sentences([], query, bm.idf, 400) == []
+
+
+def test_the_facts_go_right_before_the_question() -> None:
+    text = kn.knowledge_question(["Tickets cost 14 euros.", "Children pay 7."], "How much?")
+    assert text == (
+        "Information: Tickets cost 14 euros. Children pay 7.\nQuestion: How much?\n"
+        "Answer using the information."
+    )
+    assert kn.knowledge_question([], "How much?") == "How much?"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "spoken"),
+    [
+        (["Infor", "mation: The shop", " is Second Hand."], ["", "The shop", " is Second Hand."]),
+        ([" information:", " 14 euros."], ["", "14 euros."]),
+        (["It", "'s free."], ["It", "'s free."]),  # not the label: nothing held back
+        (["In", " the basement."], ["", "In the basement."]),  # held while it could be the label
+        (["Info"], [""]),  # the reply ended inside a possible label: finish() gives it back
+    ],
+)
+def test_echo_strip_drops_the_label_a_small_model_repeats(pieces: list[str], spoken: list[str]) -> None:
+    echo = kn.EchoStrip()
+    assert [echo.feed(p) for p in pieces] == spoken
+    assert echo.finish() == ("Info" if pieces == ["Info"] else "")
+    label_only = kn.EchoStrip()
+    assert label_only.feed("Information:") == "" and label_only.finish() == ""

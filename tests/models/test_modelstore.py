@@ -463,3 +463,58 @@ def test_unwritable_store_is_a_model_error(server: Server, tmp_path: Path) -> No
     with pytest.raises(ModelError) as info:
         store.fetch("net", progress=False)
     assert info.value.code == "model_store_unwritable" and str(not_a_dir) in str(info.value)
+
+
+# --- models add: a file the user names by URL and sha256 ---------------------------------------
+
+
+def test_models_add_downloads_verifies_and_never_overwrites(
+    server: Server, tmp_path: Path, manifest: Manifest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.models.commands import cli_add
+
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (server.root / "Better-Q4_K_M.gguf").write_bytes(data)
+    store = ModelStore(tmp_path / "store", manifest, env={})
+    url = f"{server.base_url}/Better-Q4_K_M.gguf"
+    assert cli_add(store, url, sha(data).upper(), progress=False) == 0
+    dest = tmp_path / "store" / "added" / "better-q4_k_m" / "Better-Q4_K_M.gguf"
+    assert dest.read_bytes() == data and leftovers(dest.parent) == [dest.name]
+    assert f"appliance.local.llm.model: {dest}" in capsys.readouterr().out
+    assert cli_add(store, url, sha(data), progress=False) == 0  # the same file: no second download
+    assert server.paths == ["/Better-Q4_K_M.gguf"] and "already present" in capsys.readouterr().out
+    other = sha(b"another file")
+    assert cli_add(store, url, other, progress=False) == 1  # never over an existing file
+    assert "not overwritten" in capsys.readouterr().out and dest.read_bytes() == data
+    # a wrong sha256: nothing is left behind
+    assert cli_add(store, url, other, name="wrong", progress=False) == 1
+    assert "sha256" in capsys.readouterr().out and not (tmp_path / "store" / "added" / "wrong").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "digest", "name", "problem"),
+    [
+        ("http://example.com/m.gguf", "a" * 64, None, "must be https://"),
+        ("http://user:pw@example.com/m.gguf", "a" * 64, None, "user name or password"),
+        ("https://example.com/", "a" * 64, None, "does not end with a file name"),
+        ("https://example.com/m.gguf", "abc", None, "64 hexadecimal digits"),
+        ("https://example.com/m.gguf", "a" * 64, "Bad Name!", "--name"),
+        ("https://example.com/m.gguf", "a" * 64, "smollm2-135m-instruct", "a model of the manifest"),
+    ],
+)
+def test_models_add_usage_errors(
+    tmp_path: Path,
+    manifest: Manifest,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    digest: str,
+    name: str | None,
+    problem: str,
+) -> None:
+    from appliance.models.commands import cli_add
+
+    store = ModelStore(tmp_path / "store", manifest, env={})
+    assert cli_add(store, url, digest, name, progress=False) == 2
+    out = capsys.readouterr().out
+    assert problem in out and "pw" not in out
+    assert not (tmp_path / "store").exists()

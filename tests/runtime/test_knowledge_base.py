@@ -16,6 +16,7 @@ import yaml
 from appliance.agent_config import KnowledgeBaseLocator, RagConfig
 from appliance.cli import main
 from appliance.config import load_config
+from appliance.core import knowledge as kn
 from appliance.ports import LlmOutput, TextDelta
 from appliance.preflight import check_config
 from appliance.runtime.knowledge_base import (
@@ -144,7 +145,9 @@ def test_an_faq_question_is_answered_as_written_without_the_llm(tmp_path: Path) 
     assert fields["ms"] >= 0
 
 
-def test_other_questions_get_the_retrieved_chunks_in_that_request_only(tmp_path: Path) -> None:
+def test_other_questions_get_the_retrieved_facts_next_to_the_question_in_that_request_only(
+    tmp_path: Path,
+) -> None:
     kiosk_copy(tmp_path)
     index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=2), None)
     inner, events = RecordingLlm(), Events()
@@ -155,8 +158,11 @@ def test_other_questions_get_the_retrieved_chunks_in_that_request_only(tmp_path:
     ]
     assert run_turn(llm, messages) == "From the LLM."
     [sent] = inner.requests
-    assert sent[0]["content"].startswith("You are a kiosk.\n\n") and "Ilse Marrow" in sent[0]["content"]
-    assert sent[1:] == messages[1:] and messages[0]["content"] == "You are a kiosk."  # not mutated
+    assert sent[0] == messages[0] and len(sent) == 2  # the system prompt stays the same (cached)
+    facts = "Its treasure is the Albatross chronometer, carried around the world by Captain Ilse Marrow"
+    assert sent[1]["content"] == kn.knowledge_question([f"{facts} in 1868."], messages[1]["content"])
+    assert "Ilse Marrow" in sent[1]["content"]
+    assert messages[1]["content"] == "Who carried the Albatross chronometer?"  # not mutated
     [(name, fields)] = events.items
     assert name == "knowledge_retrieved" and fields["faq_used"] is False
     assert len(fields["chunks"]) == 2 and fields["chunks"][0]["document_id"] == "h/galleries.html"
@@ -164,7 +170,7 @@ def test_other_questions_get_the_retrieved_chunks_in_that_request_only(tmp_path:
     # a tool round and a filler request are passed through without retrieval
     run_turn(llm, [*messages, {"role": "tool", "content": "ok", "tool_call_id": "1"}])
     run_turn(llm, [{"role": "system", "content": "FILLER"}, {"role": "user", "content": "Albatross?"}])
-    assert len(events.items) == 1 and inner.requests[1][0]["content"] == "You are a kiosk."
+    assert len(events.items) == 1 and inner.requests[1][-1]["content"] == "ok"
     assert inner.requests[2][0]["content"] == "FILLER"
 
 
@@ -266,3 +272,44 @@ def test_kb_list_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_kb_without_a_knowledge_base(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["kb", "list"]) == 0
     assert "no knowledge base" in capsys.readouterr().out
+
+
+def test_a_misheard_name_still_retrieves_its_page(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=1), None)
+    # whisper heard "Vosberg" for "Vossberg": the stems differ, the trigrams nearly match
+    found = index.retrieve("When was the Vosberg built?")
+    assert "vossb" in found.terms and found.hits[0].chunk.document_id == "h/galleries.html"
+    assert "built in 1741" in " ".join(index.facts(found))
+    [only] = index.retrieve("Tell me about the Vosberg.").hits  # no other word to find it by
+    assert "Vossberg" in only.chunk.text
+
+
+def test_the_speech_recogniser_gets_the_knowledge_base_names(tmp_path: Path) -> None:
+    from appliance.runtime.knowledge_base import VOCABULARY_CHARS, knowledge_vocabulary
+
+    config = load_config(kiosk_copy(tmp_path), log_warnings=False)
+    names = knowledge_vocabulary(config)
+    assert {"Vossberg", "Cuckoo Gallery", "Harbourlight-Guest"} <= set(names)
+    assert len(", ".join(names)) <= VOCABULARY_CHARS
+    (tmp_path / "docs" / "services.txt").write_bytes(b"\xff\xfe broken")  # unreadable: no names
+    assert knowledge_vocabulary(config) == []
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("conversation_config: {agent: {prompt: {prompt: hi}}}\nappliance: {mode: local}\n")
+    assert knowledge_vocabulary(load_config(bare, log_warnings=False)) == []
+
+
+class EchoingLlm:
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]
+    ) -> AsyncIterator[LlmOutput]:
+        for piece in ("Inform", "ation:", " Captain", " Ilse Marrow."):
+            yield TextDelta(piece)
+
+
+def test_the_label_a_small_model_echoes_is_not_spoken(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=2), None)
+    llm = KnowledgeLLM(EchoingLlm(), index, Events())
+    messages = [{"role": "user", "content": "Who carried the Albatross chronometer?"}]
+    assert run_turn(llm, messages) == "Captain Ilse Marrow."
