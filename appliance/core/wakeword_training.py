@@ -129,20 +129,40 @@ class CurvePoint:
     false_accepts_per_hour: float
 
 
-def count_activations(scores: list[float], threshold: float, refractory_frames: int) -> int:
-    """Detections in a score stream: a frame at or above `threshold` fires, then the word is
-    deaf for `refractory_frames` frames (as `core.wakeword.WakeWordGate` with patience 1)."""
+def count_activations(
+    scores: list[float], threshold: float, refractory_frames: int, patience_frames: int = 1
+) -> int:
+    """Detections in a score stream, as `core.wakeword.WakeWordGate` makes them: a run of
+    `patience_frames` consecutive frames at or above `threshold` fires on its last frame, then
+    the word is deaf for `refractory_frames` frames (a run broken by them starts again)."""
     if refractory_frames < 0:
         raise ValueError("refractory_frames must be >= 0")
+    if patience_frames < 1:
+        raise ValueError("patience_frames must be >= 1")
     count = 0
+    above = 0
     blocked_until = -1
     for i, score in enumerate(scores):
         if i < blocked_until:
+            above = 0
             continue
-        if score >= threshold:
+        above = above + 1 if score >= threshold else 0
+        if above >= patience_frames:
             count += 1
+            above = 0
             blocked_until = i + refractory_frames + 1
     return count
+
+
+def sustained_peak(scores: list[float], patience_frames: int = 1) -> float:
+    """The highest threshold a take still fires at with `patience_frames`: the best over every
+    run of that many consecutive frames of the run's lowest score (0.0 if the take is shorter)."""
+    if patience_frames < 1:
+        raise ValueError("patience_frames must be >= 1")
+    best = 0.0
+    for i in range(len(scores) - patience_frames + 1):
+        best = max(best, min(scores[i : i + patience_frames]))
+    return best
 
 
 def threshold_curve(
@@ -151,18 +171,19 @@ def threshold_curve(
     negative_hours: float,
     thresholds: list[float],
     refractory_frames: int = 25,
+    patience_frames: int = 1,
 ) -> list[CurvePoint]:
     """Recall and false accepts per hour at each threshold.
 
-    `positive_peaks`: the highest score of each positive take; `negative_streams`: frame scores
-    of negative audio totalling `negative_hours` hours."""
+    `positive_peaks`: the `sustained_peak` of each positive take (with the same patience);
+    `negative_streams`: frame scores of negative audio totalling `negative_hours` hours."""
     if negative_hours <= 0:
         raise ValueError("negative_hours must be > 0")
     points = []
     for t in thresholds:
         hits = sum(1 for p in positive_peaks if p >= t)
         recall = hits / len(positive_peaks) if positive_peaks else 0.0
-        fa = sum(count_activations(s, t, refractory_frames) for s in negative_streams)
+        fa = sum(count_activations(s, t, refractory_frames, patience_frames) for s in negative_streams)
         points.append(CurvePoint(t, recall, fa, fa / negative_hours))
     return points
 

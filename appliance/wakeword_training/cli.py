@@ -179,7 +179,9 @@ def _enroll(args: argparse.Namespace) -> int:
             ) from None
         takes.append(resample(audio, rate, ev.RATE_HZ) if rate != ev.RATE_HZ else audio)
     extractor = features_for(models_dir)
-    streams = ev.negative_embeddings(extractor, args.negative_minutes / 60, 1, state_dir() / "wakeword-eval")
+    streams = ev.negative_embeddings(
+        extractor, args.negative_minutes / 60, 1, state_dir() / "wakeword-eval", split="validation"
+    )
     result = enroll(folder, args.name, extractor, takes, streams)
     print(
         f"enrolled {result.takes} takes into {result.model_path} (base kept as {result.base_path.name}; "

@@ -19,6 +19,7 @@ from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, sco
 
 RATE_HZ = 16000
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
+PATIENCE_FRAMES = 1  # the default patience_frames
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,19 @@ def pad_take(take: Pcm16, rng: np.random.Generator) -> Pcm16:
     return augment.to_pcm(x)
 
 
-def peak_scores(
+def take_scores(
     model: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0
-) -> list[float]:
-    """The highest score over each padded take."""
+) -> list[list[float]]:
+    """The frame scores of each padded take."""
     rng = np.random.default_rng(seed)
-    peaks = []
-    for take in takes:
-        scores = score_windows(model, sliding(extractor.embeddings(pad_take(take, rng))))
-        peaks.append(float(scores.max()) if scores.size else 0.0)
-    return peaks
+    return [score_windows(model, sliding(extractor.embeddings(pad_take(t, rng)))).tolist() for t in takes]
+
+
+def peak_scores(
+    model: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0, patience_frames: int = 1
+) -> list[float]:
+    """The highest threshold each padded take fires at (`core.sustained_peak`)."""
+    return [core.sustained_peak(s, patience_frames) for s in take_scores(model, extractor, takes, seed)]
 
 
 def negative_embeddings(
@@ -61,22 +65,24 @@ def negative_embeddings(
     seed: int,
     cache_dir: Path | None,
     on_chunk: Callable[[int, int], None] | None = None,
+    split: str = "test",
 ) -> list[npt.NDArray[np.float32]]:
-    """The embedding streams of `hours` of generated negative audio (one per minute), cached
-    in `cache_dir` as .npy files so a second evaluation reads them back."""
+    """The embedding streams of `hours` of generated negative audio (one per minute) of a
+    `split` ("validation" or "test", see `negative_audio_chunk`), cached in `cache_dir` as .npy
+    files so a second evaluation reads them back."""
     chunks = max(1, round(hours * 3600 / CHUNK_S))
     out = []
     for index in range(chunks):
         path = None
         if cache_dir is not None:
-            key = hashlib.sha256(f"v1:{seed}:{index}".encode()).hexdigest()[:16]
+            key = hashlib.sha256(f"v2:{split}:{seed}:{index}".encode()).hexdigest()[:16]
             path = cache_dir / f"negative-{key}.npy"
             if path.is_file():
                 out.append(np.load(path))
                 if on_chunk:
                     on_chunk(index + 1, chunks)
                 continue
-        emb = extractor.embeddings(negative_audio_chunk(index, seed))
+        emb = extractor.embeddings(negative_audio_chunk(index, seed, split=split))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, emb)
@@ -95,13 +101,14 @@ def evaluate(
     negative_seconds: float,
     max_false_accepts_per_hour: float = 0.5,
     extra_thresholds: tuple[float, ...] = (),
+    patience_frames: int = 1,
 ) -> Evaluation:
     """The curve at the default thresholds and `extra_thresholds` (e.g. the trained one)."""
-    peaks = peak_scores(model, extractor, positives)
+    peaks = peak_scores(model, extractor, positives, patience_frames=patience_frames)
     streams = [score_windows(model, sliding(e)).tolist() for e in negative_streams]
     hours = negative_seconds / 3600
     thresholds = sorted({*core.default_thresholds(), *extra_thresholds})
-    curve = core.threshold_curve(peaks, streams, hours, thresholds, REFRACTORY_FRAMES)
+    curve = core.threshold_curve(peaks, streams, hours, thresholds, REFRACTORY_FRAMES, patience_frames)
     return Evaluation(
         name, len(peaks), hours, curve, core.suggest_threshold(curve, max_false_accepts_per_hour), peaks
     )

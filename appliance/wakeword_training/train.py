@@ -76,6 +76,57 @@ SENTENCES = (
     "The flight was delayed by two hours because of fog.",
 )  # fmt: skip
 
+# Texts of the test negatives only (`negative_audio_chunk(split="test")`): never spoken in
+# training or validation, so a false-accept rate measured on them is not tuned to them.
+TEST_PHRASES = (
+    "hey there", "okay then", "hello again", "hey you", "okay fine", "hello everyone", "come here",
+    "call mom", "lights off", "volume up", "next song", "what is the weather", "good evening",
+    "see you later", "wake me up at seven", "is it raining", "hey google", "computer science",
+)  # fmt: skip
+
+TEST_SENTENCES = (
+    "The bus was late again so I walked the last two miles.",
+    "Have you ever tried cooking rice in a clay pot?",
+    "My sister keeps a diary and writes in it every night.",
+    "The lights in the stadium came on just before sunset.",
+    "We need a bigger table if everyone is coming for lunch.",
+    "I heard a strange noise coming from the basement.",
+    "The teacher asked us to read the first chapter by Monday.",
+    "Hey, could you help me carry these boxes upstairs?",
+    "Okay, so the plan is to meet at the station at noon.",
+    "Hello, I would like to book a table for four people.",
+    "The new computer in the library is much faster than the old one.",
+    "A lamp post leaned over the road after the storm.",
+    "The kids bought ice cream from the kiosk on the beach.",
+    "He repaired the old clock that belonged to his grandfather.",
+    "The shop around the corner sells second hand records.",
+    "Every summer we go camping by the lake in the mountains.",
+    "The doctor said I should get more sleep and less coffee.",
+    "They painted a mural of a whale on the side of the school.",
+    "I am not sure whether the store is open on holidays.",
+    "The cat sleeps on the windowsill whenever the sun is out.",
+    "Please switch off the heater before you leave the room.",
+    "The orchestra played a symphony that lasted over an hour.",
+    "Our team lost the match but we played really well.",
+    "She keeps her keys in a little bowl by the front door.",
+    "The price of apples went up after the dry summer.",
+    "He likes to listen to the radio while he cooks dinner.",
+    "We counted more than forty stars before the clouds came.",
+    "The bridge will be closed for repairs until next spring.",
+    "My uncle builds wooden boats in his garage.",
+    "The hotel room had a view of the harbour and the lighthouse.",
+    "It took them three hours to climb to the top of the hill.",
+    "Hey, where did you put the remote control?",
+    "The baby finally fell asleep after a long afternoon.",
+    "I will send you the photos as soon as I get home.",
+    "The farmer sold fresh vegetables at the Saturday market.",
+    "Okay everyone, let us start the meeting now.",
+    "The company moved its office to a building near the river.",
+    "Hello, this is a message for the person who lost a blue umbrella.",
+    "The printer jammed twice while I was printing the report.",
+    "Tomorrow we will compare the results with last year's numbers.",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainSize:
@@ -205,16 +256,23 @@ def long_speech(texts: list[str], voice_list: list[synth.Voice], rng: np.random.
     return augment.to_pcm(np.concatenate(parts)) if parts else np.zeros(0, np.int16)
 
 
-def negative_audio_chunk(index: int, seed: int, heldout: bool = True) -> Pcm16:
-    """One minute of negative audio: held-out (or training) voices reading the fixed sentences and phrases
-    with room noise and pauses, and every fourth minute plain noise of varying colour and level."""
+def negative_audio_chunk(index: int, seed: int, heldout: bool = True, split: str = "") -> Pcm16:
+    """One minute of negative audio: voices reading sentences and phrases with room noise and
+    pauses, and every fourth minute plain noise of varying colour and level.
+
+    `split`: "train" (training voices, training texts), "validation" (held-out voices, training
+    texts: for choosing a threshold) or "test" (held-out voices, texts used nowhere else: for
+    measuring). Without it, `heldout` picks "test" or "train"."""
+    split = split or ("test" if heldout else "train")
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"unknown negative split {split!r}")
     rng = np.random.default_rng([seed, index])
     n = int(CHUNK_S * RATE_HZ)
     if index % 4 == 3:
         parts = [augment.room_noise(n // 6, rng, float(rng.uniform(5, 3000))) for _ in range(6)]
         return augment.to_pcm(np.concatenate(parts))[:n]
-    speakers = synth.voices(heldout, 6, seed * 1009 + index, piper=index % 8 == 0)
-    texts = [*SENTENCES, *OTHER_PHRASES]
+    speakers = synth.voices(split != "train", 6, seed * 1009 + index, piper=index % 8 == 0)
+    texts = [*TEST_SENTENCES, *TEST_PHRASES] if split == "test" else [*SENTENCES, *OTHER_PHRASES]
     order = rng.permutation(len(texts))
     parts_f: list[npt.NDArray[np.float64]] = []
     total = 0

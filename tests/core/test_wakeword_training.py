@@ -14,6 +14,7 @@ from appliance.core.wakeword_training import (
     sound_key,
     sounds_same,
     suggest_threshold,
+    sustained_peak,
     threshold_curve,
 )
 
@@ -82,6 +83,60 @@ def test_near_misses_are_bounded() -> None:
 )
 def test_count_activations(scores: list[float], threshold: float, refractory: int, expected: int) -> None:
     assert count_activations(scores, threshold, refractory) == expected
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "refractory", "expected"),
+    [
+        ([0.6, 0.1, 0.6, 0.1], 2, 0, 0),  # never two frames in a row
+        ([0.6, 0.7, 0.1], 2, 0, 1),
+        ([0.6, 0.7, 0.8, 0.9], 2, 0, 2),  # a run restarts after it fired
+        ([0.6, 0.7, 0.8, 0.9], 2, 1, 1),  # frame 2 is deaf, frame 3 alone is too short
+        ([0.6, 0.7, 0.1, 0.1, 0.6, 0.6, 0.6], 3, 0, 1),
+        ([0.6, 0.6, 0.6], 3, 25, 1),
+    ],
+)
+def test_count_activations_with_patience(
+    scores: list[float], patience: int, refractory: int, expected: int
+) -> None:
+    assert count_activations(scores, 0.5, refractory, patience) == expected
+
+
+def test_count_activations_agrees_with_the_gate() -> None:
+    from appliance.core.wakeword import WakeWordGate, WakeWordRule
+
+    scores = [0.1, 0.6, 0.7, 0.2, 0.9, 0.9, 0.9, 0.1, 0.8, 0.8, 0.3, 0.95, 0.96, 0.97, 0.2] * 3
+    for patience in (1, 2, 3):
+        for refractory in (0, 1, 3):
+            gate = WakeWordGate({"w": WakeWordRule("w", 0.5, patience, refractory * 0.08 + 0.04)})
+            fired = sum(1 for i, s in enumerate(scores) if gate.process({"w": s}, i * 0.08) is not None)
+            assert count_activations(scores, 0.5, refractory, patience) == fired, (patience, refractory)
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "expected"),
+    [
+        ([], 1, 0.0),
+        ([0.2, 0.9, 0.4], 1, 0.9),
+        ([0.2, 0.9, 0.4], 2, 0.4),
+        ([0.2, 0.9, 0.4, 0.8, 0.85], 2, 0.8),
+        ([0.9], 2, 0.0),  # shorter than the patience: never fires
+    ],
+)
+def test_sustained_peak(scores: list[float], patience: int, expected: float) -> None:
+    assert sustained_peak(scores, patience) == expected
+
+
+def test_patience_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="patience"):
+        count_activations([0.9], 0.5, 0, 0)
+    with pytest.raises(ValueError, match="patience"):
+        sustained_peak([0.9], 0)
+
+
+def test_threshold_curve_with_patience() -> None:
+    curve = threshold_curve([0.9], [[0.6, 0.1, 0.6], [0.6, 0.6]], 1.0, [0.5], 0, patience_frames=2)
+    assert curve == [CurvePoint(0.5, 1.0, 1, 1.0)]
 
 
 def test_threshold_curve() -> None:
