@@ -18,56 +18,45 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
+from typing import Any, cast
 
 _LOGGER = logging.getLogger(__name__)
 
-_trim: Callable[[int], int] | None = None
-_looked_up = False
 _M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
-def _lookup() -> Callable[[int], int] | None:
-    global _trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name) if name else None
-            fn = getattr(libc, "malloc_trim", None) if libc is not None else None
-        except OSError:
-            fn = None
-        if fn is not None:
-            fn.argtypes = [ctypes.c_size_t]
-            fn.restype = ctypes.c_int
-            _trim = fn
-        else:
-            _LOGGER.debug("malloc_trim is not available; freed memory stays with the allocator")
-    return _trim
+@functools.cache
+def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """The C library's function `name` (returning int, taking `argtypes`), or None without it."""
+    path = ctypes.util.find_library("c")
+    try:
+        fn = getattr(ctypes.CDLL(path), name, None) if path else None
+    except OSError:
+        fn = None
+    if fn is None:
+        _LOGGER.debug("%s is not in the C library: freed memory stays with the allocator", name)
+        return None
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    return cast("Callable[..., int]", fn)
 
 
 def release_free_memory() -> bool:
     """Return freed heap memory to the system. True when the C library did it (glibc's
     `malloc_trim` returns 1 when it released something, 0 when there was nothing to release),
     False when the C library cannot."""
-    fn = _lookup()
-    if fn is None:
+    trim = _libc_function("malloc_trim", ctypes.c_size_t)
+    if trim is None:
         return False
-    fn(0)
+    trim(0)
     return True
 
 
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Pin glibc's mmap threshold (and so switch off its dynamic raising). True when set."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    except OSError:
-        mallopt = None
-    if mallopt is None:
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    mallopt = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))

@@ -39,8 +39,7 @@ def test_glibc_trim_gives_a_fragmented_heap_back() -> None:
 
 
 def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_looked_up", True)
-    monkeypatch.setattr(memory, "_trim", None)
+    monkeypatch.setattr(memory, "_libc_function", lambda name, *argtypes: None)
     assert memory.release_free_memory() is False
 
 
