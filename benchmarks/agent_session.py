@@ -395,7 +395,7 @@ def latency_table(quick: bool = False) -> list[Row]:
     rows = rows_for("box", [asdict(t) for t in asyncio.run(measure(turns))], _load())
     for budget in () if quick else BUDGETS:  # a Pi-class run takes minutes
         load = _load()
-        rows.extend(rows_for(budget, _run_budget(budget, 2), load))
+        rows.extend(rows_for(budget, _run_budget(budget, 4), load))
     return rows
 
 

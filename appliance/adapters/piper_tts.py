@@ -268,9 +268,36 @@ class PiperTts:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         try:
-            return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(model), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:
             raise ModelError(f"cannot load Piper voice model {model}: {err}", code="tts_load") from err
+        return ShrinkingSession(session, ort.RunOptions())
+
+
+class ShrinkingSession:
+    """An onnxruntime session whose memory arena gives back its free regions after every run.
+
+    A Piper voice's tensors grow with the text's length, and onnxruntime's CPU arena keeps every
+    region it ever grew to: 40 sentences of 3-60 words took a process from 152 to 579 MiB, and
+    it kept climbing (806 MiB after 300). With `memory.enable_memory_arena_shrinkage` the arena
+    frees what is unused at the end of each run: 138 -> 142 MiB for the same sentences, for
+    about 13 % more synthesis CPU (the regions are mapped again on the next run); without the
+    arena at all, synthesis took twice the CPU. Piper calls `run(None, inputs)`; everything
+    else is the wrapped session's.
+    """
+
+    def __init__(self, session: Any, run_options: Any) -> None:
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._session = session
+        self._run_options = run_options
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, input_feed, run_options or self._run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
 
 
 def _chunks(piper_voice: PiperVoice, text: str, syn_config: SynthesisConfig) -> Iterator[tuple[Pcm16, int]]:
