@@ -23,7 +23,8 @@ sentence twice (at 10 s with a keyword prompt, "Please call Siobhan about dinner
 piper/espeak-ng commands with the kiosk's keyword prompt, word error rate 7.3 % with 30 s, 7.7 %
 with 15 s, 8.7 % with 10 s; 0.49 / 0.22 / 0.17 s per command on one thread. The default is 15 s,
 and a transcript that is one sentence said twice or more in a row is kept once
-(`collapse_repeats`). `min_window_s: 30` restores the full window.
+(`collapse_repeats`). `min_window_s: 30` restores the full window. Language detection (a
+multilingual model asked for no language, and `detect_language`) always reads the full window.
 
 Not thread-safe by design: the runtime owns one worker thread per model and calls `transcribe`
 and `detect_language` only from it (a CTranslate2 model is never used concurrently).
@@ -50,6 +51,7 @@ WINDOW_MARGIN_S = 3.0
 """Padding frames kept after the speech when the window is longer than `min_window_s`."""
 FULL_WINDOW_S = 30.0
 _FRAMES_PER_S = 100  # Whisper's log-mel hop: 10 ms
+FULL_WINDOW_FRAMES = round(FULL_WINDOW_S * _FRAMES_PER_S)
 MAX_PROMPT_CHARS = 400
 """Whisper's prompt holds about 220 tokens; keywords beyond this are left out."""
 
@@ -117,7 +119,7 @@ class FasterWhisperStt:
         self.threads = threads
         self.compute_type = compute_type
         self.beam_size = beam_size
-        self._model.min_window_frames = round(min_window_s * _FRAMES_PER_S)
+        self._window_frames = round(min_window_s * _FRAMES_PER_S)
         self.initial_prompt = keyword_prompt(keywords)
         self.multilingual = _is_multilingual(self._model, model_dir)
         self.languages: frozenset[str] = frozenset(self._model.supported_languages)
@@ -133,6 +135,10 @@ class FasterWhisperStt:
         samples = _to_float32(audio)
         if samples.size == 0:
             return "", lang or "en"
+        # Detecting the language needs the full window: on espeak-ng German, the multilingual base
+        # model's confidence fell from 0.81 to 0.44 with 15 s. An English-only model never detects.
+        full = lang is None and self.multilingual
+        self._model.min_window_frames = FULL_WINDOW_FRAMES if full else self._window_frames
         segments, info = self._model.transcribe(
             samples,
             language=lang,
@@ -155,6 +161,7 @@ class FasterWhisperStt:
         samples = _to_float32(audio)
         if samples.size == 0:
             return "en", 0.0
+        self._model.min_window_frames = FULL_WINDOW_FRAMES
         language, probability, _ = self._model.detect_language(samples)
         return str(language), float(probability)
 
@@ -251,7 +258,7 @@ def windowed_model_class() -> Any:
     from faster_whisper import WhisperModel
 
     class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
-        min_window_frames = round(FULL_WINDOW_S * _FRAMES_PER_S)
+        min_window_frames = FULL_WINDOW_FRAMES
 
         def encode(self, features: Any) -> Any:
             single = features[0] if features.ndim == 3 and features.shape[0] == 1 else features

@@ -129,14 +129,17 @@ class FakeMultilingualModel:
     def __init__(self, path: str, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.calls: list[dict[str, Any]] = []
+        self.windows: list[int] = []  # the encoder window (frames) each call ran with
         self.model = type("Ct2", (), {"is_multilingual": True})()
 
     def transcribe(self, audio: Any, **kwargs: Any) -> tuple[Any, _Info]:
         assert audio.dtype == np.float32 and float(np.max(np.abs(audio))) <= 1.0
         self.calls.append(kwargs)
+        self.windows.append(getattr(self, "min_window_frames", 0))
         return iter([_Segment(" Hallo "), _Segment(""), _Segment("Welt. ")]), _Info()
 
     def detect_language(self, audio: Any) -> tuple[str, float, list[tuple[str, float]]]:
+        self.windows.append(getattr(self, "min_window_frames", 0))
         return "de", 0.93, [("de", 0.93), ("en", 0.05)]
 
 
@@ -242,6 +245,16 @@ def test_collapse_repeats(heard: str, kept: str) -> None:
     from appliance.adapters.whisper_stt import collapse_repeats
 
     assert collapse_repeats(heard) == kept
+
+
+def test_language_detection_reads_the_full_window(multilingual: FasterWhisperStt) -> None:
+    model: FakeMultilingualModel = multilingual._model
+    audio = np.full(16000, 1000, dtype=np.int16)
+    multilingual.transcribe(audio, None)  # detects: 30 s
+    multilingual.transcribe(audio, "de")  # a known language: the short window
+    multilingual.detect_language(audio)
+    multilingual.transcribe(audio, "de")
+    assert model.windows == [3000, 1500, 3000, 1500]
 
 
 def test_min_window_outside_whisper_range_is_refused(tmp_path: Path) -> None:
