@@ -12,6 +12,11 @@ trailing silence ends a turn:
 | eager     | 0.40 s                |
 | normal    | 0.75 s                |
 | patient   | 1.50 s                |
+
+While the agent speaks, the caller passes `talk_over_s` (how long the echo canceller has run in
+the agent's turn): a second, faster start rule (`barge_in_min_speech_s` at `barge_in_threshold`)
+lets the user barge in within about 0.2 s instead of `min_speech_s` + the VAD's rise (measured
+0.25-0.35 s without echo), once the canceller has settled (`barge_in_after_s`).
 """
 
 from __future__ import annotations

@@ -86,6 +86,39 @@ def test_an_unknown_engine_is_a_config_problem() -> None:
     assert line.startswith("appliance.audio.echo_cancellation: ") and "webrtc" in line
 
 
+@pytest.mark.parametrize(
+    ("vad", "min_speech_s", "threshold"),
+    [
+        ({}, 0.06, 0.8),  # the defaults: the faster barge-in rule is on
+        ({"barge_in_min_speech_s": None}, None, 0.8),  # off: min_speech_s only, as before
+        ({"barge_in_min_speech_s": 0.1, "barge_in_threshold": 0.9}, 0.1, 0.9),
+    ],
+)
+def test_the_barge_in_rule_settings_reach_the_endpointer(
+    vad: dict[str, Any], min_speech_s: float | None, threshold: float
+) -> None:
+    endpoint = config({"vad": vad}).endpoint_config()
+    assert endpoint.barge_in_min_speech_s == min_speech_s
+    assert endpoint.barge_in_threshold == threshold
+    assert endpoint.min_speech_s == 0.2
+
+
+@pytest.mark.parametrize(
+    ("vad", "path"),
+    [
+        ({"barge_in_min_speech_s": 0.01}, "appliance.vad.barge_in_min_speech_s: "),
+        ({"barge_in_min_speech_s": 3}, "appliance.vad.barge_in_min_speech_s: "),
+        ({"barge_in_threshold": 1.0}, "appliance.vad.barge_in_threshold: "),
+        ({"barge_in_threshold": "high"}, "appliance.vad.barge_in_threshold: "),
+    ],
+)
+def test_bad_barge_in_settings_are_config_problems(vad: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config({"vad": vad})
+    (line,) = err.value.problems
+    assert line.startswith(path), line
+
+
 def test_an_engine_that_cannot_load_falls_back_to_gating(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
