@@ -190,9 +190,9 @@ class VadConfig(_Device):
     threshold: Annotated[Num, between(0.05, 0.95)] = 0.5
     min_speech_s: Annotated[Num, between(0.03, 2, "seconds")] = 0.2
     barge_in_min_speech_s: Annotated[Num, between(0.03, 2, "seconds")] | None = 0.06
-    """While the agent speaks and the echo canceller has run for 2.5 s of its turn: speech at or
-    above `barge_in_threshold` this long interrupts it (faster than `min_speech_s`, which still
-    applies too). None: only `min_speech_s`."""
+    """While the agent speaks and the echo canceller (not gating) has run for 2.5 s of its turn:
+    speech at or above `barge_in_threshold` this long interrupts it (faster than `min_speech_s`,
+    which still applies too). None: only `min_speech_s`."""
     barge_in_threshold: Annotated[Num, between(0.05, 0.99)] = 0.8
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
