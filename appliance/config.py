@@ -189,6 +189,11 @@ class WakeWordsConfig(_Device):
 class VadConfig(_Device):
     threshold: Annotated[Num, between(0.05, 0.95)] = 0.5
     min_speech_s: Annotated[Num, between(0.03, 2, "seconds")] = 0.2
+    barge_in_min_speech_s: Annotated[Num, between(0.03, 2, "seconds")] | None = 0.06
+    """While the agent speaks and the echo canceller (not gating) has run for 2.5 s of its turn:
+    speech at or above `barge_in_threshold` this long interrupts it (faster than `min_speech_s`,
+    which still applies too). None: only `min_speech_s`."""
+    barge_in_threshold: Annotated[Num, between(0.05, 0.99)] = 0.8
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
@@ -475,6 +480,8 @@ class Config:
             threshold=vad.threshold,
             release_threshold=min(EndpointConfig.release_threshold, vad.threshold),
             min_speech_s=vad.min_speech_s,
+            barge_in_min_speech_s=vad.barge_in_min_speech_s,
+            barge_in_threshold=vad.barge_in_threshold,
             end_silence_s=self.end_silence_s,
             max_utterance_s=vad.max_utterance_s,
             preroll_s=vad.preroll_s,

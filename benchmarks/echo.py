@@ -59,6 +59,10 @@ STORY_REQUEST = "Tell me a story."
 STOP_UTTERANCE = "Stop, stop please."
 SPARE_REPLY = "Okay."
 MODES = ("gate", "webrtc")
+SLOW_RULE = "webrtc, min_speech_s only"
+"""The canceller with the endpointer's normal rule only (`appliance.vad.barge_in_min_speech_s:
+null`): the same audio as the `webrtc` row, to show what the barge-in rule changes."""
+PATH_MODES = (*MODES, SLOW_RULE)
 DEVICE_DELAY_S = 0.03  # what --simulate-echo adds on top of the room's own delay
 BARGE_IN_WINDOW_S = 0.30  # target: detected within this long after the user starts speaking
 CONVERGENCE_S = 2.0  # ERLE counts from this far into the agent's speech
@@ -178,10 +182,30 @@ class Metered:
         self.inner.pause()
 
 
+class RecordedVad:
+    """Wraps the VAD: every frame's probability, by the audio time at the frame's end."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.frame_samples: int = inner.frame_samples
+        self.probs: list[tuple[float, float]] = []
+        self._samples = 0
+
+    def probability(self, frame: Pcm16) -> float:
+        p = float(self.inner.probability(frame))
+        self._samples += int(frame.size)
+        self.probs.append((self._samples / RATE_HZ, p))
+        return p
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
 @dataclass
 class PathRun:
     speech_starts: list[float] = field(default_factory=list)  # decision times (audio clock)
     canceller: Metered | None = None
+    vad: list[tuple[float, float]] = field(default_factory=list)  # (frame end, probability)
 
 
 def run_session_path(
@@ -202,6 +226,9 @@ def run_session_path(
 
     config = _appliance_config()
     preloaded = _preloaded()
+    endpoint = config.endpoint_config()
+    if mode == SLOW_RULE:
+        mode, endpoint = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None)
     inner = build_echo_canceller(mode)
     canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
     result = PathRun(canceller=canceller)
@@ -218,11 +245,12 @@ def run_session_path(
         if isinstance(event, SpeechStarted):
             result.speech_starts.append(timeline.now)
 
+    vad = RecordedVad(preloaded.vad)  # the router listens from the first sample: frames are contiguous
     router = AudioRouter(
         detector=preloaded.detector,
         gate=WakeWordGate(config.wake_word_rules()),
-        vad=preloaded.vad,
-        endpointer=Endpointer(config.endpoint_config()),
+        vad=vad,
+        endpointer=Endpointer(endpoint),
         executor=executor,
         post=post,
         playback=timeline,
@@ -242,6 +270,7 @@ def run_session_path(
         asyncio.run(feed())
     finally:
         executor.shutdown(wait=True)
+    result.vad = vad.probs
     return result
 
 
@@ -261,6 +290,8 @@ class PathResult:
     in_window: int = 0
     false_in_trials: int = 0
     delays_s: list[float] = field(default_factory=list)
+    vad_delays_s: list[float] = field(default_factory=list)
+    """User's speech start → the end of the first VAD frame at or above the threshold after it."""
     erle_db: float | None = None
     cpu_pct: float | None = None
 
@@ -298,6 +329,10 @@ def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -
         onset = user_at + _onset_s(phrase)
         res.trials += 1
         res.false_in_trials += sum(t < onset for t in run.speech_starts)
+        threshold = _appliance_config().appliance.vad.threshold
+        crossing = [t - onset for t, p in run.vad if t > onset and p >= threshold]
+        if crossing:
+            res.vad_delays_s.append(crossing[0])
         after = [t - onset for t in run.speech_starts if t >= onset]
         if after:
             res.detected += 1
@@ -335,6 +370,7 @@ def echo_table(quick: bool = False) -> list[Row]:
             "turns self-interrupted": f"{floor.turns_self_interrupted}/{floor.turns}",
             "barge-in detected": f"{floor.detected}/{floor.trials}",
             "≤ 300 ms": f"{floor.in_window}/{floor.trials}",
+            "VAD ≥ threshold median ms": _ms(_median(floor.vad_delays_s)),
             "delay median ms": _ms(_median(floor.delays_s)),
             "delay max ms": _ms(max(floor.delays_s, default=None)),
             "false starts": floor.false_in_trials,
@@ -347,7 +383,7 @@ def echo_table(quick: bool = False) -> list[Row]:
     for room in settings.rooms:
         for gain in settings.gains:
             targeted = gain <= 1.0 or room == "small"
-            for mode in MODES:
+            for mode in MODES if quick else PATH_MODES:
                 r = measure_path(mode, room, gain, settings)
                 ok = (
                     r.turns_self_interrupted == 0
@@ -364,6 +400,7 @@ def echo_table(quick: bool = False) -> list[Row]:
                         "turns self-interrupted": f"{r.turns_self_interrupted}/{r.turns}",
                         "barge-in detected": f"{r.detected}/{r.trials}",
                         "≤ 300 ms": f"{r.in_window}/{r.trials}",
+                        "VAD ≥ threshold median ms": _ms(_median(r.vad_delays_s)),
                         "delay median ms": _ms(_median(r.delays_s)),
                         "delay max ms": _ms(max(r.delays_s, default=None)),
                         "false starts": r.false_in_trials,

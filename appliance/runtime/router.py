@@ -106,6 +106,12 @@ class AudioRouter:
         self._echo_tail_s = echo_tail_s
         self._last_playing_t: float | None = None
         self._echo_engaged = False
+        self._echo_since: float | None = None
+        """Audio time the canceller started on the current agent turn (None: not running); the
+        endpointer's barge-in rule reads how long it has run."""
+        self._barge_in_rule = echo is not None and echo.name != "gate"
+        """Gating leaves too much echo for the faster rule: with a pure 30 ms echo at gain 2
+        (the case it handles) the rule made it interrupt itself; it keeps the normal rule."""
         self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
         self.mic_realigned = 0
         self.echo_blocks = 0
@@ -152,6 +158,7 @@ class AudioRouter:
             if self._echo_engaged and self._echo is not None:
                 self._echo_engaged = False  # the blocks in between bypass it: not contiguous
                 self._echo.pause()
+            self._echo_since = None
             if not on:
                 # Back to the wake word: its features still hold the audio from before the
                 # session (the wake word itself) and would fire again at once. Reset here, not
@@ -184,13 +191,24 @@ class AudioRouter:
             # The wake word fired: the rest of this block already belongs to the session.
             self._set_listening(True)
             block, start = rest
+        was_engaged = self._echo_engaged
         block = self._cancel_echo(block, end_t)
+        if not self._echo_engaged:
+            self._echo_since = None
+        elif not was_engaged or self._echo_since is None:
+            self._echo_since = start / MIC_RATE_HZ
         offset = start - self._vad_chunks.pending
         for frame in self._vad_chunks.push(block):
             offset += frame.size
             prob = self._vad.probability(frame)
             self.stats.vad_frames += 1
-            events.extend(self._endpointer.process(prob, frame.tobytes(), offset / MIC_RATE_HZ))
+            t = offset / MIC_RATE_HZ
+            talk_over_s = (
+                None
+                if self._echo_since is None or not self._barge_in_rule
+                else max(0.0, t - self._echo_since)
+            )
+            events.extend(self._endpointer.process(prob, frame.tobytes(), t, talk_over_s))
         return events
 
     def _mic_clock(self, n: int, arrived: float | None) -> float | None:

@@ -210,3 +210,64 @@ def test_speculation_leaves_turn_eagerness_as_it_is(eagerness: TurnEagerness, pr
     assert all(
         declared - end == pytest.approx(END_SILENCE_S[eagerness], abs=0.033) for end, declared, _ in plain
     )
+
+
+BARGE_IN = EndpointConfig(barge_in_min_speech_s=0.06, barge_in_threshold=0.8, barge_in_after_s=2.5)
+
+
+# 100 frames = 3.2 s; the canceller starts at 0 (settled from 2.5 s, frame 79 ends at 2.528 s)
+@pytest.mark.parametrize(
+    ("cfg", "probs", "canceller_from", "starts"),
+    [
+        # settled canceller: 2 frames (0.064 s >= 0.06) at >= 0.8 start speech at the second frame
+        (BARGE_IN, seq((0.0, 85), (0.85, 2), (0.0, 13)), 0.0, [2.784]),
+        # the normal rule alone (agent silent): 2 frames are a blip
+        (BARGE_IN, seq((0.0, 85), (0.85, 2), (0.0, 13)), None, []),
+        # ... and 7 frames are speech (0.224 s >= 0.2)
+        (BARGE_IN, seq((0.0, 85), (0.85, 7), (0.0, 8)), None, [2.944]),
+        # one frame is not enough, even a confident one
+        (BARGE_IN, seq((0.0, 85), (0.99, 1), (0.3, 1), (0.99, 1), (0.0, 12)), 0.0, []),
+        # below the barge-in threshold only the normal rule counts (7 frames at 0.7)
+        (BARGE_IN, seq((0.0, 85), (0.7, 6), (0.0, 9)), 0.0, []),
+        (BARGE_IN, seq((0.0, 85), (0.7, 7), (0.0, 8)), 0.0, [2.944]),
+        # the canceller started 1 s ago only (not settled): the normal rule
+        (BARGE_IN, seq((0.0, 85), (0.85, 2), (0.0, 13)), 1.7, []),
+        # ... and it settles within the run: only the frames after 2.5 s count (frames 78, 79 end at
+        # 2.496 s and 2.528 s: the first one is before)
+        (BARGE_IN, seq((0.0, 77), (0.9, 2), (0.0, 21)), 0.0, []),
+        (BARGE_IN, seq((0.0, 77), (0.9, 3), (0.0, 20)), 0.0, [2.56]),
+        # the faster rule off: the normal rule while the agent speaks too
+        (EndpointConfig(), seq((0.0, 85), (0.85, 2), (0.0, 13)), 0.0, []),
+    ],
+)
+def test_barge_in_rule_while_the_canceller_runs(
+    cfg: EndpointConfig, probs: list[float], canceller_from: float | None, starts: list[float]
+) -> None:
+    ep = Endpointer(cfg)
+    got: list[float] = []
+    for i, p in enumerate(probs):
+        t_end = (i + 1) * FRAME_S
+        talk_over_s = None if canceller_from is None or t_end < canceller_from else t_end - canceller_from
+        got += [
+            round(t_end, 3)
+            for ev in ep.process(p, frame(), t_end, talk_over_s)
+            if isinstance(ev, SpeechStarted)
+        ]
+    assert got == starts
+
+
+def test_a_barge_in_start_keeps_the_speech_frames_and_the_preroll() -> None:
+    ep = Endpointer(BARGE_IN)
+    events = []
+    probs = seq((0.0, 85), (0.9, 10), (0.0, 30))
+    for i, p in enumerate(probs):
+        t_end = (i + 1) * FRAME_S
+        events += ep.process(p, frame(1 if p >= 0.5 else 0), t_end, t_end)
+    started = [e for e in events if isinstance(e, SpeechStarted)]
+    ended = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert [round(e.t, 3) for e in started] == [round(85 * FRAME_S, 3)]  # the start of the first speech frame
+    assert len(ended) == 1 and ended[0].start_t == started[0].t
+    assert ended[0].end_t == pytest.approx(95 * FRAME_S)
+    # the preroll (0.6 s: 19 frames, the last 2 of them the speech that started it), the 8 speech
+    # frames after, 0.2 s of the trailing silence
+    assert len(ended[0].audio) == (19 + 8) * FRAME_SAMPLES * 2 + int(0.2 * 16000) * 2

@@ -86,6 +86,39 @@ def test_an_unknown_engine_is_a_config_problem() -> None:
     assert line.startswith("appliance.audio.echo_cancellation: ") and "webrtc" in line
 
 
+@pytest.mark.parametrize(
+    ("vad", "min_speech_s", "threshold"),
+    [
+        ({}, 0.06, 0.8),  # the defaults: the faster barge-in rule is on
+        ({"barge_in_min_speech_s": None}, None, 0.8),  # off: min_speech_s only, as before
+        ({"barge_in_min_speech_s": 0.1, "barge_in_threshold": 0.9}, 0.1, 0.9),
+    ],
+)
+def test_the_barge_in_rule_settings_reach_the_endpointer(
+    vad: dict[str, Any], min_speech_s: float | None, threshold: float
+) -> None:
+    endpoint = config({"vad": vad}).endpoint_config()
+    assert endpoint.barge_in_min_speech_s == min_speech_s
+    assert endpoint.barge_in_threshold == threshold
+    assert endpoint.min_speech_s == 0.2
+
+
+@pytest.mark.parametrize(
+    ("vad", "path"),
+    [
+        ({"barge_in_min_speech_s": 0.01}, "appliance.vad.barge_in_min_speech_s: "),
+        ({"barge_in_min_speech_s": 3}, "appliance.vad.barge_in_min_speech_s: "),
+        ({"barge_in_threshold": 1.0}, "appliance.vad.barge_in_threshold: "),
+        ({"barge_in_threshold": "high"}, "appliance.vad.barge_in_threshold: "),
+    ],
+)
+def test_bad_barge_in_settings_are_config_problems(vad: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config({"vad": vad})
+    (line,) = err.value.problems
+    assert line.startswith(path), line
+
+
 def test_an_engine_that_cannot_load_falls_back_to_gating(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -399,3 +432,72 @@ def test_float_and_24_bit_impulse_responses_load(tmp_path: Path) -> None:
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     loaded = load_impulse_response(path)
     assert np.sum(loaded**2) == pytest.approx(1.0)
+
+
+class RecordingEndpointer(Endpointer):
+    def __init__(self) -> None:
+        super().__init__(EndpointConfig())
+        self.talk_over: list[tuple[float, float | None]] = []
+
+    def process(self, prob: float, frame: bytes, t_end: float, talk_over_s: float | None = None) -> list[Any]:
+        self.talk_over.append((round(t_end, 3), None if talk_over_s is None else round(talk_over_s, 3)))
+        return super().process(prob, frame, t_end, talk_over_s)
+
+
+class GatingCanceller(CountingCanceller):
+    name = "gate"
+
+
+@pytest.mark.parametrize("gating", [False, True])
+def test_the_endpointer_hears_how_long_the_canceller_has_run_in_the_agents_turn(gating: bool) -> None:
+    clock = [0.0]
+    playback = FakePlayback()
+    endpointer = RecordingEndpointer()
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer,
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: None,
+        playback=playback,
+        echo=GatingCanceller() if gating else CountingCanceller(),
+        now=lambda: clock[0],
+        echo_tail_s=0.5,
+    )
+    block = np.ones(1280, np.int16)  # 0.08 s: 2.5 VAD frames of 0.032 s
+    router.set_listening(True)
+
+    async def feed(n: int) -> None:
+        for _ in range(n):
+            clock[0] += 0.08
+            await router.process(block)
+
+    async def main() -> None:
+        await feed(5)  # 0-0.4 s: the agent silent
+        playback.playing = True
+        await feed(40)  # 0.4-3.6 s: it speaks; the canceller starts with the block at 0.4 s
+        playback.playing = False
+        await feed(10)  # the 0.5 s tail (to 4.08 s), then nothing
+        playback.playing = True
+        await feed(5)  # the next turn: 4.4-4.8 s
+
+    asyncio.run(main())
+    assert len(endpointer.talk_over) == int(4.8 * RATE) // 512
+    if gating:  # gating leaves too much echo for the barge-in rule: the endpointer never hears of it
+        assert {s for t, s in endpointer.talk_over} == {None}
+        return
+    # the canceller starts with the block from 0.4 s, stops after the tail (its last block ends at
+    # 4.08 s: 0.48 s after the last one with playback), starts again at 4.4 s. VAD frames are cut
+    # from the stream, not from blocks: a frame is in the turn when its end is.
+    for t, talk_over_s in endpointer.talk_over:
+        if t <= 0.4 or 4.08 + 0.032 < t <= 4.4:
+            assert talk_over_s is None, t
+        elif t <= 4.08:
+            assert talk_over_s == pytest.approx(t - 0.4, abs=1e-6), t
+        elif t > 4.4:
+            assert talk_over_s == pytest.approx(t - 4.4, abs=1e-6), t
+    assert [s for t, s in endpointer.talk_over if 0.4 < t < 0.46] == [
+        pytest.approx(0.016),
+        pytest.approx(0.048),
+    ]
