@@ -713,12 +713,15 @@ def spoken_fact(fact: str) -> str:
 
 
 class GroundingGuard:
-    """Holds back the start of a streamed reply until it can be judged (`judge_reply`): the
-    first sentence of at least GROUNDING_MIN_WORDS words, GROUNDING_MAX_CHARS characters, or the
-    end of the reply. `feed` each piece and speak what it returns; when `decision` says the reply
-    is replaced, stop the LLM and speak `replacement` instead. After a `grounded` start, every
-    later sentence is released once complete, and one that states a number or name the facts,
-    the question and the prompt do not hold ends the reply (`cut`: nothing more is spoken)."""
+    """Holds back the start of a streamed reply until it can be judged (`judge_reply`): as soon
+    as its complete words state a number or name of the best fact (grounded) or one that nothing
+    given to the LLM holds (contradicts); else at the end of its first sentence of at least
+    GROUNDING_MIN_WORDS words, GROUNDING_MAX_CHARS characters, or the reply. Facts that are not
+    judged (weak coverage, nothing checkable) hold nothing. `feed` each piece and speak what it
+    returns; when `decision` says the reply is replaced, stop the LLM and speak `replacement`
+    instead. After a `grounded` start, the rest is released sentence by sentence once complete,
+    and one that states a number or name the facts, the question and the prompt do not hold
+    ends the reply (`cut`: nothing more is spoken)."""
 
     def __init__(
         self, facts: Sequence[str], context: str, covered: float, wants_number: bool = False
@@ -731,6 +734,8 @@ class GroundingGuard:
         self.decision: Grounding | None = None
         self.cut: Grounding | None = None
         self.replacement = spoken_fact(self._facts[0]) if self._facts else ""
+        if self._judge("").verdict == "not_judged":  # weak or uncheckable facts: nothing is held
+            self.decision = Grounding("not_judged")
 
     @property
     def done(self) -> bool:
@@ -776,7 +781,13 @@ class GroundingGuard:
         if self.decision is None:
             end = self._first_end()
             if end < 0:
-                return ""
+                # complete words only ("1" may become "14"): a fact's number or name already
+                # said (grounded), or an invented one (contradicts), decides before the end
+                words_end = max(self._held.rfind(" "), self._held.rfind("\n"))
+                early = self._judge(self._held[:words_end]) if words_end > 0 else None
+                if early is None or early.verdict == "omits":
+                    return ""
+                end = words_end
             self.decision = self._judge(self._held[:end])
             if self.decision.replaced:
                 self._held = ""

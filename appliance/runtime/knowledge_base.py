@@ -366,7 +366,7 @@ def knowledge_for(config: Any, cache_dir: Path | None = None) -> KnowledgeIndex 
     return index
 
 
-VOCABULARY_CHARS = 220
+VOCABULARY_CHARS = 150
 """The knowledge base's names given to the speech recogniser (about 55 Whisper tokens): with
 whisper tiny.en on the kiosk's 44 spoken questions, 220 characters of names fixed "cookie
 gallery" → "Cuckoo Gallery" (3 questions) without raising the word error rate overall (10.0 %

@@ -352,10 +352,16 @@ def guard_run(
     return out, guard.finish(), guard
 
 
-def test_the_guard_holds_the_first_sentence_then_releases_it_when_grounded() -> None:
+def test_the_guard_holds_the_start_until_a_fact_is_said_then_releases_it_by_sentence() -> None:
     out, rest, guard = guard_run(["Stud", "ents pay", " 10 euros.", " It is", " cheap. And"])
-    assert out == ["", "", "", "Students pay 10 euros.", " It is cheap. "]
+    assert out == ["", "", "Students pay 10", " euros. ", "It is cheap. "]  # "10" is the fact's
     assert rest == "And" and guard.decision == kn.Grounding("grounded") and not guard.done
+    # a number is judged once complete: "1" could still become "14"
+    out, rest, guard = guard_run(["Students pay 1", "0 euros", " today."])
+    assert out == ["", "Students pay 10", ""] and rest == " euros today."
+    # nothing to check in the facts: nothing is held
+    plain = kn.GroundingGuard(["The shop sells books."], CONTEXT, 1.0)
+    assert plain.decision == kn.Grounding("not_judged") and plain.feed("It sells") == "It sells"
 
 
 def test_the_guard_replaces_a_reply_that_contradicts_or_omits_and_stops_reading() -> None:
@@ -374,8 +380,10 @@ def test_the_guard_cuts_a_later_sentence_that_invents_a_number() -> None:
 
 
 def test_the_guard_judges_a_short_reply_at_its_end_and_passes_an_unjudged_one() -> None:
-    out, rest, guard = guard_run(["Ten", " euros."])  # fewer words than a judged sentence needs
-    assert out == ["", ""] and rest == "Ten euros." and guard.decision == kn.Grounding("grounded")
+    out, rest, guard = guard_run(["Ten", " euros."])
+    assert out == ["", "Ten"] and rest == " euros." and guard.decision == kn.Grounding("grounded")
+    out, rest, guard = guard_run(["It is", " cheap."])  # fewer words than a judged sentence needs
+    assert out == ["", ""] and rest == "" and guard.decision == kn.Grounding("omits", ("10", "65"))
     out, rest, guard = guard_run(["Yes."], wants_number=False)
     assert rest == "" and guard.decision is not None and guard.decision.verdict == "omits"
     weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)

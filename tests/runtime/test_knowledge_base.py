@@ -228,7 +228,7 @@ SALTMARKET = "The nearest car park is the Saltmarket car park, 300 metres to the
         (
             ["Park at the Saltmarket", " car park.", " It costs 9 euros.", " Bye", " now."],
             True,
-            "Park at the Saltmarket car park.",
+            "Park at the Saltmarket car park. ",
             {"verdict": "contradicts", "unsupported": ["9"], "action": "cut"},
         ),
         # the switch off: the invention is spoken
