@@ -24,6 +24,9 @@ the on-disk cache live in `appliance.runtime.knowledge_base`.
   them right before the question with a short instruction. A 135M model answers from two
   nearby sentences far more often than from 1 200 characters in its system message, and the
   fewer prompt tokens cost less prefill time.
+- `GroundingGuard` (`judge_reply`, `specifics`, `coverage`) judges the streamed reply against
+  the retrieved sentence: one that states numbers or names nothing given to the LLM holds, or
+  none of the sentence's, is replaced by the sentence itself.
 """
 
 from __future__ import annotations

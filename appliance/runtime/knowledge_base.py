@@ -10,8 +10,9 @@ The chunks are cached in `<state dir>/knowledge/<key>.json`, the key a SHA-256 o
 content and the chunking parameters: a changed file gives a new key, so the index is rebuilt.
 
 `KnowledgeLLM` wraps the session's LanguageModel: for each user turn it retrieves, emits
-`knowledge_retrieved`, and either streams an FAQ answer as written (no LLM call) or adds the
-retrieved chunks to that request's system message (the history keeps only the conversation).
+`knowledge_retrieved`, and either streams an FAQ answer as written (no LLM call) or puts the
+best retrieved sentence next to the question in that request only (the history keeps only the
+conversation), with the grounding guard on the reply (`knowledge_grounding`).
 """
 
 from __future__ import annotations
