@@ -686,13 +686,21 @@ def judge_reply(
     given (the question, the system prompt): a number or name from it is supported too.
     `covered` is `coverage` of the best fact. When the question asks for a number
     (`wants_number`, see `expects_number`) and the best fact states numbers, the reply must
-    state one of them (a name of the fact is not enough)."""
+    state one of them (a name of the fact is not enough). Facts with no number and no name
+    are judged by their own words: the reply must share one (stemmed) that the conversation
+    does not hold ("free", "desk" for "Wheelchairs can be borrowed for free at the front desk."
+    asked "Can I borrow a wheelchair?")."""
     if not facts or covered < GROUNDING_COVERAGE:
         return Grounding("not_judged")
     given = specifics(" ".join(facts))
     best = specifics(facts[0])
-    if not given:
-        return Grounding("not_judged")
+    if not given:  # nothing to contradict: the reply must say something of the fact's own
+        answer = set(tokens(spoken_fact(facts[0]))) - set(tokens(context))
+        if not answer:
+            return Grounding("not_judged")
+        if answer & set(tokens(reply)):
+            return Grounding("grounded")
+        return Grounding("omits", tuple(sorted(answer)))
     said = specifics(reply)
     known = specifics(f"{' '.join(facts)}\n{context}")
     context_words = set(words(f"{' '.join(facts)}\n{context}"))

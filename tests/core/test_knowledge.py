@@ -310,8 +310,14 @@ def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
     assert kn.judge_reply(invented, chorus, "", 1.0, wants_number=False).verdict == "grounded"
     assert kn.judge_reply(invented, chorus, "", 1.0, wants_number=True).verdict == "omits"
     assert kn.judge_reply("At noon.", chorus, "", 1.0, wants_number=True).verdict == "grounded"
-    plain = ["The shop sells books and postcards."]  # no number, no name: nothing to check
-    assert kn.judge_reply("It sells 40 hats in Paris.", plain, "", 1.0).verdict == "not_judged"
+    # no number, no name: the reply must share a word of the fact that the question lacks
+    plain = ["Wheelchairs can be borrowed for free at the front desk."]
+    asked = "Can I borrow a wheelchair?"
+    assert kn.judge_reply("Yes, for free.", plain, asked, 1.0).verdict == "grounded"
+    assert kn.judge_reply("The information is incomplete.", plain, asked, 1.0) == kn.Grounding(
+        "omits", ("desk", "free", "front")
+    )
+    assert kn.judge_reply("Yes.", ["Wheelchairs can be borrowed."], asked, 1.0).verdict == "not_judged"
     assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "not_judged"
 
 
@@ -360,7 +366,7 @@ def test_the_guard_holds_the_start_until_a_fact_is_said_then_releases_it_by_sent
     out, rest, guard = guard_run(["Students pay 1", "0 euros", " today."])
     assert out == ["", "Students pay 10", ""] and rest == " euros today."
     # nothing to check in the facts: nothing is held
-    plain = kn.GroundingGuard(["The shop sells books."], CONTEXT, 1.0)
+    plain = kn.GroundingGuard(["Students pay."], CONTEXT, 1.0)
     assert plain.decision == kn.Grounding("not_judged") and plain.feed("It sells") == "It sells"
 
 
