@@ -35,7 +35,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_CHUNK_CHARS = 600
@@ -603,7 +603,9 @@ NUMBER_WORDS: dict[str, int] = {
 
 _SPECIFIC = re.compile(r"\d+|[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 _CLAUSE_START = re.compile(r"(?:^|[.!?:;\"“(]\s*|\n\s*)$")
-_NOT_NAMES = frozenset({"i", "i'm", "i’m", "i'll", "i've", "i'd", "ok", "yes", "no"})
+_NOT_NAMES = frozenset(
+    {"i", "i'm", "i’m", "i'll", "i've", "i'd", "ok", "yes", "no", "dr", "mr", "mrs", "ms", "prof", "st"}
+)
 
 
 @dataclass(frozen=True)
@@ -756,9 +758,15 @@ class GroundingGuard:
     def _judge(self, text: str) -> Grounding:
         return judge_reply(text, self._facts, self._context, self._covered, self._wants_number)
 
+    def _ends(self) -> Iterator[re.Match[str]]:
+        """The held text's sentence ends (not after "Dr." or "e.g.")."""
+        for found in _SENTENCE_END.finditer(self._held):
+            if not _ABBREVIATION.search(self._held[: found.start()]):
+                yield found
+
     def _first_end(self) -> int:
         """Where the held text can first be judged (its first long-enough sentence), or -1."""
-        for found in _SENTENCE_END.finditer(self._held):
+        for found in self._ends():
             if len(_WORD.findall(self._held[: found.start()])) >= GROUNDING_MIN_WORDS:
                 return found.start()
         return len(self._held) if len(self._held) >= GROUNDING_MAX_CHARS else -1
@@ -770,10 +778,15 @@ class GroundingGuard:
             return out
         out = ""
         while self._held and not self.done:
-            found = None if final else _SENTENCE_END.search(self._held)
-            if found is None and not final:
+            found = None if final else next(self._ends(), None)
+            if found is not None:
+                end = found.end()
+            elif final:
+                end = len(self._held)
+            elif len(self._held) > GROUNDING_MAX_CHARS:  # a run-on sentence: checked in pieces
+                end = self._held.rfind(" ", 0, GROUNDING_MAX_CHARS) + 1 or GROUNDING_MAX_CHARS
+            else:
                 break
-            end = found.end() if found is not None else len(self._held)
             sentence, rest = self._held[:end], self._held[end:]
             verdict = self._judge(sentence)
             if verdict.verdict == "contradicts":

@@ -398,3 +398,15 @@ def test_the_guard_judges_a_short_reply_at_its_end_and_passes_an_unjudged_one() 
     assert weak.decision == kn.Grounding("not_judged")
     held = kn.GroundingGuard(STUDENTS, CONTEXT, 1.0)
     assert held.feed("Let me") == "" and held.release() == "Let me"  # a tool call follows
+
+
+def test_the_guard_does_not_end_a_sentence_at_an_abbreviation_and_bounds_a_run_on() -> None:
+    director = ["The museum director is Dr. Amara Quist."]
+    guard = kn.GroundingGuard(director, "Who is the director?", 1.0)
+    assert guard.feed("The museum director is Dr. ") == ""  # not a sentence end: still held
+    assert guard.feed("Amara Quist. ") == "The museum director is Dr. Amara Quist."
+    assert guard.decision == kn.Grounding("grounded")
+    run_on = "and " * 80  # no sentence end: released in pieces of at most GROUNDING_MAX_CHARS
+    out = guard.feed(run_on)
+    assert out.startswith(" and") and 0 < len(out) <= kn.GROUNDING_MAX_CHARS + 1
+    assert len(guard.finish()) <= kn.GROUNDING_MAX_CHARS
