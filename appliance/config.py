@@ -288,6 +288,10 @@ class LocalConfig(_Device):
     """A reply ends (at a sentence end) before this much speech, estimated from its text."""
     max_reply_tokens: Annotated[Int, between(16, 8192, "tokens")] = 400
     """The most tokens asked of the LLM per reply (with `prompt.max_tokens` if that is lower)."""
+    knowledge_guard: bool = True
+    """A local knowledge base's grounding guard: a reply that states numbers or names the
+    retrieved facts do not hold, or none of the best fact's, is replaced by that fact (event
+    `knowledge_grounding`; docs/knowledge-base.md). False lets the LLM's reply stand."""
     llm_failure_message: FailureMessage = None
     """Said when the LLM fails: one text for every language, or one per language code;
     None = the built-in apology in en, de, fr, es, it, pt or nl (English otherwise)."""

@@ -16,6 +16,9 @@ knowledge base.
 - `kb.latency`: transcript → first reply text (ms; the LLM's time to first token plus
   retrieval) with and without the knowledge base, per kind of answer. STT and TTS are the same
   in both, so the difference is what end-of-speech → first audio gains or loses.
+- `kb.session`: end of speech → first audio (`turn_metrics`) in the real appliance loop, in real
+  time with speculation on (the default), 8 page questions: with the knowledge base and its
+  grounding guard, without the guard, and without the knowledge base.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class Answer:
     faq_used: bool = False
     retrieved: list[str] = field(default_factory=list)
     retrieval_ms: float = 0.0
+    grounding: str = ""
+    """The grounding guard's action and verdict ("replaced: omits"), "" when the reply stood."""
     first_text_kb_s: float = 0.0
     first_text_plain_s: float = 0.0
 
@@ -140,6 +145,8 @@ def answers(quick: bool) -> Iterator[Answer]:
         a.with_kb, a.first_text_kb_s = asyncio.run(_ask(kb_llm, messages))
         a.without_kb, a.first_text_plain_s = asyncio.run(_ask(models.llm, messages))
         found = events.items[0] if events.items else {}
+        guard = [e for e in events.items if e["type"] == "knowledge_grounding"]
+        a.grounding = f"{guard[0]['action']}: {guard[0]['verdict']}" if guard else ""
         a.faq_used = bool(found.get("faq_used"))
         a.retrieved = [c["chunk_id"] for c in found.get("chunks", [])]
         a.retrieval_ms = float(found.get("ms", 0.0))
@@ -191,6 +198,8 @@ def accuracy_table(quick: bool = False) -> list[Row]:
     rows.append(row("with KB: questions meant for the pages", [a for a in answers if a.kind == "rag"], True))
     rows.append(row("with KB: espeak-ng voice", [a for a in answers if a.voice.startswith("espeak")], True))
     rows.append(row("without KB (baseline): all", list(answers), False))
+    guarded = [a for a in rag if a.grounding]
+    rows.append(row("with KB: LLM reply replaced/cut by the grounding guard", guarded, True))
     retrieved_ok = sum(1 for a in rag if a.retrieved)
     rows.append(
         {
@@ -214,6 +223,7 @@ def misses_table(quick: bool = False) -> list[Row]:
             "faq": a.faq_used,
             "retrieved": ", ".join(c.split("/")[-1] for c in a.retrieved),
             "reply": a.with_kb[:120],
+            "guard": a.grounding,
         }
         for a in _run(quick)
         if not right(a.with_kb, a.facts)
@@ -244,6 +254,92 @@ def latency_table(quick: bool = False) -> list[Row]:
                 "retrieval p50": round(statistics.median(ret), 3),
                 "with KB max": round(max(kb), 1),
                 "without max": round(max(plain), 1),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the appliance loop with the kiosk configuration, with and without the knowledge base
+
+SESSION_QUESTIONS = 8  # RAG questions, every fourth of the set (FAQ answers need no LLM)
+
+
+def _kiosk_run_config(with_kb: bool, speculate: bool, guard: bool = True) -> Any:
+    from appliance.config import load_config_text
+
+    raw = yaml.safe_load((KIOSK / "kiosk.yaml").read_text())
+    if not with_kb:
+        del raw["conversation_config"]["agent"]["prompt"]["knowledge_base"]
+    raw["conversation_config"].setdefault("turn", {})["soft_timeout_config"] = {"timeout_seconds": -1}
+    raw["appliance"]["vad"] = {"speculate_after_s": 0.2 if speculate else None}
+    raw["appliance"]["local"] = {"knowledge_guard": guard}
+    return load_config_text(
+        yaml.safe_dump(raw), str(KIOSK / "kiosk.yaml"), base_dir=KIOSK, log_warnings=False
+    )
+
+
+SESSION_VARIANTS = (  # (speculation, knowledge base, grounding guard); speculation is the default
+    (True, True, True),
+    (True, True, False),
+    (True, False, False),
+)
+
+
+@dataclass
+class SessionTurn:
+    question: str
+    variant: tuple[bool, bool, bool]
+    metrics: dict[str, Any]
+    reply: str
+    errors: int
+
+
+def session_turns(quick: bool) -> list[SessionTurn]:
+    """Each question spoken after the wake word into the real appliance loop in real time
+    (default models; speculation needs the pause to last), per SESSION_VARIANTS."""
+    from benchmarks.common import _errors, _preloaded, _wake_and_ask, run_appliance
+
+    rag = [q["q"] for q in _questions(False) if q["kind"] == "rag"]
+    questions = rag[:: max(1, len(rag) // SESSION_QUESTIONS)][: 2 if quick else SESSION_QUESTIONS]
+    out: list[SessionTurn] = []
+    for variant in SESSION_VARIANTS:
+        config = _kiosk_run_config(*variant)
+        for question in questions:
+            events = run_appliance(config, _preloaded(), _wake_and_ask(question, 2.0), realtime=True)
+            metrics = [e for e in events if e["type"] == "turn_metrics"]
+            replies = [e["agent_response"] for e in events if e["type"] == "agent_response"]
+            out.append(
+                SessionTurn(
+                    question,
+                    variant,
+                    metrics[0] if metrics else {},
+                    replies[0] if replies else "",
+                    _errors(events),
+                )
+            )
+    return out
+
+
+def session_table(quick: bool = False) -> list[Row]:
+    """End of speech → first audio (s), appliance loop in real time, with and without the KB"""
+    turns = session_turns(quick)
+    rows: list[Row] = []
+    for variant in SESSION_VARIANTS:
+        group = [t for t in turns if t.variant == variant]
+        eos = [t.metrics["end_of_speech_to_first_audio_s"] for t in group if t.metrics]
+        llm = [t.metrics["llm_first_token_s"] for t in group if t.metrics.get("llm_first_token_s")]
+        rows.append(
+            {
+                "speculation": variant[0],
+                "knowledge base": variant[1],
+                "guard": variant[2] if variant[1] else None,
+                "turns": len(group),
+                "measured": len(eos),
+                "eos→audio p50 s": round(statistics.median(eos), 3) if eos else None,
+                "eos→audio max s": round(max(eos), 3) if eos else None,
+                "LLM text p50 s": round(statistics.median(llm), 3) if llm else None,
+                "errors": sum(t.errors for t in group),
             }
         )
     return rows
@@ -349,6 +445,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "kb.accuracy": accuracy_table,
     "kb.misses": misses_table,
     "kb.latency": latency_table,
+    "kb.session": session_table,
 }
 
 
@@ -363,7 +460,7 @@ def main() -> int:
             f"plain={right(a.without_kb, a.facts)} ttft_kb={a.first_text_kb_s:.2f} "
             f"ttft_plain={a.first_text_plain_s:.2f} ret_ms={a.retrieval_ms:.2f} | {a.voice} | "
             f"{a.question} | heard: {a.transcript} | kb: {a.with_kb[:100]!r} | plain: {a.without_kb[:60]!r} "
-            f"| {a.retrieved}",
+            f"| {a.retrieved} | guard: {a.grounding or '-'}",
             flush=True,
         )
     return 0

@@ -10,8 +10,9 @@ The chunks are cached in `<state dir>/knowledge/<key>.json`, the key a SHA-256 o
 content and the chunking parameters: a changed file gives a new key, so the index is rebuilt.
 
 `KnowledgeLLM` wraps the session's LanguageModel: for each user turn it retrieves, emits
-`knowledge_retrieved`, and either streams an FAQ answer as written (no LLM call) or adds the
-retrieved chunks to that request's system message (the history keeps only the conversation).
+`knowledge_retrieved`, and either streams an FAQ answer as written (no LLM call) or puts the
+best retrieved sentence next to the question in that request only (the history keeps only the
+conversation), with the grounding guard on the reply (`knowledge_grounding`).
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ class Retrieval:
     ms: float
     terms: tuple[str, ...] = ()
     """The query's terms as ranked: its own, then the known terms its misheard words resemble."""
+    question: str = ""
 
     def event_fields(self) -> dict[str, Any]:
         return {
@@ -259,7 +261,7 @@ class KnowledgeIndex:
 
     def query_terms(self, question: str) -> list[str]:
         """The question's terms, and those of the indexed words its unknown words resemble."""
-        own = kn.tokens(question)
+        own = kn.question_tokens(question)
         return own + [t for t in self._fuzzy.expand(question) if t not in own]
 
     def retrieve(self, question: str, k: int | None = None) -> Retrieval:
@@ -280,14 +282,22 @@ class KnowledgeIndex:
             n = self.rag.max_retrieved_rag_chunks_count if k is None else k
             terms = self.query_terms(question)
             hits = tuple(Hit(self.chunks[i], s) for i, s in self._bm25.top(terms, n))
-        return Retrieval(hits, faq, answer, faq_doc, (time.perf_counter() - t0) * 1000, tuple(terms))
+        ms = (time.perf_counter() - t0) * 1000
+        return Retrieval(hits, faq, answer, faq_doc, ms, tuple(terms), question)
 
     def facts(self, retrieval: Retrieval) -> list[str]:
         """The retrieved chunks' sentences that share the most terms with the question, best
         first, within the turn's budget (`context_chars`, else `rag.max_documents_length`)."""
         budget = self.context_chars if self.context_chars is not None else self.rag.max_documents_length
         chunks = [h.chunk.text for h in retrieval.hits]
-        return kn.select_sentences(chunks, retrieval.terms, self._bm25.idf, budget)
+        numbers = kn.expects_number(retrieval.question)
+        found = kn.select_sentences(chunks, retrieval.terms, self._bm25.idf, budget, prefer_numbers=numbers)
+        return found[:MAX_FACTS]
+
+    def coverage(self, retrieval: Retrieval, fact: str) -> float:
+        """The share of the question's term weight `fact` holds (a word no chunk has weighs as
+        much as the rarest indexed word)."""
+        return kn.coverage(fact, retrieval.terms, self._bm25.idf, self._bm25.max_idf)
 
 
 def _cache_key(docs: Sequence[Document], chunk_chars: int) -> str:
@@ -357,7 +367,7 @@ def knowledge_for(config: Any, cache_dir: Path | None = None) -> KnowledgeIndex 
     return index
 
 
-VOCABULARY_CHARS = 220
+VOCABULARY_CHARS = 150
 """The knowledge base's names given to the speech recogniser (about 55 Whisper tokens): with
 whisper tiny.en on the kiosk's 44 spoken questions, 220 characters of names fixed "cookie
 gallery" → "Cuckoo Gallery" (3 questions) without raising the word error rate overall (10.0 %
@@ -380,6 +390,13 @@ def knowledge_vocabulary(config: Any, max_chars: int = VOCABULARY_CHARS) -> list
 
 
 MIN_CONTEXT_CHARS = 300
+
+
+MAX_FACTS = 1
+"""How many sentences a turn gives the LLM. With SmolLM2-135M on the 44 heard kiosk questions
+(benchmarks/knowledge.py, before the grounding guard): 34 right with 1 sentence, 31 with 2, 30
+with all those scoring at least half the best one: the small model tends to answer from
+the wrong one of several."""
 
 
 LOCAL_FACT_CHARS = 400
@@ -409,16 +426,33 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
     return content if isinstance(content, str) and content.strip() else None
 
 
+def _context_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """Everything the conversation so far says (the prompt, the history, the question): a number
+    or name from it in a reply is not an invention."""
+    return "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+
+
 class KnowledgeLLM:
-    """A LanguageModel that answers FAQ questions itself and gives the LLM the retrieved chunks."""
+    """A LanguageModel that answers FAQ questions itself and gives the LLM the retrieved chunks.
+
+    With `guard` (`appliance.local.knowledge_guard`), a reply that contradicts or omits the
+    retrieved facts is replaced by the best fact (`appliance.core.knowledge.GroundingGuard`;
+    the event `knowledge_grounding` says so). A knowledge turn decodes greedily (temperature 0)
+    unless the prompt sets a temperature."""
 
     def __init__(
-        self, llm: LanguageModel, index: KnowledgeIndex, events: EventSink, skip_system: str = ""
+        self,
+        llm: LanguageModel,
+        index: KnowledgeIndex,
+        events: EventSink,
+        skip_system: str = "",
+        guard: bool = True,
     ) -> None:
         self._llm = llm
         self._index = index
         self._events = events
         self._skip_system = skip_system
+        self._guard = guard
 
     def __getattr__(self, name: str) -> Any:  # close(), prime() ... of the wrapped model
         return getattr(self._llm, name)
@@ -445,22 +479,64 @@ class KnowledgeLLM:
             async for item in self._llm.stream_chat(messages, tools, options):
                 yield item
             return
+        guard = (
+            kn.GroundingGuard(
+                facts,
+                _context_text(messages),
+                self._index.coverage(found, facts[0]),
+                kn.expects_number(question),
+            )
+            if self._guard
+            else None
+        )
         # next to the question, in this request only: the history keeps the question as it was
         messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
+        if options.get("temperature") is None:
+            options = {**options, "temperature": 0.0}
         echo = kn.EchoStrip()
-        async for item in self._llm.stream_chat(messages, tools, options):
-            if isinstance(item, TextDelta):
-                text = echo.feed(item.text)
-                if text:
-                    yield TextDelta(text)
-            else:
-                held = echo.finish()
-                if held:
-                    yield TextDelta(held)
-                yield item
-        held = echo.finish()
+        stream = self._llm.stream_chat(messages, tools, options)
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    text = echo.feed(item.text)
+                    if guard is not None:
+                        text = guard.feed(text)
+                    if text:
+                        yield TextDelta(text)
+                    if guard is not None and guard.done:
+                        break  # replaced or cut: the LLM stops here
+                else:
+                    held = echo.finish()
+                    if guard is not None:  # a tool call: what was held is released unjudged
+                        held, guard = guard.release() + held, None
+                    if held:
+                        yield TextDelta(held)
+                    yield item
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()  # the LLM stops (a replaced reply, or the turn cancelled)
+        held = "" if guard is not None and guard.done else echo.finish()
+        if guard is not None:
+            held = guard.feed(held) if held else ""
+            held += guard.finish()
+            if guard.done:
+                verdict = guard.cut or guard.decision
+                assert verdict is not None
+                self._emit_grounding(verdict, guard.replacement if guard.cut is None else None)
+                if guard.cut is None:
+                    held = guard.replacement
         if held:
             yield TextDelta(held)
+
+    def _emit_grounding(self, verdict: kn.Grounding, replacement: str | None) -> None:
+        self._events.emit(
+            "knowledge_grounding",
+            verdict=verdict.verdict,
+            unsupported=[u[:40] for u in verdict.unsupported[:8]],
+            action="replaced" if replacement is not None else "cut",
+            spoken=replacement[:300] if replacement is not None else None,
+        )
 
 
 _prompt_cache: dict[tuple[Any, ...], str] = {}

@@ -423,7 +423,8 @@ def local_session_factory(
         raise ConfigError(missing, source=config.source)
     knowledge = knowledge_for(config)  # indexed once at start (cached on disk)
     held = SpeculativeEvents(events)  # a speculative reply's retrieval is reported at its commit
-    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, held, FILLER_PROMPT)
+    guard = config.appliance.local.knowledge_guard
+    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, held, FILLER_PROMPT, guard)
 
     def make(wake_word: str) -> AgentSession:
         conversation_id = f"local_{os.urandom(8).hex()}"

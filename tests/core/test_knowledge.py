@@ -178,10 +178,10 @@ def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
     assert kn.select_sentences([], query, bm.idf, 400) == []
 
 
-def test_the_facts_go_right_before_the_question() -> None:
+def test_the_facts_follow_the_question() -> None:
     text = kn.knowledge_question(["Tickets cost 14 euros.", "Children pay 7."], "How much?")
     assert text == (
-        "Information: Tickets cost 14 euros. Children pay 7.\nQuestion: How much?\n"
+        "Question: How much?\nInformation: Tickets cost 14 euros. Children pay 7.\n"
         "Answer using the information."
     )
     assert kn.knowledge_question([], "How much?") == "How much?"
@@ -203,3 +203,210 @@ def test_echo_strip_drops_the_label_a_small_model_repeats(pieces: list[str], spo
     assert echo.finish() == ("Info" if pieces == ["Info"] else "")
     label_only = kn.EchoStrip()
     assert label_only.feed("Information:") == "" and label_only.finish() == ""
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How old is the tower clock?", ["tower", "clock"]),  # not "the old harbour"
+        ("How much is the family ticket?", ["famil", "ticke"]),
+        ("How many cuckoo clocks?", ["cucko", "clock"]),
+        ("How long does the tour last?", ["tour", "last"]),
+        ("How late are you open?", ["late", "open"]),  # "late" is not a mere question form
+        ("Is the old harbour far?", ["old", "harbo", "far"]),  # not after "how": content words
+    ],
+)
+def test_question_tokens_leave_out_the_word_after_how(question: str, expected: list[str]) -> None:
+    assert kn.question_tokens(question) == expected
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How old is the tower clock?", True),
+        ("When is the cuckoo chorus?", True),
+        ("What time is the tour?", True),
+        ("How much do students pay?", True),
+        ("Who founded the museum?", False),
+        ("Where can I park my car?", False),
+        ("Is the whenua exhibit open?", False),
+    ],
+)
+def test_expects_number(question: str, expected: bool) -> None:
+    assert kn.expects_number(question) is expected
+
+
+def test_a_question_asking_for_a_number_prefers_the_sentence_stating_one_among_equals() -> None:
+    chunks = [
+        "Winding Day: visitors may wind the tower clock themselves.",
+        "The hall shows the tower clock, built in 1741.",
+    ]
+    bm = kn.Bm25([kn.tokens(c) for c in chunks] + [["hall"], ["day"]])
+    query = kn.question_tokens("How old is the tower clock?")
+    assert kn.select_sentences(chunks, query, bm.idf, 400)[0].startswith("Winding Day")
+    assert kn.select_sentences(chunks, query, bm.idf, 400, prefer_numbers=True) == [
+        "The hall shows the tower clock, built in 1741.",
+        "Winding Day: visitors may wind the tower clock themselves.",
+    ]
+    # a better-scoring sentence still wins: the preference only breaks ties
+    more = ["The tower clock in the garden strikes the hour.", *chunks]
+    bm3 = kn.Bm25([kn.tokens(c) for c in more] + [["day"]])
+    garden = kn.question_tokens("How old is the tower clock in the garden?")
+    assert kn.select_sentences(more, garden, bm3.idf, 400, prefer_numbers=True)[0] == more[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers", "names"),
+    [
+        ("It costs 14 euros, or thirty-five for a family.", {14, 35}, set()),
+        ("Open until nine, at noon and at 10:30.", {9, 12, 10, 30}, set()),
+        ("It is on the second floor.", {2}, set()),
+        ("Carried by Captain Ilse Marrow's crew.", set(), {"captain", "ilse", "marrow"}),
+        ("The shop. Tickets: Sold here. I'm sure", set(), set()),  # sentence starts, "I'm"
+        ("Captain Marrow is the one who sailed twenty six days", {26}, {"marrow"}),  # "one": a pronoun
+        ("", set(), set()),
+    ],
+)
+def test_specifics_are_the_numbers_and_names_a_text_states(
+    text: str, numbers: set[int], names: set[str]
+) -> None:
+    found = kn.specifics(text)
+    assert found.numbers == numbers and found.names == names
+
+
+STUDENTS = ["Students and seniors over 65 pay 10 euros.", "An adult ticket costs 14 euros."]
+CONTEXT = "You are the Harbourlight kiosk.\nHow much do students pay?"
+
+
+@pytest.mark.parametrize(
+    ("reply", "covered", "wants_number", "verdict", "unsupported"),
+    [
+        ("Students pay 10 euros.", 1.0, True, "grounded", ()),
+        ("Students pay ten euros.", 1.0, True, "grounded", ()),  # a number word for the digits
+        ("Students pay 10 euros at the Harbourlight.", 1.0, True, "grounded", ()),  # from the prompt
+        ("Students pay 12 euros.", 1.0, True, "contradicts", ("12",)),
+        ("Students pay 10 euros at the Louvre.", 1.0, True, "contradicts", ("louvre",)),
+        ("The answer is: 14 euros.", 1.0, True, "omits", ("10", "65")),  # the other fact's number
+        ("I do not know.", 1.0, False, "omits", ("10", "65")),
+        ("Students pay 12 euros.", 0.4, True, "not_judged", ()),  # the facts barely match
+    ],
+)
+def test_judge_reply(
+    reply: str, covered: float, wants_number: bool, verdict: str, unsupported: tuple[str, ...]
+) -> None:
+    found = kn.judge_reply(reply, STUDENTS, CONTEXT, covered, wants_number)
+    assert (found.verdict, found.unsupported) == (verdict, unsupported)
+    assert found.replaced is (verdict in ("contradicts", "omits"))
+
+
+def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
+    photos = ["Photography without flash is allowed except in the Marine Chronometer Room."]
+    assert (
+        kn.judge_reply("Yes, but not in the Marine Chronometer Room.", photos, "", 1.0).verdict == "grounded"
+    )
+    assert kn.judge_reply("The answer is yes.", photos, "", 1.0).verdict == "omits"
+    chorus = ["It holds 212 cuckoo clocks; at noon they all call together in the Cuckoo Chorus."]
+    invented = "The Cuckoo Chorus is a popular musical."
+    assert kn.judge_reply(invented, chorus, "", 1.0, wants_number=False).verdict == "grounded"
+    assert kn.judge_reply(invented, chorus, "", 1.0, wants_number=True).verdict == "omits"
+    assert kn.judge_reply("At noon.", chorus, "", 1.0, wants_number=True).verdict == "grounded"
+    # no number, no name: the reply must share a word of the fact that the question lacks
+    plain = ["Wheelchairs can be borrowed for free at the front desk."]
+    asked = "Can I borrow a wheelchair?"
+    assert kn.judge_reply("Yes, for free.", plain, asked, 1.0).verdict == "grounded"
+    assert kn.judge_reply("The information is incomplete.", plain, asked, 1.0) == kn.Grounding(
+        "omits", ("desk", "free", "front")
+    )
+    assert kn.judge_reply("Yes.", ["Wheelchairs can be borrowed."], asked, 1.0).verdict == "not_judged"
+    assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "not_judged"
+
+
+def test_coverage_is_the_share_of_the_question_weight_a_fact_holds() -> None:
+    idf = {"lost": 2.0, "prope": 2.0, "keep": 1.0}.get
+
+    def weight(term: str) -> float:
+        return idf(term) or 0.0
+
+    fact = "Lost property is kept at the front desk."
+    assert kn.coverage(fact, ["lost", "prope"], weight, 3.0) == 1.0
+    assert kn.coverage(fact, ["lost", "prope", "keep"], weight, 3.0) == pytest.approx(0.8)
+    assert kn.coverage(fact, ["lost", "prope", "scarf"], weight, 3.0) == pytest.approx(4 / 7)  # unknown
+    assert kn.coverage(fact, [], weight, 3.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("fact", "spoken"),
+    [
+        ("Director: The museum director is Dr. Amara Quist.", "The museum director is Dr. Amara Quist."),
+        ("Wi-Fi: the free network needs no password.", "Wi-Fi: the free network needs no password."),
+        ("Lost property is kept for 30 days.", "Lost property is kept for 30 days."),
+    ],
+)
+def test_spoken_fact_drops_a_heading(fact: str, spoken: str) -> None:
+    assert kn.spoken_fact(fact) == spoken
+
+
+def guard_run(
+    pieces: list[str], facts: list[str] = STUDENTS, wants_number: bool = True
+) -> tuple[list[str], str, kn.GroundingGuard]:
+    guard = kn.GroundingGuard(facts, CONTEXT, 1.0, wants_number)
+    out = []
+    for piece in pieces:
+        out.append(guard.feed(piece))
+        if guard.done:
+            break
+    return out, guard.finish(), guard
+
+
+def test_the_guard_holds_the_start_until_a_fact_is_said_then_releases_it_by_sentence() -> None:
+    out, rest, guard = guard_run(["Stud", "ents pay", " 10 euros.", " It is", " cheap. And"])
+    assert out == ["", "", "Students pay 10", " euros. ", "It is cheap. "]  # "10" is the fact's
+    assert rest == "And" and guard.decision == kn.Grounding("grounded") and not guard.done
+    # a number is judged once complete: "1" could still become "14"
+    out, rest, guard = guard_run(["Students pay 1", "0 euros", " today."])
+    assert out == ["", "Students pay 10", ""] and rest == " euros today."
+    # nothing to check in the facts: nothing is held
+    plain = kn.GroundingGuard(["Students pay."], CONTEXT, 1.0)
+    assert plain.decision == kn.Grounding("not_judged") and plain.feed("It sells") == "It sells"
+
+
+def test_the_guard_replaces_a_reply_that_contradicts_or_omits_and_stops_reading() -> None:
+    out, rest, guard = guard_run(["Students pay 12", " euros. More", " text."])
+    assert out == ["", ""] and rest == "" and guard.done
+    assert guard.decision == kn.Grounding("contradicts", ("12",))
+    assert guard.replacement == "Students and seniors over 65 pay 10 euros."
+    out, rest, guard = guard_run(["I'm sorry for your loss, but I cannot help."])
+    assert out == [""] and rest == "" and guard.decision is not None and guard.decision.verdict == "omits"
+
+
+def test_the_guard_cuts_a_later_sentence_that_invents_a_number() -> None:
+    out, rest, guard = guard_run(["Students pay 10 euros. They", " also pay 99 euros. Bye."])
+    assert out == ["Students pay 10 euros.", ""] and rest == ""
+    assert guard.cut == kn.Grounding("contradicts", ("99",)) and guard.done
+
+
+def test_the_guard_judges_a_short_reply_at_its_end_and_passes_an_unjudged_one() -> None:
+    out, rest, guard = guard_run(["Ten", " euros."])
+    assert out == ["", "Ten"] and rest == " euros." and guard.decision == kn.Grounding("grounded")
+    out, rest, guard = guard_run(["It is", " cheap."])  # fewer words than a judged sentence needs
+    assert out == ["", ""] and rest == "" and guard.decision == kn.Grounding("omits", ("10", "65"))
+    out, rest, guard = guard_run(["Yes."], wants_number=False)
+    assert rest == "" and guard.decision is not None and guard.decision.verdict == "omits"
+    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)
+    assert weak.feed("Students pay 12 euros. Then") == "Students pay 12 euros. Then"
+    assert weak.feed(" 99 more.") == " 99 more." and weak.finish() == ""
+    assert weak.decision == kn.Grounding("not_judged")
+    held = kn.GroundingGuard(STUDENTS, CONTEXT, 1.0)
+    assert held.feed("Let me") == "" and held.release() == "Let me"  # a tool call follows
+
+
+def test_the_guard_does_not_end_a_sentence_at_an_abbreviation_and_bounds_a_run_on() -> None:
+    director = ["The museum director is Dr. Amara Quist."]
+    guard = kn.GroundingGuard(director, "Who is the director?", 1.0)
+    assert guard.feed("The museum director is Dr. ") == ""  # not a sentence end: still held
+    assert guard.feed("Amara Quist. ") == "The museum director is Dr. Amara Quist."
+    assert guard.decision == kn.Grounding("grounded")
+    run_on = "and " * 80  # no sentence end: released in pieces of at most GROUNDING_MAX_CHARS
+    out = guard.feed(run_on)
+    assert out.startswith(" and") and 0 < len(out) <= kn.GROUNDING_MAX_CHARS + 1
+    assert len(guard.finish()) <= kn.GROUNDING_MAX_CHARS

@@ -151,12 +151,12 @@ def test_other_questions_get_the_retrieved_facts_next_to_the_question_in_that_re
     kiosk_copy(tmp_path)
     index = build_index(docs_of(tmp_path), RagConfig(max_retrieved_rag_chunks_count=2), None)
     inner, events = RecordingLlm(), Events()
-    llm = KnowledgeLLM(inner, index, events, skip_system="FILLER")
+    llm = KnowledgeLLM(inner, index, events, skip_system="FILLER", guard=False)
     messages = [
         {"role": "system", "content": "You are a kiosk."},
         {"role": "user", "content": "Who carried the Albatross chronometer?"},
     ]
-    assert run_turn(llm, messages) == "From the LLM."
+    assert run_turn(llm, messages) == "From the LLM."  # no guard: the reply stands
     [sent] = inner.requests
     assert sent[0] == messages[0] and len(sent) == 2  # the system prompt stays the same (cached)
     facts = "Its treasure is the Albatross chronometer, carried around the world by Captain Ilse Marrow"
@@ -172,6 +172,100 @@ def test_other_questions_get_the_retrieved_facts_next_to_the_question_in_that_re
     run_turn(llm, [{"role": "system", "content": "FILLER"}, {"role": "user", "content": "Albatross?"}])
     assert len(events.items) == 1 and inner.requests[1][-1]["content"] == "ok"
     assert inner.requests[2][0]["content"] == "FILLER"
+
+
+class ScriptedLlm:
+    """Streams `pieces`; records the options and whether the stream was closed early."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.options: list[Mapping[str, Any]] = []
+        self.streamed = 0
+        self.closed = False
+
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, options: Mapping[str, Any]
+    ) -> AsyncIterator[LlmOutput]:
+        self.options.append(options)
+        try:
+            for piece in self.pieces:
+                self.streamed += 1
+                yield TextDelta(piece)
+        except GeneratorExit:
+            self.closed = True
+            raise
+
+
+PARK = [{"role": "system", "content": "You are a kiosk."}, {"role": "user", "content": "Where can I park?"}]
+SALTMARKET = "The nearest car park is the Saltmarket car park, 300 metres to the north"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "guard", "spoken", "event"),
+    [
+        # grounded: the reply streams as the LLM wrote it
+        (
+            ["Park at", " the Saltmarket", " car park. It is", " near."],
+            True,
+            "Park at the Saltmarket car park. It is near.",
+            None,
+        ),
+        # an invented place: replaced by the best fact, the LLM stopped
+        (
+            ["Park in", " the Louvre garage.", " It is", " free."],
+            True,
+            f"{SALTMARKET}; the museum has no parking of its own.",
+            {"verdict": "contradicts", "unsupported": ["louvre"], "action": "replaced"},
+        ),
+        # nothing of the fact: replaced
+        (
+            ["I am sorry", " for your loss.", " Bye", " now."],
+            True,
+            f"{SALTMARKET}; the museum has no parking of its own.",
+            {"verdict": "omits", "unsupported": ["300", "saltmarket"], "action": "replaced"},
+        ),
+        # a later sentence inventing a number ends the reply there
+        (
+            ["Park at the Saltmarket", " car park.", " It costs 9 euros.", " Bye", " now."],
+            True,
+            "Park at the Saltmarket car park. ",
+            {"verdict": "contradicts", "unsupported": ["9"], "action": "cut"},
+        ),
+        # the switch off: the invention is spoken
+        (["Park in", " the Louvre garage."], False, "Park in the Louvre garage.", None),
+    ],
+)
+def test_the_grounding_guard_replaces_a_reply_that_contradicts_or_omits_the_facts(
+    tmp_path: Path, pieces: list[str], guard: bool, spoken: str, event: dict[str, Any] | None
+) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(), None)
+    inner, events = ScriptedLlm(pieces), Events()
+    llm = KnowledgeLLM(inner, index, events, guard=guard)
+    assert run_turn(llm, PARK) == spoken
+    assert inner.options == [{"temperature": 0.0}]  # greedy on a knowledge turn
+    grounding = [fields for name, fields in events.items if name == "knowledge_grounding"]
+    if event is None:
+        assert grounding == [] and inner.streamed == len(pieces)
+    else:
+        [fields] = grounding
+        assert {k: fields[k] for k in event} == event
+        assert fields["spoken"] == (spoken if event["action"] == "replaced" else None)
+        assert inner.closed and inner.streamed < len(pieces)  # the LLM was stopped
+
+
+def test_a_temperature_set_in_the_prompt_is_kept(tmp_path: Path) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(), None)
+    inner = ScriptedLlm(["The Saltmarket car park."])
+    llm = KnowledgeLLM(inner, index, Events())
+
+    async def go() -> None:
+        async for _ in llm.stream_chat(PARK, None, {"temperature": 0.7}):
+            pass
+
+    asyncio.run(go())
+    assert inner.options == [{"temperature": 0.7}]
 
 
 def test_rag_disabled_retrieves_nothing_but_faq_still_answers(tmp_path: Path) -> None:
