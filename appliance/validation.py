@@ -54,6 +54,21 @@ def threads_or_auto(hi: int) -> PlainValidator:
     return PlainValidator(check)
 
 
+def int_or_auto(lo: int, hi: int) -> PlainValidator:
+    """A whole number in lo–hi, or the word `auto` (the device chooses at start)."""
+
+    def check(v: object) -> int | str:
+        if v == "auto":
+            return "auto"
+        if isinstance(v, bool) or not isinstance(v, int):
+            fail(f"{show(v)} is neither a whole number ({lo}–{hi}) nor 'auto'")
+        if lo <= v <= hi:
+            return v
+        fail(f"{show(v)} is outside {lo}–{hi}")
+
+    return PlainValidator(check)
+
+
 def between(
     lo: float,
     hi: float | None = None,

@@ -158,14 +158,17 @@ def _kiosk_stt(stt: Any) -> Any:
     prompt (`knowledge_vocabulary`)."""
     from appliance.adapters.whisper_stt import FasterWhisperStt
     from appliance.runtime.knowledge_base import knowledge_vocabulary
+    from appliance.runtime.local_agent import stt_beam_size
 
     config = _config()
     keywords = [*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)]
+    settings = config.appliance.local.stt
     return FasterWhisperStt(
         stt.model_dir,
         threads=stt.threads,
         compute_type=stt.compute_type,
-        beam_size=stt.beam_size,
+        beam_size=stt_beam_size(settings.beam_size, keywords),  # as load_local_models chooses
+        min_window_s=settings.min_window_s,
         keywords=keywords,
     )
 

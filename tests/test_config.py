@@ -206,6 +206,11 @@ RANGE_CASES: list[tuple[str, Any, str | None]] = [
     (f"{A}.local.stt.threads", 9, f"{A}.local.stt.threads: 9 is outside 1–8"),
     (f"{A}.local.stt.beam_size", 0, f"{A}.local.stt.beam_size: 0 is outside 1–10"),
     (
+        f"{A}.local.stt.beam_size",
+        "wide",
+        f"{A}.local.stt.beam_size: 'wide' is neither a whole number (1–10) nor 'auto'",
+    ),
+    (
         f"{A}.local.stt.compute_type",
         "fp16",
         f"{A}.local.stt.compute_type: 'fp16' is not one of 'int8', 'int8_float32', 'int16' or 'float32'",

@@ -109,13 +109,14 @@ def load_local_models(config: Config) -> LocalModels:
     from appliance.adapters.whisper_stt import FasterWhisperStt
 
     local = config.appliance.local
+    keywords = [*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)]
     stt = FasterWhisperStt(
         _model_file(config, local.stt.model, ""),
         threads=local.stt.threads,
         compute_type=local.stt.compute_type,
-        beam_size=local.stt.beam_size,
+        beam_size=stt_beam_size(local.stt.beam_size, keywords),
         min_window_s=local.stt.min_window_s,
-        keywords=[*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)],
+        keywords=keywords,
     )
     llm: LanguageModel
     concurrent = False
@@ -169,6 +170,16 @@ def load_local_models(config: Config) -> LocalModels:
         tts_executor=ThreadPoolExecutor(1, thread_name_prefix="tts"),
         llm_access=access,
     )
+
+
+def stt_beam_size(configured: int | str, keywords: list[str]) -> int:
+    """The configured beam, or for `auto`: 5 with a keyword prompt (it helps whisper find the
+    venue's names), else 1 (config.SttConfig.beam_size has the measurements)."""
+    from appliance.adapters.whisper_stt import keyword_prompt
+
+    if isinstance(configured, int):
+        return configured
+    return 5 if keyword_prompt(keywords) is not None else 1
 
 
 def custom_llm_client(
