@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
+from appliance.adapters.resample import resample
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
@@ -145,6 +146,10 @@ class TrainSize:
     near_miss_limit: int = core.MAX_NEAR_MISSES
     epochs: int = 400
     hidden: int = 32
+    # windows per positive take, one per 80 ms frame after the phrase's end (1: only the window
+    # the phrase ends in): the detector fires on any of them, so all are labelled positive
+    positive_frames: int = 6
+    speed_range: float = 0.15  # positives also at a random speed (and pitch) ×(1 ± this), half of them
 
 
 TINY = TrainSize(
@@ -159,6 +164,7 @@ TINY = TrainSize(
     near_miss_limit=10,
     epochs=80,
     hidden=8,
+    positive_frames=3,
 )
 MICRO = TrainSize(
     positive_voices=7,
@@ -173,6 +179,7 @@ MICRO = TrainSize(
     epochs=40,
     hidden=4,
     speech_minutes=0,
+    positive_frames=2,
 )
 """The smallest seeded data set that still trains (about a minute): the tests and quick benchmarks."""
 
@@ -221,6 +228,26 @@ def place(take: Pcm16, rng: np.random.Generator, max_tail_s: float = 0.24) -> Pc
     end = WINDOW_SAMPLES - tail
     out[end - take.shape[0] : end] = take
     return out
+
+
+def positive_windows(extractor: OpenWakeWordFeatures, clip: npt.NDArray[np.float64], frames: int) -> Windows:
+    """The last `frames` 16-frame windows of `clip` (a `place`d take followed by
+    `(frames - 1) * 1280` samples of its room): one window per 80 ms after the phrase's end."""
+    emb = extractor.embeddings(augment.to_pcm(clip))
+    return sliding(emb[-(FRAMES + frames - 1) :])
+
+
+def placed_positive(
+    take: Pcm16, rng: np.random.Generator, frames: int, speed_range: float
+) -> npt.NDArray[np.float64]:
+    """`take` (at a random speed, half the time) ending 0–0.16 s before the end of a 2 s window,
+    followed by `frames - 1` frames of quiet, then augmented as a whole (the room goes on)."""
+    if speed_range > 0 and rng.random() < 0.5:
+        factor = float(rng.uniform(1 - speed_range, 1 + speed_range))
+        take = resample(take, int(RATE_HZ * factor), RATE_HZ)  # faster and higher when factor > 1
+    tail_samples = (frames - 1) * 1280
+    clip = np.concatenate([place(take, rng, 0.16), np.zeros(tail_samples, np.int16)])
+    return augment.augment(clip, rng)
 
 
 def trim(audio: Pcm16, level: int = 200) -> Pcm16:
@@ -299,12 +326,16 @@ def build_dataset(
 ) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any]]:
     rng = np.random.default_rng(seed)
     pos_voices = synth.voices(False, size.positive_voices, seed)
-    pos_clips: list[npt.NDArray[np.float64]] = []
+    pos_windows: list[Windows] = []
     for voice in _each(pos_voices, progress, "positive takes"):
         take = trim(synth.say(phrase, voice))
         for _ in range(size.positive_augments):
-            pos_clips.append(augment.augment(place(take, rng), rng))
-    positives = window_set(extractor, pos_clips)
+            if size.positive_frames <= 1 and size.speed_range <= 0:  # one window per take
+                pos_windows.append(window_set(extractor, [augment.augment(place(take, rng), rng)]))
+                continue
+            clip = placed_positive(take, rng, size.positive_frames, size.speed_range)
+            pos_windows.append(positive_windows(extractor, clip, size.positive_frames))
+    positives = np.concatenate(pos_windows) if pos_windows else np.zeros((0, FRAMES, 96), np.float32)
     # the phrase cut short: the window ends 0.3–0.6 s before the phrase does (must not fire yet)
     early: list[npt.NDArray[np.float64]] = []
     for voice in pos_voices[:: max(1, len(pos_voices) // 30)]:
@@ -401,6 +432,8 @@ def train_word(
             **info,
             "hidden": size.hidden,
             "epochs": size.epochs,
+            "positive_frames": size.positive_frames,
+            "speed_range": size.speed_range,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),
