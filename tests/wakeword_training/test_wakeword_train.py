@@ -220,3 +220,13 @@ def test_cli_enroll_records_takes_from_the_microphone_input(
     assert (tmp_path / "hello_lamp.base.onnx").is_file()
     assert main(["wakeword", "enroll", "hello_lamp", "--dir", str(tmp_path), "--record", "2"]) == 2
     assert "--record: give 3–10 takes, got 2" in capsys.readouterr().err
+
+
+def test_validation_test_and_training_negatives_speak_different_texts() -> None:
+    from appliance.wakeword_training import train
+
+    training = {*train.SENTENCES, *train.OTHER_PHRASES}
+    validation = {*train.VALIDATION_SENTENCES, *train.VALIDATION_PHRASES}
+    test = {*train.TEST_SENTENCES, *train.TEST_PHRASES}
+    assert len(validation) == len(train.VALIDATION_SENTENCES) + len(train.VALIDATION_PHRASES)
+    assert not training & validation and not training & test and not validation & test
