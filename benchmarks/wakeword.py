@@ -3,8 +3,9 @@
 `wakeword.heldout` trains each phrase from text alone (default data set, seed 0) and measures it
 on data training never saw, split in two:
 - validation (for choosing): held-out takes (seed 2000) and 1 hour of negative audio in held-out
-  voices reading the training texts (seed 1). The threshold is the suggestion on this curve, and
-  enrolling calibrates its verifier on these negatives.
+  voices reading texts of its own, used neither in training nor in the test split (seed 1). The
+  threshold is the suggestion on this curve, and enrolling calibrates its verifier on these
+  negatives.
 - test (for reporting only, never tuned on): other held-out takes (seed 1000) and 2 hours of
   negative audio in held-out voices reading texts used nowhere else (seed 0), and noise.
 The test negatives are generated once and cached as features under the state folder.

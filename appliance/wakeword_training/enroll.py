@@ -1,16 +1,17 @@
 """Adapt a trained word to a user's voice: a verifier folded into the word's ONNX model.
 
-The enrolled takes' feature windows (the window where the classifier peaks on each take,
-centered and L2-normalized) become templates. The enrolled model computes the classifier score
+The enrolled takes' feature windows (the window where the classifier peaks on each take and
+its neighbours, of the take and of a few seeded variations of it — speed ±6 %, room, level,
+noise — centered and L2-normalized) become templates. The enrolled model computes the classifier score
 p and the best cosine similarity s of the current window to a template, and returns
 
     p + (1 − p) · clip((s − s_low) / (s_high − s_low), 0, 1) · [p ≥ floor]
 
 so a window that sounds like the user saying the phrase (high s) and that the classifier already
 leans towards (p ≥ floor) is lifted towards 1, and everything else keeps the classifier's score.
-s_high is the lowest leave-one-out similarity among the enrolled takes; s_low is placed above
-the highest similarity of any negative window (generated speech and noise) the classifier gives
-at least `floor`, so negatives are not lifted. The base model is kept as NAME.base.onnx.
+s_high is the lowest leave-one-out similarity among the enrolled takes' own peak windows; s_low
+is placed above the highest similarity of any negative window (generated speech and noise) the
+classifier gives at least `floor`, so negatives are not lifted. The base model is kept as NAME.base.onnx.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
+from appliance.adapters.resample import resample
 from appliance.ports import Pcm16
-from appliance.wakeword_training.evaluate import pad_take
+from appliance.wakeword_training import augment
+from appliance.wakeword_training.evaluate import RATE_HZ, pad_take
 from appliance.wakeword_training.model import FEATURES, FRAMES
 from appliance.wakeword_training.train import METADATA_SUFFIX, score_windows, sliding
 
 FLOOR = 0.05
 MIN_TAKES = 3
 MAX_TAKES = 10
+VARIANTS = 4  # room, gain, noise and speed variations of each take, templates besides the take
+SHIFTS = (-1, 0, 1)  # the windows a frame before and after each variation's peak are templates too
 Float = npt.NDArray[np.float64]
 
 
@@ -59,6 +64,30 @@ def peak_windows(base: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16]
     return np.stack(out).astype(np.float32)
 
 
+def _variation(take: Pcm16, rng: np.random.Generator) -> Pcm16:
+    """The take a little faster or slower (±6 %, pitch with it) in another room, level and noise."""
+    factor = float(rng.uniform(0.94, 1.06))
+    faster = resample(take, int(RATE_HZ * factor), RATE_HZ)
+    return augment.to_pcm(augment.augment(faster, rng, strength=0.6))
+
+
+def template_windows(
+    base: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], variants: int = VARIANTS
+) -> npt.NDArray[np.float32]:
+    """Each take and `variants` variations of it (seeded): the window where the classifier peaks
+    and its neighbours (`SHIFTS`), so a later take a little earlier, later, faster or in another
+    room still finds a template close to it."""
+    rng = np.random.default_rng(1)
+    pad_rng = np.random.default_rng(0)
+    out: list[npt.NDArray[np.float32]] = []
+    for take in takes:
+        for clip in [take, *(_variation(take, rng) for _ in range(variants))]:
+            windows = sliding(extractor.embeddings(pad_take(clip, pad_rng)))
+            peak = int(np.argmax(score_windows(base, windows)))
+            out.extend(windows[min(max(peak + d, 0), len(windows) - 1)] for d in SHIFTS)
+    return np.stack(out).astype(np.float32)
+
+
 def enroll(
     folder: Path,
     name: str,
@@ -77,6 +106,7 @@ def enroll(
             )
         base.write_bytes(model.read_bytes())
     enrolled = peak_windows(base, extractor, takes)
+    variations = template_windows(base, extractor, takes)
     negatives = np.concatenate([sliding(e, stride=2) for e in negative_streams]) if negative_streams else None
     center = np.asarray(
         (negatives if negatives is not None and len(negatives) else enrolled)
@@ -84,10 +114,11 @@ def enroll(
         .mean(axis=0),
         dtype=np.float64,
     )
-    templates = _normalize(enrolled, center)
-    sims = templates @ templates.T
+    primary = _normalize(enrolled, center)
+    sims = primary @ primary.T  # s_high from the takes themselves, leaving each one out
     np.fill_diagonal(sims, -1.0)
     s_high = float(np.min(sims.max(axis=1)))
+    templates = np.concatenate([primary, _normalize(variations, center)])
     s_neg = 0.0
     if negatives is not None and len(negatives):
         p = score_windows(base, negatives)
@@ -103,6 +134,7 @@ def enroll(
     meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     meta["enrollment"] = {
         "takes": len(takes),
+        "templates": int(templates.shape[0]),
         "s_low": round(s_low, 4),
         "s_high": round(s_high, 4),
         "floor": FLOOR,

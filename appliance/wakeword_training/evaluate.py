@@ -75,7 +75,8 @@ def negative_embeddings(
     for index in range(chunks):
         path = None
         if cache_dir is not None:
-            key = hashlib.sha256(f"v2:{split}:{seed}:{index}".encode()).hexdigest()[:16]
+            version = "v3" if split == "validation" else "v2"  # v3: the validation split's own texts
+            key = hashlib.sha256(f"{version}:{split}:{seed}:{index}".encode()).hexdigest()[:16]
             path = cache_dir / f"negative-{key}.npy"
             if path.is_file():
                 out.append(np.load(path))

@@ -33,9 +33,34 @@ def test_same_seed_gives_the_same_model_bytes(trained: tuple[Path, Path]) -> Non
     assert meta["phrase"] == "hello lamp"
     assert meta["seed"] == 3
     assert 0.3 <= meta["threshold"] <= 0.9
-    assert meta["training"]["positive_windows"] == 14
+    # 7 voices × 2 augmentations × 2 windows (the frame the phrase ends in and the next)
+    assert meta["training"]["positive_windows"] == 28
+    assert meta["training"]["positive_frames"] == 2
     assert any(v.startswith("espeak:") for v in meta["training"]["voices"])
     assert "hello ramp" in meta["training"]["near_misses"] or "lamp" in meta["training"]["near_misses"]
+
+
+def test_positive_windows_are_the_frames_after_the_phrase(models_dir: Path) -> None:
+    from appliance.testing.speech import espeak_say
+    from appliance.wakeword_training.train import (
+        FRAMES,
+        WINDOW_SAMPLES,
+        features_for,
+        placed_positive,
+        positive_windows,
+    )
+
+    extractor = features_for(models_dir)
+    take = espeak_say("hello lamp", "en-us+m3")
+    clip = placed_positive(take, np.random.default_rng(0), 4, 0.0)
+    assert clip.shape[0] == WINDOW_SAMPLES + 3 * 1280
+    windows = positive_windows(extractor, clip, 4)
+    emb = extractor.embeddings(np.clip(np.round(clip), -32768, 32767).astype(np.int16))
+    assert windows.shape == (4, FRAMES, 96)
+    assert np.array_equal(windows[-1], emb[-FRAMES:])  # the last window ends with the clip
+    assert np.array_equal(windows[0], emb[-FRAMES - 3 : -3])  # the first, 3 frames earlier
+    faster = placed_positive(take, np.random.default_rng(1), 1, 0.15)
+    assert faster.shape[0] == WINDOW_SAMPLES
 
 
 def test_the_detector_loads_the_trained_model(trained: tuple[Path, Path], models_dir: Path) -> None:
@@ -142,6 +167,8 @@ def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
     assert result.s_low < result.s_high
     meta = json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())
     assert meta["enrollment"]["takes"] == 3
+    # each take's peak, plus its peak and neighbours in itself and 4 variations: 3 + 3 × 5 × 3
+    assert meta["enrollment"]["templates"] == 48
     # negatives: exactly the base scores (the verifier lifts none of them)
     windows = sliding(streams[0])
     base = score_windows(result.base_path, windows)
@@ -193,3 +220,13 @@ def test_cli_enroll_records_takes_from_the_microphone_input(
     assert (tmp_path / "hello_lamp.base.onnx").is_file()
     assert main(["wakeword", "enroll", "hello_lamp", "--dir", str(tmp_path), "--record", "2"]) == 2
     assert "--record: give 3–10 takes, got 2" in capsys.readouterr().err
+
+
+def test_validation_test_and_training_negatives_speak_different_texts() -> None:
+    from appliance.wakeword_training import train
+
+    training = {*train.SENTENCES, *train.OTHER_PHRASES}
+    validation = {*train.VALIDATION_SENTENCES, *train.VALIDATION_PHRASES}
+    test = {*train.TEST_SENTENCES, *train.TEST_PHRASES}
+    assert len(validation) == len(train.VALIDATION_SENTENCES) + len(train.VALIDATION_PHRASES)
+    assert not training & validation and not training & test and not validation & test
