@@ -125,12 +125,13 @@ async def _ask(llm: Any, messages: list[dict[str, Any]]) -> tuple[str, float]:
 def answers(quick: bool) -> Iterator[Answer]:
     """Each question spoken, transcribed and answered with and without the knowledge base."""
     from appliance.runtime.knowledge_base import KnowledgeLLM
+    from appliance.runtime.local_agent import speech_recognizer
     from appliance.testing.speech import espeak_say, piper_say
     from benchmarks.local_agent import _preloaded
 
     models = _preloaded().local_models
     system = _system_prompt()
-    stt = _kiosk_stt(models.stt)
+    stt = speech_recognizer(_config())  # the kiosk's names in its prompt, as a kiosk loads it
     with tempfile.TemporaryDirectory() as tmp:
         index = _index(Path(tmp))
     for i, q in enumerate(_questions(quick)):
@@ -151,26 +152,6 @@ def answers(quick: bool) -> Iterator[Answer]:
         a.retrieved = [c["chunk_id"] for c in found.get("chunks", [])]
         a.retrieval_ms = float(found.get("ms", 0.0))
         yield a
-
-
-def _kiosk_stt(stt: Any) -> Any:
-    """The speech recogniser as a kiosk session loads it: the knowledge base's names in its
-    prompt (`knowledge_vocabulary`)."""
-    from appliance.adapters.whisper_stt import FasterWhisperStt
-    from appliance.runtime.knowledge_base import knowledge_vocabulary
-    from appliance.runtime.local_agent import stt_beam_size
-
-    config = _config()
-    keywords = [*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)]
-    settings = config.appliance.local.stt
-    return FasterWhisperStt(
-        stt.model_dir,
-        threads=stt.threads,
-        compute_type=stt.compute_type,
-        beam_size=stt_beam_size(settings.beam_size, keywords),  # as load_local_models chooses
-        min_window_s=settings.min_window_s,
-        keywords=keywords,
-    )
 
 
 @functools.cache

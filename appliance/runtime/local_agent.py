@@ -38,7 +38,7 @@ from appliance.core.reply_guard import ReplyLimits
 from appliance.core.system_tools import client_tool_schema, system_tool_schemas, webhook_tool_schema
 from appliance.errors import ApplianceError, ConfigError, ModelError
 from appliance.logs import register_secret
-from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker
+from appliance.ports import AgentSession, Clock, EventSink, LanguageModel, Speaker, SpeechToText
 from appliance.runtime.knowledge_base import KnowledgeLLM, knowledge_for, knowledge_vocabulary
 from appliance.runtime.knowledge_base import prompt_block as knowledge_prompt_block
 from appliance.runtime.local_session import (
@@ -106,18 +106,9 @@ def _model_file(config: Config, ref: str, suffix: str) -> Path:
 def load_local_models(config: Config) -> LocalModels:
     """Load STT, LLM and TTS once (seconds on a Pi); sessions share them."""
     from appliance.adapters.piper_tts import PiperTts, PiperVoiceSpec
-    from appliance.adapters.whisper_stt import FasterWhisperStt
 
     local = config.appliance.local
-    keywords = [*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)]
-    stt = FasterWhisperStt(
-        _model_file(config, local.stt.model, ""),
-        threads=local.stt.threads,
-        compute_type=local.stt.compute_type,
-        beam_size=stt_beam_size(local.stt.beam_size, keywords),
-        min_window_s=local.stt.min_window_s,
-        keywords=keywords,
-    )
+    stt = speech_recognizer(config)
     llm: LanguageModel
     concurrent = False
     access: CustomLlmAccess | None = None
@@ -169,6 +160,23 @@ def load_local_models(config: Config) -> LocalModels:
         stt_executor=ThreadPoolExecutor(1, thread_name_prefix="stt"),
         tts_executor=ThreadPoolExecutor(1, thread_name_prefix="tts"),
         llm_access=access,
+    )
+
+
+def speech_recognizer(config: Config) -> SpeechToText:
+    """faster-whisper as `config` asks: its model, threads, window, and a keyword prompt from
+    `asr.keywords` and the knowledge base's names (the beam `auto` follows that prompt)."""
+    from appliance.adapters.whisper_stt import FasterWhisperStt
+
+    stt = config.appliance.local.stt
+    keywords = [*config.conversation_config.asr.keywords, *knowledge_vocabulary(config)]
+    return FasterWhisperStt(
+        _model_file(config, stt.model, ""),
+        threads=stt.threads,
+        compute_type=stt.compute_type,
+        beam_size=stt_beam_size(stt.beam_size, keywords),
+        min_window_s=stt.min_window_s,
+        keywords=keywords,
     )
 
 
