@@ -187,22 +187,33 @@ class QuietVad:
         return None
 
 
+def _router(
+    clock: list[float],
+    playback: FakePlayback,
+    echo: Any,
+    endpointer: Endpointer | None = None,
+    **kwargs: Any,
+) -> AudioRouter:
+    """The listening path with no wake word and a silent VAD, on the test's `clock`."""
+    return AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer or Endpointer(EndpointConfig()),
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: None,
+        playback=playback,
+        echo=echo,
+        now=lambda: clock[0],
+        **kwargs,
+    )
+
+
 def test_the_canceller_runs_while_the_agent_speaks_and_for_the_echo_tail_only() -> None:
     clock = [0.0]
     playback = FakePlayback()
     canceller = CountingCanceller()
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=Endpointer(EndpointConfig()),
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: None,
-        playback=playback,
-        echo=canceller,
-        now=lambda: clock[0],
-        echo_tail_s=0.5,
-    )
+    router = _router(clock, playback, canceller, echo_tail_s=0.5)
     block = np.ones(1280, np.int16)
     router.set_listening(True)
 
@@ -239,17 +250,7 @@ def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_j
     clock = [0.0]
     playback = FakePlayback()
     playback.playing = True
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=Endpointer(EndpointConfig()),
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: None,
-        playback=playback,
-        echo=CountingCanceller(),
-        now=lambda: clock[0],
-    )
+    router = _router(clock, playback, CountingCanceller())
     router.set_listening(True)
     jitter = [0.0, 0.012, 0.003, 0.019, 0.001, 0.015, 0.0, 0.008]
 
@@ -453,18 +454,8 @@ def test_the_endpointer_hears_how_long_the_canceller_has_run_in_the_agents_turn(
     clock = [0.0]
     playback = FakePlayback()
     endpointer = RecordingEndpointer()
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=endpointer,
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: None,
-        playback=playback,
-        echo=GatingCanceller() if gating else CountingCanceller(),
-        now=lambda: clock[0],
-        echo_tail_s=0.5,
-    )
+    echo = GatingCanceller() if gating else CountingCanceller()
+    router = _router(clock, playback, echo, endpointer, echo_tail_s=0.5)
     block = np.ones(1280, np.int16)  # 0.08 s: 2.5 VAD frames of 0.032 s
     router.set_listening(True)
 
