@@ -58,6 +58,7 @@ class FakeElevenLabsServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._closing: asyncio.Event | None = None  # set by stop(): held handshakes end at once
 
     # ------------------------------------------------------------ addresses
     @property
@@ -94,6 +95,8 @@ class FakeElevenLabsServer:
     def stop(self) -> None:
         loop, server = self._loop, self._server
         if loop is not None and server is not None and not loop.is_closed():
+            if self._closing is not None:
+                loop.call_soon_threadsafe(self._closing.set)
             loop.call_soon_threadsafe(server.close)
         if self._thread is not None:
             self._thread.join(10)
@@ -116,6 +119,7 @@ class FakeElevenLabsServer:
     async def serve(self) -> None:
         """Serve until `stop()` (or cancellation); sets `port` once listening."""
         self._loop = asyncio.get_running_loop()
+        self._closing = asyncio.Event()
         async with serve(
             self._handle,
             self.host,
@@ -152,8 +156,8 @@ class FakeElevenLabsServer:
             if opts.signed_url_fault is not None and faulty(opts, len(self.signed_url_requests) - 1):
                 return await self._signed_url_fault(connection, opts.signed_url_fault, signed)
             return _json(connection, http.HTTPStatus.OK, {"signed_url": signed})
-        if opts.handshake_delay_s > 0:
-            await asyncio.sleep(opts.handshake_delay_s)
+        if opts.handshake_delay_s > 0 and await self._held(opts.handshake_delay_s):
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         if parts.path != CONVERSATION_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if opts.agent_id is not None and query.get("agent_id") != opts.agent_id:
@@ -164,6 +168,16 @@ class FakeElevenLabsServer:
                 return connection.respond(http.HTTPStatus.FORBIDDEN, "a valid signed URL is required\n")
             self._signatures.discard(signature)  # single use
         return None
+
+    async def _held(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if the server is stopping; True when it is stopping."""
+        assert self._closing is not None
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _signed_url_fault(self, connection: ServerConnection, fault: str, signed: str) -> Response:
         if fault == "not_json":
@@ -182,7 +196,8 @@ class FakeElevenLabsServer:
             if transport.is_closing():
                 break
             transport.write(bytes([byte]))
-            await asyncio.sleep(self.options.trickle_interval_s)
+            if await self._held(self.options.trickle_interval_s):
+                break
         transport.abort()
         return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "")
 
