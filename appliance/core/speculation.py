@@ -26,8 +26,6 @@ class Verdict(StrEnum):
     """The turn asks STT for another language than the speculation did."""
     DIFFERENT_REQUEST = "different_request"
     """The reply request differs (a context update, a language switch, a typed message...)."""
-    TOOL_CALL = "tool_call"
-    """The speculative reply wanted a tool: tools run only in a committed turn (normal path)."""
     FAILED = "failed"
     """The speculative generation failed: the normal path (with its retries) runs instead."""
     NOT_A_REPLY = "not_a_reply"
@@ -65,17 +63,15 @@ def reply_verdict(
     request: ReplyRequest,
     *,
     is_user_reply: bool,
-    stopped_at_tool: bool,
     failed: bool,
 ) -> Verdict:
     """May the turn's generation continue the speculative one? Only for the same request, a
-    reply to the user, and a speculative stream that neither failed nor reached a tool call."""
+    reply to the user, and a speculative stream that did not fail. A tool call the speculative
+    stream asked for is only buffered with the rest: it runs once the turn has taken it over."""
     if not is_user_reply:
         return Verdict.NOT_A_REPLY
     if failed:
         return Verdict.FAILED
-    if stopped_at_tool:
-        return Verdict.TOOL_CALL
     if _plain(speculated.messages) != _plain(request.messages) or _plain(speculated.tools) != _plain(
         request.tools
     ):

@@ -177,7 +177,6 @@ class _SpeculativeReply:
     """The first chunk's audio by (text, voice label, voice, speed), synthesized ahead."""
     task: asyncio.Task[None] | None = None
     committed: bool = False
-    stopped_at_tool: bool = False
     failed: bool = False
 
 
@@ -343,9 +342,9 @@ class LocalAgentSession:
 
     async def _speculate_reply(self, reply: _SpeculativeReply) -> None:
         """Run the LLM on the speculative request into `reply.items`, and synthesize the first
-        chunk (cut as `_generate` will cut it) into `reply.audio`. Before the commit a tool call
-        ends the speculation (tools run only in a committed turn); after it, everything is passed
-        on as the LLM yields it. Never raises: a failure is an item."""
+        chunk (cut as `_generate` will cut it) into `reply.audio`. A tool call is buffered like
+        text: tools run only in the committed turn, which reads it from this one stream (a custom
+        LLM is never asked twice). Never raises: a failure is an item."""
         guard = ReplyGuard(self._d.reply_limits)
         chunker = SpeechChunker()
         voices = VoiceTagParser(self._labels)
@@ -357,9 +356,6 @@ class LocalAgentSession:
             request = reply.request
             stream = self._d.llm.stream_chat(list(request.messages), list(request.tools) or None, options)
             async for item in stream:
-                if isinstance(item, ToolCallRequest) and not reply.committed:
-                    reply.stopped_at_tool = ended = True  # never continued: no end marker needed
-                    return
                 reply.items.put_nowait(item)
                 if isinstance(item, TextDelta) and item.text and not first_chunk and guard.stopped is None:
                     first_chunk = chunker.push(guard.push(item.text).release)
@@ -705,7 +701,6 @@ class LocalAgentSession:
             ReplyRequest(reply.request.messages, reply.request.tools),
             ReplyRequest(effect.messages, effect.tools),
             is_user_reply=effect.kind is cv.OutputKind.REPLY and effect.turn == reply.request.turn,
-            stopped_at_tool=reply.stopped_at_tool,
             failed=reply.failed,
         )
         if verdict is not Verdict.COMMIT or reply.task is None:

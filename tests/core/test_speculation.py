@@ -59,22 +59,20 @@ CONTEXT = {"role": "system", "content": "The user is in the kitchen."}
 
 
 @pytest.mark.parametrize(
-    ("request_", "user_reply", "tool", "failed", "verdict"),
+    ("request_", "user_reply", "failed", "verdict"),
     [
-        (REQ, True, False, False, Verdict.COMMIT),
-        (ReplyRequest((SYSTEM, ASK), (TOOL,)), True, False, False, Verdict.COMMIT),  # equal, not same
-        (ReplyRequest((SYSTEM, CONTEXT, ASK), (TOOL,)), True, False, False, Verdict.DIFFERENT_REQUEST),
-        (ReplyRequest((SYSTEM, ASK), ()), True, False, False, Verdict.DIFFERENT_REQUEST),
-        (REQ, False, False, False, Verdict.NOT_A_REPLY),  # a re-prompt, a tool round
-        (REQ, True, True, False, Verdict.TOOL_CALL),  # the tool runs in the normal path
-        (REQ, True, False, True, Verdict.FAILED),  # the normal path retries
-        (REQ, True, True, True, Verdict.FAILED),
+        (REQ, True, False, Verdict.COMMIT),
+        (ReplyRequest((SYSTEM, ASK), (TOOL,)), True, False, Verdict.COMMIT),  # equal, not same
+        (ReplyRequest((SYSTEM, CONTEXT, ASK), (TOOL,)), True, False, Verdict.DIFFERENT_REQUEST),
+        (ReplyRequest((SYSTEM, ASK), ()), True, False, Verdict.DIFFERENT_REQUEST),
+        (REQ, False, False, Verdict.NOT_A_REPLY),  # a re-prompt, a tool round
+        (REQ, True, True, Verdict.FAILED),  # the normal path retries
     ],
 )
 def test_the_turn_continues_the_speculative_reply_only_for_the_same_clean_request(
-    request_: ReplyRequest, user_reply: bool, tool: bool, failed: bool, verdict: Verdict
+    request_: ReplyRequest, user_reply: bool, failed: bool, verdict: Verdict
 ) -> None:
-    got = reply_verdict(REQ, request_, is_user_reply=user_reply, stopped_at_tool=tool, failed=failed)
+    got = reply_verdict(REQ, request_, is_user_reply=user_reply, failed=failed)
     assert got is verdict
 
 

@@ -216,14 +216,17 @@ def test_a_speculative_tool_call_runs_no_tool_before_the_commit() -> None:
     turn = Turn(tool_first=True)
     turn.run(pause=HEAD, end=HEAD)
     before = turn.before_end["log"]
-    assert not [i for i in before if i.startswith("tool:")], before  # the speculation stopped there
+    assert "llm:What is the capital" in before  # the speculative stream asked for the tool...
+    assert not [i for i in before if i.startswith("tool:")], before  # ...which waited for the end
     assert not {"agent_tool_response", "user_transcript"} & set(turn.before_end["events"])
     log = turn.log.items
-    # at the end: the normal path asks the LLM again and runs the tool once, after the commit
-    assert [i for i in log if i.startswith("llm:What")] == ["llm:What is the capital"] * 2, log
+    # at the end: the committed turn runs the tool once, from the one speculative request (a
+    # custom LLM is not asked the same question twice)
+    assert [i for i in log if i.startswith("llm:What")] == ["llm:What is the capital"], log
     assert log.count("tool:lookup") == 1
-    assert log.index("tool:lookup") > log.index("llm:What is the capital", len(before))
-    assert (turn.stats.replies, turn.stats.replies_used, turn.stats.replies_wasted) == (1, 0, 1)
+    assert log.index("tool:lookup") >= len(before)
+    assert turn.events.of("agent_tool_response")
+    assert (turn.stats.replies, turn.stats.replies_used, turn.stats.replies_wasted) == (1, 1, 0)
 
 
 def test_a_stop_during_the_pause_cancels_the_speculative_reply_without_a_trace() -> None:
