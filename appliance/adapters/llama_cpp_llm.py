@@ -321,6 +321,22 @@ class LlamaCppLlm:
         self._track(job)
         return job.result()
 
+    async def prefill(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> None:
+        """Evaluate the prompt of `messages` (a session's system prompt and history, then a
+        placeholder question) now, so the model's prompt cache holds that prefix and the turn
+        only pays for its new tokens. For a prompt the cache does not hold yet (another wake
+        word's agent, a prompt with per-session variables) this is most of the first turn's
+        wait on a Pi. One token is generated; cancelling it stops the evaluation like any
+        generation (the abort callback)."""
+        stream = self.stream_chat(
+            [*messages, {"role": "user", "content": "Hello"}], tools, {"temperature": 0.0, "max_tokens": 1}
+        )
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            await stream.aclose()
+
     def hold_generation(self, max_s: float = HOLD_MAX_S) -> None:
         """Pause the generation in progress before its next token, for at most `max_s`.
 

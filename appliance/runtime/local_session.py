@@ -246,6 +246,7 @@ class LocalAgentSession:
         self._held_texts: set[str] = set()
         """Segments of a first chunk the LLM is held for (released once one is synthesized)."""
         self._consumer: asyncio.Task[None] | None = None
+        self._prefilled = False
         self._key = f"session-{uuid.uuid4().hex[:8]}:"
         self.conversation_id = deps.conversation_id or f"local_{uuid.uuid4().hex[:16]}"
         self._output = SpeechOutput(
@@ -477,6 +478,30 @@ class LocalAgentSession:
                 except Exception as err:
                     _LOGGER.exception("effect %s failed", type(effect).__name__)
                     self._d.events.emit("error", code="internal", message=redact(str(err)), stage="agent")
+            if not self._prefilled and self._machine.phase is cv.Phase.LISTENING:
+                self._prefilled = True
+                self._prefill()
+
+    def _prefill(self) -> None:
+        """The first time the session listens (its first message spoken, or none), let an
+        in-process LLM evaluate the session's prompt while the user speaks: the first turn
+        then pays only for the question. Nothing is emitted; a failure only costs that head
+        start (the turn evaluates the prompt itself)."""
+        prefill = getattr(self._d.llm, "prefill", None)
+        if prefill is None:  # a remote LLM: nothing to evaluate ahead
+            return
+        messages = self._machine.history.messages()
+        tools = list(self._machine.settings.tools) or None
+
+        async def run() -> None:
+            try:
+                await prefill(messages, tools)
+            except Exception as err:
+                _LOGGER.info("the prompt was not evaluated ahead: %s", redact(str(err)))
+
+        task = asyncio.create_task(run(), name="prefill")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, coro: Awaitable[None], name: str, turn: int | None = None) -> None:
         def failed(failure: TaskFailure) -> None:

@@ -561,3 +561,22 @@ def test_a_hold_ends_by_itself_at_its_deadline(llm: LlamaCppLlm) -> None:
         return "".join(o.text for o in out if isinstance(o, TextDelta))
 
     assert "Paris" in run(body, timeout_s=120)
+
+
+@pytest.mark.models
+def test_prefill_leaves_the_session_prompt_in_the_prompt_cache(llm: LlamaCppLlm) -> None:
+    """`prefill` evaluates a session's prompt ahead: llama.cpp then holds its tokens, so the
+    turn that follows (same prefix, a new question) only evaluates the question (llama.cpp
+    reuses the longest common prefix of what it holds)."""
+    system = {"role": "system", "content": "You are Chef, a cooking assistant in a small kitchen. " * 6}
+
+    def held() -> list[int]:
+        return [int(t) for t in llm._llm.input_ids[: llm._llm.n_tokens]]
+
+    def contains(tokens: list[int], part: list[int]) -> bool:
+        return any(tokens[i : i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
+
+    run(lambda: llm.prefill([system], None), timeout_s=120)
+    words = llm._llm.tokenize(str(system["content"]).encode(), add_bos=False, special=False)
+    middle = [int(t) for t in words[2:-2]]  # the edges may merge with the template's tokens
+    assert len(middle) > 40 and contains(held(), middle)
