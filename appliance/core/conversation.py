@@ -497,6 +497,8 @@ class ConversationMachine:
                 interruptible=s.interruptions_enabled and not s.disable_first_message_interruptions,
             )
             turn.reply_text = self._unmarked(turn, s.first_message)
+            # the LLM sees it as the platform's does (the user may answer its question)
+            self.history.add_agent(turn.reply_text, t=self._t(now))
             self.phase = Phase.SPEAKING
             effects += [Say(turn.id, s.first_message, OutputKind.FIRST_MESSAGE), SealOutput(turn.id)]
         else:
@@ -790,8 +792,6 @@ class ConversationMachine:
 
     def _keep_only_spoken(self, turn: _Turn, spoken: str, original: str, now: float) -> None:
         """After an interruption the history holds what the user heard, nothing more."""
-        if turn.kind is OutputKind.FIRST_MESSAGE:
-            return
         if turn.reply_text is not None and turn.kind is not OutputKind.FILLER:
             self.history.replace_last_agent(spoken)
         elif spoken:

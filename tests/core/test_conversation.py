@@ -63,6 +63,27 @@ def test_first_message_is_spoken_then_turn_timeout_armed() -> None:
     assert m.phase is cv.Phase.LISTENING
 
 
+def test_the_first_message_is_in_the_llm_history_as_heard() -> None:
+    """The LLM sees the first message (the user may answer its question); an interrupted one
+    only as far as it was heard, like any reply."""
+    m = machine(first_message="Hi! What shall we cook today?")
+    first = of(m.handle(cv.Started(), 0.0), cv.Say)[0].turn
+    m.handle(cv.OutputStarted(first), 0.1)
+    m.handle(cv.OutputFinished(first, "Hi! What shall we cook today?"), 2.0)
+    ask(m, 4.0)
+    assert [(x["role"], x["content"]) for x in m.history.messages()[1:]] == [
+        ("assistant", "Hi! What shall we cook today?"),
+        ("user", "What is the capital of France?"),
+    ]
+
+    m = machine(first_message="Hi! What shall we cook today?")
+    first = of(m.handle(cv.Started(), 0.0), cv.Say)[0].turn
+    m.handle(cv.OutputStarted(first), 0.1)
+    m.handle(cv.UserSpeechStarted(), 0.6)
+    m.handle(cv.OutputFinished(first, "Hi!", interrupted=True), 0.7)
+    assert [(x["role"], x["content"]) for x in m.history.messages()[1:]] == [("assistant", "Hi!")]
+
+
 def test_no_first_message_waits_for_the_user() -> None:
     m = machine()
     effects = m.handle(cv.Started(), 0.0)
