@@ -666,19 +666,49 @@ def coverage(fact: str, query: Iterable[str], idf: Callable[[str], float], unkno
     return sum(idf(t) or unknown for t in terms & have) / total if total > 0 else 0.0
 
 
+KNOWLEDGE_FALLBACKS: dict[str, str] = {
+    "en": "Sorry, I don't have that information.",
+    "de": "Entschuldigung, diese Information habe ich nicht.",
+    "fr": "Désolé, je n'ai pas cette information.",
+    "es": "Lo siento, no tengo esa información.",
+    "it": "Mi dispiace, non ho questa informazione.",
+    "pt": "Desculpe, não tenho essa informação.",
+    "nl": "Sorry, die informatie heb ik niet.",
+}
+"""What the device says instead of a reply that invents a number or name when retrieval found
+nothing covering the question (`appliance.local.knowledge_fallback` overrides it)."""
+
+
+def fallback_text(language: str, configured: dict[str, str] | None = None) -> str:
+    """The fallback line for `language` ("pt-br" falls back to "pt", then to English)."""
+    table = configured if configured else KNOWLEDGE_FALLBACKS
+    code = language.lower().replace("_", "-")
+    for key in (code, code.split("-")[0], "en"):
+        if key in table:
+            return table[key]
+    return next(iter(table.values()), KNOWLEDGE_FALLBACKS["en"])
+
+
 @dataclass(frozen=True)
 class Grounding:
     """The guard's decision on a reply: `grounded`, `contradicts` (it states numbers or names
     that neither the facts nor the question nor the prompt hold), `omits` (the best fact states
-    numbers or names, and the reply none of them), or `not_judged` (the facts do not
-    cover the question well enough, or there are none with numbers or names)."""
+    numbers or names, and the reply none of them), or `not_judged` (the facts cover the
+    question, and there is nothing in them to check). When the facts do not cover the question
+    (or there are none), only inventions are judged: `invents` (the reply states numbers or
+    names nothing given to the LLM holds) or `supported` (it states none)."""
 
     verdict: str
     unsupported: tuple[str, ...] = ()
 
     @property
     def replaced(self) -> bool:
-        return self.verdict in ("contradicts", "omits")
+        return self.verdict in ("contradicts", "omits", "invents")
+
+    @property
+    def passes(self) -> bool:
+        """The reply may be spoken (so far)."""
+        return self.verdict in ("grounded", "supported", "not_judged")
 
 
 def judge_reply(
@@ -693,7 +723,8 @@ def judge_reply(
     does not hold ("free", "desk" for "Wheelchairs can be borrowed for free at the front desk."
     asked "Can I borrow a wheelchair?")."""
     if not facts or covered < GROUNDING_COVERAGE:
-        return Grounding("not_judged")
+        invented = _invented(reply, facts, context)
+        return Grounding("invents", invented) if invented else Grounding("supported")
     given = specifics(" ".join(facts))
     best = specifics(facts[0])
     if not given:  # nothing to contradict: the reply must say something of the fact's own
@@ -704,17 +735,27 @@ def judge_reply(
             return Grounding("grounded")
         return Grounding("omits", tuple(sorted(answer)))
     said = specifics(reply)
-    known = specifics(f"{' '.join(facts)}\n{context}")
-    context_words = set(words(f"{' '.join(facts)}\n{context}"))
-    numbers = sorted(said.numbers - known.numbers)
-    names = sorted(n for n in said.names - known.names if n not in context_words)
-    if numbers or names:
-        return Grounding("contradicts", tuple([str(n) for n in numbers] + names))
+    invented = _invented(reply, facts, context)
+    if invented:
+        return Grounding("contradicts", invented)
     if wants_number and best.numbers and not said.numbers & best.numbers:
         return Grounding("omits", tuple(str(n) for n in sorted(best.numbers)))
     if best and not (said.numbers & best.numbers or best.names & set(words(reply))):
         return Grounding("omits", tuple([str(n) for n in sorted(best.numbers)] + sorted(best.names)))
     return Grounding("grounded")
+
+
+def _invented(reply: str, facts: Sequence[str], context: str) -> tuple[str, ...]:
+    """The numbers and names `reply` states that neither the facts nor the context hold."""
+    said = specifics(reply)
+    if not said:
+        return ()
+    given = f"{' '.join(facts)}\n{context}"
+    known = specifics(given)
+    context_words = set(words(given))
+    numbers = sorted(said.numbers - known.numbers)
+    names = sorted(n for n in said.names - known.names if n not in context_words)
+    return tuple([str(n) for n in numbers] + names)
 
 
 _HEADING_PREFIX = re.compile(r"^[^.!?:\n]{1,80}:\s+(?=[A-Z0-9])")
@@ -734,21 +775,40 @@ class GroundingGuard:
     returns; when `decision` says the reply is replaced, stop the LLM and speak `replacement`
     instead. After a `grounded` start, the rest is released sentence by sentence once complete,
     and one that states a number or name the facts, the question and the prompt do not hold
-    ends the reply (`cut`: nothing more is spoken)."""
+    ends the reply (`cut`: nothing more is spoken).
+
+    When the facts do not cover the question (coverage below GROUNDING_COVERAGE, or no facts at
+    all), each sentence is held until complete and only checked for inventions: the first one
+    stating a number or name that nothing given to the LLM holds replaces the reply with
+    `fallback` (an honest "I don't have that information"), or ends it there when an earlier
+    sentence was already spoken."""
 
     def __init__(
-        self, facts: Sequence[str], context: str, covered: float, wants_number: bool = False
+        self,
+        facts: Sequence[str],
+        context: str,
+        covered: float,
+        wants_number: bool = False,
+        fallback: str = KNOWLEDGE_FALLBACKS["en"],
     ) -> None:
         self._facts = list(facts)
         self._context = context
         self._covered = covered
         self._wants_number = wants_number
+        self._fallback = fallback
         self._held = ""
         self.decision: Grounding | None = None
         self.cut: Grounding | None = None
-        self.replacement = spoken_fact(self._facts[0]) if self._facts else ""
-        if self._judge("").verdict == "not_judged":  # weak or uncheckable facts: nothing is held
+        if self._judge("").verdict == "not_judged":  # uncheckable facts: nothing is held
             self.decision = Grounding("not_judged")
+
+    @property
+    def replacement(self) -> str:
+        """What is spoken instead of a replaced reply: the best fact, or the fallback line for a
+        reply that invents when the facts do not cover the question."""
+        if not self._facts or (self.decision is not None and self.decision.verdict == "invents"):
+            return self._fallback
+        return spoken_fact(self._facts[0])
 
     @property
     def done(self) -> bool:
@@ -789,7 +849,7 @@ class GroundingGuard:
                 break
             sentence, rest = self._held[:end], self._held[end:]
             verdict = self._judge(sentence)
-            if verdict.verdict == "contradicts":
+            if verdict.verdict in ("contradicts", "invents"):
                 self.cut = verdict
                 self._held = ""
                 break
@@ -809,8 +869,8 @@ class GroundingGuard:
                 # said (grounded), or an invented one (contradicts), decides before the end
                 words_end = max(self._held.rfind(" "), self._held.rfind("\n"))
                 early = self._judge(self._held[:words_end]) if words_end > 0 else None
-                if early is None or early.verdict == "omits":
-                    return ""
+                if early is None or early.verdict in ("omits", "supported"):
+                    return ""  # an omission, or a later invention, is only known later
                 end = words_end
             self.decision = self._judge(self._held[:end])
             if self.decision.replaced:
@@ -822,7 +882,7 @@ class GroundingGuard:
 
     def _passing(self) -> bool:
         """Not judged: the rest streams through unchecked."""
-        return self.decision is not None and self.decision.verdict != "grounded"
+        return self.decision is not None and self.decision.verdict == "not_judged"
 
     def release(self) -> str:
         """Everything held, unjudged (the reply turned into a tool call); the guard is spent."""

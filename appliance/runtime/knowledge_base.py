@@ -436,8 +436,10 @@ class KnowledgeLLM:
     """A LanguageModel that answers FAQ questions itself and gives the LLM the retrieved chunks.
 
     With `guard` (`appliance.local.knowledge_guard`), a reply that contradicts or omits the
-    retrieved facts is replaced by the best fact (`appliance.core.knowledge.GroundingGuard`;
-    the event `knowledge_grounding` says so). A knowledge turn decodes greedily (temperature 0)
+    retrieved facts is replaced by the best fact, and when nothing retrieved covers the question,
+    a reply stating a number or name that nothing given to the LLM holds is replaced by
+    `fallback` (`appliance.core.knowledge.GroundingGuard`; the event `knowledge_grounding` says
+    so). A knowledge turn decodes greedily (temperature 0)
     unless the prompt sets a temperature."""
 
     def __init__(
@@ -447,12 +449,14 @@ class KnowledgeLLM:
         events: EventSink,
         skip_system: str = "",
         guard: bool = True,
+        fallback: str = kn.KNOWLEDGE_FALLBACKS["en"],
     ) -> None:
         self._llm = llm
         self._index = index
         self._events = events
         self._skip_system = skip_system
         self._guard = guard
+        self._fallback = fallback
 
     def __getattr__(self, name: str) -> Any:  # close(), prime() ... of the wrapped model
         return getattr(self._llm, name)
@@ -475,24 +479,23 @@ class KnowledgeLLM:
             yield TextDelta(found.faq_answer)
             return
         facts = self._index.facts(found)
-        if not facts:
-            async for item in self._llm.stream_chat(messages, tools, options):
-                yield item
-            return
         guard = (
             kn.GroundingGuard(
                 facts,
                 _context_text(messages),
-                self._index.coverage(found, facts[0]),
+                self._index.coverage(found, facts[0]) if facts else 0.0,
                 kn.expects_number(question),
+                self._fallback,
             )
             if self._guard
             else None
         )
-        # next to the question, in this request only: the history keeps the question as it was
-        messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
-        if options.get("temperature") is None:
-            options = {**options, "temperature": 0.0}
+        if facts:
+            # next to the question, in this request only: the history keeps the question as it was
+            content = kn.knowledge_question(facts, question)
+            messages = [*messages[:-1], {**messages[-1], "content": content}]
+            if options.get("temperature") is None:
+                options = {**options, "temperature": 0.0}
         echo = kn.EchoStrip()
         stream = self._llm.stream_chat(messages, tools, options)
         try:

@@ -288,7 +288,18 @@ CONTEXT = "You are the Harbourlight kiosk.\nHow much do students pay?"
         ("Students pay 10 euros at the Louvre.", 1.0, True, "contradicts", ("louvre",)),
         ("The answer is: 14 euros.", 1.0, True, "omits", ("10", "65")),  # the other fact's number
         ("I do not know.", 1.0, False, "omits", ("10", "65")),
-        ("Students pay 12 euros.", 0.4, True, "not_judged", ()),  # the facts barely match
+        # the facts barely cover the question: only inventions are judged
+        ("Students pay 12 euros.", 0.4, True, "invents", ("12",)),
+        (
+            "The address is 123 Elm Street, New York.",
+            0.2,
+            False,
+            "invents",
+            ("123", "elm", "new", "street", "york"),
+        ),
+        ("Students pay 10 euros at the Harbourlight.", 0.4, True, "supported", ()),  # given: spoken
+        ("I do not know.", 0.4, True, "supported", ()),
+        ("Adults pay fourteen euros.", 0.4, True, "supported", ()),  # 14 is in the facts
     ],
 )
 def test_judge_reply(
@@ -296,7 +307,40 @@ def test_judge_reply(
 ) -> None:
     found = kn.judge_reply(reply, STUDENTS, CONTEXT, covered, wants_number)
     assert (found.verdict, found.unsupported) == (verdict, unsupported)
-    assert found.replaced is (verdict in ("contradicts", "omits"))
+    assert found.replaced is (verdict in ("contradicts", "omits", "invents"))
+    assert found.passes is not found.replaced
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("We're on the 1.5 kilometers.", kn.Grounding("invents", ("1", "5"))),
+        ("The museum is in Paris, not here.", kn.Grounding("invents", ("paris",))),
+        ("I don't know where the kilometers are.", kn.Grounding("supported")),
+        ("You can ask at the Harbourlight kiosk.", kn.Grounding("supported")),  # the prompt's name
+        ("There are 3 kilometers.", kn.Grounding("invents", ("3",))),
+        ("Try three of them.", kn.Grounding("invents", ("3",))),  # a number word
+        ("Go to the one on the left.", kn.Grounding("supported")),  # "one" is a pronoun
+    ],
+)
+def test_with_nothing_retrieved_only_inventions_are_judged(reply: str, verdict: kn.Grounding) -> None:
+    assert kn.judge_reply(reply, [], f"{CONTEXT}\nWe're on the kilometers.", 0.0) == verdict
+
+
+@pytest.mark.parametrize(
+    ("language", "configured", "line"),
+    [
+        ("en", None, kn.KNOWLEDGE_FALLBACKS["en"]),
+        ("de", None, kn.KNOWLEDGE_FALLBACKS["de"]),
+        ("pt-br", None, kn.KNOWLEDGE_FALLBACKS["pt"]),
+        ("sv", None, kn.KNOWLEDGE_FALLBACKS["en"]),
+        ("sv", {"sv": "Det vet jag inte."}, "Det vet jag inte."),
+        ("fr", {"en": "Ask at the desk."}, "Ask at the desk."),
+        ("fr", {"de": "Frag am Empfang."}, "Frag am Empfang."),  # the only one configured
+    ],
+)
+def test_fallback_text(language: str, configured: dict[str, str] | None, line: str) -> None:
+    assert kn.fallback_text(language, configured) == line
 
 
 def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
@@ -318,7 +362,7 @@ def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
         "omits", ("desk", "free", "front")
     )
     assert kn.judge_reply("Yes.", ["Wheelchairs can be borrowed."], asked, 1.0).verdict == "not_judged"
-    assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "not_judged"
+    assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "supported"  # no facts: inventions only
 
 
 def test_coverage_is_the_share_of_the_question_weight_a_fact_holds() -> None:
@@ -392,10 +436,9 @@ def test_the_guard_judges_a_short_reply_at_its_end_and_passes_an_unjudged_one() 
     assert out == ["", ""] and rest == "" and guard.decision == kn.Grounding("omits", ("10", "65"))
     out, rest, guard = guard_run(["Yes."], wants_number=False)
     assert rest == "" and guard.decision is not None and guard.decision.verdict == "omits"
-    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)
-    assert weak.feed("Students pay 12 euros. Then") == "Students pay 12 euros. Then"
-    assert weak.feed(" 99 more.") == " 99 more." and weak.finish() == ""
-    assert weak.decision == kn.Grounding("not_judged")
+    plain = kn.GroundingGuard(["Wheelchairs can be borrowed."], "Can I borrow a wheelchair?", 1.0)
+    assert plain.feed("Yes. Then 99 more.") == "Yes. Then 99 more."  # nothing to check: unjudged
+    assert plain.finish() == "" and plain.decision == kn.Grounding("not_judged")
     held = kn.GroundingGuard(STUDENTS, CONTEXT, 1.0)
     assert held.feed("Let me") == "" and held.release() == "Let me"  # a tool call follows
 
@@ -410,3 +453,28 @@ def test_the_guard_does_not_end_a_sentence_at_an_abbreviation_and_bounds_a_run_o
     out = guard.feed(run_on)
     assert out.startswith(" and") and 0 < len(out) <= kn.GROUNDING_MAX_CHARS + 1
     assert len(guard.finish()) <= kn.GROUNDING_MAX_CHARS
+
+
+def test_a_weak_match_holds_each_sentence_and_replaces_an_invention_with_the_fallback() -> None:
+    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2, fallback="I don't know.")
+    assert weak.feed("The address") == "" and weak.feed(" is 123") == ""  # "123" may go on
+    assert weak.feed(" Elm") == ""  # an invention decides before the sentence ends
+    assert weak.done and weak.decision == kn.Grounding("invents", ("123",))
+    assert weak.replacement == "I don't know." and weak.finish() == ""
+    # nothing retrieved at all: the same check against the conversation alone
+    none = kn.GroundingGuard([], CONTEXT, 0.0, fallback="I don't know.")
+    assert none.feed("We are on the") == "" and none.feed(" 1.5 kilometers.") == ""
+    assert none.done and none.replacement == "I don't know."
+
+
+def test_a_weak_match_speaks_what_invents_nothing_and_cuts_a_later_invention() -> None:
+    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)
+    assert weak.feed("I do not know that, sorry") == ""  # held: a later word could invent
+    assert weak.feed(". Students pay 10") == "I do not know that, sorry."
+    assert weak.decision == kn.Grounding("supported")
+    assert weak.feed(" euros. It was built") == " Students pay 10 euros. "
+    assert weak.feed(" in 1741. Bye") == "" and weak.done  # cut: nothing more is spoken
+    assert weak.cut == kn.Grounding("invents", ("1741",)) and weak.finish() == ""
+    short = kn.GroundingGuard([], CONTEXT, 0.0)
+    assert short.feed("No.") == "" and short.finish() == "No."  # judged at its end
+    assert short.decision == kn.Grounding("supported")
