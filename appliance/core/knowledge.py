@@ -35,7 +35,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_CHUNK_CHARS = 600
@@ -95,6 +95,102 @@ def question_tokens(text: str) -> list[str]:
             continue
         out.append(_stem(raw))
     return out
+
+
+_EXPANSIONS_TEXT = """
+    address: located stands street road quay avenue square lane situated
+    cost price pay fee charge: euros free
+    restroom toilet wc bathroom lavatory
+    child kid
+    lift elevator
+    photo picture camera
+    eat food restaurant: café cafe
+    internet wifi: network
+"""
+
+
+def _expansion_table(text: str) -> dict[str, frozenset[str]]:
+    """Each line: words meaning the same (every one finds the others), then after ":" words
+    that only they find (one way: "cost" finds "euros", "euros" does not find "cost")."""
+    table: dict[str, set[str]] = {}
+    for line in text.strip().splitlines():
+        same, _, more = line.partition(":")
+        group = [_stem(w) for w in same.split()]
+        extra = [_stem(w) for w in more.split()]
+        for word in group:
+            table.setdefault(word, set()).update(w for w in group + extra if w != word)
+    return {word: frozenset(found) for word, found in table.items()}
+
+
+EXPANSIONS: dict[str, frozenset[str]] = _expansion_table(_EXPANSIONS_TEXT)
+"""What a question's word also finds (stems), for the words venue questions use that venue pages
+often say otherwise: "What is the address?" against "The museum stands at 12 Ropewalk Quay",
+"How much does a child ticket cost?" against "children ... pay 7 euros". A question word and its
+expansions count once (the best of them) when sentences are scored and facts covered; chunks
+are ranked with the expansions as extra terms."""
+
+
+def expanded(terms: Iterable[str]) -> list[str]:
+    """`terms` followed by their expansions (EXPANSIONS), each once, in order."""
+    own = list(dict.fromkeys(terms))
+    extra = [e for t in own for e in sorted(EXPANSIONS.get(t, ())) if e not in own]
+    return own + list(dict.fromkeys(extra))
+
+
+_NOT_MODIFIERS_TEXT = """zero one two three four five six seven eight nine ten first second third last
+    next every each all another other such same both more most few several own only no not"""
+_NOT_MODIFIERS = QUESTION_FORMS | frozenset(_NOT_MODIFIERS_TEXT.split())
+"""Words before a noun that do not make it another thing ("every ticket" is a ticket)."""
+
+
+def _content_words(text: str) -> list[tuple[str, bool]]:
+    """(lowercased word, directly after another word with only spaces between)."""
+    out: list[tuple[str, bool]] = []
+    end = -1
+    for found in _WORD.finditer(text.lower()):
+        out.append((found.group(0), end >= 0 and not text[end : found.start()].strip()))
+        end = found.end()
+    return out
+
+
+def _modifier(word: str) -> bool:
+    return word.isalpha() and word not in STOP_WORDS and word not in _NOT_MODIFIERS
+
+
+def compounds(question: str) -> dict[str, str]:
+    """The question's word pairs, head stem → modifier stem: two adjacent content words with
+    nothing but a space between ("child ticket": "ticke" → "child"; "ticket cost": "cost" →
+    "ticke", a subject and its verb are paired the same way)."""
+    out: dict[str, str] = {}
+    for (a, _), (b, joined) in itertools.pairwise(_content_words(question)):
+        if joined and _modifier(a) and b.isalpha() and b not in STOP_WORDS:
+            out.setdefault(_stem(b), _stem(a))
+    return out
+
+
+def sentence_terms(sentence: str, heads: Mapping[str, str] | None = None) -> set[str]:
+    """`tokens` of a sentence, without a question's compound head (`compounds`) that the
+    sentence only names with another modifier: asked about the "child ticket", a sentence's
+    "family ticket" is another ticket ("ticket" does not count there; "children" still does)."""
+    if not heads:
+        return set(tokens(sentence))
+    out: set[str] = set()
+    previous = ""
+    for word, joined in _content_words(sentence):
+        if word not in STOP_WORDS:
+            stem = _stem(word)
+            modifier = heads.get(stem)
+            if modifier is None or not joined or not _modifier(previous) or _stem(previous) == modifier:
+                out.add(stem)
+        previous = word
+    return out
+
+
+def term_weight(term: str, have: set[str], idf: Callable[[str], float]) -> float:
+    """What a question's term is worth in a text with the terms `have`: the weight of the best
+    of the term and its expansions that the text holds (0: none)."""
+    group = have & (EXPANSIONS.get(term, frozenset()) | {term})
+    return max((idf(t) for t in group), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -476,6 +572,7 @@ def select_sentences(
     max_chars: int,
     relative: float = RELATIVE_SCORE,
     prefer_numbers: bool = False,
+    heads: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The sentences of the retrieved `chunks` (best chunk first) that share the most
     (IDF-weighted) query terms, best first: those scoring at least `relative` times the best
@@ -485,7 +582,9 @@ def select_sentences(
     questions (a misheard question that missed the exact-answer threshold still finds it).
     With `prefer_numbers` (`expects_number`), of sentences scoring the same, one stating a
     number or a time of day comes first ("How old is the tower clock?": the sentence with
-    "built in 1741" before the one about winding the same clock)."""
+    "built in 1741" before the one about winding the same clock). A query term counts once,
+    as the best of itself and its EXPANSIONS the sentence holds; `heads` (`compounds` of the
+    question) leave out a compound's head named with another modifier (`sentence_terms`)."""
     terms = set(query)
     scored: list[tuple[float, int, str]] = []
     seen: set[str] = set()
@@ -495,7 +594,8 @@ def select_sentences(
             if sentence in seen:
                 continue
             seen.add(sentence)
-            score = sum(idf(t) for t in terms & set(tokens(scored_text)))
+            have = sentence_terms(scored_text, heads)
+            score = sum(term_weight(t, have, idf) for t in terms)
             scored.append((score, position, sentence))
             position += 1
     if not scored:
@@ -657,13 +757,21 @@ reply, or GROUNDING_MAX_CHARS of it)."""
 GROUNDING_MAX_CHARS = 200
 
 
-def coverage(fact: str, query: Iterable[str], idf: Callable[[str], float], unknown: float) -> float:
-    """The share (0..1) of the query terms' weight that `fact` holds; a term no document has
-    weighs `unknown` (a misheard or off-topic word lowers the coverage)."""
+def coverage(
+    fact: str,
+    query: Iterable[str],
+    idf: Callable[[str], float],
+    unknown: float,
+    heads: Mapping[str, str] | None = None,
+) -> float:
+    """The share (0..1) of the query terms' weight that `fact` holds (a term counts as held when
+    the fact holds it or one of its EXPANSIONS; `heads` as for `sentence_terms`); a term no
+    document has weighs `unknown` (a misheard or off-topic word lowers the coverage)."""
     terms = set(query)
-    have = set(tokens(fact))
+    have = sentence_terms(fact, heads)
     total = sum(idf(t) or unknown for t in terms)
-    return sum(idf(t) or unknown for t in terms & have) / total if total > 0 else 0.0
+    held = [t for t in terms if have & (EXPANSIONS.get(t, frozenset()) | {t})]
+    return sum(idf(t) or unknown for t in held) / total if total > 0 else 0.0
 
 
 KNOWLEDGE_FALLBACKS: dict[str, str] = {

@@ -281,7 +281,8 @@ class KnowledgeIndex:
         if answer is None and self.rag.enabled and self.chunks:
             n = self.rag.max_retrieved_rag_chunks_count if k is None else k
             terms = self.query_terms(question)
-            hits = tuple(Hit(self.chunks[i], s) for i, s in self._bm25.top(terms, n))
+            ranked = self._bm25.top(kn.expanded(terms), n)  # with the terms' synonyms
+            hits = tuple(Hit(self.chunks[i], s) for i, s in ranked)
         ms = (time.perf_counter() - t0) * 1000
         return Retrieval(hits, faq, answer, faq_doc, ms, tuple(terms), question)
 
@@ -291,13 +292,21 @@ class KnowledgeIndex:
         budget = self.context_chars if self.context_chars is not None else self.rag.max_documents_length
         chunks = [h.chunk.text for h in retrieval.hits]
         numbers = kn.expects_number(retrieval.question)
-        found = kn.select_sentences(chunks, retrieval.terms, self._bm25.idf, budget, prefer_numbers=numbers)
+        found = kn.select_sentences(
+            chunks,
+            retrieval.terms,
+            self._bm25.idf,
+            budget,
+            prefer_numbers=numbers,
+            heads=kn.compounds(retrieval.question),
+        )
         return found[:MAX_FACTS]
 
     def coverage(self, retrieval: Retrieval, fact: str) -> float:
         """The share of the question's term weight `fact` holds (a word no chunk has weighs as
         much as the rarest indexed word)."""
-        return kn.coverage(fact, retrieval.terms, self._bm25.idf, self._bm25.max_idf)
+        heads = kn.compounds(retrieval.question)
+        return kn.coverage(fact, retrieval.terms, self._bm25.idf, self._bm25.max_idf, heads)
 
 
 def _cache_key(docs: Sequence[Document], chunk_chars: int) -> str:

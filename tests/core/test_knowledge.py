@@ -165,7 +165,8 @@ def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
     # saying the same is left out; "Children pay" shares no term
     assert kn.select_sentences(chunks, query, bm.idf, 400) == ["An adult ticket costs 14 euros."]
     both = kn.select_sentences(chunks, kn.tokens("adult ticket or child price"), bm.idf, 400, relative=0.1)
-    assert both == ["Tickets: An adult ticket costs 14 euros.", "Children pay 7 euros."]
+    # "price" is in no chunk: "pay" and "costs" stand for it (EXPANSIONS), the rarer "pay" first
+    assert both == ["Children pay 7 euros.", "Tickets: An adult ticket costs 14 euros."]
     # a question that only the FAQ's phrasing has the words of still gets the FAQ's answer
     faq = [
         "The Workshop: restorers at work in the basement room.",
@@ -478,3 +479,82 @@ def test_a_weak_match_speaks_what_invents_nothing_and_cuts_a_later_invention() -
     short = kn.GroundingGuard([], CONTEXT, 0.0)
     assert short.feed("No.") == "" and short.finish() == "No."  # judged at its end
     assert short.decision == kn.Grounding("supported")
+
+
+@pytest.mark.parametrize(
+    ("terms", "expected"),
+    [
+        (
+            ["addre", "museu"],
+            ["addre", "museu", "avenu", "lane", "locat", "quay", "road", "situa", "squar", "stand", "stree"],
+        ),
+        (["cost"], ["cost", "charg", "euro", "fee", "free", "pay", "price"]),
+        (["euro"], ["euro"]),  # one way: "euros" does not find "cost"
+        (["toile"], ["toile", "bathr", "lavat", "restr", "wc"]),
+        (["child", "kid"], ["child", "kid"]),  # each once
+        (["clock", "tower"], ["clock", "tower"]),
+    ],
+)
+def test_expanded_terms(terms: list[str], expected: list[str]) -> None:
+    assert kn.expanded(terms) == expected
+
+
+@pytest.mark.parametrize(
+    ("question", "heads"),
+    [
+        ("How much does a child ticket cost?", {"ticke": "child", "cost": "ticke"}),
+        ("How old is the tower clock?", {"clock": "tower"}),
+        ("How many cuckoo clocks do you have?", {"clock": "cucko"}),  # not "many cuckoo"
+        ("How much is the children's workshop?", {}),  # "children's": not two plain words
+        (
+            "I lost my scarf. How long do you keep lost property?",
+            {"lost": "keep", "prope": "lost"},
+        ),  # not "scarf how"
+        ("What is the price of admission?", {}),
+        ("Is tram 4 the first tram?", {}),  # numbers and ordinals do not modify
+    ],
+)
+def test_compounds_are_two_adjacent_content_words(question: str, heads: dict[str, str]) -> None:
+    assert kn.compounds(question) == heads
+
+
+@pytest.mark.parametrize(
+    ("sentence", "has_ticket"),
+    [
+        ("A family ticket for two adults and children costs 35 euros.", False),  # another ticket
+        ("A child ticket costs 7 euros.", True),
+        ("Tickets: a family ticket costs 35 euros.", True),  # also named plainly
+        ("The ticket, family size, costs 35 euros.", True),
+        ("Every ticket is sold at the desk.", True),  # "every" is no modifier
+        ("Family, ticket and cost.", True),  # a comma between: not a compound
+    ],
+)
+def test_a_compound_head_named_with_another_modifier_does_not_count(sentence: str, has_ticket: bool) -> None:
+    heads = kn.compounds("How much does a child ticket cost?")
+    assert ("ticke" in kn.sentence_terms(sentence, heads)) is has_ticket
+    assert "ticke" in kn.sentence_terms(sentence)  # without a question's compounds: every word
+
+
+def test_synonyms_and_compounds_pick_the_sentence_that_answers() -> None:
+    prices = (
+        "An adult ticket costs 14 euros. Children under 6 go free; children "
+        "from 6 to 17 pay 7 euros. A family ticket for two adults and up to three children costs 35 euros."
+    )
+    visiting = "The museum stands at 12 Ropewalk Quay, next to the lighthouse."
+    director = "Director: The museum director is Dr. Amara Quist."
+    chunks = [prices, visiting, director, "The museum shop is next to the exit."]
+    bm = kn.Bm25([kn.tokens(c) for c in chunks])
+    child = "How much does a child ticket cost?"
+    query = kn.question_tokens(child)
+    heads = kn.compounds(child)
+    pick = kn.select_sentences([prices], query, bm.idf, 400, prefer_numbers=True, heads=heads)
+    assert pick[0] == "Children under 6 go free; children from 6 to 17 pay 7 euros."
+    # without the compound rule the family ticket (child, ticket, cost) wins
+    plain = kn.select_sentences([prices], query, bm.idf, 400, prefer_numbers=True)
+    assert plain[0].startswith("A family ticket")
+    address = kn.question_tokens("What is the address of the museum?")
+    ranked = bm.top(kn.expanded(address), 2)
+    assert chunks[ranked[0][0]] == visiting  # "stands", "quay" for "address"
+    assert bm.top(address, 1)[0][0] != 1  # the question's own words alone: any museum chunk
+    assert kn.coverage(visiting, address, bm.idf, bm.max_idf) == 1.0
+    assert kn.coverage(director, address, bm.idf, bm.max_idf) < kn.GROUNDING_COVERAGE
