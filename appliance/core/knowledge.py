@@ -457,12 +457,68 @@ def _trigrams(word: str) -> frozenset[str]:
     return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
 
+_SOUND_RULES = (
+    (re.compile(r"[^a-z]"), ""),
+    (re.compile(r"^(?:kn|gn|pn|wr)"), lambda m: m.group(0)[1]),
+    (re.compile(r"^x"), "s"),
+    (re.compile(r"([a-z])\1+"), r"\1"),  # double letters
+    (re.compile(r"ph"), "f"),
+    (re.compile(r"tch|ch|sh|ck"), lambda m: {"ch": "k", "tch": "k", "sh": "s", "ck": "k"}[m.group(0)]),
+    (re.compile(r"th"), "t"),
+    (re.compile(r"c(?=[eiy])"), "s"),
+    (re.compile(r"gh(?![aeiou])"), ""),
+    (re.compile(r"x"), "ks"),
+    (re.compile(r"(?<=.)[aeiouyhw]+"), ""),  # vowels and glides after the first letter
+    (re.compile(r"^[aeiouy]"), "a"),
+)
+_SOUND_SAME = str.maketrans("bcdgqvzjw", "pktkkfsjw")  # voiced and voiceless alike, c and q as k
+
+
+def sound_key(word: str) -> str:
+    """A rough key of how an English word sounds (a small Metaphone-like code): consonants only
+    after the first letter, doubles collapsed, "ch"/"ck"/"c"/"q" → k, "ph" → f, voiced and
+    voiceless consonants alike (b/p, d/t, g/k, v/f, z/s). "kilometers" → "klmtrs",
+    "chronometers" → "krnmtrs", "restrooms" → "rstrms"."""
+    key = word.lower()
+    for pattern, repl in _SOUND_RULES:
+        key = pattern.sub(repl, key)
+    key = key.translate(_SOUND_SAME)
+    return re.sub(r"([a-z])\1+", r"\1", key)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+SOUND_DICE = 0.45
+"""Below FuzzyTerms' trigram threshold, a word still matches one at least this similar whose
+sound key starts the same and differs by at most SOUND_EDITS of its length."""
+SOUND_EDITS = 0.3
+
+
+def sounds_alike(a: str, b: str) -> bool:
+    """Same first sound, and sound keys within SOUND_EDITS edits per key letter."""
+    ka, kb = sound_key(a), sound_key(b)
+    if not ka or not kb or ka[0] != kb[0]:
+        return False
+    return edit_distance(ka, kb) <= SOUND_EDITS * max(len(ka), len(kb))
+
+
 class FuzzyTerms:
     """Maps a misheard word to the knowledge base's term it most resembles ("vosberg" →
     the stem of "vossberg", "harbor light" → "harbourlight"): a Dice coefficient of character
-    trigrams at or above `threshold`, for words of at least `min_chars` letters that are not
-    terms of the index already. Adjacent query words are also tried joined, since the
-    recogniser often splits an unknown compound."""
+    trigrams at or above `threshold`, or at least SOUND_DICE when the words also sound alike
+    (`sounds_alike`: "kilometers" → "chronometers"), for words of at least `min_chars` letters
+    that are not terms of the index already. Adjacent query words are also tried joined, since
+    the recogniser often splits an unknown compound: a pair with an unknown word, or two known
+    words with only a space between ("last rooms" → "restrooms")."""
 
     def __init__(
         self, words: Iterable[str], known: Iterable[str], threshold: float = 0.6, min_chars: int = 5
@@ -490,9 +546,8 @@ class FuzzyTerms:
         best: tuple[str, float] | None = None
         for w, n in shared.items():
             score = 2 * n / (len(grams) + len(self._words[w]))
-            if score >= self.threshold and (
-                best is None or score > best[1] or (score == best[1] and w < best[0])
-            ):
+            close = score >= self.threshold or (score >= SOUND_DICE and sounds_alike(word, w))
+            if close and (best is None or score > best[1] or (score == best[1] and w < best[0])):
                 best = (w, score)
         return best
 
@@ -506,6 +561,17 @@ class FuzzyTerms:
             (a + b, len(a + b))
             for a, b in itertools.pairwise(raw)
             if _stem(a) not in self._known or _stem(b) not in self._known
+        ]
+        candidates += [  # "last rooms" for "restrooms": two known words, only a space between
+            (a + b, len(a + b))
+            for (a, _), (b, joined) in itertools.pairwise(_content_words(text))
+            if joined
+            and a.isalpha()
+            and b.isalpha()
+            and a not in STOP_WORDS
+            and b not in STOP_WORDS
+            and _stem(a) in self._known
+            and _stem(b) in self._known
         ]
         for word, whole in candidates:
             found = (word, 1.0) if word in self._words else self.closest(word)

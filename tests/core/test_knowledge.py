@@ -145,6 +145,69 @@ def test_fuzzy_terms_map_a_misheard_word_to_the_known_one(question: str, expecte
     assert fuzzy.closest("xyzzy") is None
 
 
+@pytest.mark.parametrize(
+    ("word", "key"),
+    [
+        ("kilometers", "klmtrs"),
+        ("chronometers", "krnmtrs"),
+        ("restrooms", "rstrms"),
+        ("Vossberg", "fsprk"),  # v/f, b/p, g/k alike; the double s once
+        ("photography", "ftkrf"),
+        ("knight", "nt"),
+        ("entrance", "antrns"),  # a first vowel is kept as "a"
+        ("", ""),
+    ],
+)
+def test_sound_key(word: str, key: str) -> None:
+    assert kn.sound_key(word) == key
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "alike"),
+    [
+        ("kilometers", "chronometers", True),  # 2 edits in 7
+        ("lastrooms", "restrooms", False),  # another first sound (trigrams match it instead)
+        ("thermometers", "chronometers", False),
+        ("centimeters", "chronometers", False),
+        ("trend", "tram", False),
+        ("capital", "entrance", False),
+        ("vosberg", "vossberg", True),
+    ],
+)
+def test_sounds_alike(a: str, b: str, alike: bool) -> None:
+    assert kn.sounds_alike(a, b) is alike
+    assert kn.edit_distance(a, b) == kn.edit_distance(b, a)
+
+
+MUSEUM_TEXT = (
+    "The Marine Chronometer Room holds 80 ship chronometers. Toilets: see the restrooms. "
+    "The nearest car park is 300 metres away. The cloakroom is left of the front desk. "
+    "Last admission is at 5 pm. The Cuckoo Gallery has a reading room. Tram line 4 stops here."
+)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("We're on the kilometers.", ["chron"]),  # sounds alike, trigrams 0.5
+        ("Where are the last rooms?", ["restr"]),  # two known words joined
+        ("Where's the cloak room?", ["cloak"]),
+        # near misses that must not be rewritten
+        ("Where are the thermometers?", []),
+        ("How many centimeters is it?", []),
+        ("How many kilograms does it weigh?", []),
+        ("Where are the barometers?", []),
+        ("Which trend on to the museum.", []),  # too far from "tram"
+        ("Is the last room free?", []),  # known words, nothing joined like them
+        ("Where is the reading room?", []),
+        ("The last, rooms", []),  # a comma between: not joined
+    ],
+)
+def test_fuzzy_terms_by_sound_and_joined_known_words(question: str, expected: list[str]) -> None:
+    fuzzy = kn.FuzzyTerms(kn.words(MUSEUM_TEXT), kn.tokens(MUSEUM_TEXT))
+    assert fuzzy.expand(question) == expected
+
+
 def test_sentences_keep_abbreviations_and_cut_lines() -> None:
     assert kn.sentences("Director: It is Dr. Amara Quist. Founded in 1952!\nNext line") == [
         "Director: It is Dr. Amara Quist.",
