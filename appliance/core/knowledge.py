@@ -125,16 +125,10 @@ def _expansion_table(text: str) -> dict[str, frozenset[str]]:
 EXPANSIONS: dict[str, frozenset[str]] = _expansion_table(_EXPANSIONS_TEXT)
 """What a question's word also finds (stems), for the words venue questions use that venue pages
 often say otherwise: "What is the address?" against "The museum stands at 12 Ropewalk Quay",
-"How much does a child ticket cost?" against "children ... pay 7 euros". A question word and its
-expansions count once (the best of them) when sentences are scored and facts covered; chunks
-are ranked with the expansions as extra terms."""
-
-
-def expanded(terms: Iterable[str]) -> list[str]:
-    """`terms` followed by their expansions (EXPANSIONS), each once, in order."""
-    own = list(dict.fromkeys(terms))
-    extra = [e for t in own for e in sorted(EXPANSIONS.get(t, ())) if e not in own]
-    return own + list(dict.fromkeys(extra))
+"How much does a child ticket cost?" against "children ... pay 7 euros". A question's word
+counts once per chunk or sentence: as itself, or else as EXPANSION_WEIGHT times its best
+expansion there (`Bm25.scores`, `term_weight`); a fact holding an expansion covers the word
+(`coverage`)."""
 
 
 _NOT_MODIFIERS_TEXT = """zero one two three four five six seven eight nine ten first second third last
@@ -186,11 +180,18 @@ def sentence_terms(sentence: str, heads: Mapping[str, str] | None = None) -> set
     return out
 
 
+EXPANSION_WEIGHT = 0.5
+"""An expansion is worth this share of its own weight: a sentence holding the question's own
+word ("parking") ranks before one holding only a synonym of another ("pay" for "cost")."""
+
+
 def term_weight(term: str, have: set[str], idf: Callable[[str], float]) -> float:
-    """What a question's term is worth in a text with the terms `have`: the weight of the best
-    of the term and its expansions that the text holds (0: none)."""
-    group = have & (EXPANSIONS.get(term, frozenset()) | {term})
-    return max((idf(t) for t in group), default=0.0)
+    """What a question's term is worth in a text with the terms `have`: its weight if the text
+    holds it, else EXPANSION_WEIGHT times that of the best of its expansions there (0: none)."""
+    if term in have:
+        return idf(term)
+    group = have & EXPANSIONS.get(term, frozenset())
+    return EXPANSION_WEIGHT * max((idf(t) for t in group), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -287,18 +288,32 @@ class Bm25:
                 self._postings.setdefault(term, []).append(i)
         self._idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
 
-    def scores(self, query: Iterable[str]) -> dict[int, float]:
-        """Score of every document sharing at least one query term."""
-        out: dict[int, float] = {}
+    def _term_scores(self, term: str) -> dict[int, float]:
+        idf = self._idf.get(term)
+        if idf is None:
+            return {}
         avg = self._avg or 1.0
+        out: dict[int, float] = {}
+        for i in self._postings[term]:
+            f = self._tf[i][term]
+            norm = f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * self._lengths[i] / avg))
+            out[i] = idf * norm
+        return out
+
+    def scores(self, query: Iterable[str], expand: bool = False) -> dict[int, float]:
+        """Score of every document sharing at least one query term. With `expand`, a term
+        also finds documents through its EXPANSIONS: in a document without the term itself,
+        it counts as EXPANSION_WEIGHT times its best expansion there (as `term_weight`)."""
+        out: dict[int, float] = {}
         for term in set(query):
-            idf = self._idf.get(term)
-            if idf is None:
-                continue
-            for i in self._postings[term]:
-                f = self._tf[i][term]
-                norm = f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * self._lengths[i] / avg))
-                out[i] = out.get(i, 0.0) + idf * norm
+            best = self._term_scores(term)
+            if expand:
+                for other in EXPANSIONS.get(term, ()):
+                    for i, score in self._term_scores(other).items():
+                        if term not in self._tf[i]:
+                            best[i] = max(best.get(i, 0.0), EXPANSION_WEIGHT * score)
+            for i, score in best.items():
+                out[i] = out.get(i, 0.0) + score
         return out
 
     @property
@@ -310,9 +325,9 @@ class Bm25:
         """The term's inverse document frequency (0 for a term no document has)."""
         return self._idf.get(term, 0.0)
 
-    def top(self, query: Iterable[str], k: int) -> list[tuple[int, float]]:
+    def top(self, query: Iterable[str], k: int, expand: bool = False) -> list[tuple[int, float]]:
         """The `k` best documents, best first (ties: the earlier document first)."""
-        ranked = sorted(self.scores(query).items(), key=lambda item: (-item[1], item[0]))
+        ranked = sorted(self.scores(query, expand).items(), key=lambda item: (-item[1], item[0]))
         return ranked[: max(0, k)]
 
 
@@ -611,12 +626,15 @@ RELATIVE_SCORE = 0.5
 
 
 def _facts_of(chunk: str) -> list[tuple[str, str]]:
-    """A chunk's facts as (text to score, text to give): its sentences; an FAQ entry
-    (`faq_document_text`) is one fact, its answer, scored with its question phrasings too."""
+    """A chunk's facts as (text to score, text to give): its sentences, each scored with the
+    chunk's section heading too ("Tickets and prices: " for "Children ... pay 7 euros."); an FAQ
+    entry (`faq_document_text`) is one fact, its answer, scored with its question phrasings."""
     if chunk.startswith("Q: ") and "\nA: " in chunk:
         answer = chunk.split("\nA: ", 1)[1].strip()
         return [(chunk, answer)] if answer else []
-    return [(s, s) for s in sentences(chunk)]
+    found = _HEADING_PREFIX.match(chunk)
+    heading = found.group(0) if found else ""
+    return [(s if s.startswith(heading) else heading + s, s) for s in sentences(chunk)]
 
 
 _NUMBER_QUESTION = re.compile(

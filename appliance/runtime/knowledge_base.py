@@ -281,7 +281,7 @@ class KnowledgeIndex:
         if answer is None and self.rag.enabled and self.chunks:
             n = self.rag.max_retrieved_rag_chunks_count if k is None else k
             terms = self.query_terms(question)
-            ranked = self._bm25.top(kn.expanded(terms), n)  # with the terms' synonyms
+            ranked = self._bm25.top(terms, n, expand=True)  # with the terms' synonyms
             hits = tuple(Hit(self.chunks[i], s) for i, s in ranked)
         ms = (time.perf_counter() - t0) * 1000
         return Retrieval(hits, faq, answer, faq_doc, ms, tuple(terms), question)
