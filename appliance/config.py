@@ -56,6 +56,7 @@ from appliance.config_parse import MAX_CONFIG_BYTES, is_json, lone_surrogates, p
 from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
+from appliance.core.knowledge import fallback_text
 from appliance.core.wakeword import WakeWordRule
 from appliance.errors import ConfigError
 from appliance.field_support import ignored_field_warnings
@@ -298,6 +299,11 @@ class LocalConfig(_Device):
     """A local knowledge base's grounding guard: a reply that states numbers or names the
     retrieved facts do not hold, or none of the best fact's, is replaced by that fact (event
     `knowledge_grounding`; docs/knowledge-base.md). False lets the LLM's reply stand."""
+    knowledge_fallback: FailureMessage = None
+    """With `knowledge_guard`: said instead of a reply that states a number or name nothing
+    retrieved, the prompt or the question holds, when retrieval found nothing covering the
+    question. One text, or one per language code; None = the built-in line in en, de, fr, es,
+    it, pt or nl (English otherwise)."""
     llm_failure_message: FailureMessage = None
     """Said when the LLM fails: one text for every language, or one per language code;
     None = the built-in apology in en, de, fr, es, it, pt or nl (English otherwise)."""
@@ -310,6 +316,18 @@ class LocalConfig(_Device):
         if isinstance(configured, str):
             return {"en": configured.strip()}
         return {code.lower().replace("_", "-"): text.strip() for code, text in configured.items()}
+
+    def knowledge_fallback_text(self, language: str) -> str:
+        """The knowledge guard's fallback line in `language` (see `knowledge_fallback`)."""
+        configured = self.knowledge_fallback
+        if isinstance(configured, str):
+            return configured.strip()
+        table = (
+            None
+            if configured is None
+            else {k.lower().replace("_", "-"): v.strip() for k, v in configured.items()}
+        )
+        return fallback_text(language, table)
 
 
 class RemoteConfig(_Device):

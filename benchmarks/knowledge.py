@@ -16,6 +16,9 @@ knowledge base.
 - `kb.latency`: transcript → first reply text (ms; the LLM's time to first token plus
   retrieval) with and without the knowledge base, per kind of answer. STT and TTS are the same
   in both, so the difference is what end-of-speech → first audio gains or loses.
+- `kb.unknown`: questions the pages do not answer (`unanswerable.yaml`, typed): how many replies
+  state a number or name found nowhere in the pages, the prompt or the question, with the
+  grounding guard and without it.
 - `kb.session`: end of speech → first audio (`turn_metrics`) in the real appliance loop, in real
   time with speculation on (the default), 8 page questions: with the knowledge base and its
   grounding guard, without the guard, and without the knowledge base.
@@ -184,6 +187,8 @@ def accuracy_table(quick: bool = False) -> list[Row]:
     rows.append(row("without KB (baseline): all", list(answers), False))
     guarded = [a for a in rag if a.grounding]
     rows.append(row("with KB: LLM reply replaced/cut by the grounding guard", guarded, True))
+    invents = [a for a in rag if a.grounding.endswith("invents")]
+    rows.append(row("with KB: invented facts withheld (fallback line or cut)", invents, True))
     retrieved_ok = sum(1 for a in rag if a.retrieved)
     rows.append(
         {
@@ -238,6 +243,56 @@ def latency_table(quick: bool = False) -> list[Row]:
                 "retrieval p50": round(statistics.median(ret), 3),
                 "with KB max": round(max(kb), 1),
                 "without max": round(max(plain), 1),
+            }
+        )
+    return rows
+
+
+def _venue_text() -> str:
+    from appliance.runtime.knowledge_base import load_documents
+
+    return "\n".join(
+        d.text
+        for d in load_documents(
+            _config().conversation_config.agent.prompt.knowledge_base, _config().resolve_path
+        )
+    )
+
+
+def unknown_table(quick: bool = False) -> list[Row]:
+    """Questions the pages do not answer: replies stating numbers or names nothing holds"""
+    from appliance.core import knowledge as kn
+    from appliance.runtime.knowledge_base import KnowledgeLLM
+    from benchmarks.local_agent import _preloaded
+
+    qs: list[str] = yaml.safe_load((KIOSK / "unanswerable.yaml").read_text())["questions"]
+    qs = qs[:3] if quick else qs
+    models = _preloaded().local_models
+    system = _system_prompt()
+    venue = _venue_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        index = _index(Path(tmp))
+    rows: list[Row] = []
+    for guard in (False, True):
+        invented = fallback = 0
+        first: list[float] = []
+        for q in qs:
+            events = _Events()
+            llm = KnowledgeLLM(models.llm, index, events, guard=guard)
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": q}]
+            reply, first_s = asyncio.run(_ask(llm, messages))
+            first.append(first_s * 1000)
+            # the same test the guard makes, against everything the venue's pages say
+            if kn.judge_reply(reply, [venue], f"{system}\n{q}", 0.0).verdict == "invents":
+                invented += 1
+            fallback += any(e.get("verdict") == "invents" for e in events.items)
+        rows.append(
+            {
+                "guard": guard,
+                "questions": len(qs),
+                "replies inventing a number or name": invented,
+                "withheld by the guard": fallback,
+                "first text p50 ms": round(statistics.median(first), 1),
             }
         )
     return rows
@@ -429,6 +484,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "kb.accuracy": accuracy_table,
     "kb.misses": misses_table,
     "kb.latency": latency_table,
+    "kb.unknown": unknown_table,
     "kb.session": session_table,
 }
 

@@ -35,7 +35,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_CHUNK_CHARS = 600
@@ -95,6 +95,103 @@ def question_tokens(text: str) -> list[str]:
             continue
         out.append(_stem(raw))
     return out
+
+
+_EXPANSIONS_TEXT = """
+    address: located stands street road quay avenue square lane situated
+    cost price pay fee charge: euros free
+    restroom toilet wc bathroom lavatory
+    child kid
+    lift elevator
+    photo picture camera
+    eat food restaurant: café cafe
+    internet wifi: network
+"""
+
+
+def _expansion_table(text: str) -> dict[str, frozenset[str]]:
+    """Each line: words meaning the same (every one finds the others), then after ":" words
+    that only they find (one way: "cost" finds "euros", "euros" does not find "cost")."""
+    table: dict[str, set[str]] = {}
+    for line in text.strip().splitlines():
+        same, _, more = line.partition(":")
+        group = [_stem(w) for w in same.split()]
+        extra = [_stem(w) for w in more.split()]
+        for word in group:
+            table.setdefault(word, set()).update(w for w in group + extra if w != word)
+    return {word: frozenset(found) for word, found in table.items()}
+
+
+EXPANSIONS: dict[str, frozenset[str]] = _expansion_table(_EXPANSIONS_TEXT)
+"""What a question's word also finds (stems), for the words venue questions use that venue pages
+often say otherwise: "What is the address?" against "The museum stands at 12 Ropewalk Quay",
+"How much does a child ticket cost?" against "children ... pay 7 euros". A question's word
+counts once per chunk or sentence: as itself, or else as EXPANSION_WEIGHT times its best
+expansion there (`Bm25.scores`, `term_weight`); a fact holding an expansion covers the word
+(`coverage`)."""
+
+
+_NOT_MODIFIERS_TEXT = """zero one two three four five six seven eight nine ten first second third last
+    next every each all another other such same both more most few several own only no not"""
+_NOT_MODIFIERS = QUESTION_FORMS | frozenset(_NOT_MODIFIERS_TEXT.split())
+"""Words before a noun that do not make it another thing ("every ticket" is a ticket)."""
+
+
+def _content_words(text: str) -> list[tuple[str, bool]]:
+    """(lowercased word, directly after another word with only spaces between)."""
+    out: list[tuple[str, bool]] = []
+    end = -1
+    for found in _WORD.finditer(text.lower()):
+        out.append((found.group(0), end >= 0 and not text[end : found.start()].strip()))
+        end = found.end()
+    return out
+
+
+def _modifier(word: str) -> bool:
+    return word.isalpha() and word not in STOP_WORDS and word not in _NOT_MODIFIERS
+
+
+def compounds(question: str) -> dict[str, str]:
+    """The question's word pairs, head stem → modifier stem: two adjacent content words with
+    nothing but a space between ("child ticket": "ticke" → "child"; "ticket cost": "cost" →
+    "ticke", a subject and its verb are paired the same way)."""
+    out: dict[str, str] = {}
+    for (a, _), (b, joined) in itertools.pairwise(_content_words(question)):
+        if joined and _modifier(a) and b.isalpha() and b not in STOP_WORDS:
+            out.setdefault(_stem(b), _stem(a))
+    return out
+
+
+def sentence_terms(sentence: str, heads: Mapping[str, str] | None = None) -> set[str]:
+    """`tokens` of a sentence, without a question's compound head (`compounds`) that the
+    sentence only names with another modifier: asked about the "child ticket", a sentence's
+    "family ticket" is another ticket ("ticket" does not count there; "children" still does)."""
+    if not heads:
+        return set(tokens(sentence))
+    out: set[str] = set()
+    previous = ""
+    for word, joined in _content_words(sentence):
+        if word not in STOP_WORDS:
+            stem = _stem(word)
+            modifier = heads.get(stem)
+            if modifier is None or not joined or not _modifier(previous) or _stem(previous) == modifier:
+                out.add(stem)
+        previous = word
+    return out
+
+
+EXPANSION_WEIGHT = 0.5
+"""An expansion is worth this share of its own weight: a sentence holding the question's own
+word ("parking") ranks before one holding only a synonym of another ("pay" for "cost")."""
+
+
+def term_weight(term: str, have: set[str], idf: Callable[[str], float]) -> float:
+    """What a question's term is worth in a text with the terms `have`: its weight if the text
+    holds it, else EXPANSION_WEIGHT times that of the best of its expansions there (0: none)."""
+    if term in have:
+        return idf(term)
+    group = have & EXPANSIONS.get(term, frozenset())
+    return EXPANSION_WEIGHT * max((idf(t) for t in group), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -191,18 +288,32 @@ class Bm25:
                 self._postings.setdefault(term, []).append(i)
         self._idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
 
-    def scores(self, query: Iterable[str]) -> dict[int, float]:
-        """Score of every document sharing at least one query term."""
-        out: dict[int, float] = {}
+    def _term_scores(self, term: str) -> dict[int, float]:
+        idf = self._idf.get(term)
+        if idf is None:
+            return {}
         avg = self._avg or 1.0
+        out: dict[int, float] = {}
+        for i in self._postings[term]:
+            f = self._tf[i][term]
+            norm = f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * self._lengths[i] / avg))
+            out[i] = idf * norm
+        return out
+
+    def scores(self, query: Iterable[str], expand: bool = False) -> dict[int, float]:
+        """Score of every document sharing at least one query term. With `expand`, a term
+        also finds documents through its EXPANSIONS: in a document without the term itself,
+        it counts as EXPANSION_WEIGHT times its best expansion there (as `term_weight`)."""
+        out: dict[int, float] = {}
         for term in set(query):
-            idf = self._idf.get(term)
-            if idf is None:
-                continue
-            for i in self._postings[term]:
-                f = self._tf[i][term]
-                norm = f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * self._lengths[i] / avg))
-                out[i] = out.get(i, 0.0) + idf * norm
+            best = self._term_scores(term)
+            if expand:
+                for other in EXPANSIONS.get(term, ()):
+                    for i, score in self._term_scores(other).items():
+                        if term not in self._tf[i]:
+                            best[i] = max(best.get(i, 0.0), EXPANSION_WEIGHT * score)
+            for i, score in best.items():
+                out[i] = out.get(i, 0.0) + score
         return out
 
     @property
@@ -214,9 +325,9 @@ class Bm25:
         """The term's inverse document frequency (0 for a term no document has)."""
         return self._idf.get(term, 0.0)
 
-    def top(self, query: Iterable[str], k: int) -> list[tuple[int, float]]:
+    def top(self, query: Iterable[str], k: int, expand: bool = False) -> list[tuple[int, float]]:
         """The `k` best documents, best first (ties: the earlier document first)."""
-        ranked = sorted(self.scores(query).items(), key=lambda item: (-item[1], item[0]))
+        ranked = sorted(self.scores(query, expand).items(), key=lambda item: (-item[1], item[0]))
         return ranked[: max(0, k)]
 
 
@@ -361,12 +472,68 @@ def _trigrams(word: str) -> frozenset[str]:
     return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
 
+_SOUND_RULES = (
+    (re.compile(r"[^a-z]"), ""),
+    (re.compile(r"^(?:kn|gn|pn|wr)"), lambda m: m.group(0)[1]),
+    (re.compile(r"^x"), "s"),
+    (re.compile(r"([a-z])\1+"), r"\1"),  # double letters
+    (re.compile(r"ph"), "f"),
+    (re.compile(r"tch|ch|sh|ck"), lambda m: {"ch": "k", "tch": "k", "sh": "s", "ck": "k"}[m.group(0)]),
+    (re.compile(r"th"), "t"),
+    (re.compile(r"c(?=[eiy])"), "s"),
+    (re.compile(r"gh(?![aeiou])"), ""),
+    (re.compile(r"x"), "ks"),
+    (re.compile(r"(?<=.)[aeiouyhw]+"), ""),  # vowels and glides after the first letter
+    (re.compile(r"^[aeiouy]"), "a"),
+)
+_SOUND_SAME = str.maketrans("bcdgqvzjw", "pktkkfsjw")  # voiced and voiceless alike, c and q as k
+
+
+def sound_key(word: str) -> str:
+    """A rough key of how an English word sounds (a small Metaphone-like code): consonants only
+    after the first letter, doubles collapsed, "ch"/"ck"/"c"/"q" → k, "ph" → f, voiced and
+    voiceless consonants alike (b/p, d/t, g/k, v/f, z/s). "kilometers" → "klmtrs",
+    "chronometers" → "krnmtrs", "restrooms" → "rstrms"."""
+    key = word.lower()
+    for pattern, repl in _SOUND_RULES:
+        key = pattern.sub(repl, key)
+    key = key.translate(_SOUND_SAME)
+    return re.sub(r"([a-z])\1+", r"\1", key)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+SOUND_DICE = 0.45
+"""Below FuzzyTerms' trigram threshold, a word still matches one at least this similar whose
+sound key starts the same and differs by at most SOUND_EDITS of its length."""
+SOUND_EDITS = 0.3
+
+
+def sounds_alike(a: str, b: str) -> bool:
+    """Same first sound, and sound keys within SOUND_EDITS edits per key letter."""
+    ka, kb = sound_key(a), sound_key(b)
+    if not ka or not kb or ka[0] != kb[0]:
+        return False
+    return edit_distance(ka, kb) <= SOUND_EDITS * max(len(ka), len(kb))
+
+
 class FuzzyTerms:
     """Maps a misheard word to the knowledge base's term it most resembles ("vosberg" →
     the stem of "vossberg", "harbor light" → "harbourlight"): a Dice coefficient of character
-    trigrams at or above `threshold`, for words of at least `min_chars` letters that are not
-    terms of the index already. Adjacent query words are also tried joined, since the
-    recogniser often splits an unknown compound."""
+    trigrams at or above `threshold`, or at least SOUND_DICE when the words also sound alike
+    (`sounds_alike`: "kilometers" → "chronometers"), for words of at least `min_chars` letters
+    that are not terms of the index already. Adjacent query words are also tried joined, since
+    the recogniser often splits an unknown compound: a pair with an unknown word, or two known
+    words with only a space between ("last rooms" → "restrooms")."""
 
     def __init__(
         self, words: Iterable[str], known: Iterable[str], threshold: float = 0.6, min_chars: int = 5
@@ -394,9 +561,8 @@ class FuzzyTerms:
         best: tuple[str, float] | None = None
         for w, n in shared.items():
             score = 2 * n / (len(grams) + len(self._words[w]))
-            if score >= self.threshold and (
-                best is None or score > best[1] or (score == best[1] and w < best[0])
-            ):
+            close = score >= self.threshold or (score >= SOUND_DICE and sounds_alike(word, w))
+            if close and (best is None or score > best[1] or (score == best[1] and w < best[0])):
                 best = (w, score)
         return best
 
@@ -410,6 +576,17 @@ class FuzzyTerms:
             (a + b, len(a + b))
             for a, b in itertools.pairwise(raw)
             if _stem(a) not in self._known or _stem(b) not in self._known
+        ]
+        candidates += [  # "last rooms" for "restrooms": two known words, only a space between
+            (a + b, len(a + b))
+            for (a, _), (b, joined) in itertools.pairwise(_content_words(text))
+            if joined
+            and a.isalpha()
+            and b.isalpha()
+            and a not in STOP_WORDS
+            and b not in STOP_WORDS
+            and _stem(a) in self._known
+            and _stem(b) in self._known
         ]
         for word, whole in candidates:
             found = (word, 1.0) if word in self._words else self.closest(word)
@@ -449,12 +626,15 @@ RELATIVE_SCORE = 0.5
 
 
 def _facts_of(chunk: str) -> list[tuple[str, str]]:
-    """A chunk's facts as (text to score, text to give): its sentences; an FAQ entry
-    (`faq_document_text`) is one fact, its answer, scored with its question phrasings too."""
+    """A chunk's facts as (text to score, text to give): its sentences, each scored with the
+    chunk's section heading too ("Tickets and prices: " for "Children ... pay 7 euros."); an FAQ
+    entry (`faq_document_text`) is one fact, its answer, scored with its question phrasings."""
     if chunk.startswith("Q: ") and "\nA: " in chunk:
         answer = chunk.split("\nA: ", 1)[1].strip()
         return [(chunk, answer)] if answer else []
-    return [(s, s) for s in sentences(chunk)]
+    found = _HEADING_PREFIX.match(chunk)
+    heading = found.group(0) if found else ""
+    return [(s if s.startswith(heading) else heading + s, s) for s in sentences(chunk)]
 
 
 _NUMBER_QUESTION = re.compile(
@@ -476,6 +656,7 @@ def select_sentences(
     max_chars: int,
     relative: float = RELATIVE_SCORE,
     prefer_numbers: bool = False,
+    heads: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The sentences of the retrieved `chunks` (best chunk first) that share the most
     (IDF-weighted) query terms, best first: those scoring at least `relative` times the best
@@ -485,7 +666,9 @@ def select_sentences(
     questions (a misheard question that missed the exact-answer threshold still finds it).
     With `prefer_numbers` (`expects_number`), of sentences scoring the same, one stating a
     number or a time of day comes first ("How old is the tower clock?": the sentence with
-    "built in 1741" before the one about winding the same clock)."""
+    "built in 1741" before the one about winding the same clock). A query term counts once,
+    as the best of itself and its EXPANSIONS the sentence holds; `heads` (`compounds` of the
+    question) leave out a compound's head named with another modifier (`sentence_terms`)."""
     terms = set(query)
     scored: list[tuple[float, int, str]] = []
     seen: set[str] = set()
@@ -495,7 +678,8 @@ def select_sentences(
             if sentence in seen:
                 continue
             seen.add(sentence)
-            score = sum(idf(t) for t in terms & set(tokens(scored_text)))
+            have = sentence_terms(scored_text, heads)
+            score = sum(term_weight(t, have, idf) for t in terms)
             scored.append((score, position, sentence))
             position += 1
     if not scored:
@@ -657,28 +841,66 @@ reply, or GROUNDING_MAX_CHARS of it)."""
 GROUNDING_MAX_CHARS = 200
 
 
-def coverage(fact: str, query: Iterable[str], idf: Callable[[str], float], unknown: float) -> float:
-    """The share (0..1) of the query terms' weight that `fact` holds; a term no document has
-    weighs `unknown` (a misheard or off-topic word lowers the coverage)."""
+def coverage(
+    fact: str,
+    query: Iterable[str],
+    idf: Callable[[str], float],
+    unknown: float,
+    heads: Mapping[str, str] | None = None,
+) -> float:
+    """The share (0..1) of the query terms' weight that `fact` holds (a term counts as held when
+    the fact holds it or one of its EXPANSIONS; `heads` as for `sentence_terms`); a term no
+    document has weighs `unknown` (a misheard or off-topic word lowers the coverage)."""
     terms = set(query)
-    have = set(tokens(fact))
+    have = sentence_terms(fact, heads)
     total = sum(idf(t) or unknown for t in terms)
-    return sum(idf(t) or unknown for t in terms & have) / total if total > 0 else 0.0
+    held = [t for t in terms if have & (EXPANSIONS.get(t, frozenset()) | {t})]
+    return sum(idf(t) or unknown for t in held) / total if total > 0 else 0.0
+
+
+KNOWLEDGE_FALLBACKS: dict[str, str] = {
+    "en": "Sorry, I don't have that information.",
+    "de": "Entschuldigung, diese Information habe ich nicht.",
+    "fr": "Désolé, je n'ai pas cette information.",
+    "es": "Lo siento, no tengo esa información.",
+    "it": "Mi dispiace, non ho questa informazione.",
+    "pt": "Desculpe, não tenho essa informação.",
+    "nl": "Sorry, die informatie heb ik niet.",
+}
+"""What the device says instead of a reply that invents a number or name when retrieval found
+nothing covering the question (`appliance.local.knowledge_fallback` overrides it)."""
+
+
+def fallback_text(language: str, configured: dict[str, str] | None = None) -> str:
+    """The fallback line for `language` ("pt-br" falls back to "pt", then to English)."""
+    table = configured if configured else KNOWLEDGE_FALLBACKS
+    code = language.lower().replace("_", "-")
+    for key in (code, code.split("-")[0], "en"):
+        if key in table:
+            return table[key]
+    return next(iter(table.values()), KNOWLEDGE_FALLBACKS["en"])
 
 
 @dataclass(frozen=True)
 class Grounding:
     """The guard's decision on a reply: `grounded`, `contradicts` (it states numbers or names
     that neither the facts nor the question nor the prompt hold), `omits` (the best fact states
-    numbers or names, and the reply none of them), or `not_judged` (the facts do not
-    cover the question well enough, or there are none with numbers or names)."""
+    numbers or names, and the reply none of them), or `not_judged` (the facts cover the
+    question, and there is nothing in them to check). When the facts do not cover the question
+    (or there are none), only inventions are judged: `invents` (the reply states numbers or
+    names nothing given to the LLM holds) or `supported` (it states none)."""
 
     verdict: str
     unsupported: tuple[str, ...] = ()
 
     @property
     def replaced(self) -> bool:
-        return self.verdict in ("contradicts", "omits")
+        return self.verdict in ("contradicts", "omits", "invents")
+
+    @property
+    def passes(self) -> bool:
+        """The reply may be spoken (so far)."""
+        return self.verdict in ("grounded", "supported", "not_judged")
 
 
 def judge_reply(
@@ -693,7 +915,8 @@ def judge_reply(
     does not hold ("free", "desk" for "Wheelchairs can be borrowed for free at the front desk."
     asked "Can I borrow a wheelchair?")."""
     if not facts or covered < GROUNDING_COVERAGE:
-        return Grounding("not_judged")
+        invented = _invented(reply, facts, context)
+        return Grounding("invents", invented) if invented else Grounding("supported")
     given = specifics(" ".join(facts))
     best = specifics(facts[0])
     if not given:  # nothing to contradict: the reply must say something of the fact's own
@@ -704,17 +927,27 @@ def judge_reply(
             return Grounding("grounded")
         return Grounding("omits", tuple(sorted(answer)))
     said = specifics(reply)
-    known = specifics(f"{' '.join(facts)}\n{context}")
-    context_words = set(words(f"{' '.join(facts)}\n{context}"))
-    numbers = sorted(said.numbers - known.numbers)
-    names = sorted(n for n in said.names - known.names if n not in context_words)
-    if numbers or names:
-        return Grounding("contradicts", tuple([str(n) for n in numbers] + names))
+    invented = _invented(reply, facts, context)
+    if invented:
+        return Grounding("contradicts", invented)
     if wants_number and best.numbers and not said.numbers & best.numbers:
         return Grounding("omits", tuple(str(n) for n in sorted(best.numbers)))
     if best and not (said.numbers & best.numbers or best.names & set(words(reply))):
         return Grounding("omits", tuple([str(n) for n in sorted(best.numbers)] + sorted(best.names)))
     return Grounding("grounded")
+
+
+def _invented(reply: str, facts: Sequence[str], context: str) -> tuple[str, ...]:
+    """The numbers and names `reply` states that neither the facts nor the context hold."""
+    said = specifics(reply)
+    if not said:
+        return ()
+    given = f"{' '.join(facts)}\n{context}"
+    known = specifics(given)
+    context_words = set(words(given))
+    numbers = sorted(said.numbers - known.numbers)
+    names = sorted(n for n in said.names - known.names if n not in context_words)
+    return tuple([str(n) for n in numbers] + names)
 
 
 _HEADING_PREFIX = re.compile(r"^[^.!?:\n]{1,80}:\s+(?=[A-Z0-9])")
@@ -734,21 +967,40 @@ class GroundingGuard:
     returns; when `decision` says the reply is replaced, stop the LLM and speak `replacement`
     instead. After a `grounded` start, the rest is released sentence by sentence once complete,
     and one that states a number or name the facts, the question and the prompt do not hold
-    ends the reply (`cut`: nothing more is spoken)."""
+    ends the reply (`cut`: nothing more is spoken).
+
+    When the facts do not cover the question (coverage below GROUNDING_COVERAGE, or no facts at
+    all), each sentence is held until complete and only checked for inventions: the first one
+    stating a number or name that nothing given to the LLM holds replaces the reply with
+    `fallback` (an honest "I don't have that information"), or ends it there when an earlier
+    sentence was already spoken."""
 
     def __init__(
-        self, facts: Sequence[str], context: str, covered: float, wants_number: bool = False
+        self,
+        facts: Sequence[str],
+        context: str,
+        covered: float,
+        wants_number: bool = False,
+        fallback: str = KNOWLEDGE_FALLBACKS["en"],
     ) -> None:
         self._facts = list(facts)
         self._context = context
         self._covered = covered
         self._wants_number = wants_number
+        self._fallback = fallback
         self._held = ""
         self.decision: Grounding | None = None
         self.cut: Grounding | None = None
-        self.replacement = spoken_fact(self._facts[0]) if self._facts else ""
-        if self._judge("").verdict == "not_judged":  # weak or uncheckable facts: nothing is held
+        if self._judge("").verdict == "not_judged":  # uncheckable facts: nothing is held
             self.decision = Grounding("not_judged")
+
+    @property
+    def replacement(self) -> str:
+        """What is spoken instead of a replaced reply: the best fact, or the fallback line for a
+        reply that invents when the facts do not cover the question."""
+        if not self._facts or (self.decision is not None and self.decision.verdict == "invents"):
+            return self._fallback
+        return spoken_fact(self._facts[0])
 
     @property
     def done(self) -> bool:
@@ -789,7 +1041,7 @@ class GroundingGuard:
                 break
             sentence, rest = self._held[:end], self._held[end:]
             verdict = self._judge(sentence)
-            if verdict.verdict == "contradicts":
+            if verdict.verdict in ("contradicts", "invents"):
                 self.cut = verdict
                 self._held = ""
                 break
@@ -809,8 +1061,8 @@ class GroundingGuard:
                 # said (grounded), or an invented one (contradicts), decides before the end
                 words_end = max(self._held.rfind(" "), self._held.rfind("\n"))
                 early = self._judge(self._held[:words_end]) if words_end > 0 else None
-                if early is None or early.verdict == "omits":
-                    return ""
+                if early is None or early.verdict in ("omits", "supported"):
+                    return ""  # an omission, or a later invention, is only known later
                 end = words_end
             self.decision = self._judge(self._held[:end])
             if self.decision.replaced:
@@ -822,7 +1074,7 @@ class GroundingGuard:
 
     def _passing(self) -> bool:
         """Not judged: the rest streams through unchecked."""
-        return self.decision is not None and self.decision.verdict != "grounded"
+        return self.decision is not None and self.decision.verdict == "not_judged"
 
     def release(self) -> str:
         """Everything held, unjudged (the reply turned into a tool call); the guard is spent."""

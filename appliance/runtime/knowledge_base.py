@@ -281,7 +281,8 @@ class KnowledgeIndex:
         if answer is None and self.rag.enabled and self.chunks:
             n = self.rag.max_retrieved_rag_chunks_count if k is None else k
             terms = self.query_terms(question)
-            hits = tuple(Hit(self.chunks[i], s) for i, s in self._bm25.top(terms, n))
+            ranked = self._bm25.top(terms, n, expand=True)  # with the terms' synonyms
+            hits = tuple(Hit(self.chunks[i], s) for i, s in ranked)
         ms = (time.perf_counter() - t0) * 1000
         return Retrieval(hits, faq, answer, faq_doc, ms, tuple(terms), question)
 
@@ -291,13 +292,21 @@ class KnowledgeIndex:
         budget = self.context_chars if self.context_chars is not None else self.rag.max_documents_length
         chunks = [h.chunk.text for h in retrieval.hits]
         numbers = kn.expects_number(retrieval.question)
-        found = kn.select_sentences(chunks, retrieval.terms, self._bm25.idf, budget, prefer_numbers=numbers)
+        found = kn.select_sentences(
+            chunks,
+            retrieval.terms,
+            self._bm25.idf,
+            budget,
+            prefer_numbers=numbers,
+            heads=kn.compounds(retrieval.question),
+        )
         return found[:MAX_FACTS]
 
     def coverage(self, retrieval: Retrieval, fact: str) -> float:
         """The share of the question's term weight `fact` holds (a word no chunk has weighs as
         much as the rarest indexed word)."""
-        return kn.coverage(fact, retrieval.terms, self._bm25.idf, self._bm25.max_idf)
+        heads = kn.compounds(retrieval.question)
+        return kn.coverage(fact, retrieval.terms, self._bm25.idf, self._bm25.max_idf, heads)
 
 
 def _cache_key(docs: Sequence[Document], chunk_chars: int) -> str:
@@ -436,8 +445,10 @@ class KnowledgeLLM:
     """A LanguageModel that answers FAQ questions itself and gives the LLM the retrieved chunks.
 
     With `guard` (`appliance.local.knowledge_guard`), a reply that contradicts or omits the
-    retrieved facts is replaced by the best fact (`appliance.core.knowledge.GroundingGuard`;
-    the event `knowledge_grounding` says so). A knowledge turn decodes greedily (temperature 0)
+    retrieved facts is replaced by the best fact, and when nothing retrieved covers the question,
+    a reply stating a number or name that nothing given to the LLM holds is replaced by
+    `fallback` (`appliance.core.knowledge.GroundingGuard`; the event `knowledge_grounding` says
+    so). A knowledge turn decodes greedily (temperature 0)
     unless the prompt sets a temperature."""
 
     def __init__(
@@ -447,12 +458,14 @@ class KnowledgeLLM:
         events: EventSink,
         skip_system: str = "",
         guard: bool = True,
+        fallback: str = kn.KNOWLEDGE_FALLBACKS["en"],
     ) -> None:
         self._llm = llm
         self._index = index
         self._events = events
         self._skip_system = skip_system
         self._guard = guard
+        self._fallback = fallback
 
     def __getattr__(self, name: str) -> Any:  # close(), prime() ... of the wrapped model
         return getattr(self._llm, name)
@@ -475,24 +488,23 @@ class KnowledgeLLM:
             yield TextDelta(found.faq_answer)
             return
         facts = self._index.facts(found)
-        if not facts:
-            async for item in self._llm.stream_chat(messages, tools, options):
-                yield item
-            return
         guard = (
             kn.GroundingGuard(
                 facts,
                 _context_text(messages),
-                self._index.coverage(found, facts[0]),
+                self._index.coverage(found, facts[0]) if facts else 0.0,
                 kn.expects_number(question),
+                self._fallback,
             )
             if self._guard
             else None
         )
-        # next to the question, in this request only: the history keeps the question as it was
-        messages = [*messages[:-1], {**messages[-1], "content": kn.knowledge_question(facts, question)}]
-        if options.get("temperature") is None:
-            options = {**options, "temperature": 0.0}
+        if facts:
+            # next to the question, in this request only: the history keeps the question as it was
+            content = kn.knowledge_question(facts, question)
+            messages = [*messages[:-1], {**messages[-1], "content": content}]
+            if options.get("temperature") is None:
+                options = {**options, "temperature": 0.0}
         echo = kn.EchoStrip()
         stream = self._llm.stream_chat(messages, tools, options)
         try:

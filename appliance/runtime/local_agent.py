@@ -443,7 +443,12 @@ def local_session_factory(
     knowledge = knowledge_for(config)  # indexed once at start (cached on disk)
     held = SpeculativeEvents(events)  # a speculative reply's retrieval is reported at its commit
     guard = config.appliance.local.knowledge_guard
-    llm = models.llm if knowledge is None else KnowledgeLLM(models.llm, knowledge, held, FILLER_PROMPT, guard)
+    fallback = config.appliance.local.knowledge_fallback_text(config.conversation_config.agent.language)
+    llm = (
+        models.llm
+        if knowledge is None
+        else KnowledgeLLM(models.llm, knowledge, held, FILLER_PROMPT, guard, fallback)
+    )
 
     def make(wake_word: str) -> AgentSession:
         conversation_id = f"local_{os.urandom(8).hex()}"

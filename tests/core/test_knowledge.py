@@ -145,6 +145,69 @@ def test_fuzzy_terms_map_a_misheard_word_to_the_known_one(question: str, expecte
     assert fuzzy.closest("xyzzy") is None
 
 
+@pytest.mark.parametrize(
+    ("word", "key"),
+    [
+        ("kilometers", "klmtrs"),
+        ("chronometers", "krnmtrs"),
+        ("restrooms", "rstrms"),
+        ("Vossberg", "fsprk"),  # v/f, b/p, g/k alike; the double s once
+        ("photography", "ftkrf"),
+        ("knight", "nt"),
+        ("entrance", "antrns"),  # a first vowel is kept as "a"
+        ("", ""),
+    ],
+)
+def test_sound_key(word: str, key: str) -> None:
+    assert kn.sound_key(word) == key
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "alike"),
+    [
+        ("kilometers", "chronometers", True),  # 2 edits in 7
+        ("lastrooms", "restrooms", False),  # another first sound (trigrams match it instead)
+        ("thermometers", "chronometers", False),
+        ("centimeters", "chronometers", False),
+        ("trend", "tram", False),
+        ("capital", "entrance", False),
+        ("vosberg", "vossberg", True),
+    ],
+)
+def test_sounds_alike(a: str, b: str, alike: bool) -> None:
+    assert kn.sounds_alike(a, b) is alike
+    assert kn.edit_distance(a, b) == kn.edit_distance(b, a)
+
+
+MUSEUM_TEXT = (
+    "The Marine Chronometer Room holds 80 ship chronometers. Toilets: see the restrooms. "
+    "The nearest car park is 300 metres away. The cloakroom is left of the front desk. "
+    "Last admission is at 5 pm. The Cuckoo Gallery has a reading room. Tram line 4 stops here."
+)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("We're on the kilometers.", ["chron"]),  # sounds alike, trigrams 0.5
+        ("Where are the last rooms?", ["restr"]),  # two known words joined
+        ("Where's the cloak room?", ["cloak"]),
+        # near misses that must not be rewritten
+        ("Where are the thermometers?", []),
+        ("How many centimeters is it?", []),
+        ("How many kilograms does it weigh?", []),
+        ("Where are the barometers?", []),
+        ("Which trend on to the museum.", []),  # too far from "tram"
+        ("Is the last room free?", []),  # known words, nothing joined like them
+        ("Where is the reading room?", []),
+        ("The last, rooms", []),  # a comma between: not joined
+    ],
+)
+def test_fuzzy_terms_by_sound_and_joined_known_words(question: str, expected: list[str]) -> None:
+    fuzzy = kn.FuzzyTerms(kn.words(MUSEUM_TEXT), kn.tokens(MUSEUM_TEXT))
+    assert fuzzy.expand(question) == expected
+
+
 def test_sentences_keep_abbreviations_and_cut_lines() -> None:
     assert kn.sentences("Director: It is Dr. Amara Quist. Founded in 1952!\nNext line") == [
         "Director: It is Dr. Amara Quist.",
@@ -164,8 +227,9 @@ def test_select_sentences_gives_the_best_sentences_within_the_budget() -> None:
     # the FAQ chunk gives its answer (scored with its question too), once: the page's sentence
     # saying the same is left out; "Children pay" shares no term
     assert kn.select_sentences(chunks, query, bm.idf, 400) == ["An adult ticket costs 14 euros."]
-    both = kn.select_sentences(chunks, kn.tokens("adult ticket or child price"), bm.idf, 400, relative=0.1)
-    assert both == ["Tickets: An adult ticket costs 14 euros.", "Children pay 7 euros."]
+    both = kn.select_sentences(chunks, kn.tokens("adult ticket or child price"), bm.idf, 400, relative=0.4)
+    # "price" is in no chunk: "pay" and "costs" stand for it (EXPANSIONS), the rarer "pay" first
+    assert both == ["Children pay 7 euros.", "Tickets: An adult ticket costs 14 euros."]
     # a question that only the FAQ's phrasing has the words of still gets the FAQ's answer
     faq = [
         "The Workshop: restorers at work in the basement room.",
@@ -288,7 +352,18 @@ CONTEXT = "You are the Harbourlight kiosk.\nHow much do students pay?"
         ("Students pay 10 euros at the Louvre.", 1.0, True, "contradicts", ("louvre",)),
         ("The answer is: 14 euros.", 1.0, True, "omits", ("10", "65")),  # the other fact's number
         ("I do not know.", 1.0, False, "omits", ("10", "65")),
-        ("Students pay 12 euros.", 0.4, True, "not_judged", ()),  # the facts barely match
+        # the facts barely cover the question: only inventions are judged
+        ("Students pay 12 euros.", 0.4, True, "invents", ("12",)),
+        (
+            "The address is 123 Elm Street, New York.",
+            0.2,
+            False,
+            "invents",
+            ("123", "elm", "new", "street", "york"),
+        ),
+        ("Students pay 10 euros at the Harbourlight.", 0.4, True, "supported", ()),  # given: spoken
+        ("I do not know.", 0.4, True, "supported", ()),
+        ("Adults pay fourteen euros.", 0.4, True, "supported", ()),  # 14 is in the facts
     ],
 )
 def test_judge_reply(
@@ -296,7 +371,40 @@ def test_judge_reply(
 ) -> None:
     found = kn.judge_reply(reply, STUDENTS, CONTEXT, covered, wants_number)
     assert (found.verdict, found.unsupported) == (verdict, unsupported)
-    assert found.replaced is (verdict in ("contradicts", "omits"))
+    assert found.replaced is (verdict in ("contradicts", "omits", "invents"))
+    assert found.passes is not found.replaced
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("We're on the 1.5 kilometers.", kn.Grounding("invents", ("1", "5"))),
+        ("The museum is in Paris, not here.", kn.Grounding("invents", ("paris",))),
+        ("I don't know where the kilometers are.", kn.Grounding("supported")),
+        ("You can ask at the Harbourlight kiosk.", kn.Grounding("supported")),  # the prompt's name
+        ("There are 3 kilometers.", kn.Grounding("invents", ("3",))),
+        ("Try three of them.", kn.Grounding("invents", ("3",))),  # a number word
+        ("Go to the one on the left.", kn.Grounding("supported")),  # "one" is a pronoun
+    ],
+)
+def test_with_nothing_retrieved_only_inventions_are_judged(reply: str, verdict: kn.Grounding) -> None:
+    assert kn.judge_reply(reply, [], f"{CONTEXT}\nWe're on the kilometers.", 0.0) == verdict
+
+
+@pytest.mark.parametrize(
+    ("language", "configured", "line"),
+    [
+        ("en", None, kn.KNOWLEDGE_FALLBACKS["en"]),
+        ("de", None, kn.KNOWLEDGE_FALLBACKS["de"]),
+        ("pt-br", None, kn.KNOWLEDGE_FALLBACKS["pt"]),
+        ("sv", None, kn.KNOWLEDGE_FALLBACKS["en"]),
+        ("sv", {"sv": "Det vet jag inte."}, "Det vet jag inte."),
+        ("fr", {"en": "Ask at the desk."}, "Ask at the desk."),
+        ("fr", {"de": "Frag am Empfang."}, "Frag am Empfang."),  # the only one configured
+    ],
+)
+def test_fallback_text(language: str, configured: dict[str, str] | None, line: str) -> None:
+    assert kn.fallback_text(language, configured) == line
 
 
 def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
@@ -318,7 +426,7 @@ def test_judge_reply_by_names_and_by_the_kind_of_question() -> None:
         "omits", ("desk", "free", "front")
     )
     assert kn.judge_reply("Yes.", ["Wheelchairs can be borrowed."], asked, 1.0).verdict == "not_judged"
-    assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "not_judged"
+    assert kn.judge_reply("Anything.", [], "", 1.0).verdict == "supported"  # no facts: inventions only
 
 
 def test_coverage_is_the_share_of_the_question_weight_a_fact_holds() -> None:
@@ -392,10 +500,9 @@ def test_the_guard_judges_a_short_reply_at_its_end_and_passes_an_unjudged_one() 
     assert out == ["", ""] and rest == "" and guard.decision == kn.Grounding("omits", ("10", "65"))
     out, rest, guard = guard_run(["Yes."], wants_number=False)
     assert rest == "" and guard.decision is not None and guard.decision.verdict == "omits"
-    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)
-    assert weak.feed("Students pay 12 euros. Then") == "Students pay 12 euros. Then"
-    assert weak.feed(" 99 more.") == " 99 more." and weak.finish() == ""
-    assert weak.decision == kn.Grounding("not_judged")
+    plain = kn.GroundingGuard(["Wheelchairs can be borrowed."], "Can I borrow a wheelchair?", 1.0)
+    assert plain.feed("Yes. Then 99 more.") == "Yes. Then 99 more."  # nothing to check: unjudged
+    assert plain.finish() == "" and plain.decision == kn.Grounding("not_judged")
     held = kn.GroundingGuard(STUDENTS, CONTEXT, 1.0)
     assert held.feed("Let me") == "" and held.release() == "Let me"  # a tool call follows
 
@@ -410,3 +517,131 @@ def test_the_guard_does_not_end_a_sentence_at_an_abbreviation_and_bounds_a_run_o
     out = guard.feed(run_on)
     assert out.startswith(" and") and 0 < len(out) <= kn.GROUNDING_MAX_CHARS + 1
     assert len(guard.finish()) <= kn.GROUNDING_MAX_CHARS
+
+
+def test_a_weak_match_holds_each_sentence_and_replaces_an_invention_with_the_fallback() -> None:
+    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2, fallback="I don't know.")
+    assert weak.feed("The address") == "" and weak.feed(" is 123") == ""  # "123" may go on
+    assert weak.feed(" Elm") == ""  # an invention decides before the sentence ends
+    assert weak.done and weak.decision == kn.Grounding("invents", ("123",))
+    assert weak.replacement == "I don't know." and weak.finish() == ""
+    # nothing retrieved at all: the same check against the conversation alone
+    none = kn.GroundingGuard([], CONTEXT, 0.0, fallback="I don't know.")
+    assert none.feed("We are on the") == "" and none.feed(" 1.5 kilometers.") == ""
+    assert none.done and none.replacement == "I don't know."
+
+
+def test_a_weak_match_speaks_what_invents_nothing_and_cuts_a_later_invention() -> None:
+    weak = kn.GroundingGuard(STUDENTS, CONTEXT, 0.2)
+    assert weak.feed("I do not know that, sorry") == ""  # held: a later word could invent
+    assert weak.feed(". Students pay 10") == "I do not know that, sorry."
+    assert weak.decision == kn.Grounding("supported")
+    assert weak.feed(" euros. It was built") == " Students pay 10 euros. "
+    assert weak.feed(" in 1741. Bye") == "" and weak.done  # cut: nothing more is spoken
+    assert weak.cut == kn.Grounding("invents", ("1741",)) and weak.finish() == ""
+    short = kn.GroundingGuard([], CONTEXT, 0.0)
+    assert short.feed("No.") == "" and short.finish() == "No."  # judged at its end
+    assert short.decision == kn.Grounding("supported")
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("addre", {"avenu", "lane", "locat", "quay", "road", "situa", "squar", "stand", "stree"}),
+        ("cost", {"charg", "euro", "fee", "free", "pay", "price"}),
+        ("euro", None),  # one way: "euros" does not find "cost"
+        ("toile", {"bathr", "lavat", "restr", "wc"}),
+        ("kid", {"child"}),
+        ("clock", None),
+    ],
+)
+def test_expansions(term: str, expected: set[str] | None) -> None:
+    assert kn.EXPANSIONS.get(term) == expected
+
+
+def test_an_expansion_counts_once_and_less_than_the_word_itself() -> None:
+    docs = [["park", "car"], ["child", "pay", "euro", "free"], ["ticke", "cost"], ["museu"]]
+    bm = kn.Bm25(docs)
+    plain = bm.scores(["park", "cost"])
+    wide = bm.scores(["park", "cost"], expand=True)
+    assert plain.keys() == {0, 2} and wide.keys() == {0, 1, 2}
+    assert wide[2] == plain[2]  # "cost" itself: its expansions do not add up
+    pay = max(bm.scores(["pay"])[1], bm.scores(["euro"])[1], bm.scores(["free"])[1])
+    assert wide[1] == pytest.approx(kn.EXPANSION_WEIGHT * pay)  # the best expansion, once
+    assert wide[0] > wide[1]  # the question's own word first
+    have = {"child", "pay", "euro"}
+    assert kn.term_weight("cost", have, bm.idf) == kn.EXPANSION_WEIGHT * bm.idf("pay")
+    assert kn.term_weight("pay", have, bm.idf) == bm.idf("pay")
+    assert kn.term_weight("park", have, bm.idf) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("question", "heads"),
+    [
+        ("How much does a child ticket cost?", {"ticke": "child", "cost": "ticke"}),
+        ("How old is the tower clock?", {"clock": "tower"}),
+        ("How many cuckoo clocks do you have?", {"clock": "cucko"}),  # not "many cuckoo"
+        ("How much is the children's workshop?", {}),  # "children's": not two plain words
+        (
+            "I lost my scarf. How long do you keep lost property?",
+            {"lost": "keep", "prope": "lost"},
+        ),  # not "scarf how"
+        ("What is the price of admission?", {}),
+        ("Is tram 4 the first tram?", {}),  # numbers and ordinals do not modify
+    ],
+)
+def test_compounds_are_two_adjacent_content_words(question: str, heads: dict[str, str]) -> None:
+    assert kn.compounds(question) == heads
+
+
+@pytest.mark.parametrize(
+    ("sentence", "has_ticket"),
+    [
+        ("A family ticket for two adults and children costs 35 euros.", False),  # another ticket
+        ("A child ticket costs 7 euros.", True),
+        ("Tickets: a family ticket costs 35 euros.", True),  # also named plainly
+        ("The ticket, family size, costs 35 euros.", True),
+        ("Every ticket is sold at the desk.", True),  # "every" is no modifier
+        ("Family, ticket and cost.", True),  # a comma between: not a compound
+    ],
+)
+def test_a_compound_head_named_with_another_modifier_does_not_count(sentence: str, has_ticket: bool) -> None:
+    heads = kn.compounds("How much does a child ticket cost?")
+    assert ("ticke" in kn.sentence_terms(sentence, heads)) is has_ticket
+    assert "ticke" in kn.sentence_terms(sentence)  # without a question's compounds: every word
+
+
+def test_synonyms_and_compounds_pick_the_sentence_that_answers() -> None:
+    prices = (
+        "An adult ticket costs 14 euros. Children under 6 go free; children "
+        "from 6 to 17 pay 7 euros. A family ticket for two adults and up to three children costs 35 euros."
+    )
+    visiting = "The museum stands at 12 Ropewalk Quay, next to the lighthouse."
+    director = "Director: The museum director is Dr. Amara Quist."
+    chunks = [prices, visiting, director, "The museum shop is next to the exit."]
+    bm = kn.Bm25([kn.tokens(c) for c in chunks])
+    child = "How much does a child ticket cost?"
+    query = kn.question_tokens(child)
+    heads = kn.compounds(child)
+    pick = kn.select_sentences([prices], query, bm.idf, 400, prefer_numbers=True, heads=heads)
+    assert pick[0] == "Children under 6 go free; children from 6 to 17 pay 7 euros."
+    # without the compound rule the family ticket (child, ticket, cost) wins
+    plain = kn.select_sentences([prices], query, bm.idf, 400, prefer_numbers=True)
+    assert plain[0].startswith("A family ticket")
+    # a sentence is scored with its section's heading: the child price under "Tickets and
+    # prices" before the children's workshop that "costs" 6 euros
+    workshop = "Children: The workshop for children aged 7 to 12 costs 6 euros."
+    sections = ["Tickets and prices: " + prices, workshop]
+    bm2 = kn.Bm25([kn.tokens(c) for c in [*sections, visiting, director]])
+    pick = kn.select_sentences(sections, query, bm2.idf, 400, prefer_numbers=True, heads=heads)
+    assert pick[0] == "Children under 6 go free; children from 6 to 17 pay 7 euros."
+    no_heading = kn.select_sentences(
+        [prices, workshop], query, bm2.idf, 400, prefer_numbers=True, heads=heads
+    )
+    assert no_heading[0] == workshop
+    address = kn.question_tokens("What is the address of the museum?")
+    ranked = bm.top(address, 2, expand=True)
+    assert chunks[ranked[0][0]] == visiting  # "stands", "quay" for "address"
+    assert bm.top(address, 1)[0][0] != 1  # the question's own words alone: any museum chunk
+    assert kn.coverage(visiting, address, bm.idf, bm.max_idf) == 1.0
+    assert kn.coverage(director, address, bm.idf, bm.max_idf) < kn.GROUNDING_COVERAGE

@@ -254,6 +254,65 @@ def test_the_grounding_guard_replaces_a_reply_that_contradicts_or_omits_the_fact
         assert inner.closed and inner.streamed < len(pieces)  # the LLM was stopped
 
 
+@pytest.mark.parametrize(
+    ("question", "pieces", "spoken", "event"),
+    [
+        # nothing retrieved: an invented number is not spoken, the fallback line is
+        (
+            "Where is the planetarium?",
+            ["It is", " 1.5 kilometers", " away.", " Bye."],
+            "I do not have that.",
+            {"verdict": "invents", "unsupported": ["1", "5"], "action": "replaced"},
+        ),
+        # nothing retrieved, nothing invented: the reply stands
+        ("Where is the planetarium?", ["I do not", " know that."], "I do not know that.", None),
+        # a weak match (only "museum"): an invented address is not spoken
+        (
+            "What is the zip of the museum?",
+            ["The museum", " is at 123", " Elm Street.", " Bye."],
+            "I do not have that.",
+            {"verdict": "invents", "unsupported": ["123", "elm"], "action": "replaced"},  # decided early
+        ),
+        # the guard off: the invention is spoken
+        ("Where is the planetarium?", ["It is 3 km", " away."], "It is 3 km away.", "off"),
+    ],
+)
+def test_a_reply_inventing_facts_nothing_retrieved_covers_is_replaced_by_the_fallback(
+    tmp_path: Path, question: str, pieces: list[str], spoken: str, event: dict[str, Any] | str | None
+) -> None:
+    kiosk_copy(tmp_path)
+    index = build_index(docs_of(tmp_path), RagConfig(), None)
+    inner, events = ScriptedLlm(pieces), Events()
+    llm = KnowledgeLLM(inner, index, events, guard=event != "off", fallback="I do not have that.")
+    messages = [{"role": "system", "content": "You are a kiosk."}, {"role": "user", "content": question}]
+    assert run_turn(llm, messages) == spoken
+    grounding = [fields for name, fields in events.items if name == "knowledge_grounding"]
+    if not isinstance(event, dict):
+        assert grounding == [] and inner.streamed == len(pieces)
+    else:
+        [fields] = grounding
+        assert {k: fields[k] for k in event} == event and fields["spoken"] == spoken
+        assert inner.closed and inner.streamed < len(pieces)  # the LLM was stopped
+
+
+def test_the_fallback_line_is_configurable_per_language(tmp_path: Path) -> None:
+    config = kiosk_copy(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    assert (
+        load_config(config, log_warnings=False).appliance.local.knowledge_fallback_text("de")
+        == (kn.KNOWLEDGE_FALLBACKS["de"])
+    )
+    raw["appliance"]["local"] = {"knowledge_fallback": {"en": "Ask at the desk.", "de": "Frag am Empfang."}}
+    config.write_text(yaml.safe_dump(raw))
+    local = load_config(config, log_warnings=False).appliance.local
+    assert local.knowledge_fallback_text("de") == "Frag am Empfang."
+    assert local.knowledge_fallback_text("fr") == "Ask at the desk."
+    raw["appliance"]["local"] = {"knowledge_fallback": ""}
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match=r"appliance\.local\.knowledge_fallback"):
+        load_config(config, log_warnings=False)
+
+
 def test_a_temperature_set_in_the_prompt_is_kept(tmp_path: Path) -> None:
     kiosk_copy(tmp_path)
     index = build_index(docs_of(tmp_path), RagConfig(), None)
