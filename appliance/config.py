@@ -55,6 +55,7 @@ from appliance.agent_config import (
 from appliance.config_parse import MAX_CONFIG_BYTES, is_json, lone_surrogates, parse_json, parse_yaml
 from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
+from appliance.core.doubletalk import DoubleTalkConfig
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.knowledge import fallback_text
 from appliance.core.wakeword import WakeWordRule
@@ -196,6 +197,10 @@ class VadConfig(_Device):
     speech at or above `barge_in_threshold` this long interrupts it (faster than `min_speech_s`,
     which still applies too). None: only `min_speech_s`."""
     barge_in_threshold: Annotated[Num, between(0.05, 0.99)] = 0.8
+    barge_in_double_talk_db: Annotated[Num, between(1, 30, "dB")] | None = 6.0
+    """Before those 2.5 s the same rule counts the frames in which the raw microphone is this
+    many dB louder, against the playback, than the echo alone has been (a second talker:
+    `core.doubletalk`). None: the rule waits the 2.5 s."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
@@ -501,6 +506,12 @@ class Config:
         local = self.appliance.local
         name = voice_id if voice_id in local.voices else local.default_voice
         return name, local.voices[name]
+
+    def double_talk_config(self) -> DoubleTalkConfig | None:
+        margin = self.appliance.vad.barge_in_double_talk_db
+        if margin is None or self.appliance.vad.barge_in_min_speech_s is None:
+            return None
+        return DoubleTalkConfig(margin_db=float(margin))
 
     def endpoint_config(self) -> EndpointConfig:
         vad = self.appliance.vad

@@ -63,6 +63,9 @@ SLOW_RULE = "webrtc, min_speech_s only"
 """The canceller with the endpointer's normal rule only (`appliance.vad.barge_in_min_speech_s:
 null`): the same audio as the `webrtc` row, to show what the barge-in rule changes."""
 PATH_MODES = (*MODES, SLOW_RULE)
+FIXED_WAIT = "webrtc, fixed wait"
+"""The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
+barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
 DEVICE_DELAY_S = 0.03  # what --simulate-echo adds on top of the room's own delay
 BARGE_IN_WINDOW_S = 0.30  # target: detected within this long after the user starts speaking
 CONVERGENCE_S = 2.0  # ERLE counts from this far into the agent's speech
@@ -227,8 +230,11 @@ def run_session_path(
     config = _appliance_config()
     preloaded = _preloaded()
     endpoint = config.endpoint_config()
+    double_talk = config.double_talk_config()
     if mode == SLOW_RULE:
         mode, endpoint = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None)
+    elif mode == FIXED_WAIT:
+        mode, double_talk = "webrtc", None
     inner = build_echo_canceller(mode)
     canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
     result = PathRun(canceller=canceller)
@@ -256,6 +262,7 @@ def run_session_path(
         playback=timeline,
         echo=canceller,
         now=lambda: timeline.now,
+        double_talk=double_talk,
     )
     router.set_listening(True)
 

@@ -11,7 +11,9 @@ is processed in place. AEC3 brings what the issue asks for:
   drift between the output and input devices;
 - an adaptive linear filter (a coarse and a refined one, double-talk safe step control) and a
   residual echo suppressor that models the room's reverberation tail;
-- the high-pass filter the module recommends in front of the canceller.
+- the high-pass filter the module recommends in front of the canceller;
+- after it, `ResidualEchoSuppressor`: the late reverberation of a large room that AEC3's short
+  filter leaves (output one 10 ms hop late).
 
 Where there is no echo at all (headphones, a speaker across the house, a headless run without a
 simulated echo), AEC3 still assumes one until its transparent mode sets in (about 9 s of
@@ -33,7 +35,8 @@ check keeps its state across turns (the room did not change).
 
 Blocks of any size work: samples past the last whole 10 ms frame wait for the next block
 (the output then lags the input by those samples, at most 159, padded once with silence;
-with 10 ms-multiple blocks, the default, there is no lag and no padding).
+with 10 ms-multiple blocks, the default, there is no such lag and no padding), besides the
+residual echo suppressor's one hop (160 samples).
 """
 
 from __future__ import annotations
@@ -107,6 +110,102 @@ class EchoPathCheck:
         return self.present
 
 
+class ResidualEchoSuppressor:
+    """A spectral post-filter after AEC3 for the reverberation its linear filter does not reach.
+
+    AEC3's adaptive filter is short (tens of ms); in a reverberant room (RT60 0.8 s) its output
+    keeps a late-reverb residual (ERLE about 22 dB at 50 cm). This stage predicts the residual's
+    power in each frequency bin from the playback's power over the last `taps` 10 ms hops (a
+    non-negative power-domain filter per bin, learned by NLMS on the hops with playback where
+    AEC3's output is at most `adapt_below` of the microphone's energy) and attenuates each bin by
+    `1 - over * predicted / actual`, at most to `floor`. Powers, not waveforms: it cannot fight
+    AEC3's own filter (a waveform NLMS in front of it did: -11 to -34 dB elsewhere).
+
+    Measured on `agent.echo` (hall 50 cm: ERLE 21.9 -> 26.2 dB; 0 self-interruptions in all 12
+    room x gain rows; barge-in unchanged in sum). A floor of 0.1 made the unconverged residual
+    in the first turn's second second cleaner speech to the VAD (a self-interruption in the
+    hall); so did learning only where AEC3 removed 6 dB or more (0.25; it learned too little,
+    24.5 dB). The cost: it learns from double talk too, so a user talking over the agent for
+    long loses a few dB more the longer they talk (the first 0.5 s within 3 dB).
+
+    Short-time Fourier frames of 20 ms, 10 ms hop, square-root Hann windows (overlap-add
+    reconstructs the input exactly where the gain is 1): the output lags by one hop (160
+    samples). The learned filter stays across turns (the room does not change)."""
+
+    def __init__(
+        self,
+        *,
+        taps: int = 40,
+        over: float = 2.0,
+        floor: float = 0.3,
+        step: float = 0.3,
+        adapt_below: float = 1.0,
+    ) -> None:
+        self.hop = FRAME_SAMPLES
+        self.taps = taps
+        self._over, self._floor, self._step, self._adapt_below = over, floor, step, adapt_below
+        n = 2 * self.hop
+        self._window = np.sqrt(np.hanning(n + 1)[:n])
+        bins = self.hop + 1
+        self.weights = np.zeros((bins, taps))
+        """[bin, i]: the residual's power per playback power `taps - 1 - i` hops earlier."""
+        self._history = np.zeros((taps - 1, bins))
+        self._prev_out = np.zeros(self.hop)
+        self._prev_ref = np.zeros(self.hop)
+        self._ola = np.zeros(self.hop)
+
+    def pause(self) -> None:
+        """Between turns: forget the audio (its last hop is dropped), keep the learned filter."""
+        self._history[:] = 0.0
+        self._prev_out[:] = 0.0
+        self._prev_ref[:] = 0.0
+        self._ola[:] = 0.0
+
+    def process(
+        self,
+        cleaned: npt.NDArray[np.float64],
+        reference: npt.NDArray[np.float64],
+        mic: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float64]:
+        """Whole hops of AEC3's output, the playback and the raw microphone over the same time
+        (float scale); returns as many samples, one hop late."""
+        h = self.hop
+        m = cleaned.size // h
+        if m == 0:
+            return np.zeros(0)
+        out_seq = np.concatenate([self._prev_out, cleaned])
+        ref_seq = np.concatenate([self._prev_ref, reference])
+        self._prev_out, self._prev_ref = cleaned[-h:].copy(), reference[-h:].copy()
+        frames = np.lib.stride_tricks.sliding_window_view(out_seq, 2 * h)[::h][:m]
+        y = np.fft.rfft(frames * self._window, axis=1)
+        x = np.fft.rfft(
+            np.lib.stride_tricks.sliding_window_view(ref_seq, 2 * h)[::h][:m] * self._window, axis=1
+        )
+        py = y.real**2 + y.imag**2
+        px = x.real**2 + x.imag**2
+        full = np.concatenate([self._history, px])
+        self._history = full[-(self.taps - 1) :].copy()
+        lagged = np.lib.stride_tricks.sliding_window_view(full, self.taps, axis=0)  # [hop, bin, tap]
+        predicted = np.einsum("jbi,bi->jb", lagged, self.weights)
+        gain = np.maximum(self._floor, 1.0 - self._over * predicted / np.maximum(py, 1e-12))
+        z = np.fft.irfft(y * gain, 2 * h, axis=1) * self._window
+        out = z[:, :h].copy()
+        out[0] += self._ola
+        out[1:] += z[:-1, h:]
+        self._ola = z[-1, h:].copy()
+        # learn on hops where AEC3 removed most of the microphone (the echo alone) with playback
+        mic_e = np.sum(mic[: m * h].reshape(m, h) ** 2, axis=1)
+        out_e = np.sum(cleaned[: m * h].reshape(m, h) ** 2, axis=1)
+        learn = (out_e <= self._adapt_below * mic_e) & (px.sum(axis=1) > 1e-6)
+        for j in np.flatnonzero(learn):
+            v = lagged[j]
+            err = py[j] - np.sum(v * self.weights, axis=1)
+            norm = np.sum(v * v, axis=1) + 1e-12
+            self.weights = np.maximum(0.0, self.weights + self._step * (err / norm)[:, None] * v)
+        result: npt.NDArray[np.float64] = out.reshape(-1)
+        return result
+
+
 class EchoCancellerUnavailable(RuntimeError):
     """The engine's library is not installed or its native code does not load here."""
 
@@ -116,8 +215,11 @@ class WebRtcEchoCanceller:
 
     name = "webrtc"
 
-    def __init__(self, *, stream_delay_ms: int = 0, high_pass_filter: bool = True) -> None:
+    def __init__(
+        self, *, stream_delay_ms: int = 0, high_pass_filter: bool = True, residual_suppression: bool = True
+    ) -> None:
         self.echo_path = EchoPathCheck()
+        self.residual = ResidualEchoSuppressor() if residual_suppression else None
         self.lookback_samples = self.echo_path.lag_samples
         self.passed_blocks = 0
         """Blocks passed through unchanged: no echo path found."""
@@ -201,6 +303,13 @@ class WebRtcEchoCanceller:
             self._near[:] = mic_all[start:end]
             self._apm.process_stream(self._near_frame)
             cleaned[start:end] = self._near
+        if self.residual is not None and whole:
+            suppressed = self.residual.process(
+                cleaned.astype(np.float64) / 32768.0,
+                ref_all[:whole].astype(np.float64) / 32768.0,
+                mic_all[:whole].astype(np.float64) / 32768.0,
+            )
+            cleaned = np.clip(np.rint(suppressed * 32768.0), -32768, 32767).astype(np.int16)
         self.frames += whole // FRAME_SAMPLES
         self._pending_mic = mic_all[whole:].copy()
         self._pending_ref = ref_all[whole:].copy()
@@ -220,6 +329,8 @@ class WebRtcEchoCanceller:
         """Drop the partial frame and the lag (at most 10 ms of the echo tail's end); the next
         turn starts from a fresh module (see the module docstring)."""
         self._fresh = False
+        if self.residual is not None:
+            self.residual.pause()
         self._pending_mic = np.zeros(0, dtype=np.int16)
         self._pending_ref = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)

@@ -65,7 +65,8 @@ class EndpointConfig:
     barge_in_after_s: float = 2.5
     """The faster rule holds only once the canceller has run this long in the agent's turn: a
     fresh canceller lets echo through while it converges (measured: VAD 0.5-0.98 on its output
-    for 1-3 s into the first turn of a room at 50 cm)."""
+    for 1-3 s into the first turn of a room at 50 cm). Before that, only frames the raw
+    microphone marks as double talk count (`Endpointer.process`'s `double_talk`)."""
 
     pause_report_s: float | None = None
     """Silence after speech that reports `SpeechPaused` (the audio so far, for a speculative
@@ -152,11 +153,19 @@ class Endpointer:
         self._paused = False
 
     def process(
-        self, prob: float, frame: bytes, t_end: float, talk_over_s: float | None = None
+        self,
+        prob: float,
+        frame: bytes,
+        t_end: float,
+        talk_over_s: float | None = None,
+        double_talk: bool = False,
     ) -> list[EndpointEvent]:
         """`talk_over_s`: how long the echo canceller has been removing the agent's voice from the
         microphone in the current agent turn, at the end of this frame (None: it is not running;
-        the agent is silent). It selects the barge-in rule (`barge_in_min_speech_s`)."""
+        the agent is silent). It selects the barge-in rule (`barge_in_min_speech_s`).
+        `double_talk`: the raw microphone shows a second talker over the agent in this frame
+        (`core.doubletalk`); such a frame counts for the barge-in rule before `barge_in_after_s`
+        too."""
         frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
         cfg = self.config
         out: list[EndpointEvent] = []
@@ -169,7 +178,7 @@ class Endpointer:
             barge_in = (
                 cfg.barge_in_min_speech_s is not None
                 and talk_over_s is not None
-                and talk_over_s >= cfg.barge_in_after_s - 1e-9
+                and (talk_over_s >= cfg.barge_in_after_s - 1e-9 or double_talk)
             )
             if barge_in and prob >= cfg.barge_in_threshold:
                 self._barge_in_run_s += frame_s

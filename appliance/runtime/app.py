@@ -224,6 +224,7 @@ def build_loop(
         playback=wiring.speaker if isinstance(wiring.speaker, MonitoredSpeaker) else None,
         echo=build_echo_canceller(config.echo_cancellation),
         now=wiring.clock.now,
+        double_talk=config.double_talk_config(),
     )
     bound = float(config.conversation_config.conversation.max_duration_seconds) + SESSION_MARGIN_S
     loop = ApplianceLoop(

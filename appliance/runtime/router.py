@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.core.device import DeviceEvent, WakeWordDetected
+from appliance.core.doubletalk import FRAME_S, DoubleTalkConfig, DoubleTalkDetector
 from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
 from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
@@ -90,6 +91,7 @@ class AudioRouter:
         echo: EchoCanceller | None = None,
         now: Callable[[], float] | None = None,
         echo_tail_s: float = ECHO_TAIL_S,
+        double_talk: DoubleTalkConfig | None = None,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -112,6 +114,14 @@ class AudioRouter:
         self._barge_in_rule = echo is not None and echo.name != "gate"
         """Gating leaves too much echo for the faster rule: with a pure 30 ms echo at gain 2
         (the case it handles) the rule made it interrupt itself; it keeps the normal rule."""
+        self._double_talk = (
+            DoubleTalkDetector(double_talk) if double_talk is not None and self._barge_in_rule else None
+        )
+        """The raw microphone against the playback, while the canceller runs: frames it marks
+        count for the barge-in rule before the canceller has settled (`core.doubletalk`)."""
+        self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
+        self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
+        self._dt_ref = np.zeros(0, dtype=np.float64)
         self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
         self.mic_realigned = 0
         self.echo_blocks = 0
@@ -158,6 +168,7 @@ class AudioRouter:
             if self._echo_engaged and self._echo is not None:
                 self._echo_engaged = False  # the blocks in between bypass it: not contiguous
                 self._echo.pause()
+                self._pause_double_talk()
             self._echo_since = None
             if not on:
                 # Back to the wake word: its features still hold the audio from before the
@@ -192,7 +203,7 @@ class AudioRouter:
             self._set_listening(True)
             block, start = rest
         was_engaged = self._echo_engaged
-        block = self._cancel_echo(block, end_t)
+        block = self._cancel_echo(block, end_t, start)
         if not self._echo_engaged:
             self._echo_since = None
         elif not was_engaged or self._echo_since is None:
@@ -208,7 +219,12 @@ class AudioRouter:
                 if self._echo_since is None or not self._barge_in_rule
                 else max(0.0, t - self._echo_since)
             )
-            events.extend(self._endpointer.process(prob, frame.tobytes(), t, talk_over_s))
+            double_talk = (
+                talk_over_s is not None
+                and self._double_talk is not None
+                and self._double_talk.during(t - frame.size / MIC_RATE_HZ, t)
+            )
+            events.extend(self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk))
         return events
 
     def _mic_clock(self, n: int, arrived: float | None) -> float | None:
@@ -225,7 +241,7 @@ class AudioRouter:
         self._mic_end = expected
         return expected
 
-    def _cancel_echo(self, block: Pcm16, end_t: float | None) -> Pcm16:
+    def _cancel_echo(self, block: Pcm16, end_t: float | None, start: int = 0) -> Pcm16:
         """While the agent speaks and for `echo_tail_s` after, the block minus its echo."""
         echo, playback = self._echo, self._playback
         if echo is None or playback is None or self._now is None:
@@ -240,10 +256,36 @@ class AudioRouter:
             if self._echo_engaged:
                 self._echo_engaged = False
                 echo.pause()
+                self._pause_double_talk()
             return block
         self._echo_engaged = True
         self.echo_blocks += 1
+        if self._double_talk is not None:
+            self._detect_double_talk(block, reference[lookback:], start)
         return echo.process(block, reference)
+
+    def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
+        """Feed the detector the 10 ms energies of the raw block and of the playback over it
+        (`start`: the block's first sample, counted like `samples_in`)."""
+        assert self._double_talk is not None
+        mic = np.concatenate([self._dt_mic, block.astype(np.float64) / 32768.0])
+        ref = np.concatenate([self._dt_ref, played.astype(np.float64)])
+        n = self._dt_frame
+        whole = mic.size // n
+        first_end = start - self._dt_mic.size + n
+        if whole:
+            mic_e = np.mean(mic[: whole * n].reshape(whole, n) ** 2, axis=1)
+            ref_e = np.mean(ref[: whole * n].reshape(whole, n) ** 2, axis=1)
+            for i in range(whole):
+                t = (first_end + i * n) / MIC_RATE_HZ
+                self._double_talk.update(float(mic_e[i]), float(ref_e[i]), t)
+        self._dt_mic, self._dt_ref = mic[whole * n :], ref[whole * n :]
+
+    def _pause_double_talk(self) -> None:
+        if self._double_talk is not None:
+            self._double_talk.pause()
+        self._dt_mic = np.zeros(0, dtype=np.float64)
+        self._dt_ref = np.zeros(0, dtype=np.float64)
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules

@@ -256,6 +256,44 @@ def test_barge_in_rule_while_the_canceller_runs(
     assert got == starts
 
 
+# the canceller started 1 s ago (not settled); frames 86, 87 (0-based 85, 86) are speech at 0.85
+@pytest.mark.parametrize(
+    ("double_talk_frames", "starts"),
+    [
+        # the raw microphone marks both speech frames: the barge-in rule holds before 2.5 s
+        ({85, 86}, [2.784]),
+        # one of them only: a run of one frame is not enough
+        ({86}, []),
+        ({85}, []),
+        # double talk in frames the VAD does not score as speech starts nothing
+        ({80, 81, 82, 83}, []),
+        # none: the fixed wait, as before
+        (set(), []),
+    ],
+)
+def test_double_talk_frames_count_for_the_barge_in_rule_before_the_canceller_settles(
+    double_talk_frames: set[int], starts: list[float]
+) -> None:
+    ep = Endpointer(BARGE_IN)
+    got: list[float] = []
+    for i, p in enumerate(seq((0.0, 85), (0.85, 2), (0.0, 13))):
+        t_end = (i + 1) * FRAME_S
+        talk_over_s = None if t_end < 1.7 else t_end - 1.7
+        events = ep.process(p, frame(), t_end, talk_over_s, double_talk=i in double_talk_frames)
+        got += [round(t_end, 3) for ev in events if isinstance(ev, SpeechStarted)]
+    assert got == starts
+
+
+def test_double_talk_means_nothing_while_the_agent_is_silent_or_the_rule_is_off() -> None:
+    for cfg, talk_over_s in ((BARGE_IN, None), (EndpointConfig(), 1.0)):
+        ep = Endpointer(cfg)
+        got = []
+        for i, p in enumerate(seq((0.0, 85), (0.85, 2), (0.0, 13))):
+            t_end = (i + 1) * FRAME_S
+            got += ep.process(p, frame(), t_end, talk_over_s, double_talk=True)
+        assert not any(isinstance(ev, SpeechStarted) for ev in got)
+
+
 def test_a_barge_in_start_keeps_the_speech_frames_and_the_preroll() -> None:
     ep = Endpointer(BARGE_IN)
     events = []

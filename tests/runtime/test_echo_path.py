@@ -104,12 +104,28 @@ def test_the_barge_in_rule_settings_reach_the_endpointer(
 
 
 @pytest.mark.parametrize(
+    ("vad", "margin_db"),
+    [
+        ({}, 6.0),  # the default: double talk on the raw microphone counts before 2.5 s
+        ({"barge_in_double_talk_db": 10}, 10.0),
+        ({"barge_in_double_talk_db": None}, None),  # off: the fixed wait
+        ({"barge_in_min_speech_s": None}, None),  # no barge-in rule, nothing to feed
+    ],
+)
+def test_the_double_talk_setting(vad: dict[str, Any], margin_db: float | None) -> None:
+    found = config({"vad": vad}).double_talk_config()
+    assert (found and found.margin_db) == margin_db
+
+
+@pytest.mark.parametrize(
     ("vad", "path"),
     [
         ({"barge_in_min_speech_s": 0.01}, "appliance.vad.barge_in_min_speech_s: "),
         ({"barge_in_min_speech_s": 3}, "appliance.vad.barge_in_min_speech_s: "),
         ({"barge_in_threshold": 1.0}, "appliance.vad.barge_in_threshold: "),
         ({"barge_in_threshold": "high"}, "appliance.vad.barge_in_threshold: "),
+        ({"barge_in_double_talk_db": 0}, "appliance.vad.barge_in_double_talk_db: "),
+        ({"barge_in_double_talk_db": 40}, "appliance.vad.barge_in_double_talk_db: "),
     ],
 )
 def test_bad_barge_in_settings_are_config_problems(vad: dict[str, Any], path: str) -> None:
@@ -439,10 +455,19 @@ class RecordingEndpointer(Endpointer):
     def __init__(self) -> None:
         super().__init__(EndpointConfig())
         self.talk_over: list[tuple[float, float | None]] = []
+        self.double_talk: list[tuple[float, bool]] = []
 
-    def process(self, prob: float, frame: bytes, t_end: float, talk_over_s: float | None = None) -> list[Any]:
+    def process(
+        self,
+        prob: float,
+        frame: bytes,
+        t_end: float,
+        talk_over_s: float | None = None,
+        double_talk: bool = False,
+    ) -> list[Any]:
         self.talk_over.append((round(t_end, 3), None if talk_over_s is None else round(talk_over_s, 3)))
-        return super().process(prob, frame, t_end, talk_over_s)
+        self.double_talk.append((round(t_end, 3), double_talk))
+        return super().process(prob, frame, t_end, talk_over_s, double_talk)
 
 
 class GatingCanceller(CountingCanceller):
@@ -491,4 +516,36 @@ def test_the_endpointer_hears_how_long_the_canceller_has_run_in_the_agents_turn(
     assert [s for t, s in endpointer.talk_over if 0.4 < t < 0.46] == [
         pytest.approx(0.016),
         pytest.approx(0.048),
+    ]
+
+
+@pytest.mark.parametrize(("engine", "detector"), [("fake", True), ("fake", False), ("gate", True)])
+def test_the_endpointer_hears_of_double_talk_on_the_raw_microphone(engine: str, detector: bool) -> None:
+    """The playback at 0.5 of full scale; its echo at a quarter of that (-12 dB) for 1.6 s, then
+    a second talker at 0.5 (12 dB over the echo) for 2 blocks, then the echo again."""
+    from appliance.core.doubletalk import DoubleTalkConfig
+
+    clock = [0.0]
+    playback = FakePlayback()
+    playback.playing = True
+    endpointer = RecordingEndpointer()
+    echo = GatingCanceller() if engine == "gate" else CountingCanceller()
+    router = _router(clock, playback, echo, endpointer, double_talk=DoubleTalkConfig() if detector else None)
+    router.set_listening(True)
+    blocks = [4096] * 20 + [16384] * 2 + [4096] * 4  # 0.125 and 0.5 of full scale
+
+    async def main() -> None:
+        for level in blocks:
+            clock[0] += 0.08
+            await router.process(np.full(1280, level, np.int16))
+
+    asyncio.run(main())
+    marked = [t for t, dt in endpointer.double_talk if dt]
+    if engine == "gate" or not detector:
+        assert marked == []
+        return
+    # the talker's blocks span 1.6-1.76 s; a 32 ms VAD frame is marked when a 10 ms frame in it is
+    assert marked and min(marked) > 1.6 and max(marked) < 1.76 + 0.032
+    assert [t for t, _ in endpointer.double_talk if 1.6 + 0.032 <= t <= 1.76] == [
+        t for t in marked if 1.6 + 0.032 <= t <= 1.76
     ]
