@@ -291,7 +291,7 @@ def test_kb_retrieval_benchmark_quick_run() -> None:
     rows = knowledge.retrieval_table(quick=True)
     assert [r["knowledge base"] for r in rows] == ["kiosk (5 files, FAQ)", "20 pages + FAQ"]
     for row in rows:
-        _positive(row, "chunks", "index s (cold)", "retrieval p50 ms", "max ms")
+        _positive(row, "chunks", "index s (cold)", "retrieval p50 ms", "max ms", "CPU max ms")
         assert row["retrieval p50 ms"] <= row["p95 ms"] <= row["max ms"]
     assert rows[1]["chunks"] > rows[0]["chunks"] and rows[1]["index s (cached)"] > 0
     assert knowledge.right("It costs Fourteen euros.", ["14", "fourteen"])
