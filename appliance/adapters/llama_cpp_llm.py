@@ -174,6 +174,12 @@ def chat_messages_for_template(messages: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
+def _prompt_head(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """What a request's prompt begins with: its system message and its tools."""
+    system = messages[0] if messages and messages[0].get("role") == "system" else None
+    return json.dumps([system, tools or None], sort_keys=True, default=str)
+
+
 def _text_content(content: Any) -> str:
     if content is None:
         return ""
@@ -266,6 +272,8 @@ class LlamaCppLlm:
         self._held_until: float | None = None
         self._released = threading.Event()
         self._released.set()
+        self._head = ""
+        """The system prompt and tools the latest request began with (what the cache holds)."""
 
     @property
     def n_ctx(self) -> int:
@@ -304,7 +312,7 @@ class LlamaCppLlm:
         self._track(job)
         return await asyncio.shield(asyncio.wrap_future(job))
 
-    def prime(self, messages: list[dict[str, Any]]) -> float:
+    def prime(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> float:
         """Evaluate `messages` once (one token) so the model's prompt cache holds their prefix.
 
         The system prompt is the same at every turn: once evaluated here, at start, a turn
@@ -312,11 +320,11 @@ class LlamaCppLlm:
 
         def work() -> float:
             start = time.monotonic()
-            self._llm.create_chat_completion(
-                messages=chat_messages_for_template(messages), max_tokens=1, temperature=0.0
-            )
+            kwargs = self._completion_kwargs(messages, tools, {"temperature": 0.0, "max_tokens": 1})
+            self._llm.create_chat_completion(**{**kwargs, "stream": False})
             return time.monotonic() - start
 
+        self._head = _prompt_head(messages, tools)
         job = self._executor.submit(work)
         self._track(job)
         return job.result()
@@ -328,6 +336,8 @@ class LlamaCppLlm:
         word's agent, a prompt with per-session variables) this is most of the first turn's
         wait on a Pi. One token is generated; cancelling it stops the evaluation like any
         generation (the abort callback)."""
+        if _prompt_head(messages, tools) == self._head:
+            return  # the latest request began with this prompt: the cache holds it already
         stream = self.stream_chat(
             [*messages, {"role": "user", "content": "Hello"}], tools, {"temperature": 0.0, "max_tokens": 1}
         )
@@ -382,6 +392,7 @@ class LlamaCppLlm:
         queue: asyncio.Queue[str | Exception | _End] = asyncio.Queue()
         stop = threading.Event()
         kwargs = self._completion_kwargs(messages, tools, options)
+        self._head = _prompt_head(messages, tools)
 
         def put(item: str | Exception | _End) -> None:
             try:

@@ -225,11 +225,12 @@ def _prime(config: Config, llm: Any) -> None:
     """Evaluate the system prompt once at start so the first turn is not a cold start."""
     try:
         variables = session_variables(config, "", "local_prime", datetime.now(UTC))
-        prompt = conversation_settings(config, variables).system_prompt
+        settings = conversation_settings(config, variables)
     except ApplianceError as err:  # e.g. a variable that only a session provides
         _LOGGER.info("system prompt not primed: %s", err)
         return
-    seconds = llm.prime([{"role": "system", "content": prompt}, {"role": "user", "content": "Hello"}])
+    messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "Hello"}]
+    seconds = llm.prime(messages, list(settings.tools) or None)  # as a turn renders it
     _LOGGER.info("LLM primed with the system prompt in %.2f s", seconds)
 
 

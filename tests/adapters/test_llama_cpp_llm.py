@@ -580,3 +580,21 @@ def test_prefill_leaves_the_session_prompt_in_the_prompt_cache(llm: LlamaCppLlm)
     words = llm._llm.tokenize(str(system["content"]).encode(), add_bos=False, special=False)
     middle = [int(t) for t in words[2:-2]]  # the edges may merge with the template's tokens
     assert len(middle) > 40 and contains(held(), middle)
+
+
+@pytest.mark.models
+def test_prefill_is_skipped_when_the_latest_request_began_with_the_same_prompt(llm: LlamaCppLlm) -> None:
+    """The main agent's prompt, primed at start, is not evaluated again when its session
+    listens; another agent's prompt is."""
+    main = {"role": "system", "content": "You are Jarvis, a calm voice assistant."}
+    chef = {"role": "system", "content": "You are Chef, a cooking assistant."}
+    llm.prime([main, {"role": "user", "content": "Hello"}])
+    before = llm.last_stats
+
+    run(lambda: llm.prefill([main], None), timeout_s=120)
+    assert llm.last_stats is before  # no generation ran
+    run(lambda: llm.prefill([chef], None), timeout_s=120)
+    assert llm.last_stats is not before
+    before = llm.last_stats
+    run(lambda: llm.prefill([chef], None), timeout_s=120)  # now held: skipped
+    assert llm.last_stats is before
