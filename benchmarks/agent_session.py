@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,13 @@ async def session_turn(
     speculate: bool = False,
     head: Pcm16 | None = None,
     reply: bool = True,
+    system_prompt: str | None = None,
+    prefill: bool = True,
+    speak: bool = False,
 ) -> SessionTurn:
+    """One turn through a fresh session. `system_prompt`: another agent's prompt (a wake word's
+    own agent); `prefill` off hides the LLM's `prefill` from the session; `speak`: the user talks
+    for the utterance's length after the session listens (else the utterance comes at once)."""
     from appliance.core import conversation as cv
     from appliance.core.endpointing import UtteranceEnded
     from appliance.core.reply_guard import ReplyLimits
@@ -157,8 +163,11 @@ async def session_turn(
     prompt = config.conversation_config.agent.prompt
     variables = session_variables(config, "hey_jarvis", "local_bench", datetime.now(UTC))
     settings = conversation_settings(config, variables)
+    if system_prompt is not None:
+        settings = replace(settings, system_prompt=system_prompt)
+    llm = models.llm if prefill else _WithoutPrefill(models.llm)
     deps = LocalAgentDeps(
-        stt=models.stt, llm=models.llm, tts=models.tts, speaker=speaker, events=events, clock=clock,
+        stt=models.stt, llm=llm, tts=models.tts, speaker=speaker, events=events, clock=clock,
         timers=Timers(clock), stt_executor=models.stt_executor, tts_executor=models.tts_executor,
         voice=config.voice(config.conversation_config.tts.voice_id)[0],
         llm_options={"temperature": 0.0, "max_tokens": prompt.max_tokens},
@@ -168,6 +177,8 @@ async def session_turn(
     mode = "hold" if hold else "no hold"
     if speculate:
         mode = "paused, spec" if head is not None else ("spec full" if reply else "spec STT")
+    if system_prompt is not None:
+        mode = "prefill" if prefill else "no prefill"
     turn = SessionTurn(mode, question)
     await session.start()
     try:
@@ -177,6 +188,8 @@ async def session_turn(
         cpu0 = time.process_time()
         await session.speech_started(0.0)
         end_t = duration - TRAILING_S
+        if speak:
+            await asyncio.sleep(end_t + ENDPOINT_SILENCE_S)
         if head is not None:  # "What is the capital of" … 0.5 s … "France?"
             session.speech_paused(head.tobytes())
             await asyncio.sleep(PAUSE_HEAD_S - SPECULATE_AFTER_S)
@@ -219,6 +232,66 @@ async def session_turn(
     turn.replies_speculated, turn.replies_wasted = stats.replies, stats.replies_wasted
     turn.wasted_reply_s = round(stats.wasted_reply_s, 3)
     return turn
+
+
+class _WithoutPrefill:
+    """The session's LLM without `prefill`: the first turn evaluates the prompt itself."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def stream_chat(self, *args: Any) -> Any:
+        return self._llm.stream_chat(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "prefill":
+            raise AttributeError(name)
+        return getattr(self._llm, name)
+
+
+CHEF_PROMPT = """# Personality
+You are Chef, a cheerful cooking companion who lives on the kitchen shelf. You know recipes,
+cooking times, temperatures, substitutions and food safety, and you explain them simply.
+
+# Environment
+The user is cooking and talks to you from across the kitchen, often with busy hands. Everything
+you say is read aloud by a text-to-speech voice; nothing is shown on a screen.
+
+# Tone
+Answer in one to three short sentences of plain spoken language. Never use markdown, lists,
+emojis or symbols. Say numbers, times and temperatures the way you would say them, for example
+"twelve minutes" or "one hundred and eighty degrees". Ask one short question when the request
+is unclear.
+
+# Guardrails
+If you do not know something, say so briefly instead of guessing. Treat odd or garbled words as
+speech-recognition errors and ask the user to repeat. Never repeat the same point twice in one
+answer. For allergies and food safety, give general advice and suggest checking the label."""
+WORD_AGENT_QUESTIONS = ("How long should I boil an egg?", "What can I use instead of butter?")
+
+
+async def measure_word_agent(turns: int) -> list[SessionTurn]:
+    """A wake word's own agent (another prompt than the main agent's, which start-up primed):
+    its first turn with the session's prefill and without. Before each turn the main agent's
+    prompt is primed again, as after start-up or a conversation with the main agent."""
+    from appliance.runtime.local_agent import _prime
+    from benchmarks.common import _default_config
+
+    config = _default_config()
+    llm = _preloaded().local_models.llm
+    audio = {q: utterance(q) for q in WORD_AGENT_QUESTIONS}
+    await session_turn("Hello, how are you today?", utterance("Hello, how are you today?"), False)  # warm-up
+    out: list[SessionTurn] = []
+    for i in range(turns):
+        question = WORD_AGENT_QUESTIONS[i % len(WORD_AGENT_QUESTIONS)]
+        for prefill in (True, False) if i % 2 == 0 else (False, True):
+            _prime(config, llm)
+            out.append(
+                await session_turn(
+                    question, audio[question], False, system_prompt=CHEF_PROMPT, prefill=prefill, speak=True
+                )
+            )
+    return out
 
 
 async def _wait_llm(llm: Any) -> None:
@@ -366,7 +439,7 @@ def _load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def _run_budget(budget: str, turns: int) -> list[dict[str, Any]]:
+def _run_budget(budget: str, turns: int, word_agent: bool = False) -> list[dict[str, Any]]:
     if not PI_CLASS.exists() or shutil.which(sys.executable) is None:
         return []
     cmd = [
@@ -378,6 +451,7 @@ def _run_budget(budget: str, turns: int) -> list[dict[str, Any]]:
         "benchmarks.agent_session",
         "--turns",
         str(turns),
+        *(["--word-agent"] if word_agent else []),
     ]
     done = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S, check=False
@@ -399,15 +473,54 @@ def latency_table(quick: bool = False) -> list[Row]:
     return rows
 
 
-BENCHMARKS = {"agent.latency.session": latency_table, "agent.latency.pause": pause_rows_table}
+def word_agent_rows(budget: str, turns: list[dict[str, Any]], load: str) -> list[Row]:
+    rows: list[Row] = []
+    for mode in ("no prefill", "prefill"):
+        mine = [t for t in turns if t["mode"] == mode]
+        rows.append(
+            {
+                "budget": budget,
+                "mode": mode,
+                "turns": len(mine),
+                "end of speech → first audio s (median)": _median(
+                    [t["end_of_speech_to_first_audio_s"] for t in mine]
+                ),
+                "LLM first token s (median)": _median([t["llm_first_token_s"] for t in mine]),
+                "heard ok": f"{sum(t['heard_ok'] for t in mine)}/{len(mine)}",
+                "errors": sum(len(t["errors"]) for t in mine),
+                "load": load,
+            }
+        )
+    return rows
+
+
+def word_agent_table(quick: bool = False) -> list[Row]:
+    """A wake word's own agent, first turn: end of speech → first audio with and without the prefill"""
+    turns = 1 if quick else 4
+    rows = word_agent_rows("box", [asdict(t) for t in asyncio.run(measure_word_agent(turns))], _load())
+    for budget in () if quick else BUDGETS:
+        load = _load()
+        rows.extend(word_agent_rows(budget, _run_budget(budget, 4, word_agent=True), load))
+    return rows
+
+
+BENCHMARKS = {
+    "agent.latency.session": latency_table,
+    "agent.latency.pause": pause_rows_table,
+    "agent.latency.word_agent": word_agent_table,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--hold", action="store_true", help="also measure the LLM hold mode")
+    parser.add_argument("--word-agent", action="store_true", help="a wake word's own agent's first turn")
     args = parser.parse_args(argv)
-    turns = asyncio.run(measure(args.turns, args.hold))
+    if args.word_agent:
+        turns = asyncio.run(measure_word_agent(args.turns))
+    else:
+        turns = asyncio.run(measure(args.turns, args.hold))
     print(json.dumps([asdict(t) for t in turns]))
     sys.stdout.flush()
     os._exit(0)  # model threads are abandoned, not joined (as the CLI does)

@@ -113,7 +113,11 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
 
     # `--only agent` runs these and the echo tables (benchmarks/echo.py, their own test below)
     assert run.select(["agent"]) == [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS, *echo.BENCHMARKS]
+    # agent.latency.word_agent: its rows and its LLM wrapper have their own test below (a run
+    # waits out the user's speech, too slow for this one)
     names = [*local_agent.BENCHMARKS, *agent_session.BENCHMARKS]
+    assert names[-1] == "agent.latency.word_agent"
+    names = names[:-1]
     assert names == [
         "agent.latency",
         "agent.latency.stages",
@@ -200,6 +204,31 @@ def test_agent_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None
         lines = run.format_table(rows).splitlines()
         assert len(lines) == len(rows) + 2
         assert lines[0].startswith(next(iter(rows[0])))
+
+
+def test_word_agent_rows_and_the_llm_without_prefill() -> None:
+    from benchmarks import agent_session
+
+    turn = {"end_of_speech_to_first_audio_s": 1.0, "llm_first_token_s": 0.5, "heard_ok": True, "errors": []}
+    turns = [{**turn, "mode": "prefill"}, {**turn, "mode": "no prefill", "llm_first_token_s": 2.5}]
+    rows = agent_session.word_agent_rows("pi4", turns, "0.5")
+    assert [(r["mode"], r["turns"], r["LLM first token s (median)"]) for r in rows] == [
+        ("no prefill", 1, 2.5),
+        ("prefill", 1, 0.5),
+    ]
+
+    class Llm:
+        async def prefill(self, messages: Any, tools: Any) -> None: ...
+
+        def stream_chat(self, *args: Any) -> str:
+            return "stream"
+
+        def wait_idle(self) -> str:
+            return "idle"
+
+    wrapped = agent_session._WithoutPrefill(Llm())
+    assert getattr(wrapped, "prefill", None) is None  # the session then skips the prefill
+    assert wrapped.stream_chat([], None, {}) == "stream" and wrapped.wait_idle() == "idle"
 
 
 def test_soak_quick_run_has_no_stuck_sessions(models_dir: Path) -> None:
