@@ -197,7 +197,7 @@ class TrainSize:
     noise_clips: int = 200
     speech_sentences: int = len(SENTENCES)
     other_phrases: int = len(OTHER_PHRASES)
-    speech_minutes: int = 8  # generated speech and noise in training voices, as negatives
+    speech_minutes: int = 16  # generated speech and noise in training voices, as negatives
     hard_negative_rounds: int = 1
     near_miss_limit: int = core.MAX_NEAR_MISSES
     epochs: int = 400
@@ -209,8 +209,9 @@ class TrainSize:
     # the fraction of positive windows with the end of a training sentence 0.05–0.3 s before the
     # phrase (as when a word is said right after talking), the rest with quiet before it
     speech_before: float = 0.0
-    speed_speech_minutes: int = 0  # more general-speech negatives, each minute at ×(1 ± speed_range)
+    speed_speech_minutes: int = 8  # more general-speech negatives, each minute at ×(1 ± speed_range)
     negative_weight: float = 4.0  # the negatives' total weight against the positives' in training
+    l2: float = 0.01  # weight decay: more keeps the classifier from fitting the training voices only
 
 
 TINY = TrainSize(
@@ -222,6 +223,7 @@ TINY = TrainSize(
     noise_clips=20,
     speech_sentences=6,
     speech_minutes=0,
+    speed_speech_minutes=0,
     near_miss_limit=10,
     epochs=80,
     hidden=8,
@@ -240,7 +242,9 @@ MICRO = TrainSize(
     epochs=40,
     hidden=4,
     speech_minutes=0,
+    speed_speech_minutes=0,
     positive_frames=2,
+    l2=1e-3,
 )
 """The smallest seeded data set that still trains (about a minute): the tests and quick benchmarks."""
 
@@ -500,7 +504,12 @@ def train_word(
         x, y, info = build_dataset(text, size, seed, extractor, progress)
         data_s = clock() - started
         fit = functools.partial(
-            train_mlp, seed=seed, hidden=size.hidden, epochs=size.epochs, negative_weight=size.negative_weight
+            train_mlp,
+            seed=seed,
+            hidden=size.hidden,
+            epochs=size.epochs,
+            negative_weight=size.negative_weight,
+            l2=size.l2,
         )
         model = fit(x, y)
         for _ in range(size.hard_negative_rounds):  # again, with the negatives it still likes repeated
@@ -535,6 +544,7 @@ def train_word(
             "speed_range": size.speed_range,
             "speech_before": size.speech_before,
             "negative_weight": size.negative_weight,
+            "l2": size.l2,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),
