@@ -5,8 +5,8 @@ on data training never saw, split in two:
 - validation (for choosing): held-out takes (seed 2000) and 2 hours of negative audio in held-out
   voices reading texts of its own, used neither in training nor in the test split (seed 1): two
   hours, because one cannot tell 0.5 false accepts an hour from 2 (0 or 1 in an hour either way).
-  The threshold is the suggestion on this curve, and enrolling calibrates its verifier on these
-  negatives.
+  The threshold and patience are `core.choose_operating_point` on its curves (no false accept in
+  the 2 hours: a margin), and enrolling calibrates its verifier on these negatives.
 - test (for reporting only, never tuned on): other held-out takes (seed 1000) and 2 hours of
   negative audio in held-out voices reading texts used nowhere else (seed 0), and noise.
 The test negatives are generated once and cached as features under the state folder.
