@@ -204,3 +204,20 @@ def suggest_threshold(curve: list[CurvePoint], max_false_accepts_per_hour: float
     if within:
         return max(within, key=lambda p: (p.recall, p.threshold))
     return min(curve, key=lambda p: (p.false_accepts_per_hour, -p.recall, -p.threshold))
+
+
+def choose_operating_point(
+    curves: dict[int, list[CurvePoint]], max_false_accepts_per_hour: float = 0.0
+) -> tuple[int, CurvePoint]:
+    """The patience and point to run a word at, from its validation curve at each patience: the
+    `suggest_threshold` of each, then of those within budget the best recall (then fewer false
+    accepts, then the shorter patience); if none is, the fewest false accepts (then recall).
+    The default budget, none at all, keeps a margin: a threshold at the edge of 0.5 an hour on
+    validation audio lands above it on other speech."""
+    if not curves:
+        raise ValueError("no threshold curves")
+    suggested = [(p, suggest_threshold(c, max_false_accepts_per_hour)) for p, c in sorted(curves.items())]
+    within = [ps for ps in suggested if ps[1].false_accepts_per_hour <= max_false_accepts_per_hour]
+    if within:
+        return max(within, key=lambda ps: (ps[1].recall, -ps[1].false_accepts, -ps[0]))
+    return min(suggested, key=lambda ps: (ps[1].false_accepts, -ps[1].recall, ps[0]))

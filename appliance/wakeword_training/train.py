@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -196,7 +197,7 @@ class TrainSize:
     noise_clips: int = 200
     speech_sentences: int = len(SENTENCES)
     other_phrases: int = len(OTHER_PHRASES)
-    speech_minutes: int = 8  # generated speech and noise in training voices, as negatives
+    speech_minutes: int = 16  # generated speech and noise in training voices, as negatives
     hard_negative_rounds: int = 1
     near_miss_limit: int = core.MAX_NEAR_MISSES
     epochs: int = 400
@@ -205,6 +206,12 @@ class TrainSize:
     # the phrase ends in): the detector fires on any of them, so all are labelled positive
     positive_frames: int = 6
     speed_range: float = 0.15  # positives also at a random speed (and pitch) ×(1 ± this), half of them
+    # the fraction of positive windows with the end of a training sentence 0.05–0.3 s before the
+    # phrase (as when a word is said right after talking), the rest with quiet before it
+    speech_before: float = 0.0
+    speed_speech_minutes: int = 8  # more general-speech negatives, each minute at ×(1 ± speed_range)
+    negative_weight: float = 4.0  # the negatives' total weight against the positives' in training
+    l2: float = 0.01  # weight decay: more keeps the classifier from fitting the training voices only
 
 
 TINY = TrainSize(
@@ -216,6 +223,7 @@ TINY = TrainSize(
     noise_clips=20,
     speech_sentences=6,
     speech_minutes=0,
+    speed_speech_minutes=0,
     near_miss_limit=10,
     epochs=80,
     hidden=8,
@@ -234,7 +242,9 @@ MICRO = TrainSize(
     epochs=40,
     hidden=4,
     speech_minutes=0,
+    speed_speech_minutes=0,
     positive_frames=2,
+    l2=1e-3,
 )
 """The smallest seeded data set that still trains (about a minute): the tests and quick benchmarks."""
 
@@ -274,14 +284,22 @@ def features_for(models_dir: Path) -> OpenWakeWordFeatures:
     return OpenWakeWordFeatures(features / "melspectrogram.onnx", features / "embedding_model.onnx")
 
 
-def place(take: Pcm16, rng: np.random.Generator, max_tail_s: float = 0.24) -> Pcm16:
-    """`take` in a 2 s window, ending 0–`max_tail_s` before the window's end (silence around)."""
+def place(
+    take: Pcm16, rng: np.random.Generator, max_tail_s: float = 0.24, before: Pcm16 | None = None
+) -> Pcm16:
+    """`take` in a 2 s window, ending 0–`max_tail_s` before the window's end (silence around);
+    with `before`, the end of that speech 0.05–0.3 s before the take (the rest of the window)."""
     take = np.asarray(take[-WINDOW_SAMPLES:], dtype=np.int16)
     tail = int(rng.uniform(0, max_tail_s) * RATE_HZ)
     tail = min(tail, WINDOW_SAMPLES - take.shape[0])
     out = np.zeros(WINDOW_SAMPLES, dtype=np.int16)
     end = WINDOW_SAMPLES - tail
-    out[end - take.shape[0] : end] = take
+    start = end - take.shape[0]
+    out[start:end] = take
+    if before is not None and before.size:
+        stop = max(0, start - int(rng.uniform(0.05, 0.3) * RATE_HZ))
+        lead = before[-stop:] if stop else before[:0]
+        out[stop - lead.shape[0] : stop] = lead
     return out
 
 
@@ -293,15 +311,20 @@ def positive_windows(extractor: OpenWakeWordFeatures, clip: npt.NDArray[np.float
 
 
 def placed_positive(
-    take: Pcm16, rng: np.random.Generator, frames: int, speed_range: float
+    take: Pcm16,
+    rng: np.random.Generator,
+    frames: int,
+    speed_range: float,
+    before: Pcm16 | None = None,
 ) -> npt.NDArray[np.float64]:
     """`take` (at a random speed, half the time) ending 0–0.16 s before the end of a 2 s window,
-    followed by `frames - 1` frames of quiet, then augmented as a whole (the room goes on)."""
+    followed by `frames - 1` frames of quiet, then augmented as a whole (the room goes on).
+    `before`: speech whose end comes just before the take (see `place`)."""
     if speed_range > 0 and rng.random() < 0.5:
         factor = float(rng.uniform(1 - speed_range, 1 + speed_range))
         take = resample(take, int(RATE_HZ * factor), RATE_HZ)  # faster and higher when factor > 1
     tail_samples = (frames - 1) * 1280
-    clip = np.concatenate([place(take, rng, 0.16), np.zeros(tail_samples, np.int16)])
+    clip = np.concatenate([place(take, rng, 0.16, before), np.zeros(tail_samples, np.int16)])
     return augment.augment(clip, rng)
 
 
@@ -374,6 +397,16 @@ def negative_audio_chunk(index: int, seed: int, heldout: bool = True, split: str
     return augment.to_pcm(np.concatenate(parts_f))[:n]
 
 
+def lead_ins(size: TrainSize, seed: int) -> list[Pcm16]:
+    """The training sentences in training voices, for speech just before a positive take
+    (none when `size.speech_before` is 0)."""
+    if size.speech_before <= 0:
+        return []
+    voices = synth.voices(False, 12, seed + 4, piper=False)
+    texts = SENTENCES[: max(1, size.speech_sentences)]
+    return [trim(synth.say(t, voices[i % len(voices)])) for i, t in enumerate(texts)]
+
+
 def _each(items: list[T], progress: Progress, label: str) -> Iterator[T]:
     for item in items:
         yield item
@@ -385,14 +418,18 @@ def build_dataset(
 ) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any]]:
     rng = np.random.default_rng(seed)
     pos_voices = synth.voices(False, size.positive_voices, seed)
+    leads = lead_ins(size, seed)
     pos_windows: list[Windows] = []
-    for voice in _each(pos_voices, progress, "positive takes"):
+    for k, voice in enumerate(_each(pos_voices, progress, "positive takes")):
         take = trim(synth.say(phrase, voice))
-        for _ in range(size.positive_augments):
+        for a in range(size.positive_augments):
             if size.positive_frames <= 1 and size.speed_range <= 0:  # one window per take
                 pos_windows.append(window_set(extractor, [augment.augment(place(take, rng), rng)]))
                 continue
-            clip = placed_positive(take, rng, size.positive_frames, size.speed_range)
+            before = leads[(k * size.positive_augments + a) % len(leads)] if leads else None
+            if before is not None and rng.random() >= size.speech_before:
+                before = None
+            clip = placed_positive(take, rng, size.positive_frames, size.speed_range, before)
             pos_windows.append(positive_windows(extractor, clip, size.positive_frames))
     positives = np.concatenate(pos_windows) if pos_windows else np.zeros((0, FRAMES, 96), np.float32)
     # the phrase cut short: the window ends 0.3–0.6 s before the phrase does (must not fire yet)
@@ -423,6 +460,11 @@ def build_dataset(
     streams = [extractor.embeddings(speech)]
     for index in range(size.speech_minutes):
         streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
+        progress.step("general speech")
+    for index in range(size.speed_speech_minutes):  # faster and higher, or slower and lower
+        factor = float(rng.uniform(1 - size.speed_range, 1 + size.speed_range))
+        chunk = negative_audio_chunk(index, seed + 200, heldout=False)
+        streams.append(extractor.embeddings(resample(chunk, int(RATE_HZ * factor), RATE_HZ)))
         progress.step("general speech")
     speech_windows = np.concatenate([sliding(e, stride=2) for e in streams])
     progress.step("general speech")
@@ -456,20 +498,27 @@ def train_word(
     started = clock()
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
-    progress = Progress(
-        size.positive_voices + n_near + size.other_phrases + size.speech_minutes + 3, show_progress
-    )
+    minutes = size.speech_minutes + size.speed_speech_minutes
+    progress = Progress(size.positive_voices + n_near + size.other_phrases + minutes + 3, show_progress)
     try:
         x, y, info = build_dataset(text, size, seed, extractor, progress)
         data_s = clock() - started
-        model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
+        fit = functools.partial(
+            train_mlp,
+            seed=seed,
+            hidden=size.hidden,
+            epochs=size.epochs,
+            negative_weight=size.negative_weight,
+            l2=size.l2,
+        )
+        model = fit(x, y)
         for _ in range(size.hard_negative_rounds):  # again, with the negatives it still likes repeated
             hard = (y < 0.5) & (model.scores(x) >= 0.05)
             if not hard.any():
                 break
             x = np.concatenate([x, *([x[hard]] * 4)])
             y = np.concatenate([y, *([y[hard]] * 4)])
-            model = train_mlp(x, y, seed=seed, hidden=size.hidden, epochs=size.epochs)
+            model = fit(x, y)
         progress.step("training")
     finally:
         progress.close()
@@ -493,6 +542,9 @@ def train_word(
             "epochs": size.epochs,
             "positive_frames": size.positive_frames,
             "speed_range": size.speed_range,
+            "speech_before": size.speech_before,
+            "negative_weight": size.negative_weight,
+            "l2": size.l2,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),

@@ -6,6 +6,7 @@ import pytest
 
 from appliance.core.wakeword_training import (
     CurvePoint,
+    choose_operating_point,
     count_activations,
     default_thresholds,
     near_misses,
@@ -169,6 +170,47 @@ def test_suggest_threshold(curve: list[tuple[float, float, float]], budget: floa
 def test_suggest_threshold_refuses_an_empty_curve() -> None:
     with pytest.raises(ValueError, match="empty"):
         suggest_threshold([])
+
+
+def _curve(*points: tuple[float, float, int]) -> list[CurvePoint]:
+    """(threshold, recall, false accepts) over 2 hours."""
+    return [CurvePoint(t, r, n, n / 2) for t, r, n in points]
+
+
+@pytest.mark.parametrize(
+    ("curves", "budget", "expected"),
+    [
+        # no false accept at all (the default): patience 2 keeps more recall without one
+        (
+            {1: _curve((0.9, 0.95, 1), (0.99, 0.8, 0)), 2: _curve((0.9, 0.9, 0), (0.99, 0.7, 0))},
+            0.0,
+            (2, 0.9),
+        ),
+        # one in two hours allowed: patience 1 at 0.9 now
+        (
+            {1: _curve((0.9, 0.95, 1), (0.99, 0.8, 0)), 2: _curve((0.9, 0.9, 0), (0.99, 0.7, 0))},
+            0.5,
+            (1, 0.9),
+        ),
+        # equal recall: fewer false accepts, then the shorter patience
+        ({1: _curve((0.9, 0.8, 1)), 2: _curve((0.9, 0.8, 0))}, 0.5, (2, 0.9)),
+        ({1: _curve((0.9, 0.8, 0)), 3: _curve((0.9, 0.8, 0))}, 0.0, (1, 0.9)),
+        # a curve within budget beats a better recall over it
+        ({1: _curve((0.9, 0.99, 2)), 2: _curve((0.9, 0.5, 0))}, 0.0, (2, 0.9)),
+        # none within budget: the fewest false accepts
+        ({1: _curve((0.9, 0.99, 2)), 2: _curve((0.9, 0.9, 1))}, 0.0, (2, 0.9)),
+    ],
+)
+def test_choose_operating_point(
+    curves: dict[int, list[CurvePoint]], budget: float, expected: tuple[int, float]
+) -> None:
+    patience, point = choose_operating_point(curves, budget)
+    assert (patience, point.threshold) == expected
+
+
+def test_choose_operating_point_refuses_no_curves() -> None:
+    with pytest.raises(ValueError, match="no threshold curves"):
+        choose_operating_point({})
 
 
 def test_default_thresholds_are_increasing_and_inside_0_1() -> None:

@@ -63,6 +63,26 @@ def test_positive_windows_are_the_frames_after_the_phrase(models_dir: Path) -> N
     assert faster.shape[0] == WINDOW_SAMPLES
 
 
+def test_speech_before_ends_shortly_before_the_phrase() -> None:
+    from appliance.wakeword_training.train import WINDOW_SAMPLES, place
+
+    take = np.full(12000, 1000, np.int16)
+    lead = np.arange(1, 40001, dtype=np.int64).astype(np.int16)  # longer than the room left
+    for seed in range(20):
+        plain = place(take, np.random.default_rng(seed), 0.16)
+        out = place(take, np.random.default_rng(seed), 0.16, lead)
+        end = int(np.flatnonzero(plain)[-1]) + 1
+        start = end - take.shape[0]
+        assert np.array_equal(out[start:end], take) and out.shape == (WINDOW_SAMPLES,)
+        assert np.array_equal(out[end:], plain[end:])  # nothing after the phrase
+        stop = int(np.flatnonzero(out[:start])[-1]) + 1
+        assert 0.05 * 16000 <= start - stop <= 0.3 * 16000  # a short pause before the phrase
+        assert not out[stop:start].any()
+        assert np.array_equal(out[:stop], lead[-stop:])  # the lead-in's end, up to the window's start
+    short = place(take, np.random.default_rng(0), 0.16, lead[:100])
+    assert np.count_nonzero(short[: WINDOW_SAMPLES - 12000 - 2560]) == 100  # all of a short one
+
+
 def test_the_detector_loads_the_trained_model(trained: tuple[Path, Path], models_dir: Path) -> None:
     a, _ = trained
     features = models_dir / "oww-features"
