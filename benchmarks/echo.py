@@ -66,6 +66,9 @@ null`): the same audio as the `webrtc` row, to show what the barge-in rule chang
 PATH_MODES = (*MODES, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
 NO_BANDS = "webrtc, broadband double talk only"
+WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
+"""The CPU table's row for what runs while the agent speaks by default: the canceller, the band
+energies and detector, and the second Silero VAD on the raw microphone."""
 """The canceller without the band detector and its second VAD (`appliance.vad.
 barge_in_double_talk_bands: null`)."""
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
@@ -598,8 +601,10 @@ def _cpu_quota_cores() -> float | None:
 
 def cpu_table(quick: bool = False) -> list[Row]:
     """The echo canceller's CPU while the agent speaks (hall room, gain 1.0, 80 ms blocks)"""
+    from appliance.core.doubletalk import BandDoubleTalkDetector
     from appliance.runtime.app import build_echo_canceller
     from appliance.runtime.echo_simulation import RoomEcho
+    from appliance.runtime.router import band_energies
 
     settings = settings_for(quick)
     speech = _say(" ".join(STORY))
@@ -615,14 +620,26 @@ def cpu_table(quick: bool = False) -> list[Row]:
     ]
     quota = _cpu_quota_cores()
     rows: list[Row] = []
-    for mode in MODES:
-        canceller = build_echo_canceller(mode)
+    for mode in (*MODES, WITH_BANDS):
+        canceller = build_echo_canceller("webrtc" if mode == WITH_BANDS else mode)
         assert canceller is not None
         lookback = canceller.lookback_samples
+        bands = BandDoubleTalkDetector() if mode == WITH_BANDS else None
+        raw_vad = _preloaded().vad.twin() if mode == WITH_BANDS else None
+        pending = np.zeros(0, dtype=np.int16)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i, mic in blocks:
             ref = timeline.reference((i - lookback) / RATE_HZ, block + lookback)
             canceller.process(mic.astype(np.int16), ref)
+            if bands is not None and raw_vad is not None:  # what the router adds (80 ms blocks)
+                mic_b = band_energies(mic / 32768.0)
+                ref_b = band_energies(ref[lookback:].astype(np.float64))
+                for k in range(mic_b.shape[0]):
+                    bands.update(mic_b[k].tolist(), ref_b[k].tolist(), (i + 160 * (k + 1)) / RATE_HZ)
+                pending = np.concatenate([pending, mic.astype(np.int16)])
+                while pending.size >= raw_vad.frame_samples:
+                    raw_vad.probability(pending[: raw_vad.frame_samples])
+                    pending = pending[raw_vad.frame_samples :]
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         audio_s = len(blocks) * block / RATE_HZ
         rows.append(

@@ -51,6 +51,21 @@ BANDS = 16
 1-80, 100 Hz apart, five to a band)."""
 
 
+_BAND_FRAME = round(FRAME_S * MIC_RATE_HZ)
+_BAND_WINDOW = np.hanning(_BAND_FRAME + 2)[1:-1]
+_BAND_SCALE = 2.0 / (_BAND_FRAME * float(np.sum(_BAND_WINDOW**2)))
+
+
+def band_energies(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Mean-square energy per band (`BANDS`, Hann-windowed FFT) of each whole 10 ms frame of `x`
+    (full scale 1.0): [frame, band]."""
+    frames = x[: x.size // _BAND_FRAME * _BAND_FRAME].reshape(-1, _BAND_FRAME) * _BAND_WINDOW
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 * _BAND_SCALE
+    per = (_BAND_FRAME // 2) // BANDS
+    bands: npt.NDArray[np.float64] = power[:, 1 : 1 + per * BANDS].reshape(-1, BANDS, per).sum(axis=2)
+    return bands
+
+
 class PlaybackReference(Protocol):
     @property
     def playing(self) -> bool: ...
@@ -146,8 +161,6 @@ class AudioRouter:
         self._raw_chunks = _Chunker(vad.frame_samples)
         self.raw_vad_frames = 0
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
-        self._dt_window = np.hanning(self._dt_frame + 2)[1:-1]
-        self._dt_scale = 2.0 / (self._dt_frame * float(np.sum(self._dt_window**2)))
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._dt_ref = np.zeros(0, dtype=np.float64)
         self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
@@ -323,7 +336,7 @@ class AudioRouter:
             ref_e = np.mean(ref[: whole * n].reshape(whole, n) ** 2, axis=1)
             mic_b = ref_b = None
             if self._bands is not None:
-                mic_b, ref_b = self._band_energies(mic[: whole * n]), self._band_energies(ref[: whole * n])
+                mic_b, ref_b = band_energies(mic[: whole * n]), band_energies(ref[: whole * n])
             for i in range(whole):
                 t = (first_end + i * n) / MIC_RATE_HZ
                 if self._double_talk is not None:
@@ -331,15 +344,6 @@ class AudioRouter:
                 if self._bands is not None and mic_b is not None and ref_b is not None:
                     self._bands.update(mic_b[i].tolist(), ref_b[i].tolist(), t)
         self._dt_mic, self._dt_ref = mic[whole * n :], ref[whole * n :]
-
-    def _band_energies(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Mean-square energy per band (`BANDS`) of each whole 10 ms frame of `x`."""
-        n = self._dt_frame
-        frames = x.reshape(-1, n) * self._dt_window
-        power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 * self._dt_scale
-        per = (n // 2) // BANDS
-        bands: npt.NDArray[np.float64] = power[:, 1 : 1 + per * BANDS].reshape(-1, BANDS, per).sum(axis=2)
-        return bands
 
     def _pause_double_talk(self) -> None:
         if self._raw_vad is not None:
