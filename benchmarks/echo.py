@@ -262,7 +262,8 @@ def run_session_path(
     bands = config.band_double_talk_config()
     raw_vad_always = os.environ.get("ECHO_BENCH_RAW_VAD", "always") == "always"
     if mode == SLOW_RULE:
-        mode, endpoint = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None)
+        # as the config has it: without the barge-in rule there is no band detector to feed
+        mode, endpoint, bands = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None), None
     elif mode == FIXED_WAIT:
         mode, double_talk, bands = "webrtc", None, None
     elif mode == NO_BANDS:
