@@ -201,11 +201,12 @@ class VadConfig(_Device):
     """Before those 2.5 s the same rule counts the frames in which the raw microphone is this
     many dB louder, against the playback, than the echo alone has been (a second talker:
     `core.doubletalk`). None: the rule waits the 2.5 s."""
-    barge_in_double_talk_bands: Annotated[int, Field(ge=1, le=16)] | None = 3
+    barge_in_double_talk_bands: Annotated[int, Field(ge=1, le=16)] | None = None
     """The same per frequency band (16 bands of 500 Hz, 10 dB over each band's echo level): in
-    frames with at least this many such bands, a second VAD on the raw microphone (before the
-    canceller, which can suppress a user starting over loud agent speech) counts for the rule
-    too. None: off (no second VAD)."""
+    frames with at least this many such bands (3 was measured), a second VAD on the raw
+    microphone (before the canceller, which can suppress a user starting over loud agent speech)
+    counts for the rule too. None (the default): off, no second VAD — in real time it once made
+    the agent interrupt itself early in a turn (benchmarks/README.md, `agent.echo`)."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0

@@ -63,16 +63,16 @@ MODES = ("gate", "webrtc")
 SLOW_RULE = "webrtc, min_speech_s only"
 """The canceller with the endpointer's normal rule only (`appliance.vad.barge_in_min_speech_s:
 null`): the same audio as the `webrtc` row, to show what the barge-in rule changes."""
-PATH_MODES = (*MODES, SLOW_RULE)
+BANDS = "webrtc + band double talk"
+"""The canceller with the band double-talk detector and the raw-microphone VAD on
+(`appliance.vad.barge_in_double_talk_bands: 3`; off by default)."""
+PATH_MODES = (*MODES, BANDS, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
-NO_BANDS = "webrtc, broadband double talk only"
-WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
-"""The CPU table's row for what runs while the agent speaks by default: the canceller, the band
-energies and detector, and the second Silero VAD on the raw microphone."""
-"""The canceller without the band detector and its second VAD (`appliance.vad.
-barge_in_double_talk_bands: null`)."""
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
 barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
+WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
+"""The CPU table's row with what `BANDS` adds while the agent speaks: the band energies and
+detector, and the second Silero VAD on the raw microphone."""
 DEVICE_DELAY_S = 0.03  # what --simulate-echo adds on top of the room's own delay
 BARGE_IN_WINDOW_S = 0.30  # target: detected within this long after the user starts speaking
 CONVERGENCE_S = 2.0  # ERLE counts from this far into the agent's speech
@@ -249,6 +249,7 @@ def run_session_path(
 ) -> PathRun:
     """The router's listening path on `total_s` of audio: the room's echo of `timeline` plus the
     user's speech (at their start times), 80 ms blocks, the audio clock."""
+    from appliance.core.doubletalk import BandDoubleTalkConfig
     from appliance.core.endpointing import Endpointer, SpeechStarted
     from appliance.core.wakeword import WakeWordGate
     from appliance.runtime.app import build_echo_canceller
@@ -266,8 +267,8 @@ def run_session_path(
         mode, endpoint, bands = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None), None
     elif mode == FIXED_WAIT:
         mode, double_talk, bands = "webrtc", None, None
-    elif mode == NO_BANDS:
-        mode, bands = "webrtc", None
+    elif mode == BANDS:
+        mode, bands = "webrtc", BandDoubleTalkConfig(min_bands=3)
     inner = build_echo_canceller(mode)
     canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
     result = PathRun(canceller=canceller)

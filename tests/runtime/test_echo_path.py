@@ -120,7 +120,8 @@ def test_the_double_talk_setting(vad: dict[str, Any], margin_db: float | None) -
 @pytest.mark.parametrize(
     ("vad", "min_bands"),
     [
-        ({}, 3),  # the default: the band detector and a second VAD on the raw microphone
+        ({}, None),  # the default: off (no second VAD)
+        ({"barge_in_double_talk_bands": 3}, 3),
         ({"barge_in_double_talk_bands": 5}, 5),
         ({"barge_in_double_talk_bands": None}, None),  # off: no second VAD
         ({"barge_in_min_speech_s": None}, None),
