@@ -55,7 +55,7 @@ from appliance.agent_config import (
 from appliance.config_parse import MAX_CONFIG_BYTES, is_json, lone_surrogates, parse_json, parse_yaml
 from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
-from appliance.core.doubletalk import DoubleTalkConfig
+from appliance.core.doubletalk import BandDoubleTalkConfig, DoubleTalkConfig
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.knowledge import fallback_text
 from appliance.core.wakeword import WakeWordRule
@@ -201,6 +201,12 @@ class VadConfig(_Device):
     """Before those 2.5 s the same rule counts the frames in which the raw microphone is this
     many dB louder, against the playback, than the echo alone has been (a second talker:
     `core.doubletalk`). None: the rule waits the 2.5 s."""
+    barge_in_double_talk_bands: Annotated[int, Field(ge=1, le=16)] | None = None
+    """The same per frequency band (16 bands of 500 Hz, 10 dB over each band's echo level): in
+    frames with at least this many such bands (3 was measured), a second VAD on the raw
+    microphone (before the canceller, which can suppress a user starting over loud agent speech)
+    counts for the rule too. None (the default): off, no second VAD — in real time it once made
+    the agent interrupt itself early in a turn (benchmarks/README.md, `agent.echo`)."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
@@ -512,6 +518,12 @@ class Config:
         if margin is None or self.appliance.vad.barge_in_min_speech_s is None:
             return None
         return DoubleTalkConfig(margin_db=float(margin))
+
+    def band_double_talk_config(self) -> BandDoubleTalkConfig | None:
+        bands = self.appliance.vad.barge_in_double_talk_bands
+        if bands is None or self.appliance.vad.barge_in_min_speech_s is None:
+            return None
+        return BandDoubleTalkConfig(min_bands=int(bands))
 
     def endpoint_config(self) -> EndpointConfig:
         vad = self.appliance.vad

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,10 +63,16 @@ MODES = ("gate", "webrtc")
 SLOW_RULE = "webrtc, min_speech_s only"
 """The canceller with the endpointer's normal rule only (`appliance.vad.barge_in_min_speech_s:
 null`): the same audio as the `webrtc` row, to show what the barge-in rule changes."""
-PATH_MODES = (*MODES, SLOW_RULE)
+BANDS = "webrtc + band double talk"
+"""The canceller with the band double-talk detector and the raw-microphone VAD on
+(`appliance.vad.barge_in_double_talk_bands: 3`; off by default)."""
+PATH_MODES = (*MODES, BANDS, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
 barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
+WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
+"""The CPU table's row with what `BANDS` adds while the agent speaks: the band energies and
+detector, and the second Silero VAD on the raw microphone."""
 DEVICE_DELAY_S = 0.03  # what --simulate-echo adds on top of the room's own delay
 BARGE_IN_WINDOW_S = 0.30  # target: detected within this long after the user starts speaking
 CONVERGENCE_S = 2.0  # ERLE counts from this far into the agent's speech
@@ -185,6 +192,26 @@ class Metered:
         self.inner.pause()
 
 
+class MeteredVad:
+    """Wraps the second (raw microphone) VAD: its thread CPU time and frames."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.frame_samples: int = inner.frame_samples
+        self.cpu_s = 0.0
+        self.frames = 0
+
+    def probability(self, frame: Pcm16) -> float:
+        t0 = time.thread_time()
+        p = float(self.inner.probability(frame))
+        self.cpu_s += time.thread_time() - t0
+        self.frames += 1
+        return p
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
 class RecordedVad:
     """Wraps the VAD: every frame's probability, by the audio time at the frame's end."""
 
@@ -209,6 +236,7 @@ class PathRun:
     speech_starts: list[float] = field(default_factory=list)  # decision times (audio clock)
     canceller: Metered | None = None
     vad: list[tuple[float, float]] = field(default_factory=list)  # (frame end, probability)
+    raw_vad: MeteredVad | None = None
 
 
 def run_session_path(
@@ -221,6 +249,7 @@ def run_session_path(
 ) -> PathRun:
     """The router's listening path on `total_s` of audio: the room's echo of `timeline` plus the
     user's speech (at their start times), 80 ms blocks, the audio clock."""
+    from appliance.core.doubletalk import BandDoubleTalkConfig
     from appliance.core.endpointing import Endpointer, SpeechStarted
     from appliance.core.wakeword import WakeWordGate
     from appliance.runtime.app import build_echo_canceller
@@ -231,13 +260,20 @@ def run_session_path(
     preloaded = _preloaded()
     endpoint = config.endpoint_config()
     double_talk = config.double_talk_config()
+    bands = config.band_double_talk_config()
+    raw_vad_always = os.environ.get("ECHO_BENCH_RAW_VAD", "always") == "always"
     if mode == SLOW_RULE:
-        mode, endpoint = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None)
+        # as the config has it: without the barge-in rule there is no band detector to feed
+        mode, endpoint, bands = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None), None
     elif mode == FIXED_WAIT:
-        mode, double_talk = "webrtc", None
+        mode, double_talk, bands = "webrtc", None, None
+    elif mode == BANDS:
+        mode, bands = "webrtc", BandDoubleTalkConfig(min_bands=3)
     inner = build_echo_canceller(mode)
     canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
     result = PathRun(canceller=canceller)
+    if bands is not None:
+        result.raw_vad = MeteredVad(preloaded.vad.twin())
     block = 1280
     echo = RoomEcho(timeline, _ir(room) if room else None)
     near = np.zeros(round(total_s * RATE_HZ), dtype=np.float64)
@@ -263,6 +299,9 @@ def run_session_path(
         echo=canceller,
         now=lambda: timeline.now,
         double_talk=double_talk,
+        band_double_talk=bands,
+        raw_vad=result.raw_vad,
+        raw_vad_always=raw_vad_always,
     )
     router.set_listening(True)
 
@@ -301,6 +340,8 @@ class PathResult:
     """User's speech start → the end of the first VAD frame at or above the threshold after it."""
     erle_db: float | None = None
     cpu_pct: float | None = None
+    raw_vad_cpu_pct: float | None = None
+    """The second VAD (raw microphone) per second the canceller ran."""
 
 
 def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -> PathResult:
@@ -322,6 +363,8 @@ def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -
     if quiet.canceller is not None:
         res.cpu_pct = 100.0 * quiet.canceller.cpu_s / max(quiet.canceller.audio_s, 1e-9)
         res.erle_db = _erle(quiet.canceller, timeline)
+        if quiet.raw_vad is not None:
+            res.raw_vad_cpu_pct = 100.0 * quiet.raw_vad.cpu_s / max(quiet.canceller.audio_s, 1e-9)
     # 2. the user talks over the agent's first reply of a fresh session, at varied points
     story = _say(" ".join(STORY[: settings.story_sentences]))
     reply_s = story.size / RATE_HZ
@@ -383,6 +426,7 @@ def echo_table(quick: bool = False) -> list[Row]:
             "false starts": floor.false_in_trials,
             "ERLE dB": None,
             "CPU %": None,
+            "raw VAD CPU %": None,
             "target": "—",
             "verdict": "—",
         }
@@ -397,7 +441,7 @@ def echo_table(quick: bool = False) -> list[Row]:
                     and r.false_in_trials == 0
                     and r.in_window >= BARGE_IN_RATE_TARGET * r.trials
                     and (r.erle_db or 0.0) >= ERLE_TARGET_DB
-                    and (r.cpu_pct or 0.0) <= CPU_TARGET_PCT
+                    and (r.cpu_pct or 0.0) + (r.raw_vad_cpu_pct or 0.0) <= CPU_TARGET_PCT
                 )
                 rows.append(
                     {
@@ -413,6 +457,7 @@ def echo_table(quick: bool = False) -> list[Row]:
                         "false starts": r.false_in_trials,
                         "ERLE dB": r.erle_db,
                         "CPU %": r.cpu_pct,
+                        "raw VAD CPU %": r.raw_vad_cpu_pct,
                         "target": "yes" if targeted else "no",
                         "verdict": ("PASS" if ok else "FAIL") if targeted else "—",
                     }
@@ -558,8 +603,10 @@ def _cpu_quota_cores() -> float | None:
 
 def cpu_table(quick: bool = False) -> list[Row]:
     """The echo canceller's CPU while the agent speaks (hall room, gain 1.0, 80 ms blocks)"""
+    from appliance.core.doubletalk import BandDoubleTalkDetector
     from appliance.runtime.app import build_echo_canceller
     from appliance.runtime.echo_simulation import RoomEcho
+    from appliance.runtime.router import band_energies
 
     settings = settings_for(quick)
     speech = _say(" ".join(STORY))
@@ -575,14 +622,26 @@ def cpu_table(quick: bool = False) -> list[Row]:
     ]
     quota = _cpu_quota_cores()
     rows: list[Row] = []
-    for mode in MODES:
-        canceller = build_echo_canceller(mode)
+    for mode in (*MODES, WITH_BANDS):
+        canceller = build_echo_canceller("webrtc" if mode == WITH_BANDS else mode)
         assert canceller is not None
         lookback = canceller.lookback_samples
+        bands = BandDoubleTalkDetector() if mode == WITH_BANDS else None
+        raw_vad = _preloaded().vad.twin() if mode == WITH_BANDS else None
+        pending = np.zeros(0, dtype=np.int16)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i, mic in blocks:
             ref = timeline.reference((i - lookback) / RATE_HZ, block + lookback)
             canceller.process(mic.astype(np.int16), ref)
+            if bands is not None and raw_vad is not None:  # what the router adds (80 ms blocks)
+                mic_b = band_energies(mic / 32768.0)
+                ref_b = band_energies(ref[lookback:].astype(np.float64))
+                for k in range(mic_b.shape[0]):
+                    bands.update(mic_b[k].tolist(), ref_b[k].tolist(), (i + 160 * (k + 1)) / RATE_HZ)
+                pending = np.concatenate([pending, mic.astype(np.int16)])
+                while pending.size >= raw_vad.frame_samples:
+                    raw_vad.probability(pending[: raw_vad.frame_samples])
+                    pending = pending[raw_vad.frame_samples :]
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         audio_s = len(blocks) * block / RATE_HZ
         rows.append(

@@ -284,7 +284,7 @@ def test_echo_benchmark_quick_run_has_expected_tables(models_dir: Path) -> None:
         assert isinstance(row["barge-in detected"], bool)
 
     cpu = results["agent.echo.cpu"]["rows"]
-    assert [r["mode"] for r in cpu] == ["gate", "webrtc"]
+    assert [r["mode"] for r in cpu] == ["gate", "webrtc", echo.WITH_BANDS]
     for row in cpu:
         _positive(row, "audio s", "CPU % of one core", "ms per 80 ms block", "wall × real time")
 

@@ -46,6 +46,14 @@ class SileroVad:
         self._sr = np.array(MIC_RATE_HZ, dtype=np.int64)
         self.reset()
 
+    def twin(self) -> SileroVad:
+        """A second VAD on the same loaded model with its own state (for another stream; run on
+        the same thread as this one)."""
+        other = object.__new__(SileroVad)
+        other._session, other._sr = self._session, self._sr
+        other.reset()
+        return other
+
     def reset(self) -> None:
         self._state: npt.NDArray[np.float32] = np.zeros((2, 1, 128), dtype=np.float32)
         self._context: npt.NDArray[np.float32] = np.zeros((1, _CONTEXT), dtype=np.float32)

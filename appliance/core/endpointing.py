@@ -159,13 +159,18 @@ class Endpointer:
         t_end: float,
         talk_over_s: float | None = None,
         double_talk: bool = False,
+        raw_prob: float | None = None,
     ) -> list[EndpointEvent]:
         """`talk_over_s`: how long the echo canceller has been removing the agent's voice from the
         microphone in the current agent turn, at the end of this frame (None: it is not running;
         the agent is silent). It selects the barge-in rule (`barge_in_min_speech_s`).
         `double_talk`: the raw microphone shows a second talker over the agent in this frame
         (`core.doubletalk`); such a frame counts for the barge-in rule before `barge_in_after_s`
-        too."""
+        too. `raw_prob`: the VAD's probability on the raw microphone (before the canceller), given
+        only for frames in which the microphone's bands show a second talker
+        (`core.doubletalk.BandDoubleTalkDetector`): the canceller can suppress a user who starts
+        over loud agent speech, so such a frame at or above `barge_in_threshold` counts for the
+        barge-in rule too."""
         frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
         cfg = self.config
         out: list[EndpointEvent] = []
@@ -180,7 +185,13 @@ class Endpointer:
                 and talk_over_s is not None
                 and (talk_over_s >= cfg.barge_in_after_s - 1e-9 or double_talk)
             )
-            if barge_in and prob >= cfg.barge_in_threshold:
+            raw_speech = (
+                cfg.barge_in_min_speech_s is not None
+                and talk_over_s is not None
+                and raw_prob is not None
+                and raw_prob >= cfg.barge_in_threshold
+            )
+            if (barge_in and prob >= cfg.barge_in_threshold) or raw_speech:
                 self._barge_in_run_s += frame_s
             else:
                 self._barge_in_run_s = 0.0

@@ -186,6 +186,15 @@ def load_listeners(config: Config) -> tuple[WakeWordDetector, VoiceActivityDetec
     return detector, vad
 
 
+def _raw_vad(vad: VoiceActivityDetector, config: Config) -> VoiceActivityDetector | None:
+    """The second VAD the band double-talk detector needs (on the raw microphone)."""
+    from appliance.adapters.silero_vad import SileroVad
+
+    if config.band_double_talk_config() is None or not isinstance(vad, SileroVad):
+        return None
+    return vad.twin()
+
+
 def build_loop(
     config: Config,
     wiring: Wiring,
@@ -225,6 +234,8 @@ def build_loop(
         echo=build_echo_canceller(config.echo_cancellation),
         now=wiring.clock.now,
         double_talk=config.double_talk_config(),
+        band_double_talk=config.band_double_talk_config(),
+        raw_vad=_raw_vad(vad, config),
     )
     bound = float(config.conversation_config.conversation.max_duration_seconds) + SESSION_MARGIN_S
     loop = ApplianceLoop(

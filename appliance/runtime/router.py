@@ -19,7 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.core.device import DeviceEvent, WakeWordDetected
-from appliance.core.doubletalk import FRAME_S, DoubleTalkConfig, DoubleTalkDetector
+from appliance.core.doubletalk import (
+    FRAME_S,
+    BandDoubleTalkConfig,
+    BandDoubleTalkDetector,
+    DoubleTalkConfig,
+    DoubleTalkDetector,
+)
 from appliance.core.endpointing import Endpointer
 from appliance.core.wakeword import WakeWordGate
 from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
@@ -40,6 +46,24 @@ ECHO_TAIL_S = 1.0
 reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
 REALIGN_S = 0.2
 """See `AudioRouter._mic_clock`."""
+BANDS = 16
+"""The band double-talk detector's bands: 500 Hz wide over 0-8 kHz (the 10 ms frame's FFT bins
+1-80, 100 Hz apart, five to a band)."""
+
+
+_BAND_FRAME = round(FRAME_S * MIC_RATE_HZ)
+_BAND_WINDOW = np.hanning(_BAND_FRAME + 2)[1:-1]
+_BAND_SCALE = 2.0 / (_BAND_FRAME * float(np.sum(_BAND_WINDOW**2)))
+
+
+def band_energies(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Mean-square energy per band (`BANDS`, Hann-windowed FFT) of each whole 10 ms frame of `x`
+    (full scale 1.0): [frame, band]."""
+    frames = x[: x.size // _BAND_FRAME * _BAND_FRAME].reshape(-1, _BAND_FRAME) * _BAND_WINDOW
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 * _BAND_SCALE
+    per = (_BAND_FRAME // 2) // BANDS
+    bands: npt.NDArray[np.float64] = power[:, 1 : 1 + per * BANDS].reshape(-1, BANDS, per).sum(axis=2)
+    return bands
 
 
 class PlaybackReference(Protocol):
@@ -92,6 +116,9 @@ class AudioRouter:
         now: Callable[[], float] | None = None,
         echo_tail_s: float = ECHO_TAIL_S,
         double_talk: DoubleTalkConfig | None = None,
+        band_double_talk: BandDoubleTalkConfig | None = None,
+        raw_vad: VoiceActivityDetector | None = None,
+        raw_vad_always: bool = True,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -119,6 +146,20 @@ class AudioRouter:
         )
         """The raw microphone against the playback, while the canceller runs: frames it marks
         count for the barge-in rule before the canceller has settled (`core.doubletalk`)."""
+        self._bands = (
+            BandDoubleTalkDetector(band_double_talk)
+            if band_double_talk is not None and raw_vad is not None and self._barge_in_rule
+            else None
+        )
+        """The same per frequency band, while the canceller runs: in frames it marks, a second VAD
+        on the raw microphone (`raw_vad`) gives the endpointer evidence the canceller may have
+        suppressed (a user starting over loud agent speech)."""
+        self._raw_vad = raw_vad if self._bands is not None else None
+        self._raw_vad_always = raw_vad_always
+        """True: the raw VAD runs on every frame while the canceller runs (its state follows the
+        audio); False: only on frames with marked bands (cheaper)."""
+        self._raw_chunks = _Chunker(vad.frame_samples)
+        self.raw_vad_frames = 0
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._dt_ref = np.zeros(0, dtype=np.float64)
@@ -164,6 +205,7 @@ class AudioRouter:
             self._endpointer.reset()
             self._vad.reset()
             self._vad_chunks.clear()
+            self._raw_chunks.clear()
             self._wake_chunks.clear()
             if self._echo_engaged and self._echo is not None:
                 self._echo_engaged = False  # the blocks in between bypass it: not contiguous
@@ -203,13 +245,15 @@ class AudioRouter:
             self._set_listening(True)
             block, start = rest
         was_engaged = self._echo_engaged
+        raw = block
         block = self._cancel_echo(block, end_t, start)
         if not self._echo_engaged:
             self._echo_since = None
         elif not was_engaged or self._echo_since is None:
             self._echo_since = start / MIC_RATE_HZ
         offset = start - self._vad_chunks.pending
-        for frame in self._vad_chunks.push(block):
+        raw_frames = self._raw_chunks.push(raw) if self._raw_vad is not None else []
+        for i, frame in enumerate(self._vad_chunks.push(block)):
             offset += frame.size
             prob = self._vad.probability(frame)
             self.stats.vad_frames += 1
@@ -224,8 +268,23 @@ class AudioRouter:
                 and self._double_talk is not None
                 and self._double_talk.during(t - frame.size / MIC_RATE_HZ, t)
             )
-            events.extend(self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk))
+            raw_prob = None
+            if talk_over_s is not None and self._raw_vad is not None and i < len(raw_frames):
+                raw_prob = self._raw_probability(raw_frames[i], t - frame.size / MIC_RATE_HZ, t)
+            events.extend(
+                self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob)
+            )
         return events
+
+    def _raw_probability(self, frame: Pcm16, t_start: float, t_end: float) -> float | None:
+        """The raw VAD's probability for a frame the band detector marks (None: not marked)."""
+        assert self._raw_vad is not None and self._bands is not None
+        marked = self._bands.during(t_start, t_end)
+        if not (marked or self._raw_vad_always):
+            return None
+        prob = self._raw_vad.probability(frame)
+        self.raw_vad_frames += 1
+        return prob if marked else None
 
     def _mic_clock(self, n: int, arrived: float | None) -> float | None:
         """When the block ends on the appliance clock, counted in samples from the first block:
@@ -260,14 +319,13 @@ class AudioRouter:
             return block
         self._echo_engaged = True
         self.echo_blocks += 1
-        if self._double_talk is not None:
+        if self._double_talk is not None or self._bands is not None:
             self._detect_double_talk(block, reference[lookback:], start)
         return echo.process(block, reference)
 
     def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
         """Feed the detector the 10 ms energies of the raw block and of the playback over it
         (`start`: the block's first sample, counted like `samples_in`)."""
-        assert self._double_talk is not None
         mic = np.concatenate([self._dt_mic, block.astype(np.float64) / 32768.0])
         ref = np.concatenate([self._dt_ref, played.astype(np.float64)])
         n = self._dt_frame
@@ -276,12 +334,22 @@ class AudioRouter:
         if whole:
             mic_e = np.mean(mic[: whole * n].reshape(whole, n) ** 2, axis=1)
             ref_e = np.mean(ref[: whole * n].reshape(whole, n) ** 2, axis=1)
+            mic_b = ref_b = None
+            if self._bands is not None:
+                mic_b, ref_b = band_energies(mic[: whole * n]), band_energies(ref[: whole * n])
             for i in range(whole):
                 t = (first_end + i * n) / MIC_RATE_HZ
-                self._double_talk.update(float(mic_e[i]), float(ref_e[i]), t)
+                if self._double_talk is not None:
+                    self._double_talk.update(float(mic_e[i]), float(ref_e[i]), t)
+                if self._bands is not None and mic_b is not None and ref_b is not None:
+                    self._bands.update(mic_b[i].tolist(), ref_b[i].tolist(), t)
         self._dt_mic, self._dt_ref = mic[whole * n :], ref[whole * n :]
 
     def _pause_double_talk(self) -> None:
+        if self._raw_vad is not None:
+            self._raw_vad.reset()
+        if self._bands is not None:
+            self._bands.pause()
         if self._double_talk is not None:
             self._double_talk.pause()
         self._dt_mic = np.zeros(0, dtype=np.float64)

@@ -149,6 +149,23 @@ def test_vad_probabilities_separate_speech_from_noise(
     assert speech_fraction(silence(3.0)) == 0.0
 
 
+def test_a_twin_vad_shares_the_model_but_not_the_state(
+    vad: SileroVad, say: Callable[[str], np.ndarray]
+) -> None:
+    speech = say("Stop, stop please.")
+    frames = [speech[i : i + 512] for i in range(0, speech.size - 511, 512)]
+    vad.reset()
+    alone = [vad.probability(f) for f in frames]
+    vad.reset()
+    twin = vad.twin()
+    assert twin._session is vad._session
+    interleaved = []
+    for f in frames:  # the twin hears silence in between: the first VAD must not notice
+        twin.probability(np.zeros(512, np.int16))
+        interleaved.append(vad.probability(f))
+    assert interleaved == alone and max(alone) > 0.5
+
+
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         OpenWakeWordDetector(

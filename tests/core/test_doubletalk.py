@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.core.doubletalk import DoubleTalkConfig, DoubleTalkDetector
+from appliance.core.doubletalk import (
+    BandDoubleTalkConfig,
+    BandDoubleTalkDetector,
+    DoubleTalkConfig,
+    DoubleTalkDetector,
+)
 
 F = 0.01
 PLAY = 1e-2  # -20 dBFS of playback
@@ -78,3 +83,70 @@ def test_margin_is_configurable() -> None:
     strict = DoubleTalkDetector(DoubleTalkConfig(margin_db=12.0))
     assert run(echo(100) + echo(3, 10.0), strict) == []
     assert run(echo(100) + echo(3, 13.0)) == [100, 101, 102]
+
+
+# --- the band detector: 4 bands here (the router feeds 16), explicit energies per band -------
+
+
+BAND_PLAY = [1e-3, 1e-3, 1e-4, 1e-5]
+BAND_ECHO = [0.25 * p for p in BAND_PLAY]
+
+
+def bands(n: int, lift_db: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> list[tuple[list[float], list[float]]]:
+    """`n` frames of echo alone, each band's microphone lifted by `lift_db` (a second talker)."""
+    mic = [e * db(g) for e, g in zip(BAND_ECHO, lift_db, strict=True)]
+    return [(mic, BAND_PLAY)] * n
+
+
+def run_bands(
+    frames: list[tuple[list[float], list[float]]],
+    det: BandDoubleTalkDetector | None = None,
+    t0: float = 0.0,
+) -> list[int]:
+    """The number of marked bands per frame."""
+    det = det or BandDoubleTalkDetector(BandDoubleTalkConfig(min_bands=2))
+    return [det.update(mic, ref, t0 + (i + 1) * F) for i, (mic, ref) in enumerate(frames)]
+
+
+@pytest.mark.parametrize(
+    ("frames", "marked"),
+    [
+        # echo alone: no band marked
+        (bands(200), [0] * 200),
+        # after 1 s of echo, two bands 12 dB up (a voice in those bands), one 8 dB (not enough)
+        (bands(100) + bands(3, (12.0, 12.0, 8.0, 0.0)), [0] * 100 + [2] * 3),
+        # before 0.5 s of playback is learned: no decision, even 20 dB up in every band
+        (bands(60) + bands(3, (20.0,) * 4), [0] * 63),
+        (bands(99) + bands(3, (20.0,) * 4), [0] * 99 + [4] * 3),
+    ],
+)
+def test_band_decisions(frames: list[tuple[list[float], list[float]]], marked: list[int]) -> None:
+    assert run_bands(frames) == marked
+
+
+def test_a_band_without_playback_is_neither_learned_nor_judged() -> None:
+    silent_top = [1e-3, 1e-3, 1e-4, 0.0]
+    det = BandDoubleTalkDetector(BandDoubleTalkConfig(min_bands=1))
+    frames = [([0.25 * p for p in silent_top[:3]] + [1e-6], silent_top)] * 100
+    loud_top = [([0.25 * p for p in silent_top[:3]] + [1e-2], silent_top)] * 3
+    assert run_bands(frames + loud_top, det) == [0] * 103
+    assert det.learned_db[3] is None and det.learned_db[0] == pytest.approx(-6.02, abs=0.01)
+
+
+def test_band_during_counts_frames_with_at_least_min_bands() -> None:
+    det = BandDoubleTalkDetector(BandDoubleTalkConfig(min_bands=3))
+    assert det.config.hold_s == 0.1
+    run_bands(bands(100) + bands(2, (12.0, 12.0, 0.0, 0.0)) + bands(2, (12.0, 12.0, 12.0, 0.0)), det)
+    assert not det.during(1.0, 1.02)  # two bands marked: not double talk at min_bands 3
+    assert det.during(1.02, 1.04) and det.during(1.03, 1.04)
+    # a double-talk frame counts for `hold_s` (0.1 s) after it: the frame ending at 1.04 s
+    assert det.during(1.04, 1.1) and det.during(1.1, 1.139)
+    assert not det.during(1.14, 1.2)
+    det.pause()  # the turn ends: decisions forgotten, learned levels kept
+    assert not det.during(1.0, 1.04)
+    assert run_bands(bands(2, (12.0, 12.0, 12.0, 0.0)), det, t0=5.0) == [3, 3]
+
+
+def test_band_counts_must_match() -> None:
+    with pytest.raises(ValueError, match="4 microphone bands but 3 playback bands"):
+        BandDoubleTalkDetector().update([1.0] * 4, [1.0] * 3, 0.01)

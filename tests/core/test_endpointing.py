@@ -294,6 +294,40 @@ def test_double_talk_means_nothing_while_the_agent_is_silent_or_the_rule_is_off(
         assert not any(isinstance(ev, SpeechStarted) for ev in got)
 
 
+# the canceller started 1 s ago; its output's VAD stays low (it suppressed the user), the raw
+# microphone's VAD (given only for frames the band detector marks) is high in frames 85, 86
+@pytest.mark.parametrize(
+    ("raw", "talk_over_from", "starts"),
+    [
+        ({85: 0.9, 86: 0.9}, 1.7, [2.784]),
+        # below the barge-in threshold (0.8), or one frame only: nothing
+        ({85: 0.7, 86: 0.9}, 1.7, []),
+        ({86: 0.95}, 1.7, []),
+        # the agent is silent (the canceller does not run): the raw VAD means nothing
+        ({85: 0.9, 86: 0.9}, None, []),
+    ],
+)
+def test_the_raw_microphones_vad_in_marked_frames_counts_for_the_barge_in_rule(
+    raw: dict[int, float], talk_over_from: float | None, starts: list[float]
+) -> None:
+    ep = Endpointer(BARGE_IN)
+    got: list[float] = []
+    for i, p in enumerate(seq((0.0, 85), (0.3, 2), (0.0, 13))):
+        t_end = (i + 1) * FRAME_S
+        talk_over_s = None if talk_over_from is None else t_end - talk_over_from
+        events = ep.process(p, frame(), t_end, talk_over_s, raw_prob=raw.get(i))
+        got += [round(t_end, 3) for ev in events if isinstance(ev, SpeechStarted)]
+    assert got == starts
+
+
+def test_the_raw_vad_means_nothing_when_the_barge_in_rule_is_off() -> None:
+    ep = Endpointer(EndpointConfig())
+    got = []
+    for i, p in enumerate(seq((0.0, 85), (0.3, 2), (0.0, 13))):
+        got += ep.process(p, frame(), (i + 1) * FRAME_S, 1.0, raw_prob=0.99)
+    assert not any(isinstance(ev, SpeechStarted) for ev in got)
+
+
 def test_a_barge_in_start_keeps_the_speech_frames_and_the_preroll() -> None:
     ep = Endpointer(BARGE_IN)
     events = []

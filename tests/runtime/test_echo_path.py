@@ -118,6 +118,21 @@ def test_the_double_talk_setting(vad: dict[str, Any], margin_db: float | None) -
 
 
 @pytest.mark.parametrize(
+    ("vad", "min_bands"),
+    [
+        ({}, None),  # the default: off (no second VAD)
+        ({"barge_in_double_talk_bands": 3}, 3),
+        ({"barge_in_double_talk_bands": 5}, 5),
+        ({"barge_in_double_talk_bands": None}, None),  # off: no second VAD
+        ({"barge_in_min_speech_s": None}, None),
+    ],
+)
+def test_the_band_double_talk_setting(vad: dict[str, Any], min_bands: int | None) -> None:
+    found = config({"vad": vad}).band_double_talk_config()
+    assert (found and found.min_bands) == min_bands
+
+
+@pytest.mark.parametrize(
     ("vad", "path"),
     [
         ({"barge_in_min_speech_s": 0.01}, "appliance.vad.barge_in_min_speech_s: "),
@@ -126,6 +141,9 @@ def test_the_double_talk_setting(vad: dict[str, Any], margin_db: float | None) -
         ({"barge_in_threshold": "high"}, "appliance.vad.barge_in_threshold: "),
         ({"barge_in_double_talk_db": 0}, "appliance.vad.barge_in_double_talk_db: "),
         ({"barge_in_double_talk_db": 40}, "appliance.vad.barge_in_double_talk_db: "),
+        ({"barge_in_double_talk_bands": 0}, "appliance.vad.barge_in_double_talk_bands: "),
+        ({"barge_in_double_talk_bands": 17}, "appliance.vad.barge_in_double_talk_bands: "),
+        ({"barge_in_double_talk_bands": 2.5}, "appliance.vad.barge_in_double_talk_bands: "),
     ],
 )
 def test_bad_barge_in_settings_are_config_problems(vad: dict[str, Any], path: str) -> None:
@@ -456,6 +474,7 @@ class RecordingEndpointer(Endpointer):
         super().__init__(EndpointConfig())
         self.talk_over: list[tuple[float, float | None]] = []
         self.double_talk: list[tuple[float, bool]] = []
+        self.raw_probs: list[tuple[float, float | None]] = []
 
     def process(
         self,
@@ -464,10 +483,12 @@ class RecordingEndpointer(Endpointer):
         t_end: float,
         talk_over_s: float | None = None,
         double_talk: bool = False,
+        raw_prob: float | None = None,
     ) -> list[Any]:
         self.talk_over.append((round(t_end, 3), None if talk_over_s is None else round(talk_over_s, 3)))
         self.double_talk.append((round(t_end, 3), double_talk))
-        return super().process(prob, frame, t_end, talk_over_s, double_talk)
+        self.raw_probs.append((round(t_end, 3), raw_prob))
+        return super().process(prob, frame, t_end, talk_over_s, double_talk, raw_prob)
 
 
 class GatingCanceller(CountingCanceller):
@@ -549,3 +570,88 @@ def test_the_endpointer_hears_of_double_talk_on_the_raw_microphone(engine: str, 
     assert [t for t, _ in endpointer.double_talk if 1.6 + 0.032 <= t <= 1.76] == [
         t for t in marked if 1.6 + 0.032 <= t <= 1.76
     ]
+
+
+class NoisePlayback:
+    """White noise at -20 dBFS (seeded), by audio-clock time: every band has playback."""
+
+    def __init__(self) -> None:
+        self.playing = True
+        self.noise = np.random.default_rng(7).normal(0.0, 0.1, 16000 * 10).astype(np.float32)
+
+    def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]:
+        start = round(t_start * RATE)
+        return self.noise[start : start + n_samples].copy()
+
+
+class SpeechVad:
+    """Scores every frame as speech (the raw microphone carries the agent's echo anyway)."""
+
+    frame_samples = 512
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.resets = 0
+
+    def probability(self, frame: Pcm16) -> float:
+        self.frames += 1
+        return 0.9
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+@pytest.mark.parametrize(("raw_vad", "always"), [(True, True), (True, False), (False, True)])
+def test_the_raw_microphones_vad_speaks_in_frames_whose_bands_show_a_second_talker(
+    raw_vad: bool, always: bool
+) -> None:
+    """The echo: the playback at -12 dB (the same samples) for 1.6 s, then with a second talker
+    (other noise, 12 dB over the echo in every band) for 2 blocks, then the echo alone again. The
+    canceller's output VAD says nothing (it suppressed the talker); the raw VAD, asked about the
+    frames the bands mark, makes the barge-in."""
+    from appliance.core.doubletalk import BandDoubleTalkConfig
+    from appliance.core.endpointing import SpeechStarted
+
+    clock = [0.0]
+    playback = NoisePlayback()
+    cfg = EndpointConfig(barge_in_min_speech_s=0.06)
+    endpointer = RecordingEndpointer()
+    endpointer.config = cfg
+    vad = SpeechVad()
+    started: list[float] = []
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer,
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
+        playback=playback,
+        echo=CountingCanceller(),
+        now=lambda: clock[0],
+        band_double_talk=BandDoubleTalkConfig(),
+        raw_vad=vad if raw_vad else None,
+        raw_vad_always=always,
+    )
+    router.set_listening(True)
+    talker = np.random.default_rng(8).normal(0.0, 0.1, 1280 * 2)
+
+    async def main() -> None:
+        for i in range(26):
+            clock[0] += 0.08
+            echo = 0.25 * playback.reference(clock[0] - 0.08, 1280).astype(np.float64)
+            if i in (20, 21):
+                echo += talker[(i - 20) * 1280 : (i - 19) * 1280]
+            await router.process(np.rint(echo * 32768.0).astype(np.int16))
+
+    asyncio.run(main())
+    given = [t for t, p in endpointer.raw_probs if p is not None]
+    if not raw_vad:
+        assert given == [] and started == []
+        return
+    # only frames overlapping the talker's blocks (1.6-1.76 s) or the 0.1 s hold after them are
+    # marked and asked about
+    assert given and min(given) > 1.6 and max(given) < 1.76 + 0.1 + 0.032
+    assert len(started) == 1 and 1.6 - 0.032 <= started[0] <= 1.7
+    # always: the raw VAD follows the audio while the canceller runs; else only marked frames
+    assert vad.frames == (len(endpointer.raw_probs) if always else len(given))
