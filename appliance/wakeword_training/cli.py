@@ -130,10 +130,16 @@ def _train(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )  # fmt: skip
     print(f"wrote {result.model_path} and {result.metadata_path} in {time.monotonic() - started:.0f} s")
-    print("use it with:")
+    cal = result.metadata.get("calibration", {})
+    print(
+        f"threshold {result.threshold}, patience {result.patience_frames} frame(s): chosen on "
+        f"{cal.get('negative_seconds', 0) / 60:.0f} min of calibration audio ({cal.get('false_accepts', 0)} "
+        f"false accepts) and {cal.get('takes', 0)} takes in other voices (recall {cal.get('recall', 0):.0%})"
+    )
+    print("use it with (the word runs at the metadata's threshold and patience unless you set them):")
     print("  appliance:\n    wake_words:")
     print(f"      custom_dir: {out}")
-    print(f"      words:\n        - name: {name}\n          threshold: {result.threshold}")
+    print(f"      words:\n        - name: {name}")
     return 0
 
 
