@@ -23,8 +23,10 @@ def add_parser(sub: Any) -> None:
         help="synthesize takes of a phrase and train a classifier for it (a few minutes)",
         description="Train a wake word from text alone: synthesized takes (Piper, espeak-ng), room "
         "augmentation, near misses and general speech as negatives, a small classifier on "
-        "openWakeWord's features. Writes NAME.onnx and NAME.wakeword.json into the custom wake-word "
-        "folder (--out, else appliance.wake_words.custom_dir).",
+        "openWakeWord's features, then a threshold and patience chosen on calibration audio and takes "
+        "in voices and texts training does not use. Writes NAME.onnx and NAME.wakeword.json (the "
+        "threshold and patience_frames the word runs at unless the config sets them) into the custom "
+        "wake-word folder (--out, else appliance.wake_words.custom_dir).",
     )
     train.add_argument("phrase", metavar="PHRASE")
     train.add_argument("--name", metavar="NAME", help="model name (default: the phrase, e.g. hey_computer)")

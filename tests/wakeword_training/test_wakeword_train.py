@@ -190,6 +190,10 @@ def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
     assert result.s_low < result.s_high
     meta = json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())
     assert meta["enrollment"]["takes"] == 3
+    # the operating point stays what training chose (the verifier lifts no negative window)
+    trained_meta = json.loads((a / "hello_lamp.wakeword.json").read_text())
+    for key in ("threshold", "patience_frames", "calibration"):
+        assert meta[key] == trained_meta[key]
     # each take's peak, plus its peak and neighbours in itself and 4 variations: 3 + 3 × 5 × 3
     assert meta["enrollment"]["templates"] == 48
     # negatives: exactly the base scores (the verifier lifts none of them)
