@@ -256,7 +256,7 @@ class TrainSize:
     negative_weight: float = 4.0  # the negatives' total weight against the positives' in training
     l2: float = 0.01  # weight decay: more keeps the classifier from fitting the training voices only
     # the calibration split the written threshold and patience are chosen on (`calibrate`)
-    calibration_minutes: int = 16
+    calibration_minutes: int = 32
     calibration_takes: int = 24
 
 
