@@ -517,6 +517,10 @@ def _cmd_check_config(path: str) -> int:
     for note in notes:
         print(f"warning: {redact(note)}")
     print(redact(llm))
+    from appliance.runtime.wake_words import operating_point_lines
+
+    for line in operating_point_lines(config.wake_word_points):  # a trained word's own threshold
+        print(line)
     if config.word_agents:
         from appliance.word_agents import agent_summary
 

@@ -78,6 +78,7 @@ from appliance.validation import (
 )
 
 if TYPE_CHECKING:
+    from appliance.runtime.wake_words import OperatingPoint
     from appliance.word_agents import WordBinding
 
 _LOGGER = logging.getLogger(__name__)
@@ -452,6 +453,9 @@ class Config:
     """Relative paths in the file are relative to this (the file's folder; None = the cwd)."""
     word_agents: Mapping[str, WordBinding] = field(default_factory=dict)
     """The wake words that bring their own agent (`appliance/word_agents.py`), by word."""
+    wake_word_points: Mapping[str, OperatingPoint] = field(default_factory=dict)
+    """Each word's threshold and patience, a trained word's from its NAME.wakeword.json where the
+    config does not set them (`appliance.runtime.wake_words.operating_points`), by word."""
 
     def agent_for(self, wake_word: str) -> Config:
         """The configuration of the agent `wake_word` opens (this one unless the word binds its own)."""
@@ -541,7 +545,12 @@ class Config:
 
     def wake_word_rules(self) -> dict[str, WakeWordRule]:
         return {
-            w.name: WakeWordRule(w.name, w.threshold, w.patience_frames, w.refractory_s)
+            w.name: WakeWordRule(
+                w.name,
+                p.threshold if (p := self.wake_word_points.get(w.name)) else w.threshold,
+                p.patience_frames if p else w.patience_frames,
+                w.refractory_s,
+            )
             for w in self.appliance.wake_words.words
         }
 
@@ -740,6 +749,12 @@ def load_config_text(
     if problems or cc is None or ps is None or ap is None:
         raise ConfigError(problems, source=source)
     config = Config(cc, ps, ap, warnings, source, base_dir)
+    from appliance.runtime.wake_words import operating_points
+
+    points, problems = operating_points(config)  # a trained word's NAME.wakeword.json
+    if problems:
+        raise ConfigError(problems, source=source)
+    config = dataclasses.replace(config, wake_word_points=points)
     if any(w.agent is not None for w in ap.wake_words.words):
         from appliance.word_agents import bind_word_agents
 

@@ -103,10 +103,11 @@ def _curves(
     }
 
 
-def heldout_table(quick: bool = False) -> list[Row]:
-    """Trained from text: threshold from validation, recall and false accepts on the test split,
-    enrolling one voice, and what still fires the word."""
-    phrases = PHRASES[-1:] if quick else PHRASES
+def heldout_table(quick: bool = False, phrases: tuple[str, ...] | None = None) -> list[Row]:
+    """Trained from text: recall and false accepts on the test split at the threshold and patience
+    `train` wrote (chosen on its own calibration split) and at those chosen on the validation
+    split, enrolling one voice, and what still fires the word."""
+    phrases = phrases or (PHRASES[-1:] if quick else PHRASES)
     hours = 1 / 60 if quick else NEGATIVE_HOURS
     takes_n = 3 if quick else HELDOUT_TAKES
     models = _models_dir()
@@ -135,10 +136,18 @@ def heldout_table(quick: bool = False) -> list[Row]:
             patience, suggested = core.choose_operating_point(curves, VALIDATION_FA_PER_HOUR)
             chosen = suggested.threshold
             test_takes = ev.heldout_takes(phrase, takes_n, 1000)
-            test_curve = _curves(
-                model, extractor, test_takes, test_neg, test_s, (chosen, result.threshold), (patience,)
-            )[patience]
-            trained, at = _point(test_curve, result.threshold), _point(test_curve, chosen)
+            written = result.patience_frames
+            test_curves = _curves(
+                model,
+                extractor,
+                test_takes,
+                test_neg,
+                test_s,
+                (chosen, result.threshold),
+                tuple(sorted({patience, written})),
+            )
+            trained = _point(test_curves[written], result.threshold)
+            at = _point(test_curves[patience], chosen)
             enrolled = _enroll_row(
                 phrase, name, model, extractor, chosen, patience, val_neg, test_neg, test_s, quick
             )
@@ -161,6 +170,7 @@ def heldout_table(quick: bool = False) -> list[Row]:
                     "validation h": val_s / 3600,
                     "patience": patience,
                     "trained threshold": result.threshold,
+                    "trained patience": written,
                     "recall % @trained": 100 * trained.recall,
                     "FA/h @trained": trained.false_accepts_per_hour,
                     "suggested threshold": chosen,

@@ -23,8 +23,10 @@ def add_parser(sub: Any) -> None:
         help="synthesize takes of a phrase and train a classifier for it (a few minutes)",
         description="Train a wake word from text alone: synthesized takes (Piper, espeak-ng), room "
         "augmentation, near misses and general speech as negatives, a small classifier on "
-        "openWakeWord's features. Writes NAME.onnx and NAME.wakeword.json into the custom wake-word "
-        "folder (--out, else appliance.wake_words.custom_dir).",
+        "openWakeWord's features, then a threshold and patience chosen on calibration audio and takes "
+        "in voices and texts training does not use. Writes NAME.onnx and NAME.wakeword.json (the "
+        "threshold and patience_frames the word runs at unless the config sets them) into the custom "
+        "wake-word folder (--out, else appliance.wake_words.custom_dir).",
     )
     train.add_argument("phrase", metavar="PHRASE")
     train.add_argument("--name", metavar="NAME", help="model name (default: the phrase, e.g. hey_computer)")
@@ -130,10 +132,16 @@ def _train(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )  # fmt: skip
     print(f"wrote {result.model_path} and {result.metadata_path} in {time.monotonic() - started:.0f} s")
-    print("use it with:")
+    cal = result.metadata.get("calibration", {})
+    print(
+        f"threshold {result.threshold}, patience {result.patience_frames} frame(s): chosen on "
+        f"{cal.get('negative_seconds', 0) / 60:.0f} min of calibration audio ({cal.get('false_accepts', 0)} "
+        f"false accepts) and {cal.get('takes', 0)} takes in other voices (recall {cal.get('recall', 0):.0%})"
+    )
+    print("use it with (the word runs at the metadata's threshold and patience unless you set them):")
     print("  appliance:\n    wake_words:")
     print(f"      custom_dir: {out}")
-    print(f"      words:\n        - name: {name}\n          threshold: {result.threshold}")
+    print(f"      words:\n        - name: {name}")
     return 0
 
 

@@ -32,6 +32,11 @@ TRAIN_VARIANTS = (
 HELDOUT_VARIANTS = ("f4", "m5", "m8", "belinda", "benjamin", "shelby", "travis", "victor")
 TRAIN_PIPER_LENGTHS = (0.8, 0.9, 1.0, 1.1, 1.2)
 HELDOUT_PIPER_LENGTHS = (0.85, 1.3)
+# A third set for `train` to choose its operating point on: variants neither training nor the
+# held-out (benchmark) voices use, in the training accents (espeak-ng has no other English
+# accents besides the held-out ones), and Piper lengths of their own.
+CALIBRATION_VARIANTS = ("Gene", "Michael", "Mike", "Lee", "aunty", "rob", "iven", "Jacky", "Andrea", "steph2")
+CALIBRATION_PIPER_LENGTHS = (0.75, 1.25)
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,26 @@ def espeak_available() -> bool:
 
 def voices(heldout: bool, count: int, seed: int, piper: bool = True) -> list[Voice]:
     """`count` voices drawn (deterministically from `seed`) from the training or held-out sets."""
-    rng = np.random.default_rng(seed)
     accents = HELDOUT_ACCENTS if heldout else TRAIN_ACCENTS
     variants = HELDOUT_VARIANTS if heldout else TRAIN_VARIANTS
     lengths = HELDOUT_PIPER_LENGTHS if heldout else TRAIN_PIPER_LENGTHS
+    return _draw(accents, variants, lengths, count, seed, piper)
+
+
+def calibration_voices(count: int, seed: int, piper: bool = True) -> list[Voice]:
+    """`count` voices of the calibration set (neither training's nor the held-out ones)."""
+    return _draw(TRAIN_ACCENTS, CALIBRATION_VARIANTS, CALIBRATION_PIPER_LENGTHS, count, seed, piper)
+
+
+def _draw(
+    accents: tuple[str, ...],
+    variants: tuple[str, ...],
+    lengths: tuple[float, ...],
+    count: int,
+    seed: int,
+    piper: bool,
+) -> list[Voice]:
+    rng = np.random.default_rng(seed)
     out: list[Voice] = []
     if piper and piper_available():
         out.extend(Voice("piper", "joe", length_scale=s) for s in lengths)

@@ -19,13 +19,13 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.adapters.resample import resample
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
+from appliance.runtime.wake_words import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
 
 RATE_HZ = 16000
 CHUNK_S = 60.0
 WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s)
-METADATA_SUFFIX = ".wakeword.json"
 T = TypeVar("T")
 Windows = npt.NDArray[np.float32]
 
@@ -184,6 +184,49 @@ VALIDATION_SENTENCES = (
     "We ate pancakes with maple syrup for breakfast.",
 )  # fmt: skip
 
+# Texts of the calibration negatives only (`negative_audio_chunk(split="calibration")`), which
+# `train` chooses the written threshold and patience on; in voices of their own
+# (`synth.calibration_voices`), so neither the training nor the benchmark's splits.
+CALIBRATION_PHRASES = (
+    "hey mate", "okay great", "hello darling", "hey honey", "okay wait", "hello world",
+    "sit down", "call grandma", "lights please", "louder please", "skip this", "what is the date",
+    "good day", "catch you later", "wake me at eight", "is it sunny", "hey cortana",
+    "computer screen", "kiosk mode", "lamp shade",
+)  # fmt: skip
+
+CALIBRATION_SENTENCES = (
+    "The neighbours' dog chased a squirrel up the old oak tree.",
+    "Do you know whether the post office is open on Saturdays?",
+    "My aunt grows the biggest pumpkins in the whole village.",
+    "The night train was quiet except for the rattle of the wheels.",
+    "We ran out of firewood halfway through the winter.",
+    "A seagull stole a chip right out of my hand at the beach.",
+    "The guide told us to stay on the path through the marsh.",
+    "Hey, is that your jacket hanging on the back of the chair?",
+    "Okay, I have written down the address and the phone number.",
+    "Hello, I am looking for the platform for the coastal line.",
+    "Her computer makes a loud whirring noise when it gets warm.",
+    "There was a long queue at the kiosk outside the cinema.",
+    "He switched on the reading lamp and opened his book.",
+    "The carpenter measured the door frame twice before cutting.",
+    "Our basketball team practises in the gym on Tuesday evenings.",
+    "The lighthouse keeper climbed the stairs every evening at dusk.",
+    "My grandmother knits a scarf for every grandchild each winter.",
+    "The tap in the bathroom drips all night long.",
+    "I left the shopping list on the counter by the kettle.",
+    "The owl hooted from the barn roof until the sun came up.",
+    "Please keep your voice down, the others are still asleep.",
+    "The play had three acts and a very long interval.",
+    "We picked strawberries at the farm and made jam at home.",
+    "She hides the biscuits on the top shelf of the cupboard.",
+    "The fountain in the square is switched off in winter.",
+    "He plays chess with his neighbour every Sunday afternoon.",
+    "The storm knocked over two trees on our street.",
+    "Their plane landed early, so they waited for the taxi.",
+    "The nurse checked his temperature and wrote it on the chart.",
+    "Hey, can you grab another chair from the kitchen?",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainSize:
@@ -212,6 +255,9 @@ class TrainSize:
     speed_speech_minutes: int = 8  # more general-speech negatives, each minute at ×(1 ± speed_range)
     negative_weight: float = 4.0  # the negatives' total weight against the positives' in training
     l2: float = 0.01  # weight decay: more keeps the classifier from fitting the training voices only
+    # the calibration split the written threshold and patience are chosen on (`calibrate`)
+    calibration_minutes: int = 32
+    calibration_takes: int = 24
 
 
 TINY = TrainSize(
@@ -228,6 +274,8 @@ TINY = TrainSize(
     epochs=80,
     hidden=8,
     positive_frames=3,
+    calibration_minutes=2,
+    calibration_takes=6,
 )
 MICRO = TrainSize(
     positive_voices=7,
@@ -245,6 +293,8 @@ MICRO = TrainSize(
     speed_speech_minutes=0,
     positive_frames=2,
     l2=1e-3,
+    calibration_minutes=1,
+    calibration_takes=3,
 )
 """The smallest seeded data set that still trains (about a minute): the tests and quick benchmarks."""
 
@@ -256,6 +306,7 @@ class TrainResult:
     model_path: Path
     metadata_path: Path
     threshold: float
+    patience_frames: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -361,27 +412,37 @@ def long_speech(texts: list[str], voice_list: list[synth.Voice], rng: np.random.
     return augment.to_pcm(np.concatenate(parts)) if parts else np.zeros(0, np.int16)
 
 
-def negative_audio_chunk(index: int, seed: int, heldout: bool = True, split: str = "") -> Pcm16:
+def negative_audio_chunk(
+    index: int, seed: int, heldout: bool = True, split: str = "", exclude: str = ""
+) -> Pcm16:
     """One minute of negative audio: voices reading sentences and phrases with room noise and
     pauses, and every fourth minute plain noise of varying colour and level.
 
     `split`: "train" (training voices, training texts), "validation" (held-out voices, texts of
-    their own: for choosing a threshold) or "test" (held-out voices, texts used nowhere else: for
-    measuring). Without it, `heldout` picks "test" or "train"."""
+    their own: for choosing a threshold), "test" (held-out voices, texts used nowhere else: for
+    measuring) or "calibration" (voices and texts of its own: `train` chooses the threshold and
+    patience it writes on it). Without it, `heldout` picks "test" or "train". `exclude`: a
+    phrase whose texts are left out (a calibration text that says the phrase is no negative)."""
     split = split or ("test" if heldout else "train")
-    if split not in ("train", "validation", "test"):
+    if split not in ("train", "validation", "test", "calibration"):
         raise ValueError(f"unknown negative split {split!r}")
     rng = np.random.default_rng([seed, index])
     n = int(CHUNK_S * RATE_HZ)
     if index % 4 == 3:
         parts = [augment.room_noise(n // 6, rng, float(rng.uniform(5, 3000))) for _ in range(6)]
         return augment.to_pcm(np.concatenate(parts))[:n]
-    speakers = synth.voices(split != "train", 6, seed * 1009 + index, piper=index % 8 == 0)
+    if split == "calibration":
+        speakers = synth.calibration_voices(6, seed * 1009 + index, piper=index % 8 == 0)
+    else:
+        speakers = synth.voices(split != "train", 6, seed * 1009 + index, piper=index % 8 == 0)
     texts = {
+        "calibration": [*CALIBRATION_SENTENCES, *CALIBRATION_PHRASES],
         "train": [*SENTENCES, *OTHER_PHRASES],
         "validation": [*VALIDATION_SENTENCES, *VALIDATION_PHRASES],
         "test": [*TEST_SENTENCES, *TEST_PHRASES],
     }[split]
+    if exclude:
+        texts = [t for t in texts if f" {_plain(exclude)} " not in f" {_plain(t)} "]
     order = rng.permutation(len(texts))
     parts_f: list[npt.NDArray[np.float64]] = []
     total = 0
@@ -395,6 +456,11 @@ def negative_audio_chunk(index: int, seed: int, heldout: bool = True, split: str
         if total >= n:
             break
     return augment.to_pcm(np.concatenate(parts_f))[:n]
+
+
+def _plain(text: str) -> str:
+    """Lower-case words only (as `core.normalize_phrase`, for any length)."""
+    return " ".join("".join(c if c.isalnum() or c == "'" else " " for c in text.lower()).split())
 
 
 def lead_ins(size: TrainSize, seed: int) -> list[Pcm16]:
@@ -499,7 +565,8 @@ def train_word(
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
     minutes = size.speech_minutes + size.speed_speech_minutes
-    progress = Progress(size.positive_voices + n_near + size.other_phrases + minutes + 3, show_progress)
+    steps = size.positive_voices + n_near + size.other_phrases + minutes + 3
+    progress = Progress(steps + max(1, size.calibration_minutes) + 1, show_progress)
     try:
         x, y, info = build_dataset(text, size, seed, extractor, progress)
         data_s = clock() - started
@@ -520,22 +587,37 @@ def train_word(
             y = np.concatenate([y, *([y[hard]] * 4)])
             model = fit(x, y)
         progress.step("training")
+        scores = model.scores(x)
+        pos, neg = scores[y > 0.5], scores[y < 0.5]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model_path = out_dir / f"{name}.onnx"
+        blob = to_onnx(model, name)
+        model_path.write_bytes(blob)
+        from appliance.wakeword_training.calibrate import calibrate
+
+        trained_s = clock() - started
+        cal = calibrate(
+            model_path, extractor, text, seed, size.calibration_minutes, size.calibration_takes, progress.step
+        )
     finally:
         progress.close()
-    scores = model.scores(x)
-    pos, neg = scores[y > 0.5], scores[y < 0.5]
-    threshold = _training_threshold(pos, neg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / f"{name}.onnx"
-    blob = to_onnx(model, name)
-    model_path.write_bytes(blob)
+    threshold, patience = cal.threshold, cal.patience_frames
     metadata: dict[str, Any] = {
         "name": name,
         "phrase": text,
-        "threshold": threshold,
+        "threshold": threshold,  # as appliance.wake_words.words[].threshold / patience_frames
+        "patience_frames": patience,
         "seed": seed,
         "engine": "openwakeword",
         "model_sha256": hashlib.sha256(blob).hexdigest(),
+        "calibration": {
+            "takes": cal.takes,
+            "negative_seconds": round(cal.negative_seconds, 1),
+            "recall": round(cal.recall, 4),
+            "false_accepts": cal.false_accepts,
+            "false_accepts_per_hour": round(cal.false_accepts_per_hour, 3),
+            "seconds": round(clock() - started - trained_s, 1),
+        },
         "training": {
             **info,
             "hidden": size.hidden,
@@ -553,15 +635,7 @@ def train_word(
     }
     metadata_path = out_dir / f"{name}{METADATA_SUFFIX}"
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return TrainResult(name, text, model_path, metadata_path, threshold, metadata)
-
-
-def _training_threshold(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]) -> float:
-    """Midway between the highest training negative and the score 98 % of positives reach,
-    clamped to 0.3–0.9 (a training set is easier than a room)."""
-    hi_neg = float(np.max(neg)) if neg.size else 0.0
-    p2 = float(np.quantile(pos, 0.02)) if pos.size else 1.0
-    return round(min(0.9, max(0.3, (hi_neg + p2) / 2 if p2 > hi_neg else hi_neg + 0.01)), 3)
+    return TrainResult(name, text, model_path, metadata_path, threshold, patience, metadata)
 
 
 def score_windows(model_path: Path, windows: Windows) -> npt.NDArray[np.float64]:

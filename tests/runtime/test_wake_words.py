@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from appliance.errors import ModelError
-from appliance.runtime.wake_words import ResolvedWakeWord, resolve_wake_word
+from appliance.config import Config, load_config_text
+from appliance.core.wakeword import WakeWordRule
+from appliance.errors import ConfigError, ModelError
+from appliance.runtime.wake_words import ResolvedWakeWord, operating_point_lines, resolve_wake_word
 
 BUNDLED = {
     "oww-features": "wakeword-features",
@@ -95,3 +101,113 @@ def test_custom_folder_words(tmp_path: Path) -> None:
     # a custom model shadows a bundled one of the same name
     (tmp_path / "hey_jarvis.json").write_text("{}", encoding="utf-8")
     assert resolve("hey_jarvis", **kw).path == tmp_path / "hey_jarvis.json"
+
+
+# --- a trained word's operating point: NAME.wakeword.json where the config does not set it ----
+
+
+def trained(folder: Path, name: str, meta: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.onnx").write_bytes(b"onnx")
+    path = folder / f"{name}.wakeword.json"
+    path.write_text(meta if isinstance(meta, str) else json.dumps(meta), encoding="utf-8")
+    return path
+
+
+def load_words(tmp_path: Path, *words: dict[str, object], custom_dir: str | None = "custom") -> Config:
+    doc: dict[str, object] = {"words": list(words)}
+    if custom_dir is not None:
+        doc["custom_dir"] = custom_dir
+    text = yaml.safe_dump({"appliance": {"wake_words": doc}})
+    return load_config_text(text, "test.yaml", base_dir=tmp_path, log_warnings=False)
+
+
+def test_a_trained_word_runs_at_its_metadata_unless_the_config_sets_it(tmp_path: Path) -> None:
+    meta = trained(tmp_path / "custom", "hey_computer", {"threshold": 0.97, "patience_frames": 2})
+    cfg = load_words(tmp_path, {"name": "hey_computer"}, {"name": "hey_jarvis"})
+    rules = cfg.wake_word_rules()
+    assert rules["hey_computer"] == WakeWordRule("hey_computer", 0.97, 2, 2.0)
+    assert rules["hey_jarvis"] == WakeWordRule("hey_jarvis", 0.5, 1, 2.0)  # bundled: no metadata
+    assert operating_point_lines(cfg.wake_word_points) == [
+        f"wake word hey_computer: threshold 0.97, patience 2 frame(s) (from {meta})",
+        "wake word hey_jarvis: threshold 0.5, patience 1 frame(s) (the config's default)",
+    ]
+    # an explicit value wins, field by field (even one equal to the default)
+    cfg = load_words(tmp_path, {"name": "hey_computer", "threshold": 0.5})
+    assert cfg.wake_word_rules()["hey_computer"] == WakeWordRule("hey_computer", 0.5, 2, 2.0)
+    assert operating_point_lines(cfg.wake_word_points) == [
+        "wake word hey_computer: threshold 0.5, patience 2 frame(s) "
+        f"(threshold set in the config, patience from {meta})"
+    ]
+    cfg = load_words(tmp_path, {"name": "hey_computer", "threshold": 0.8, "patience_frames": 1})
+    assert cfg.wake_word_rules()["hey_computer"] == WakeWordRule("hey_computer", 0.8, 1, 2.0)
+    assert operating_point_lines(cfg.wake_word_points) == [
+        "wake word hey_computer: threshold 0.8, patience 1 frame(s) (set in the config)"
+    ]
+
+
+def test_metadata_beside_a_model_path_and_older_metadata_without_patience(tmp_path: Path) -> None:
+    trained(tmp_path / "models", "hey_kitchen", {"threshold": 0.9, "phrase": "hey kitchen"})
+    cfg = load_words(tmp_path, {"path": "models/hey_kitchen.onnx"}, custom_dir=None)
+    assert cfg.wake_word_rules()["hey_kitchen"] == WakeWordRule("hey_kitchen", 0.9, 1, 2.0)
+    # a microWakeWord word does not read openWakeWord training metadata
+    cfg = load_words(tmp_path / "models", {"name": "hey_kitchen", "engine": "microwakeword"}, custom_dir=".")
+    assert cfg.wake_word_rules()["hey_kitchen"] == WakeWordRule("hey_kitchen", 0.5, 1, 2.0)
+
+
+def test_metadata_without_its_model_is_not_used(tmp_path: Path) -> None:
+    meta = trained(tmp_path / "custom", "alexa", {"threshold": 0.9})
+    (tmp_path / "custom" / "alexa.onnx").unlink()  # the bundled alexa runs: its own defaults
+    assert load_words(tmp_path, {"name": "alexa"}).wake_word_rules()["alexa"].threshold == 0.5
+    assert meta.is_file()
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        (
+            "{not json",
+            "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        ),
+        ("[0.9]", "expected a JSON object, got list"),
+        ({"phrase": "hey computer"}, "threshold must be a number between 0 and 1 (exclusive), got None"),
+        ({"threshold": 1.0}, "threshold must be a number between 0 and 1 (exclusive), got 1.0"),
+        ({"threshold": "0.9"}, "threshold must be a number between 0 and 1 (exclusive), got '0.9'"),
+        ({"threshold": 0.9, "patience_frames": 0}, "patience_frames must be a whole number 1–25, got 0"),
+        ({"threshold": 0.9, "patience_frames": 2.5}, "patience_frames must be a whole number 1–25, got 2.5"),
+        (
+            {"threshold": 0.9, "patience_frames": True},
+            "patience_frames must be a whole number 1–25, got True",
+        ),
+    ],
+)
+def test_malformed_metadata_is_a_config_error_naming_the_file(
+    tmp_path: Path, meta: object, problem: str
+) -> None:
+    path = trained(tmp_path / "custom", "hey_computer", meta)
+    with pytest.raises(ConfigError) as exc:
+        load_words(tmp_path, {"name": "hey_jarvis"}, {"name": "hey_computer"})
+    assert exc.value.problems == [f"appliance.wake_words.words[1] (hey_computer): {path}: {problem}"]
+    # both values set in the config: the file is not needed, so not read
+    cfg = load_words(tmp_path, {"name": "hey_computer", "threshold": 0.7, "patience_frames": 3})
+    assert cfg.wake_word_rules()["hey_computer"] == WakeWordRule("hey_computer", 0.7, 3, 2.0)
+
+
+def test_check_config_says_where_each_threshold_comes_from(tmp_path: Path) -> None:
+    meta = trained(tmp_path / "custom", "hey_computer", {"threshold": 0.95, "patience_frames": 3})
+    path = tmp_path / "config.yaml"
+    words = {"custom_dir": "custom", "words": [{"name": "hey_computer"}]}
+    path.write_text(yaml.safe_dump({"appliance": {"wake_words": words}}), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance", "check-config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"wake word hey_computer: threshold 0.95, patience 3 frame(s) (from {meta})\n" in out.stdout
+    meta.write_text('{"threshold": 2}', encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance", "check-config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"{meta}: threshold must be a number between 0 and 1 (exclusive), got 2" in out.stderr

@@ -32,7 +32,9 @@ def test_same_seed_gives_the_same_model_bytes(trained: tuple[Path, Path]) -> Non
     meta = json.loads((a / "hello_lamp.wakeword.json").read_text())
     assert meta["phrase"] == "hello lamp"
     assert meta["seed"] == 3
-    assert 0.3 <= meta["threshold"] <= 0.9
+    # the operating point chosen on the calibration split, in the config's field names
+    assert 0 < meta["threshold"] < 1 and meta["patience_frames"] in (1, 2, 3)
+    assert meta["calibration"]["takes"] == 3 and meta["calibration"]["negative_seconds"] > 50
     # 7 voices × 2 augmentations × 2 windows (the frame the phrase ends in and the next)
     assert meta["training"]["positive_windows"] == 28
     assert meta["training"]["positive_frames"] == 2
@@ -160,7 +162,8 @@ def test_cli_train_writes_model_and_metadata(
     meta = json.loads((out / "okay_kiosk.wakeword.json").read_text())
     assert meta["name"] == "okay_kiosk" and meta["phrase"] == "okay kiosk" and meta["seed"] == 5
     printed = capsys.readouterr().out
-    assert "- name: okay_kiosk" in printed and f"threshold: {meta['threshold']}" in printed
+    assert "- name: okay_kiosk" in printed
+    assert f"threshold {meta['threshold']}, patience {meta['patience_frames']} frame(s)" in printed
 
 
 def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
@@ -187,6 +190,10 @@ def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
     assert result.s_low < result.s_high
     meta = json.loads((tmp_path / "hello_lamp.wakeword.json").read_text())
     assert meta["enrollment"]["takes"] == 3
+    # the operating point stays what training chose (the verifier lifts no negative window)
+    trained_meta = json.loads((a / "hello_lamp.wakeword.json").read_text())
+    for key in ("threshold", "patience_frames", "calibration"):
+        assert meta[key] == trained_meta[key]
     # each take's peak, plus its peak and neighbours in itself and 4 variations: 3 + 3 × 5 × 3
     assert meta["enrollment"]["templates"] == 48
     # negatives: exactly the base scores (the verifier lifts none of them)
