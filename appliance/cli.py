@@ -517,7 +517,7 @@ def _cmd_check_config(path: str) -> int:
     for note in notes:
         print(f"warning: {redact(note)}")
     print(redact(llm))
-    from appliance.runtime.wake_words import operating_point_lines
+    from appliance.wake_word_points import operating_point_lines
 
     for line in operating_point_lines(config.wake_word_points):  # a trained word's own threshold
         print(line)

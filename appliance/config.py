@@ -78,7 +78,7 @@ from appliance.validation import (
 )
 
 if TYPE_CHECKING:
-    from appliance.runtime.wake_words import OperatingPoint
+    from appliance.wake_word_points import OperatingPoint
     from appliance.word_agents import WordBinding
 
 _LOGGER = logging.getLogger(__name__)
@@ -455,7 +455,7 @@ class Config:
     """The wake words that bring their own agent (`appliance/word_agents.py`), by word."""
     wake_word_points: Mapping[str, OperatingPoint] = field(default_factory=dict)
     """Each word's threshold and patience, a trained word's from its NAME.wakeword.json where the
-    config does not set them (`appliance.runtime.wake_words.operating_points`), by word."""
+    config does not set them (`appliance.wake_word_points.operating_points`), by word."""
 
     def agent_for(self, wake_word: str) -> Config:
         """The configuration of the agent `wake_word` opens (this one unless the word binds its own)."""
@@ -749,7 +749,7 @@ def load_config_text(
     if problems or cc is None or ps is None or ap is None:
         raise ConfigError(problems, source=source)
     config = Config(cc, ps, ap, warnings, source, base_dir)
-    from appliance.runtime.wake_words import operating_points
+    from appliance.wake_word_points import operating_points
 
     points, problems = operating_points(config)  # a trained word's NAME.wakeword.json
     if problems:

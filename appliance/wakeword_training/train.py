@@ -19,7 +19,7 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.adapters.resample import resample
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
-from appliance.runtime.wake_words import METADATA_SUFFIX as METADATA_SUFFIX
+from appliance.wake_word_points import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
 
