@@ -221,6 +221,13 @@ class QuietVad:
         return None
 
 
+async def _feed(router: AudioRouter, clock: list[float], block: Pcm16, n: int) -> None:
+    """`n` microphone blocks of 80 ms into `router`, the clock advancing with each."""
+    for _ in range(n):
+        clock[0] += 0.08
+        await router.process(block)
+
+
 def _router(
     clock: list[float],
     playback: FakePlayback,
@@ -252,9 +259,7 @@ def test_the_canceller_runs_while_the_agent_speaks_and_for_the_echo_tail_only() 
     router.set_listening(True)
 
     async def feed(n: int) -> None:
-        for _ in range(n):
-            clock[0] += 0.08
-            await router.process(block)
+        await _feed(router, clock, block, n)
 
     async def main() -> None:
         await feed(5)  # listening, the agent silent: nothing to cancel
@@ -506,9 +511,7 @@ def test_the_endpointer_hears_how_long_the_canceller_has_run_in_the_agents_turn(
     router.set_listening(True)
 
     async def feed(n: int) -> None:
-        for _ in range(n):
-            clock[0] += 0.08
-            await router.process(block)
+        await _feed(router, clock, block, n)
 
     async def main() -> None:
         await feed(5)  # 0-0.4 s: the agent silent
