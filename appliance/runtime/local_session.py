@@ -176,7 +176,6 @@ class _SpeculativeReply:
     )
     """The first chunk's audio by (text, voice label, voice, speed), synthesized ahead."""
     task: asyncio.Task[None] | None = None
-    committed: bool = False
     failed: bool = False
 
 
@@ -732,7 +731,6 @@ class LocalAgentSession:
             _LOGGER.debug("speculative reply not used: %s", verdict)
             self._discard_reply(reply)
             return None
-        reply.committed = True
         self.speculation.replies_used += 1
         self._turn_tasks.setdefault(effect.turn, set()).add(reply.task)
         reply.task.add_done_callback(self._turn_tasks[effect.turn].discard)
