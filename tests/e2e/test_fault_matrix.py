@@ -124,6 +124,8 @@ class LocalFault:
     stt: FailWhen | None = None
     tts: FailWhen | None = None
     mic_fail_at_s: float | None = None
+    llm_timeout_s: float = 5.0
+    """The LLM adapter's wait for each piece of the answer (shortened from its 20 s default)."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +408,9 @@ ROWS = [
         (error("llm_http_error"), retried_once("capital"), apology(["llm_http_error"]), answered()),
     ),
     Row(
-        "llm-hang", LocalFault(llm=hang_reply()), (error("llm_timeout"), apology(["llm_timeout"]), answered())
+        "llm-hang",  # the request and its retry each wait out the adapter's deadline
+        LocalFault(llm=hang_reply(), llm_timeout_s=2.0),
+        (error("llm_timeout"), apology(["llm_timeout"]), answered()),
     ),
     Row(
         "llm-garbage-stream",
@@ -667,7 +671,7 @@ def run_local(
         url = f"http://127.0.0.1:{free_port()}/v1" if fault.refused else server.url
         cfg = load_config_text(yaml.safe_dump(config(url)), str(tmp_path / "config.yaml"))
         # the adapter's own deadline, shortened to keep the hang row short
-        llm = OpenAiCompatibleLlm(url, "scripted-model", None, timeout_s=5.0)
+        llm = OpenAiCompatibleLlm(url, "scripted-model", None, timeout_s=fault.llm_timeout_s)
         local = dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
         local = with_faults(
             local,
@@ -700,11 +704,14 @@ PRIVATE_KEY = "sk_fault_matrix_0123456789"
 def run_remote(
     fault: RemoteFault, preloaded: Any, audio: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Outcome:
+    from appliance.adapters.elevenlabs import signed_url
     from appliance.config import load_config_text
     from appliance.runtime.app import Preloaded, RunOptions, run_async
 
     options = dataclasses.replace(fault.options, ping_interval_s=0.3)
     remote = dict(fault.remote)
+    # the signed URL's deadline (10 s on a device), shortened to keep the trickling row short
+    monkeypatch.setattr(signed_url, "TIMEOUT_S", 2.0)
     if fault.private:
         options = dataclasses.replace(options, api_key=PRIVATE_KEY)
         remote["requires_auth"] = True
@@ -799,7 +806,7 @@ def read_partial(path: Path) -> Events:
 
 def run_reload(fault: ReloadFault, example: np.ndarray, tmp_path: Path, models_dir: Path) -> Outcome:
     """A valid config at start; then the file is broken and SIGHUP sent; the input goes on."""
-    audio = concat(silence(4.0), example, silence(1.0))
+    audio = concat(silence(1.5), example, silence(1.0))  # the reload fails before the answer
     wav = write_wav(tmp_path / "in.wav", audio)
     out, events_path, stderr_path = tmp_path / "out.wav", tmp_path / "events.jsonl", tmp_path / "stderr.txt"
     with ScriptedOpenAiServer(responder=responder(None)) as server:

@@ -40,6 +40,9 @@ from appliance.errors import AgentError
 from appliance.logs import register_secret
 
 MAX_ANSWER_BYTES = 64 * 1024
+TIMEOUT_S = 10.0
+"""How long a signed URL may take when the caller gives no `timeout_s`: from the request to
+the whole answer (a server that trickles its answer byte by byte is cut off, too)."""
 
 
 class SignedUrlProvider:
@@ -49,13 +52,13 @@ class SignedUrlProvider:
         agent_id: str,
         api_key: str,
         *,
-        timeout_s: float = 10.0,
+        timeout_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         register_secret(api_key)
         self.endpoint = signed_url_endpoint(base_url, agent_id)
         self._api_key = api_key
-        self._timeout_s = timeout_s
+        self._timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
         self._transport = transport
         self.requests = 0
 
