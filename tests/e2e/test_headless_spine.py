@@ -104,9 +104,12 @@ def test_headless_run_produces_the_spine_timeline(
 
 
 def test_realtime_run_keeps_the_input_timeline(
-    tmp_path: Path, models_dir: Path, spine_wav: tuple[Path, dict[str, float]]
+    tmp_path: Path, models_dir: Path, say: Callable[[str], np.ndarray]
 ) -> None:
-    wav, marks = spine_wav
+    # the wake word and a short silence: the timeline, not the conversation (the fast run has that)
+    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(1.5))
+    wav = write_wav(tmp_path / "in.wav", audio)
+    marks = {"total": audio.size / RATE}
     events_path = tmp_path / "events.jsonl"
     out = tmp_path / "out.wav"
     proc = run_appliance(
