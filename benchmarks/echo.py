@@ -676,7 +676,8 @@ def cpu_table(quick: bool = False) -> list[Row]:
     ]
     quota = _cpu_quota_cores()
     rows: list[Row] = []
-    for mode in (*MODES, WITH_BANDS, WITH_LINEAR):
+    modes = (*MODES, WITH_BANDS) if quick else (*MODES, WITH_BANDS, WITH_LINEAR)  # not in --quick
+    for mode in modes:
         canceller = build_echo_canceller("webrtc" if mode in (WITH_BANDS, WITH_LINEAR) else mode)
         assert canceller is not None
         lookback = canceller.lookback_samples
