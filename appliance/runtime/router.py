@@ -188,6 +188,7 @@ class AudioRouter:
         self._lin_res = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._lin_est = np.zeros(0, dtype=np.float64)
         self.residual_vad_frames = 0
+        self.linear_restarts = 0
         self.raw_vad_frames = 0
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
@@ -262,7 +263,10 @@ class AudioRouter:
     def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
         """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
         self._apply_pending()
+        realigned = self.mic_realigned
         end_t = self._mic_clock(block.size, arrived)
+        if self.mic_realigned != realigned and self._echo_engaged:
+            self._restart_linear()
         events: list[DeviceEvent] = []
         self.stats.frames_in += 1
         start = self.samples_in
@@ -415,18 +419,26 @@ class AudioRouter:
     def _pause_double_talk(self) -> None:
         if self._raw_vad is not None:
             self._raw_vad.reset()
-        if self._linear is not None and self._residual_dt is not None and self._residual_vad is not None:
-            self._linear.pause()
-            self._residual_dt.pause()
-            self._residual_vad.reset()
-            self._lin_res = np.zeros(0, dtype=np.float64)
-            self._lin_est = np.zeros(0, dtype=np.float64)
+        self._restart_linear()
         if self._bands is not None:
             self._bands.pause()
         if self._double_talk is not None:
             self._double_talk.pause()
         self._dt_mic = np.zeros(0, dtype=np.float64)
         self._dt_ref = np.zeros(0, dtype=np.float64)
+
+    def _restart_linear(self) -> None:
+        """The next block does not follow the last one (the turn ended, or the microphone clock
+        was re-read after a stall: the reference jumped against the microphone, and the filter's
+        residual would be the whole echo): the filter forgets its reference history (not its
+        echo path), its detector settles again."""
+        if self._linear is not None and self._residual_dt is not None and self._residual_vad is not None:
+            self.linear_restarts += 1
+            self._linear.pause()
+            self._residual_dt.pause()
+            self._residual_vad.reset()
+            self._lin_res = np.zeros(0, dtype=np.float64)
+            self._lin_est = np.zeros(0, dtype=np.float64)
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules

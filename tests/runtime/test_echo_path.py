@@ -326,6 +326,57 @@ def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_j
     assert router.mic_realigned == 1 and starts[-1] == pytest.approx(clock[0] - 0.08)
 
 
+class RecordingLinear:
+    """A linear echo filter that returns the microphone as its residual and records pauses."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def process(
+        self, mic: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        assert mic.size == reference.size
+        self.calls.append("process")
+        return mic.copy(), np.zeros_like(mic)
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+
+def test_a_stall_of_the_input_restarts_the_linear_filter() -> None:
+    """The clock re-read after a stall moves the reference against the microphone: the filter's
+    residual would be the whole echo (a false double talk), so it forgets its history and its
+    detector settles again; plain jitter does not restart it."""
+    from appliance.core.doubletalk import linear_residual_config
+
+    clock = [0.0]
+    playback = FakePlayback()
+    playback.playing = True
+    linear = RecordingLinear()
+    router = _router(
+        clock,
+        playback,
+        CountingCanceller(),
+        linear_echo=linear_residual_config(10.0),
+        linear_filter=linear,
+        residual_vad=SpeechVad(),
+    )
+    router.set_listening(True)
+
+    async def main() -> None:
+        for k, late in enumerate([0.0, 0.012, 0.003, 0.019]):
+            clock[0] = 0.08 * (k + 1) + late
+            await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.5 + 0.08  # the input stalled for half a second
+        await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.08
+        await router.process(np.ones(1280, np.int16))
+
+    asyncio.run(main())
+    assert router.mic_realigned == 1 and router.linear_restarts == 1
+    assert linear.calls == ["process"] * 4 + ["pause"] + ["process"] * 2
+
+
 # ------------------------------------------------------------------ room simulation
 class Timeline:
     """A playback record: what the speaker played from clock time 0."""
