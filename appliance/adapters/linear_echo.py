@@ -10,7 +10,11 @@ Structure (overlap-save, blocks of `block` samples, FFTs of twice that): the fil
 the playback on the appliance clock, so the tail covers the output latency, the acoustic delay
 and the early reverberation). Adaptation is NLMS per frequency bin, normalized by the smoothed
 reference power over all partitions, with the gradient constraint (a linear, not circular,
-convolution).
+convolution) on the newest partition every block and on one other in turn, as Speex's MDF does
+it (the full constraint on every block at step 1.0 converged faster, 1 more barge-in in time of
+108 in `agent.echo`, for 0.2 % more of a core: the Pi's budget decided). Measured in the `agent.echo`
+rooms: 11-21 dB of echo removed in the hall at 50 cm, 15-45 dB in the small room, after 1-2 s of
+speech; about 0.7 % of a core here.
 
 Double-talk safe (two paths, as Speex and AEC3 do it): a background filter adapts on every block
 with a large step; the foreground filter, whose residual and echo estimate are the output, only
