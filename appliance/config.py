@@ -55,7 +55,7 @@ from appliance.agent_config import (
 from appliance.config_parse import MAX_CONFIG_BYTES, is_json, lone_surrogates, parse_json, parse_yaml
 from appliance.core import variables as dv
 from appliance.core.conversation import LLM_FAILURE_MESSAGES
-from appliance.core.doubletalk import BandDoubleTalkConfig, DoubleTalkConfig
+from appliance.core.doubletalk import BandDoubleTalkConfig, DoubleTalkConfig, linear_residual_config
 from appliance.core.endpointing import END_SILENCE_S, EndpointConfig, TurnEagerness
 from appliance.core.knowledge import fallback_text
 from appliance.core.wakeword import WakeWordRule
@@ -208,6 +208,13 @@ class VadConfig(_Device):
     microphone (before the canceller, which can suppress a user starting over loud agent speech)
     counts for the rule too. None (the default): off, no second VAD — in real time it once made
     the agent interrupt itself early in a turn (benchmarks/README.md, `agent.echo`)."""
+    barge_in_linear_echo_db: Annotated[Num, between(3, 30, "dB")] | None = 10.0
+    """Our own linear echo estimate as barge-in evidence (`adapters/linear_echo.py`, an adaptive
+    filter on the raw microphone with the playback as its reference; what the session hears is
+    still the canceller's output): in frames where the filter's residual rises this many dB over
+    its echo estimate, above the level the echo alone has shown, a second VAD on that residual
+    counts for the rule at any time of the turn (it catches the user who starts over loud agent
+    speech, whom the canceller suppresses). None: off (no filter, no second VAD)."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0
@@ -528,6 +535,12 @@ class Config:
         if bands is None or self.appliance.vad.barge_in_min_speech_s is None:
             return None
         return BandDoubleTalkConfig(min_bands=int(bands))
+
+    def linear_echo_config(self) -> DoubleTalkConfig | None:
+        margin = self.appliance.vad.barge_in_linear_echo_db
+        if margin is None or self.appliance.vad.barge_in_min_speech_s is None:
+            return None
+        return linear_residual_config(float(margin))
 
     def endpoint_config(self) -> EndpointConfig:
         vad = self.appliance.vad

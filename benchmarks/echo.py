@@ -65,11 +65,22 @@ SLOW_RULE = "webrtc, min_speech_s only"
 null`): the same audio as the `webrtc` row, to show what the barge-in rule changes."""
 BANDS = "webrtc + band double talk"
 """The canceller with the band double-talk detector and the raw-microphone VAD on
-(`appliance.vad.barge_in_double_talk_bands: 3`; off by default)."""
-PATH_MODES = (*MODES, BANDS, SLOW_RULE)
+(`appliance.vad.barge_in_double_talk_bands: 3`; off by default), without the linear echo
+estimate (as it was measured)."""
+NO_LINEAR = "webrtc, no linear echo"
+"""The canceller without our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db:
+null`; the default until this one): `webrtc` (the default) adds the filter on the raw microphone
+whose residual, risen over its echo estimate, marks frames in which a second VAD on the residual
+counts."""
+LINEAR_MARGIN_DB = 10.0
+PATH_MODES = (*MODES, NO_LINEAR, BANDS, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
 barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
+WITH_LINEAR = "webrtc + linear echo filter + residual VAD"
+"""The CPU table's row with what the linear echo estimate adds (on by default,
+`appliance.vad.barge_in_linear_echo_db`): the adaptive filter, the residual's energies and
+detector, the second Silero VAD on the residual."""
 WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
 """The CPU table's row with what `BANDS` adds while the agent speaks: the band energies and
 detector, and the second Silero VAD on the raw microphone."""
@@ -237,6 +248,27 @@ class PathRun:
     canceller: Metered | None = None
     vad: list[tuple[float, float]] = field(default_factory=list)  # (frame end, probability)
     raw_vad: MeteredVad | None = None
+    linear: MeteredLinear | None = None
+    residual_vad: MeteredVad | None = None
+
+
+class MeteredLinear:
+    """Wraps the linear echo filter: its thread CPU time."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.cpu_s = 0.0
+
+    def process(
+        self, mic: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        t0 = time.thread_time()
+        out: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] = self.inner.process(mic, reference)
+        self.cpu_s += time.thread_time() - t0
+        return out
+
+    def pause(self) -> None:
+        self.inner.pause()
 
 
 def run_session_path(
@@ -249,6 +281,7 @@ def run_session_path(
 ) -> PathRun:
     """The router's listening path on `total_s` of audio: the room's echo of `timeline` plus the
     user's speech (at their start times), 80 ms blocks, the audio clock."""
+    from appliance.adapters.linear_echo import LinearEchoFilter
     from appliance.core.doubletalk import BandDoubleTalkConfig
     from appliance.core.endpointing import Endpointer, SpeechStarted
     from appliance.core.wakeword import WakeWordGate
@@ -262,18 +295,27 @@ def run_session_path(
     double_talk = config.double_talk_config()
     bands = config.band_double_talk_config()
     raw_vad_always = os.environ.get("ECHO_BENCH_RAW_VAD", "always") == "always"
+    linear = config.linear_echo_config()
+    if mode in (NO_LINEAR, "gate", "off"):  # gating has no barge-in rule: no filter either
+        linear = None
+    if mode == NO_LINEAR:
+        mode = "webrtc"
     if mode == SLOW_RULE:
         # as the config has it: without the barge-in rule there is no band detector to feed
         mode, endpoint, bands = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None), None
+        linear = None
     elif mode == FIXED_WAIT:
-        mode, double_talk, bands = "webrtc", None, None
+        mode, double_talk, bands, linear = "webrtc", None, None, None
     elif mode == BANDS:
-        mode, bands = "webrtc", BandDoubleTalkConfig(min_bands=3)
+        mode, bands, linear = "webrtc", BandDoubleTalkConfig(min_bands=3), None
     inner = build_echo_canceller(mode)
     canceller = Metered(inner, lambda: timeline.now) if inner is not None else None
     result = PathRun(canceller=canceller)
     if bands is not None:
         result.raw_vad = MeteredVad(preloaded.vad.twin())
+    if linear is not None:
+        result.linear = MeteredLinear(LinearEchoFilter())
+        result.residual_vad = MeteredVad(preloaded.vad.twin())
     block = 1280
     echo = RoomEcho(timeline, _ir(room) if room else None)
     near = np.zeros(round(total_s * RATE_HZ), dtype=np.float64)
@@ -302,6 +344,9 @@ def run_session_path(
         band_double_talk=bands,
         raw_vad=result.raw_vad,
         raw_vad_always=raw_vad_always,
+        linear_echo=linear,
+        linear_filter=result.linear,
+        residual_vad=result.residual_vad,
     )
     router.set_listening(True)
 
@@ -342,6 +387,8 @@ class PathResult:
     cpu_pct: float | None = None
     raw_vad_cpu_pct: float | None = None
     """The second VAD (raw microphone) per second the canceller ran."""
+    linear_cpu_pct: float | None = None
+    """The linear echo filter + the VAD on its residual per second the canceller ran."""
 
 
 def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -> PathResult:
@@ -365,6 +412,9 @@ def measure_path(mode: str, room: str | None, gain: float, settings: Settings) -
         res.erle_db = _erle(quiet.canceller, timeline)
         if quiet.raw_vad is not None:
             res.raw_vad_cpu_pct = 100.0 * quiet.raw_vad.cpu_s / max(quiet.canceller.audio_s, 1e-9)
+        if quiet.linear is not None and quiet.residual_vad is not None:
+            cpu_s = quiet.linear.cpu_s + quiet.residual_vad.cpu_s
+            res.linear_cpu_pct = 100.0 * cpu_s / max(quiet.canceller.audio_s, 1e-9)
     # 2. the user talks over the agent's first reply of a fresh session, at varied points
     story = _say(" ".join(STORY[: settings.story_sentences]))
     reply_s = story.size / RATE_HZ
@@ -427,6 +477,7 @@ def echo_table(quick: bool = False) -> list[Row]:
             "ERLE dB": None,
             "CPU %": None,
             "raw VAD CPU %": None,
+            "linear filter + VAD CPU %": None,
             "target": "—",
             "verdict": "—",
         }
@@ -441,7 +492,8 @@ def echo_table(quick: bool = False) -> list[Row]:
                     and r.false_in_trials == 0
                     and r.in_window >= BARGE_IN_RATE_TARGET * r.trials
                     and (r.erle_db or 0.0) >= ERLE_TARGET_DB
-                    and (r.cpu_pct or 0.0) + (r.raw_vad_cpu_pct or 0.0) <= CPU_TARGET_PCT
+                    and (r.cpu_pct or 0.0) + (r.raw_vad_cpu_pct or 0.0) + (r.linear_cpu_pct or 0.0)
+                    <= CPU_TARGET_PCT
                 )
                 rows.append(
                     {
@@ -458,6 +510,7 @@ def echo_table(quick: bool = False) -> list[Row]:
                         "ERLE dB": r.erle_db,
                         "CPU %": r.cpu_pct,
                         "raw VAD CPU %": r.raw_vad_cpu_pct,
+                        "linear filter + VAD CPU %": r.linear_cpu_pct,
                         "target": "yes" if targeted else "no",
                         "verdict": ("PASS" if ok else "FAIL") if targeted else "—",
                     }
@@ -603,7 +656,8 @@ def _cpu_quota_cores() -> float | None:
 
 def cpu_table(quick: bool = False) -> list[Row]:
     """The echo canceller's CPU while the agent speaks (hall room, gain 1.0, 80 ms blocks)"""
-    from appliance.core.doubletalk import BandDoubleTalkDetector
+    from appliance.adapters.linear_echo import LinearEchoFilter
+    from appliance.core.doubletalk import BandDoubleTalkDetector, DoubleTalkDetector, linear_residual_config
     from appliance.runtime.app import build_echo_canceller
     from appliance.runtime.echo_simulation import RoomEcho
     from appliance.runtime.router import band_energies
@@ -622,23 +676,35 @@ def cpu_table(quick: bool = False) -> list[Row]:
     ]
     quota = _cpu_quota_cores()
     rows: list[Row] = []
-    for mode in (*MODES, WITH_BANDS):
-        canceller = build_echo_canceller("webrtc" if mode == WITH_BANDS else mode)
+    modes = (*MODES, WITH_BANDS) if quick else (*MODES, WITH_BANDS, WITH_LINEAR)  # not in --quick
+    for mode in modes:
+        canceller = build_echo_canceller("webrtc" if mode in (WITH_BANDS, WITH_LINEAR) else mode)
         assert canceller is not None
         lookback = canceller.lookback_samples
         bands = BandDoubleTalkDetector() if mode == WITH_BANDS else None
-        raw_vad = _preloaded().vad.twin() if mode == WITH_BANDS else None
+        raw_vad = _preloaded().vad.twin() if mode in (WITH_BANDS, WITH_LINEAR) else None
+        linear = LinearEchoFilter() if mode == WITH_LINEAR else None
+        residual_dt = None if linear is None else DoubleTalkDetector(linear_residual_config(LINEAR_MARGIN_DB))
         pending = np.zeros(0, dtype=np.int16)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i, mic in blocks:
             ref = timeline.reference((i - lookback) / RATE_HZ, block + lookback)
             canceller.process(mic.astype(np.int16), ref)
-            if bands is not None and raw_vad is not None:  # what the router adds (80 ms blocks)
+            vad_input = mic.astype(np.int16)
+            if linear is not None and residual_dt is not None:  # what the router adds (80 ms blocks)
+                res, est = linear.process(mic / 32768.0, ref[lookback:].astype(np.float64))
+                res_e = np.mean(res.reshape(-1, 160) ** 2, axis=1)
+                est_e = np.mean(est.reshape(-1, 160) ** 2, axis=1)
+                for k in range(res_e.size):
+                    residual_dt.update(float(res_e[k]), float(est_e[k]), (i + 160 * (k + 1)) / RATE_HZ)
+                vad_input = np.clip(np.rint(res * 32768.0), -32768, 32767).astype(np.int16)
+            if bands is not None:  # what the router adds (80 ms blocks)
                 mic_b = band_energies(mic / 32768.0)
                 ref_b = band_energies(ref[lookback:].astype(np.float64))
                 for k in range(mic_b.shape[0]):
                     bands.update(mic_b[k].tolist(), ref_b[k].tolist(), (i + 160 * (k + 1)) / RATE_HZ)
-                pending = np.concatenate([pending, mic.astype(np.int16)])
+            if raw_vad is not None:
+                pending = np.concatenate([pending, vad_input])
                 while pending.size >= raw_vad.frame_samples:
                     raw_vad.probability(pending[: raw_vad.frame_samples])
                     pending = pending[raw_vad.frame_samples :]

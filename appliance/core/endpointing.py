@@ -168,9 +168,11 @@ class Endpointer:
         (`core.doubletalk`); such a frame counts for the barge-in rule before `barge_in_after_s`
         too. `raw_prob`: the VAD's probability on the raw microphone (before the canceller), given
         only for frames in which the microphone's bands show a second talker
-        (`core.doubletalk.BandDoubleTalkDetector`): the canceller can suppress a user who starts
-        over loud agent speech, so such a frame at or above `barge_in_threshold` counts for the
-        barge-in rule too."""
+        (`core.doubletalk.BandDoubleTalkDetector`), or on the residual of the router's own linear
+        echo filter, given only for frames in which that residual rises over the filter's echo
+        estimate (`core.doubletalk.linear_residual_config`): the canceller can suppress a user who
+        starts over loud agent speech, so such a frame at or above `barge_in_threshold` counts for
+        the barge-in rule too."""
         frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
         cfg = self.config
         out: list[EndpointEvent] = []

@@ -53,6 +53,7 @@ from appliance.runtime.wiring import RunOptions as RunOptions
 from appliance.runtime.wiring import Wiring as Wiring
 
 if TYPE_CHECKING:
+    from appliance.adapters.linear_echo import LinearEchoFilter
     from appliance.runtime.local_agent import LocalModels
 
 _LOGGER = logging.getLogger(__name__)
@@ -195,6 +196,24 @@ def _raw_vad(vad: VoiceActivityDetector, config: Config) -> VoiceActivityDetecto
     return vad.twin()
 
 
+def _linear_filter(config: Config) -> LinearEchoFilter | None:
+    """Our own linear echo filter, for `appliance.vad.barge_in_linear_echo_db`."""
+    from appliance.adapters.linear_echo import LinearEchoFilter
+
+    if config.linear_echo_config() is None or config.echo_cancellation in ("off", "gate"):
+        return None  # the router uses it only with a canceller (not gating: no barge-in rule)
+    return LinearEchoFilter()
+
+
+def _residual_vad(vad: VoiceActivityDetector, config: Config) -> VoiceActivityDetector | None:
+    """The VAD on that filter's residual (a twin: same model, own state)."""
+    from appliance.adapters.silero_vad import SileroVad
+
+    if _linear_filter(config) is None or not isinstance(vad, SileroVad):
+        return None
+    return vad.twin()
+
+
 def build_loop(
     config: Config,
     wiring: Wiring,
@@ -236,6 +255,9 @@ def build_loop(
         double_talk=config.double_talk_config(),
         band_double_talk=config.band_double_talk_config(),
         raw_vad=_raw_vad(vad, config),
+        linear_echo=config.linear_echo_config(),
+        linear_filter=_linear_filter(config),
+        residual_vad=_residual_vad(vad, config),
     )
     bound = float(config.conversation_config.conversation.max_duration_seconds) + SESSION_MARGIN_S
     loop = ApplianceLoop(

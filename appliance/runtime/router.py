@@ -73,6 +73,17 @@ class PlaybackReference(Protocol):
     def reference(self, t_start: float, n_samples: int) -> npt.NDArray[np.float32]: ...
 
 
+class LinearEcho(Protocol):
+    """Our own linear echo estimate (`adapters/linear_echo.LinearEchoFilter`): barge-in
+    evidence only, the session hears the canceller's output."""
+
+    def process(
+        self, mic: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
+    def pause(self) -> None: ...
+
+
 class _Chunker:
     """Re-blocks an int16 stream into frames of exactly `size` samples."""
 
@@ -119,6 +130,9 @@ class AudioRouter:
         band_double_talk: BandDoubleTalkConfig | None = None,
         raw_vad: VoiceActivityDetector | None = None,
         raw_vad_always: bool = True,
+        linear_echo: DoubleTalkConfig | None = None,
+        linear_filter: LinearEcho | None = None,
+        residual_vad: VoiceActivityDetector | None = None,
     ) -> None:
         self._detector = detector
         self._gate = gate
@@ -159,6 +173,22 @@ class AudioRouter:
         """True: the raw VAD runs on every frame while the canceller runs (its state follows the
         audio); False: only on frames with marked bands (cheaper)."""
         self._raw_chunks = _Chunker(vad.frame_samples)
+        on = linear_echo is not None and linear_filter is not None and residual_vad is not None
+        self._linear = linear_filter if on and self._barge_in_rule else None
+        """Our own linear echo filter on the raw microphone, while the canceller runs: in frames
+        where its residual rises over its echo estimate (`_residual_dt`, a `DoubleTalkDetector`
+        on those two), a second VAD on the residual (`residual_vad`) gives the endpointer
+        evidence the canceller's suppressor may remove (a user starting over loud agent speech)."""
+        self._residual_dt = (
+            DoubleTalkDetector(linear_echo) if self._linear is not None and linear_echo is not None else None
+        )
+        self._residual_vad = residual_vad if self._linear is not None else None
+        self._residual_chunks = _Chunker(vad.frame_samples)
+        self._residual: Pcm16 | None = None  # the last block's residual (None: the raw block)
+        self._lin_res = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
+        self._lin_est = np.zeros(0, dtype=np.float64)
+        self.residual_vad_frames = 0
+        self.linear_restarts = 0
         self.raw_vad_frames = 0
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
@@ -206,6 +236,7 @@ class AudioRouter:
             self._vad.reset()
             self._vad_chunks.clear()
             self._raw_chunks.clear()
+            self._residual_chunks.clear()
             self._wake_chunks.clear()
             if self._echo_engaged and self._echo is not None:
                 self._echo_engaged = False  # the blocks in between bypass it: not contiguous
@@ -232,7 +263,10 @@ class AudioRouter:
     def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
         """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
         self._apply_pending()
+        realigned = self.mic_realigned
         end_t = self._mic_clock(block.size, arrived)
+        if self.mic_realigned != realigned and self._echo_engaged:
+            self._restart_linear()
         events: list[DeviceEvent] = []
         self.stats.frames_in += 1
         start = self.samples_in
@@ -246,6 +280,7 @@ class AudioRouter:
             block, start = rest
         was_engaged = self._echo_engaged
         raw = block
+        self._residual = None
         block = self._cancel_echo(block, end_t, start)
         if not self._echo_engaged:
             self._echo_since = None
@@ -253,6 +288,8 @@ class AudioRouter:
             self._echo_since = start / MIC_RATE_HZ
         offset = start - self._vad_chunks.pending
         raw_frames = self._raw_chunks.push(raw) if self._raw_vad is not None else []
+        residual = raw if self._residual is None else self._residual
+        residual_frames = self._residual_chunks.push(residual) if self._residual_vad is not None else []
         for i, frame in enumerate(self._vad_chunks.push(block)):
             offset += frame.size
             prob = self._vad.probability(frame)
@@ -271,6 +308,12 @@ class AudioRouter:
             raw_prob = None
             if talk_over_s is not None and self._raw_vad is not None and i < len(raw_frames):
                 raw_prob = self._raw_probability(raw_frames[i], t - frame.size / MIC_RATE_HZ, t)
+            if talk_over_s is not None and self._residual_vad is not None and i < len(residual_frames):
+                residual_prob = self._residual_probability(
+                    residual_frames[i], t - frame.size / MIC_RATE_HZ, t
+                )
+                if residual_prob is not None:
+                    raw_prob = residual_prob if raw_prob is None else max(raw_prob, residual_prob)
             events.extend(
                 self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob)
             )
@@ -285,6 +328,14 @@ class AudioRouter:
         prob = self._raw_vad.probability(frame)
         self.raw_vad_frames += 1
         return prob if marked else None
+
+    def _residual_probability(self, frame: Pcm16, t_start: float, t_end: float) -> float | None:
+        """The residual VAD's probability for a frame our linear filter marks (None: not marked).
+        The VAD runs on every frame while the canceller runs: its state follows the audio."""
+        assert self._residual_vad is not None and self._residual_dt is not None
+        prob = self._residual_vad.probability(frame)
+        self.residual_vad_frames += 1
+        return prob if self._residual_dt.during(t_start, t_end) else None
 
     def _mic_clock(self, n: int, arrived: float | None) -> float | None:
         """When the block ends on the appliance clock, counted in samples from the first block:
@@ -321,7 +372,27 @@ class AudioRouter:
         self.echo_blocks += 1
         if self._double_talk is not None or self._bands is not None:
             self._detect_double_talk(block, reference[lookback:], start)
+        if self._linear is not None:
+            self._linear_residual(block, reference[lookback:], start)
         return echo.process(block, reference)
+
+    def _linear_residual(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
+        """Our linear filter on the raw block: its residual for the residual VAD, and the 10 ms
+        energies of the residual and of its echo estimate for `_residual_dt`."""
+        assert self._linear is not None and self._residual_dt is not None
+        res, est = self._linear.process(block.astype(np.float64) / 32768.0, played.astype(np.float64))
+        self._residual = np.clip(np.rint(res * 32768.0), -32768, 32767).astype(np.int16)
+        n = self._dt_frame
+        first_end = start - self._lin_res.size + n
+        res = np.concatenate([self._lin_res, res])
+        est = np.concatenate([self._lin_est, est])
+        whole = res.size // n
+        if whole:
+            res_e = np.mean(res[: whole * n].reshape(whole, n) ** 2, axis=1)
+            est_e = np.mean(est[: whole * n].reshape(whole, n) ** 2, axis=1)
+            for i in range(whole):
+                self._residual_dt.update(float(res_e[i]), float(est_e[i]), (first_end + i * n) / MIC_RATE_HZ)
+        self._lin_res, self._lin_est = res[whole * n :], est[whole * n :]
 
     def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
         """Feed the detector the 10 ms energies of the raw block and of the playback over it
@@ -348,12 +419,26 @@ class AudioRouter:
     def _pause_double_talk(self) -> None:
         if self._raw_vad is not None:
             self._raw_vad.reset()
+        self._restart_linear()
         if self._bands is not None:
             self._bands.pause()
         if self._double_talk is not None:
             self._double_talk.pause()
         self._dt_mic = np.zeros(0, dtype=np.float64)
         self._dt_ref = np.zeros(0, dtype=np.float64)
+
+    def _restart_linear(self) -> None:
+        """The next block does not follow the last one (the turn ended, or the microphone clock
+        was re-read after a stall: the reference jumped against the microphone, and the filter's
+        residual would be the whole echo): the filter forgets its reference history (not its
+        echo path), its detector settles again."""
+        if self._linear is not None and self._residual_dt is not None and self._residual_vad is not None:
+            self.linear_restarts += 1
+            self._linear.pause()
+            self._residual_dt.pause()
+            self._residual_vad.reset()
+            self._lin_res = np.zeros(0, dtype=np.float64)
+            self._lin_est = np.zeros(0, dtype=np.float64)
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules

@@ -9,6 +9,7 @@ from appliance.core.doubletalk import (
     BandDoubleTalkDetector,
     DoubleTalkConfig,
     DoubleTalkDetector,
+    linear_residual_config,
 )
 
 F = 0.01
@@ -83,6 +84,51 @@ def test_margin_is_configurable() -> None:
     strict = DoubleTalkDetector(DoubleTalkConfig(margin_db=12.0))
     assert run(echo(100) + echo(3, 10.0), strict) == []
     assert run(echo(100) + echo(3, 13.0)) == [100, 101, 102]
+
+
+def test_a_held_frame_counts_for_hold_s_after_it() -> None:
+    det = DoubleTalkDetector(DoubleTalkConfig(hold_s=0.1))
+    assert run(echo(100) + echo(1, 10.0) + echo(20), det) == [100]  # the frame ending at 1.01 s
+    assert det.during(1.0, 1.01) and det.during(1.01, 1.1) and det.during(1.1, 1.109)
+    assert not det.during(1.11, 1.2)
+    plain = DoubleTalkDetector()  # hold_s 0: only the frame itself
+    run(echo(100) + echo(1, 10.0) + echo(20), plain)
+    assert plain.during(1.0, 1.01) and not plain.during(1.01, 1.1)
+
+
+def test_no_double_talk_in_the_first_settle_s_of_a_turn() -> None:
+    det = DoubleTalkDetector(DoubleTalkConfig(settle_s=0.2))
+    run(echo(100), det)
+    det.pause()  # the next turn starts at 5 s: its first 0.2 s are never double talk
+    assert run(echo(25, 10.0), det, t0=5.0) == [19, 20, 21, 22, 23, 24]
+    det.pause()
+    assert run(echo(5) + echo(20, 10.0), det, t0=9.0) == list(range(19, 25))
+    # a silence in the playback (its envelope under the floor) starts the settling over
+    quiet = [(0.0, 0.0)] * 80
+    fresh = DoubleTalkDetector(DoubleTalkConfig(settle_s=0.2))
+    assert run(echo(100) + quiet + echo(25, 10.0), fresh) == list(range(199, 205))
+    # the first turn too, and without a pause in between the turn goes on
+    first = DoubleTalkDetector(DoubleTalkConfig(settle_s=2.0))
+    assert run(echo(100) + echo(3, 10.0), first) == []
+    # (those 3 frames taught a level 10 dB higher: 25 dB over the echo is double talk still)
+    assert run(echo(100) + echo(3, 25.0), first, t0=1.03) == [100, 101, 102]
+
+
+def test_the_linear_residual_configuration() -> None:
+    """Our own filter's residual against its echo estimate (`adapters/linear_echo.py`)."""
+    cfg = linear_residual_config(10.0)
+    assert cfg.margin_db == 10.0
+    assert (cfg.hold_s, cfg.settle_s, cfg.forget_db_per_s) == (0.1, 0.2, 3.0)
+    det = DoubleTalkDetector(cfg)
+    # the filter converging (the residual is the echo: 0 dB) for 0.5 s, then 15 dB under its
+    # estimate; what the convergence taught is forgotten at 3 dB/s (the learning lags 0.5 s)
+    est = 1e-2
+    assert run([(est, est)] * 50 + [(est * db(-15.0), est)] * 450, det) == []
+    assert det.learned_db == pytest.approx(-12.0, abs=1e-6)
+    # a user 10 dB over that level is double talk
+    assert run([(est * db(-1.5), est)] * 3 + [(est * db(-2.5), est)] * 3, det, t0=5.0) == [0, 1, 2]
+    # an estimate under the playback floor (-50 dBFS) is neither judged nor learned from
+    assert run([(1e-5, 0.9e-5)] * 3, det, t0=5.06) == []
 
 
 # --- the band detector: 4 bands here (the router feeds 16), explicit energies per band -------

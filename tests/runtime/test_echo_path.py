@@ -133,6 +133,23 @@ def test_the_band_double_talk_setting(vad: dict[str, Any], min_bands: int | None
 
 
 @pytest.mark.parametrize(
+    ("vad", "margin_db"),
+    [
+        ({}, 10.0),  # the default: on
+        ({"barge_in_linear_echo_db": 10}, 10.0),
+        ({"barge_in_linear_echo_db": 12.5}, 12.5),
+        ({"barge_in_linear_echo_db": None}, None),  # off: no filter, no second VAD
+        ({"barge_in_linear_echo_db": 10, "barge_in_min_speech_s": None}, None),
+    ],
+)
+def test_the_linear_echo_setting(vad: dict[str, Any], margin_db: float | None) -> None:
+    found = config({"vad": vad}).linear_echo_config()
+    assert (found and found.margin_db) == margin_db
+    if found is not None:
+        assert found.hold_s == 0.1 and found.settle_s == 0.2  # `core.doubletalk.linear_residual_config`
+
+
+@pytest.mark.parametrize(
     ("vad", "path"),
     [
         ({"barge_in_min_speech_s": 0.01}, "appliance.vad.barge_in_min_speech_s: "),
@@ -144,6 +161,9 @@ def test_the_band_double_talk_setting(vad: dict[str, Any], min_bands: int | None
         ({"barge_in_double_talk_bands": 0}, "appliance.vad.barge_in_double_talk_bands: "),
         ({"barge_in_double_talk_bands": 17}, "appliance.vad.barge_in_double_talk_bands: "),
         ({"barge_in_double_talk_bands": 2.5}, "appliance.vad.barge_in_double_talk_bands: "),
+        ({"barge_in_linear_echo_db": 2}, "appliance.vad.barge_in_linear_echo_db: "),
+        ({"barge_in_linear_echo_db": 31}, "appliance.vad.barge_in_linear_echo_db: "),
+        ({"barge_in_linear_echo_db": "loud"}, "appliance.vad.barge_in_linear_echo_db: "),
     ],
 )
 def test_bad_barge_in_settings_are_config_problems(vad: dict[str, Any], path: str) -> None:
@@ -304,6 +324,57 @@ def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_j
     starts = [t for t, _ in playback.asked]
     np.testing.assert_allclose(np.diff(starts[: len(jitter)]), 0.08, atol=1e-9)
     assert router.mic_realigned == 1 and starts[-1] == pytest.approx(clock[0] - 0.08)
+
+
+class RecordingLinear:
+    """A linear echo filter that returns the microphone as its residual and records pauses."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def process(
+        self, mic: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        assert mic.size == reference.size
+        self.calls.append("process")
+        return mic.copy(), np.zeros_like(mic)
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+
+def test_a_stall_of_the_input_restarts_the_linear_filter() -> None:
+    """The clock re-read after a stall moves the reference against the microphone: the filter's
+    residual would be the whole echo (a false double talk), so it forgets its history and its
+    detector settles again; plain jitter does not restart it."""
+    from appliance.core.doubletalk import linear_residual_config
+
+    clock = [0.0]
+    playback = FakePlayback()
+    playback.playing = True
+    linear = RecordingLinear()
+    router = _router(
+        clock,
+        playback,
+        CountingCanceller(),
+        linear_echo=linear_residual_config(10.0),
+        linear_filter=linear,
+        residual_vad=SpeechVad(),
+    )
+    router.set_listening(True)
+
+    async def main() -> None:
+        for k, late in enumerate([0.0, 0.012, 0.003, 0.019]):
+            clock[0] = 0.08 * (k + 1) + late
+            await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.5 + 0.08  # the input stalled for half a second
+        await router.process(np.ones(1280, np.int16))
+        clock[0] += 0.08
+        await router.process(np.ones(1280, np.int16))
+
+    asyncio.run(main())
+    assert router.mic_realigned == 1 and router.linear_restarts == 1
+    assert linear.calls == ["process"] * 4 + ["pause"] + ["process"] * 2
 
 
 # ------------------------------------------------------------------ room simulation
@@ -658,3 +729,78 @@ def test_the_raw_microphones_vad_speaks_in_frames_whose_bands_show_a_second_talk
     assert len(started) == 1 and 1.6 - 0.032 <= started[0] <= 1.7
     # always: the raw VAD follows the audio while the canceller runs; else only marked frames
     assert vad.frames == (len(endpointer.raw_probs) if always else len(given))
+
+
+@pytest.mark.parametrize(("linear", "engine"), [(True, "fake"), (False, "fake"), (True, "gate")])
+def test_the_vad_on_our_linear_residual_speaks_in_frames_where_it_rises_over_the_echo_estimate(
+    linear: bool, engine: str
+) -> None:
+    """The echo: the playback (white noise) at -12 dB, 3 ms late, for 1.6 s, then with a second
+    talker 12 dB over it for 2 blocks, then the echo alone again. The canceller's output VAD
+    says nothing (it suppressed the talker); our linear filter has learned the echo path by then,
+    its residual rises over its echo estimate in the talker's frames only, and the VAD on that
+    residual, counted in those frames, makes the barge-in."""
+    from appliance.adapters.linear_echo import LinearEchoFilter
+    from appliance.core.doubletalk import linear_residual_config
+    from appliance.core.endpointing import SpeechStarted
+
+    clock = [0.0]
+    playback = NoisePlayback()
+    endpointer = RecordingEndpointer()
+    endpointer.config = EndpointConfig(barge_in_min_speech_s=0.06)
+    vad = SpeechVad()
+    started: list[float] = []
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer,
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
+        playback=playback,
+        echo=GatingCanceller() if engine == "gate" else CountingCanceller(),
+        now=lambda: clock[0],
+        linear_echo=linear_residual_config(10.0),
+        linear_filter=LinearEchoFilter() if linear else None,
+        residual_vad=vad,
+    )
+    router.set_listening(True)
+    talker = np.random.default_rng(8).normal(0.0, 0.1, 1280 * 2)
+    late = np.concatenate([np.zeros(48), playback.noise])  # the echo path: 3 ms
+
+    async def main() -> None:
+        for i in range(26):
+            clock[0] += 0.08
+            echo = 0.25 * late[i * 1280 : (i + 1) * 1280].astype(np.float64)
+            if i in (20, 21):
+                echo += talker[(i - 20) * 1280 : (i - 19) * 1280]
+            await router.process(np.rint(echo * 32768.0).astype(np.int16))
+
+    asyncio.run(main())
+    given = [t for t, p in endpointer.raw_probs if p is not None]
+    if not linear or engine == "gate":  # off, or gating (no barge-in rule): the VAD never runs
+        assert given == [] and started == [] and vad.frames == 0
+        return
+    # only frames overlapping the talker's blocks (1.6-1.76 s) or the 0.1 s hold after them
+    assert given and min(given) > 1.6 and max(given) < 1.76 + 0.1 + 0.032
+    assert len(started) == 1 and 1.6 - 0.032 <= started[0] <= 1.7
+    # the residual's VAD follows the audio while the canceller runs (every frame)
+    assert vad.frames == len(endpointer.raw_probs)
+
+
+@pytest.mark.parametrize(
+    ("appliance", "built"),
+    [
+        ({}, True),  # the default: the canceller and the filter beside it
+        ({"audio": {"echo_cancellation": "gate"}}, False),  # no barge-in rule with gating
+        ({"audio": {"echo_cancellation": "off"}}, False),
+        ({"vad": {"barge_in_linear_echo_db": None}}, False),
+    ],
+)
+def test_the_appliance_builds_the_linear_filter_only_beside_a_canceller(
+    appliance: dict[str, Any], built: bool
+) -> None:
+    from appliance.adapters.linear_echo import LinearEchoFilter
+    from appliance.runtime.app import _linear_filter
+
+    assert isinstance(_linear_filter(config(appliance)), LinearEchoFilter) == built
