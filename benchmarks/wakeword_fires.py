@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args(argv)
     for model in args.models:
-        meta = json.loads(model.with_name(model.stem + ".wakeword.json").read_text(encoding="utf-8"))
+        meta_file = model.with_name(model.stem + ".wakeword.json")
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        if args.threshold is None and "threshold" not in meta:
+            parser.error(f"{model}: no {meta_file.name} beside it; give --threshold")
         threshold = args.threshold if args.threshold is not None else float(meta["threshold"])
         patience = args.patience if args.patience is not None else int(meta.get("patience_frames", 1))
         print("\n".join(fires(model, threshold, patience, args.top)), flush=True)

@@ -284,9 +284,11 @@ class TrainSize:
     speech_minutes: int = 16  # generated speech and noise in training voices, as negatives
     hard_negative_rounds: int = 1
     near_miss_limit: int = core.MAX_NEAR_MISSES
-    carrier_voices: int = 0  # "carrier" negatives (`carrier_phrases`), each in this many voices
+    # "carrier" negatives (`carrier_phrases`: "hey garden", "garden computer"), each in this many
+    # training voices, their windows counted `carrier_repeat` times (more weight)
+    carrier_voices: int = 14
     carrier_limit: int = 48
-    carrier_repeat: int = 2  # their windows count this many times in training (more weight)
+    carrier_repeat: int = 3
     epochs: int = 400
     hidden: int = 32
     # windows per positive take, one per 80 ms frame after the phrase's end (1: only the window
@@ -302,6 +304,7 @@ class TrainSize:
     # the calibration split the written threshold and patience are chosen on (`calibrate`)
     calibration_minutes: int = 32
     calibration_takes: int = 24
+    calibration_carriers: int = 0  # `carrier_phrases` in the calibration split's own words among its texts
 
 
 TINY = TrainSize(
@@ -320,6 +323,7 @@ TINY = TrainSize(
     positive_frames=3,
     calibration_minutes=2,
     calibration_takes=6,
+    carrier_voices=0,
 )
 MICRO = TrainSize(
     positive_voices=7,
@@ -337,6 +341,7 @@ MICRO = TrainSize(
     speed_speech_minutes=0,
     positive_frames=2,
     l2=1e-3,
+    carrier_voices=0,
     calibration_minutes=1,
     calibration_takes=3,
 )
@@ -667,7 +672,14 @@ def train_word(
 
         trained_s = clock() - started
         cal = calibrate(
-            model_path, extractor, text, seed, size.calibration_minutes, size.calibration_takes, progress.step
+            model_path,
+            extractor,
+            text,
+            seed,
+            size.calibration_minutes,
+            size.calibration_takes,
+            progress.step,
+            size.calibration_carriers,
         )
     finally:
         progress.close()
@@ -696,6 +708,8 @@ def train_word(
             "speed_range": size.speed_range,
             "speech_before": size.speech_before,
             "negative_weight": size.negative_weight,
+            "carrier_voices": size.carrier_voices,
+            "carrier_repeat": size.carrier_repeat,
             "l2": size.l2,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
