@@ -31,6 +31,35 @@ class OperatingPoint:
     patience_frames: int
     threshold_from: str  # "config", "default", or the metadata file's path
     patience_from: str
+    # (path, size, mtime in ns) of the word's model and metadata files when the configuration
+    # loaded: a SIGHUP reload reloads the detector when they changed (a word trained again under
+    # the same name), even if the config text did not (`runtime.reload`)
+    files: tuple[tuple[str, int, int], ...] = ()
+
+
+def model_file_stamps(
+    name: str, path: Path | None, custom_dir: Path | None
+) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime_ns) of each file a word's model may be read from that exists: its
+    `path` and the files of the same stem beside it (.onnx, .tflite, microWakeWord .json,
+    NAME.wakeword.json), else the custom folder's NAME.* of those kinds. Bundled models: none."""
+    if path is not None:
+        stem, folder = path.stem, path.parent
+        candidates = [path]
+    elif custom_dir is not None:
+        stem, folder = name, custom_dir
+        candidates = []
+    else:
+        return ()
+    candidates += [folder / f"{stem}{suffix}" for suffix in (".onnx", ".tflite", ".json", METADATA_SUFFIX)]
+    out: dict[str, tuple[str, int, int]] = {}
+    for file in candidates:
+        try:
+            st = file.stat()
+        except OSError:
+            continue
+        out[str(file)] = (str(file), st.st_size, st.st_mtime_ns)
+    return tuple(out[k] for k in sorted(out))
 
 
 def metadata_path(name: str, engine: str | None, path: Path | None, custom_dir: Path | None) -> Path | None:
@@ -92,9 +121,8 @@ def operating_points(config: Config) -> tuple[dict[str, OperatingPoint], list[st
     points: dict[str, OperatingPoint] = {}
     problems: list[str] = []
     for i, word in enumerate(wake.words):
-        meta = metadata_path(
-            word.name, word.engine, config.resolve_path(word.path) if word.path else None, custom_dir
-        )
+        word_path = config.resolve_path(word.path) if word.path else None
+        meta = metadata_path(word.name, word.engine, word_path, custom_dir)
         explicit = word.model_fields_set
         threshold, patience = word.threshold, word.patience_frames
         from_meta: tuple[float, int | None] = (threshold, None)
@@ -116,6 +144,7 @@ def operating_points(config: Config) -> tuple[dict[str, OperatingPoint], list[st
             patience,
             "config" if "threshold" in explicit else str(meta) if t_meta else "default",
             "config" if "patience_frames" in explicit else str(meta) if p_meta else "default",
+            model_file_stamps(word.name, word_path, custom_dir),
         )
     return points, problems
 

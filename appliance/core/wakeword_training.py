@@ -129,17 +129,17 @@ class CurvePoint:
     false_accepts_per_hour: float
 
 
-def count_activations(
+def activation_frames(
     scores: list[float], threshold: float, refractory_frames: int, patience_frames: int = 1
-) -> int:
-    """Detections in a score stream, as `core.wakeword.WakeWordGate` makes them: a run of
+) -> list[int]:
+    """The frames a score stream fires on, as `core.wakeword.WakeWordGate` fires: a run of
     `patience_frames` consecutive frames at or above `threshold` fires on its last frame, then
     the word is deaf for `refractory_frames` frames (a run broken by them starts again)."""
     if refractory_frames < 0:
         raise ValueError("refractory_frames must be >= 0")
     if patience_frames < 1:
         raise ValueError("patience_frames must be >= 1")
-    count = 0
+    fired: list[int] = []
     above = 0
     blocked_until = -1
     for i, score in enumerate(scores):
@@ -148,10 +148,17 @@ def count_activations(
             continue
         above = above + 1 if score >= threshold else 0
         if above >= patience_frames:
-            count += 1
+            fired.append(i)
             above = 0
             blocked_until = i + refractory_frames + 1
-    return count
+    return fired
+
+
+def count_activations(
+    scores: list[float], threshold: float, refractory_frames: int, patience_frames: int = 1
+) -> int:
+    """How many detections a score stream makes (`activation_frames`)."""
+    return len(activation_frames(scores, threshold, refractory_frames, patience_frames))
 
 
 def sustained_peak(scores: list[float], patience_frames: int = 1) -> float:

@@ -1,7 +1,8 @@
 """Config reload (SIGHUP): what changed, which loaded models can be kept, what needs a restart.
 
 Models are the slow part of a start (seconds on a Pi), so a reload keeps every model whose
-inputs did not change: the wake-word detector (its words and model folders), the VAD (the
+inputs did not change: the wake-word detector (its words, model folders, and the size and
+modification time of each word's model files when the config loaded), the VAD (the
 model folder) and the agent's models (mode, `appliance.local`, the custom LLM endpoint).
 Audio devices stay open across a reload (changing `appliance.audio` devices or blocks, or the
 status socket, needs a restart; `appliance.audio.output_volume` applies at once).
@@ -78,7 +79,10 @@ def _listener_inputs(config: Config) -> Any:
         word.pop("agent", None)  # the word's agent: sessions, rebuilt with every loop
         for key in ("threshold", "patience_frames", "refractory_s"):
             word.pop(key, None)  # applied by the gate, rebuilt with every loop
-    return (str(resolve_models_dir(config)), str(config.base_dir), words)
+    # the words' model files as they were when the config loaded: a word trained again under the
+    # same name (new NAME.onnx) is reloaded though the config text is the same
+    files = {name: point.files for name, point in config.wake_word_points.items()}
+    return (str(resolve_models_dir(config)), str(config.base_dir), words, files)
 
 
 def _agent_inputs(config: Config) -> Any:

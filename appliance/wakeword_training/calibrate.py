@@ -68,6 +68,7 @@ def calibrate(
     minutes: int,
     takes: int,
     step: Callable[[str], None] = lambda label: None,
+    carriers: int = 0,
 ) -> Calibration:
     """The operating point of `model` on the calibration split (`minutes` of negative audio,
     `takes` positive takes), deterministic with `seed`."""
@@ -76,7 +77,9 @@ def calibrate(
     streams: list[list[float]] = []
     frames = 0
     for index in range(max(1, minutes)):
-        chunk = negative_audio_chunk(index, seed + NEGATIVES_SEED, split="calibration", exclude=phrase)
+        chunk = negative_audio_chunk(
+            index, seed + NEGATIVES_SEED, split="calibration", exclude=phrase, calibration_carriers=carriers
+        )
         emb = extractor.embeddings(chunk)
         frames += emb.shape[0]
         streams.append(score_windows(model, sliding(emb)).tolist())

@@ -228,6 +228,47 @@ CALIBRATION_SENTENCES = (
 )  # fmt: skip
 
 
+# Words the phrase's own words are paired with for "carrier" negatives ("hey garden", "hello
+# pencil", "garden lamp"): what fires a word on held-out voices is mostly its first word followed
+# by another one ("hey google", "hello everyone"). Training only: none of these words is in a
+# validation, test or calibration text (`carrier_phrases` also drops any that is).
+CARRIER_WORDS = (
+    "garden", "doctor", "teacher", "pencil", "yellow", "banana", "camera", "tomato", "sister",
+    "Peter", "Susan", "monkey", "rocket", "pillow", "carpet", "dinner", "butter", "kitten",
+    "number", "office", "puzzle", "river", "silver", "winter", "August", "Monday", "zebra",
+    "melon", "marble", "captain", "pocket", "button", "lemon", "honey", "robot", "movie",
+)  # fmt: skip
+
+
+# The calibration split's own carrier words ("hey kettle", "kettle lamp"): `calibrate` hears
+# them among its texts, so the written point is chosen against the confusion that fires most.
+CALIBRATION_CARRIER_WORDS = (
+    "morning", "kettle", "mister", "sugar", "tiger", "paper", "daddy", "lady", "pepper", "ruby",
+    "mango", "cactus", "turtle", "pirate", "bottle", "ladder", "cookie", "jacket", "magic", "wizard",
+)  # fmt: skip
+
+
+def carrier_phrases(phrase: str, limit: int, carriers: tuple[str, ...] = CARRIER_WORDS) -> list[str]:
+    """The phrase's first words with another word instead of its last one ("hey garden") and
+    another word before its last one ("garden computer"), alternating, at most `limit`; a
+    one-word phrase gets "WORD garden" and "garden WORD". Training's `CARRIER_WORDS` never use a
+    word of the held-out or calibration texts; `CALIBRATION_CARRIER_WORDS` never one of the
+    held-out texts or of training's carriers."""
+    words = phrase.split()
+    texts: list[str] = [*TEST_SENTENCES, *TEST_PHRASES, *VALIDATION_SENTENCES, *VALIDATION_PHRASES]
+    texts += [*CALIBRATION_SENTENCES, *CALIBRATION_PHRASES] if carriers is CARRIER_WORDS else CARRIER_WORDS
+    heldout = {w for t in texts for w in _plain(t).split()}
+    out: list[str] = []
+    for word in carriers:
+        w = word.lower()
+        if w in heldout or w in words:
+            continue
+        head = " ".join([*words[:-1], w]) if len(words) > 1 else f"{words[0]} {w}"
+        tail = " ".join([w, *words[1:]]) if len(words) > 1 else f"{w} {words[0]}"
+        out.extend([head, tail])
+    return out[: max(0, limit)]
+
+
 @dataclass(frozen=True)
 class TrainSize:
     """How much data to make (the CLI default fits the 10-minute budget on a 2-core box)."""
@@ -243,6 +284,11 @@ class TrainSize:
     speech_minutes: int = 16  # generated speech and noise in training voices, as negatives
     hard_negative_rounds: int = 1
     near_miss_limit: int = core.MAX_NEAR_MISSES
+    # "carrier" negatives (`carrier_phrases`: "hey garden", "garden computer"), each in this many
+    # training voices, their windows counted `carrier_repeat` times (more weight)
+    carrier_voices: int = 14
+    carrier_limit: int = 48
+    carrier_repeat: int = 3
     epochs: int = 400
     hidden: int = 32
     # windows per positive take, one per 80 ms frame after the phrase's end (1: only the window
@@ -258,6 +304,7 @@ class TrainSize:
     # the calibration split the written threshold and patience are chosen on (`calibrate`)
     calibration_minutes: int = 32
     calibration_takes: int = 24
+    calibration_carriers: int = 0  # `carrier_phrases` in the calibration split's own words among its texts
 
 
 TINY = TrainSize(
@@ -276,6 +323,7 @@ TINY = TrainSize(
     positive_frames=3,
     calibration_minutes=2,
     calibration_takes=6,
+    carrier_voices=0,
 )
 MICRO = TrainSize(
     positive_voices=7,
@@ -293,6 +341,7 @@ MICRO = TrainSize(
     speed_speech_minutes=0,
     positive_frames=2,
     l2=1e-3,
+    carrier_voices=0,
     calibration_minutes=1,
     calibration_takes=3,
 )
@@ -413,7 +462,13 @@ def long_speech(texts: list[str], voice_list: list[synth.Voice], rng: np.random.
 
 
 def negative_audio_chunk(
-    index: int, seed: int, heldout: bool = True, split: str = "", exclude: str = ""
+    index: int,
+    seed: int,
+    heldout: bool = True,
+    split: str = "",
+    exclude: str = "",
+    segments: list[tuple[int, int, str, str]] | None = None,
+    calibration_carriers: int = 0,
 ) -> Pcm16:
     """One minute of negative audio: voices reading sentences and phrases with room noise and
     pauses, and every fourth minute plain noise of varying colour and level.
@@ -422,7 +477,11 @@ def negative_audio_chunk(
     their own: for choosing a threshold), "test" (held-out voices, texts used nowhere else: for
     measuring) or "calibration" (voices and texts of its own: `train` chooses the threshold and
     patience it writes on it). Without it, `heldout` picks "test" or "train". `exclude`: a
-    phrase whose texts are left out (a calibration text that says the phrase is no negative)."""
+    phrase whose texts are left out (a calibration text that says the phrase is no negative).
+    `calibration_carriers`: this many of the phrase's `carrier_phrases` in the calibration
+    split's own words are among its texts ("hey kettle", "kettle computer"). `segments`: if
+    given, gets (first sample, end sample, text, voice label) of each text said (what a false
+    accept was said over; the audio is the same either way)."""
     split = split or ("test" if heldout else "train")
     if split not in ("train", "validation", "test", "calibration"):
         raise ValueError(f"unknown negative split {split!r}")
@@ -443,12 +502,17 @@ def negative_audio_chunk(
     }[split]
     if exclude:
         texts = [t for t in texts if f" {_plain(exclude)} " not in f" {_plain(t)} "]
+    if split == "calibration" and exclude and calibration_carriers > 0:
+        texts += carrier_phrases(_plain(exclude), calibration_carriers, CALIBRATION_CARRIER_WORDS)
     order = rng.permutation(len(texts))
     parts_f: list[npt.NDArray[np.float64]] = []
     total = 0
     for k, i in enumerate(order):
-        take = trim(synth.say(texts[int(i)], speakers[k % len(speakers)]))
+        voice = speakers[k % len(speakers)]
+        take = trim(synth.say(texts[int(i)], voice))
         parts_f.append(augment.augment(take, rng, strength=0.7))
+        if segments is not None:
+            segments.append((total, total + parts_f[-1].shape[0], texts[int(i)], voice.label))
         parts_f.append(
             augment.room_noise(int(rng.uniform(0.2, 1.5) * RATE_HZ), rng, float(rng.uniform(5, 60)))
         )
@@ -511,6 +575,12 @@ def build_dataset(
     for text in _each(near, progress, "near misses"):
         for voice in near_voices:
             neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+    carriers = carrier_phrases(phrase, size.carrier_limit) if size.carrier_voices > 0 else []
+    carrier_clips: list[npt.NDArray[np.float64]] = []
+    carrier_voices = synth.voices(False, size.carrier_voices, seed + 5) if carriers else []
+    for text in _each(carriers, progress, "carrier phrases"):
+        for voice in carrier_voices:
+            carrier_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
     other_voices = synth.voices(False, size.other_phrase_voices, seed + 2)
     others = [t for t in OTHER_PHRASES if core.normalize_phrase(t) != phrase][: size.other_phrases]
     for text in _each(others, progress, "other phrases"):
@@ -521,6 +591,9 @@ def build_dataset(
         neg_clips.append(augment.room_noise(WINDOW_SAMPLES, rng, level))
     progress.step("noise")
     negatives = window_set(extractor, [*neg_clips, *early])
+    if carrier_clips:
+        carrier_windows = window_set(extractor, carrier_clips)
+        negatives = np.concatenate([negatives, *([carrier_windows] * max(1, size.carrier_repeat))])
     speech_voices = synth.voices(False, size.speech_voices, seed + 3)
     speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
     streams = [extractor.embeddings(speech)]
@@ -542,6 +615,7 @@ def build_dataset(
         "speech_windows": len(speech_windows),
         "speech_seconds": round(speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S, 1),
         "near_misses": near,
+        "carrier_phrases": len(carriers),
         "voices": sorted({v.label for v in [*pos_voices, *near_voices, *other_voices, *speech_voices]}),
     }
     return x, y, info
@@ -565,7 +639,8 @@ def train_word(
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
     minutes = size.speech_minutes + size.speed_speech_minutes
-    steps = size.positive_voices + n_near + size.other_phrases + minutes + 3
+    n_carriers = len(carrier_phrases(text, size.carrier_limit)) if size.carrier_voices > 0 else 0
+    steps = size.positive_voices + n_near + n_carriers + size.other_phrases + minutes + 3
     progress = Progress(steps + max(1, size.calibration_minutes) + 1, show_progress)
     try:
         x, y, info = build_dataset(text, size, seed, extractor, progress)
@@ -597,7 +672,14 @@ def train_word(
 
         trained_s = clock() - started
         cal = calibrate(
-            model_path, extractor, text, seed, size.calibration_minutes, size.calibration_takes, progress.step
+            model_path,
+            extractor,
+            text,
+            seed,
+            size.calibration_minutes,
+            size.calibration_takes,
+            progress.step,
+            size.calibration_carriers,
         )
     finally:
         progress.close()
@@ -626,6 +708,8 @@ def train_word(
             "speed_range": size.speed_range,
             "speech_before": size.speech_before,
             "negative_weight": size.negative_weight,
+            "carrier_voices": size.carrier_voices,
+            "carrier_repeat": size.carrier_repeat,
             "l2": size.l2,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),

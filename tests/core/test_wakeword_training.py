@@ -6,6 +6,7 @@ import pytest
 
 from appliance.core.wakeword_training import (
     CurvePoint,
+    activation_frames,
     choose_operating_point,
     count_activations,
     default_thresholds,
@@ -101,6 +102,20 @@ def test_count_activations_with_patience(
     scores: list[float], patience: int, refractory: int, expected: int
 ) -> None:
     assert count_activations(scores, 0.5, refractory, patience) == expected
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "refractory", "expected"),
+    [
+        ([], 1, 25, []),
+        ([0.1, 0.6, 0.7, 0.1, 0.6], 1, 2, [1, 4]),  # frame 2 and 3 are deaf, 4 fires
+        ([0.1, 0.6, 0.7, 0.1, 0.6], 2, 0, [2]),  # a run of 2 fires on its last frame
+        ([0.6, 0.7, 0.8, 0.9], 2, 0, [1, 3]),
+    ],
+)
+def test_activation_frames(scores: list[float], patience: int, refractory: int, expected: list[int]) -> None:
+    assert activation_frames(scores, 0.5, refractory, patience) == expected
+    assert count_activations(scores, 0.5, refractory, patience) == len(expected)
 
 
 def test_count_activations_agrees_with_the_gate() -> None:

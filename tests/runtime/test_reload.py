@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -70,6 +73,37 @@ def test_changed_models_are_loaded() -> None:
     out, calls = reload(config(), config(local={"stt": {"beam_size": 2}}), models)
     assert calls == ["agent"] and out.local_models is not models.local_models
     assert out.detector is models.detector
+
+
+def test_a_word_trained_again_is_reloaded_though_the_config_is_the_same(tmp_path: Path) -> None:
+    """`appliance wakeword train` writes NAME.onnx and NAME.wakeword.json again under the same
+    name: the next SIGHUP loads the new model and runs it at the new point."""
+    model, meta = tmp_path / "hey_computer.onnx", tmp_path / "hey_computer.wakeword.json"
+
+    def write(blob: bytes, threshold: float, mtime_ns: int) -> None:
+        model.write_bytes(blob)
+        meta.write_text(json.dumps({"threshold": threshold, "patience_frames": 2}), encoding="utf-8")
+        for f in (model, meta):
+            os.utime(f, ns=(mtime_ns, mtime_ns))
+
+    def word_config() -> Config:
+        return config(wake_words={"custom_dir": str(tmp_path), "words": [{"name": "hey_computer"}]})
+
+    write(b"first model", 0.8, 1_000_000_000)
+    models = Preloaded(object(), object(), object())
+    old = word_config()
+    out, calls = reload(old, word_config(), models)
+    assert calls == [] and out.detector is models.detector  # nothing changed on disk
+    write(b"trained again", 0.95, 2_000_000_000)
+    new = word_config()
+    out, calls = reload(old, new, models)
+    assert calls == ["listeners"] and out.detector is not models.detector
+    assert out.local_models is models.local_models
+    point = new.wake_word_points["hey_computer"]
+    assert (point.threshold, point.patience_frames, point.threshold_from) == (0.95, 2, str(meta))
+    # only the modification time changes (the same size): reloaded too
+    write(b"trained again", 0.95, 3_000_000_000)
+    assert reload(new, word_config(), models)[1] == ["listeners"]
 
 
 def test_audio_devices_and_the_socket_need_a_restart_but_the_volume_does_not() -> None:

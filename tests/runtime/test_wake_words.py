@@ -155,6 +155,29 @@ def test_metadata_beside_a_model_path_and_older_metadata_without_patience(tmp_pa
     assert cfg.wake_word_rules()["hey_kitchen"] == WakeWordRule("hey_kitchen", 0.5, 1, 2.0)
 
 
+def test_the_model_files_a_word_is_read_from_are_stamped_when_the_config_loads(tmp_path: Path) -> None:
+    trained(tmp_path / "custom", "hey_computer", {"threshold": 0.9})
+    (tmp_path / "models").mkdir()
+    for name in ("mine.tflite", "mine.json", "other.onnx"):
+        (tmp_path / "models" / name).write_bytes(b"12345")
+    cfg = load_words(
+        tmp_path,
+        {"name": "hey_computer"},
+        {"name": "hey_jarvis"},
+        {"name": "mine", "path": "models/mine.json"},
+    )
+    stamps = {
+        name: [(Path(f).name, size) for f, size, _ in p.files] for name, p in cfg.wake_word_points.items()
+    }
+    assert stamps == {
+        "hey_computer": [("hey_computer.onnx", 4), ("hey_computer.wakeword.json", 18)],
+        "hey_jarvis": [],  # bundled (none in the custom folder to shadow it)
+        "mine": [("mine.json", 5), ("mine.tflite", 5)],  # and not the folder's other models
+    }
+    mtime = (tmp_path / "custom" / "hey_computer.onnx").stat().st_mtime_ns
+    assert cfg.wake_word_points["hey_computer"].files[0][2] == mtime
+
+
 def test_metadata_without_its_model_is_not_used(tmp_path: Path) -> None:
     meta = trained(tmp_path / "custom", "alexa", {"threshold": 0.9})
     (tmp_path / "custom" / "alexa.onnx").unlink()  # the bundled alexa runs: its own defaults

@@ -56,3 +56,51 @@ def test_a_calibration_text_saying_the_phrase_is_left_out(monkeypatch: pytest.Mo
     said.clear()
     train.negative_audio_chunk(0, 1, split="calibration")
     assert "hello world" in said  # without `exclude` this seed's minute does say it
+
+
+def _words(texts: tuple[str, ...] | list[str]) -> set[str]:
+    return {w for t in texts for w in train._plain(t).split()}
+
+
+@pytest.mark.parametrize("phrase", ["hey computer", "okay kiosk", "hello lamp", "jarvis"])
+def test_carrier_phrases_pair_the_phrase_with_words_of_their_own_split(phrase: str) -> None:
+    """Training's carrier negatives ("hey garden", "garden computer") and the calibration
+    split's ("hey kettle") never use a word of a held-out text, nor one another's words."""
+    heldout = _words(
+        [*train.TEST_SENTENCES, *train.TEST_PHRASES, *train.VALIDATION_SENTENCES, *train.VALIDATION_PHRASES]
+    )
+    calibration_texts = _words([*train.CALIBRATION_SENTENCES, *train.CALIBRATION_PHRASES])
+    training = train.carrier_phrases(phrase, 100)
+    calibration = train.carrier_phrases(phrase, 100, train.CALIBRATION_CARRIER_WORDS)
+    words = phrase.split()
+    for carriers, others in ((training, calibration_texts), (calibration, set(train.CARRIER_WORDS) | set())):
+        assert carriers and len(set(carriers)) == len(carriers)
+        new = _words(carriers) - set(words)
+        assert not new & heldout and not new & others
+        for text in carriers:  # one word of the phrase kept, one other word
+            assert len(text.split()) == 2 and not train.core.sounds_same(text, phrase)
+    assert not _words(training) - set(words) & _words(calibration) - set(words)
+    assert train.carrier_phrases(phrase, 4) == training[:4]
+    if len(words) == 2:
+        assert training[:2] == [f"{words[0]} garden", f"garden {words[1]}"]
+
+
+def test_calibration_carriers_are_among_its_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+
+    def say(text: str, voice: synth.Voice) -> np.ndarray:
+        said.append(text)
+        return np.full(1600, 1000, dtype=np.int16)  # short takes: a minute says most texts
+
+    monkeypatch.setattr(synth, "say", say)
+    monkeypatch.setattr(synth, "piper_available", lambda: False)
+    carriers = set(train.carrier_phrases("hello lamp", 6, train.CALIBRATION_CARRIER_WORDS))
+    for index in (0, 1, 2):
+        train.negative_audio_chunk(
+            index, 1, split="calibration", exclude="hello lamp", calibration_carriers=6
+        )
+    assert carriers <= set(said) <= {*train.CALIBRATION_SENTENCES, *train.CALIBRATION_PHRASES, *carriers}
+    said.clear()
+    for index in (0, 1, 2):
+        train.negative_audio_chunk(index, 1, split="calibration", exclude="hello lamp")
+    assert said and not carriers & set(said)
