@@ -1,0 +1,62 @@
+"""When did a microphone block end? The appliance clock time of each block, from its arrival.
+
+The echo canceller's reference (what the speaker played, by clock time) must line up with the
+microphone's samples: a block that arrives 0.3 s late did not end 0.3 s late. A block's arrival
+is its end plus whatever held it up (the device's period, the event loop, a busy model thread,
+a loaded CPU): never earlier than its end. So the clock of the samples is the arrival minus the
+sample count at its smallest: `offset = min(arrival - samples / rate)` over the last `window_s`
+of audio, and a block ends at `offset + samples / rate`.
+
+A stall (the process starved of CPU, the model thread busy) delays the blocks behind it, which
+then arrive in a burst: the blocks on time before it keep the offset, and the timeline does not
+move. Re-reading the clock from a late block instead (what this replaces: "re-read when the two
+disagree by more than 0.2 s") moved the reference against the microphone by the stall and left
+up to 0.2 s of it behind for good; the canceller then let its own voice through, and the agent
+interrupted itself (benchmarks/README.md, `agent.echo.appliance`, living room under load). Only
+a shift that lasts longer than `window_s` (samples lost: the input queue overflowed, the device
+restarted) moves the offset: the timeline follows it then, counted in `jumps` when it moves more
+than `jump_s`.
+
+Pure: block sizes and arrival times in, block end times out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MicClock:
+    rate_hz: int
+    window_s: float = 2.0
+    """The offset is the smallest of the blocks in this much audio: a stall and the burst
+    that catches up after it must fit in it (a 0.5 s stall, blocks processed in 40 ms of every
+    80: 1 s); a lasting shift is followed this much later."""
+    jump_s: float = 0.02
+    """A move of the offset by more than this counts in `jumps` (the reference moved against
+    the microphone: an adaptive echo filter restarts)."""
+    samples: int = 0
+    """Samples counted so far (the end of the last block)."""
+    offset: float | None = None
+    """The clock time of sample 0 (None: no block yet)."""
+    jumps: int = 0
+    _candidates: deque[tuple[int, float]] = field(default_factory=deque)
+    """(samples at a block's end, its arrival minus the samples' duration), offsets rising: the
+    smallest in the window is first (a monotonic queue, at most one entry per block in it)."""
+
+    def block_end(self, n_samples: int, arrived: float) -> float:
+        """A block of `n_samples` arrived at clock time `arrived`: when it ended."""
+        self.samples += n_samples
+        candidate = arrived - self.samples / self.rate_hz
+        while self._candidates and self._candidates[-1][1] >= candidate:
+            self._candidates.pop()
+        self._candidates.append((self.samples, candidate))
+        oldest = self.samples - round(self.window_s * self.rate_hz)
+        while self._candidates[0][0] <= oldest:
+            self._candidates.popleft()
+        offset = self._candidates[0][1]
+        if self.offset is not None and abs(offset - self.offset) > self.jump_s + 1e-9:
+            self.jumps += 1
+        self.offset = offset
+        return offset + self.samples / self.rate_hz
