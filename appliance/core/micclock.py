@@ -9,13 +9,16 @@ of audio, and a block ends at `offset + samples / rate`.
 
 A stall (the process starved of CPU, the model thread busy) delays the blocks behind it, which
 then arrive in a burst: the blocks on time before it keep the offset, and the timeline does not
-move. Re-reading the clock from a late block instead (what this replaces: "re-read when the two
-disagree by more than 0.2 s") moved the reference against the microphone by the stall and left
+move. Blocks the reader did not wait for (already queued: a backlog) are no candidates at all,
+and the newest candidate stays however old: a backlog that lasts longer than the window (a
+loaded Pi behind by 0.5 s for seconds) does not move the timeline either. Re-reading the clock
+from a late block instead (what this replaces: "re-read when the two disagree by more than
+0.2 s") moved the reference against the microphone by the stall and left
 up to 0.2 s of it behind for good; the canceller then let its own voice through, and the agent
 interrupted itself (benchmarks/README.md, `agent.echo.appliance`, living room under load). Only
-a shift that lasts longer than `window_s` (samples lost: the input queue overflowed, the device
-restarted) moves the offset: the timeline follows it then, counted in `jumps` when it moves more
-than `jump_s`.
+a shift that lasts longer than `window_s` in the blocks the reader waited for (samples lost: the
+input queue overflowed, the device restarted) moves the offset: the timeline follows it then,
+counted in `jumps` when it moves more than `jump_s`.
 
 Pure: block sizes and arrival times in, block end times out.
 """
@@ -45,15 +48,18 @@ class MicClock:
     """(samples at a block's end, its arrival minus the samples' duration), offsets rising: the
     smallest in the window is first (a monotonic queue, at most one entry per block in it)."""
 
-    def block_end(self, n_samples: int, arrived: float) -> float:
-        """A block of `n_samples` arrived at clock time `arrived`: when it ended."""
+    def block_end(self, n_samples: int, arrived: float, waited: bool = True) -> float:
+        """A block of `n_samples` arrived at clock time `arrived`: when it ended. `waited`: the
+        reader was waiting for it (False: it was already queued when the reader asked, behind a
+        backlog: its arrival says nothing of when it ended, and it is no candidate)."""
         self.samples += n_samples
         candidate = arrived - self.samples / self.rate_hz
-        while self._candidates and self._candidates[-1][1] >= candidate:
-            self._candidates.pop()
-        self._candidates.append((self.samples, candidate))
+        if waited or not self._candidates:
+            while self._candidates and self._candidates[-1][1] >= candidate:
+                self._candidates.pop()
+            self._candidates.append((self.samples, candidate))
         oldest = self.samples - round(self.window_s * self.rate_hz)
-        while self._candidates[0][0] <= oldest:
+        while len(self._candidates) > 1 and self._candidates[0][0] <= oldest:
             self._candidates.popleft()
         offset = self._candidates[0][1]
         if self.offset is not None and abs(offset - self.offset) > self.jump_s + 1e-9:

@@ -47,6 +47,9 @@ ECHO_TAIL_S = 1.0
 """The echo canceller keeps running this long after the speaker falls silent: a room's
 reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
 MIC_CLOCK_WINDOW_S = 2.0
+BACKLOG_S = 0.005
+"""A block that arrives within this of the last one being done was queued (a backlog): its
+arrival is no measure of its end (`core.micclock.MicClock.block_end`'s `waited`)."""
 """See `AudioRouter._mic_clock` and `core.micclock.MicClock.window_s`."""
 TRACE_FRAMES = 12
 """VAD frames of evidence a debug log of a speech start during the agent's turn shows."""
@@ -198,6 +201,7 @@ class AudioRouter:
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._dt_ref = np.zeros(0, dtype=np.float64)
         self._mic = MicClock(MIC_RATE_HZ, window_s=MIC_CLOCK_WINDOW_S)
+        self._done: float | None = None  # clock time the last block was done (`process`)
         self._mic_late = 0.0  # the last block's arrival minus its sample-counted end (s)
         self.mic_realigned = 0
         self._trace: deque[str] = deque(maxlen=TRACE_FRAMES)
@@ -233,9 +237,11 @@ class AudioRouter:
     async def process(self, block: Pcm16) -> None:
         loop = asyncio.get_running_loop()
         arrived = self._now() if self._now is not None else None  # before the hop to the model thread
-        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived)
+        waited = arrived is None or self._done is None or arrived - self._done > BACKLOG_S
+        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived, waited)
         for event in events:
             self._post(event)
+        self._done = self._now() if self._now is not None else None
 
     def _set_listening(self, on: bool) -> None:
         if on != self._listening:
@@ -268,11 +274,14 @@ class AudioRouter:
             self._wake_chunks.clear()
             self._recent = np.zeros(0, dtype=np.int16)
 
-    def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
-        """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
+    def _process_sync(
+        self, block: Pcm16, arrived: float | None = None, waited: bool = True
+    ) -> list[DeviceEvent]:
+        """Runs on the model thread; `arrived`: when the block came in (clock time, its end);
+        `waited`: not at once after the last block was done (then it was queued: a backlog)."""
         self._apply_pending()
         realigned = self.mic_realigned
-        end_t = self._mic_clock(block.size, arrived)
+        end_t = self._mic_clock(block.size, arrived, waited)
         if self.mic_realigned != realigned and self._echo_engaged:
             self._restart_linear()
         events: list[DeviceEvent] = []
@@ -366,7 +375,7 @@ class AudioRouter:
         self.residual_vad_frames += 1
         return prob if self._residual_dt.during(t_start, t_end) else None
 
-    def _mic_clock(self, n: int, arrived: float | None) -> float | None:
+    def _mic_clock(self, n: int, arrived: float | None, waited: bool = True) -> float | None:
         """When the block ends on the appliance clock, counted in samples (`core.micclock`): the
         echo canceller's reference must advance with the microphone's samples, not jitter with
         the event loop's scheduling nor jump with a stall's late blocks; only a shift that lasts
@@ -374,7 +383,7 @@ class AudioRouter:
         if arrived is None:
             return None
         before = self._mic.offset
-        end = self._mic.block_end(n, arrived)
+        end = self._mic.block_end(n, arrived, waited)
         self._mic_late = 0.0 if before is None else arrived - (before + self._mic.samples / MIC_RATE_HZ)
         self.mic_realigned = self._mic.jumps
         return end

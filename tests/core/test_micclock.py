@@ -67,3 +67,17 @@ def test_the_remembered_arrivals_stay_bounded() -> None:
     for k in range(1000):
         clock.block_end(BLOCK, 0.08 * (k + 1) * 1.001)
         assert len(clock._candidates) <= 25
+
+
+def test_a_backlog_longer_than_the_window_does_not_move_the_timeline() -> None:
+    """A loaded reader falls 0.5 s behind and stays there for 4 s (each block already queued
+    when it asks: not waited for), then catches up: every block still ends where its samples
+    say. Taken as candidates, those arrivals would move the timeline 0.5 s late after 2 s."""
+    true_ends = [0.08 * (k + 1) for k in range(80)]
+    clock = MicClock(RATE, window_s=2.0)
+    ends = []
+    for k, end in enumerate(true_ends):
+        behind = 10 <= k < 60
+        ends.append(clock.block_end(BLOCK, end + (0.5 if behind else 0.0), waited=not behind))
+    assert ends == pytest.approx(true_ends, abs=1e-9)
+    assert clock.jumps == 0
