@@ -81,3 +81,18 @@ def test_a_backlog_longer_than_the_window_does_not_move_the_timeline() -> None:
         ends.append(clock.block_end(BLOCK, end + (0.5 if behind else 0.0), waited=not behind))
     assert ends == pytest.approx(true_ends, abs=1e-9)
     assert clock.jumps == 0
+
+
+def test_a_late_block_waited_for_alone_in_a_backlog_does_not_move_the_timeline() -> None:
+    """The reader was starved while waiting (a late block it had waited for), then stays behind
+    for 3 s (queued blocks), once more: those 2 late blocks alone are too little evidence of lost
+    samples to move the timeline later."""
+    true_ends = [0.08 * (k + 1) for k in range(80)]
+    clock = MicClock(RATE, window_s=2.0)
+    ends = []
+    for k, end in enumerate(true_ends):
+        behind = 10 <= k < 50
+        waited = not behind or k in (10, 30)
+        ends.append(clock.block_end(BLOCK, end + (0.4 if behind else 0.0), waited=waited))
+    assert ends == pytest.approx(true_ends, abs=1e-9)
+    assert clock.jumps == 0
