@@ -21,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from appliance.core.micclock import MicClock
 from appliance.ports import MIC_RATE_HZ, Clock, Microphone, Pcm16, PlaybackReference
 
 MAX_IR_S = 2.0
 """Longest impulse response accepted (after trimming trailing silence): RT60 0.8 s rooms need
 about 1 s."""
 MAX_DRIFT_PPM = 1000.0
-REALIGN_S = 0.2
+MIC_CLOCK_WINDOW_S = 2.0
+BACKLOG_S = 0.005
+"""The echo's timeline, as the router's (`runtime.router.MIC_CLOCK_WINDOW_S`, `BACKLOG_S`)."""
 DRIFT_RESTART_S = 3.0
 """The simulated drift starts over after the speaker has been silent this long (more than any
 accepted impulse response): an output stream that restarts between two agent turns."""
@@ -111,16 +114,18 @@ class EchoMicrophone:
 
     async def frames(self) -> AsyncIterator[Pcm16]:
         # A room's echo is continuous: the echo timeline advances with the microphone's samples,
-        # read from the clock at the first block (and after a gap: an input that stalled).
-        cursor: float | None = None
+        # from the blocks' arrivals at their earliest (`core.micclock`: a block late behind a
+        # stall did not end late; only a lasting shift, dropped blocks, moves it).
+        timeline = MicClock(MIC_RATE_HZ, window_s=MIC_CLOCK_WINDOW_S)
+        asked: float | None = None  # when the reader asked for this block
         async for block in self._inner.frames():
-            start = self._clock.now() - block.size / MIC_RATE_HZ - self.delay_s
-            if cursor is None or abs(start - cursor) > REALIGN_S:
-                cursor = start
-            start, cursor = cursor, cursor + block.size / MIC_RATE_HZ
+            now = self._clock.now()
+            end = timeline.block_end(block.size, now, asked is None or now - asked > BACKLOG_S)
+            start = end - block.size / MIC_RATE_HZ - self.delay_s
             echo = self._echo.render(start, block.size) * (self.gain * 32768.0)
             mixed = np.clip(block.astype(np.float64) + echo, -32768, 32767)
             yield np.rint(mixed).astype(np.int16)
+            asked = self._clock.now()
 
     async def close(self) -> None:
         await self._inner.close()

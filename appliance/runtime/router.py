@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from appliance.core.doubletalk import (
     DoubleTalkConfig,
     DoubleTalkDetector,
 )
-from appliance.core.endpointing import Endpointer
+from appliance.core.endpointing import Endpointer, EndpointEvent, SpeechStarted
+from appliance.core.micclock import MicClock
 from appliance.core.wakeword import WakeWordGate
 from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
 
@@ -44,8 +46,13 @@ class RouterStats:
 ECHO_TAIL_S = 1.0
 """The echo canceller keeps running this long after the speaker falls silent: a room's
 reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
-REALIGN_S = 0.2
-"""See `AudioRouter._mic_clock`."""
+MIC_CLOCK_WINDOW_S = 2.0
+BACKLOG_S = 0.005
+"""A block that arrives within this of the last one being done was queued (a backlog): its
+arrival is no measure of its end (`core.micclock.MicClock.block_end`'s `waited`)."""
+"""See `AudioRouter._mic_clock` and `core.micclock.MicClock.window_s`."""
+TRACE_FRAMES = 12
+"""VAD frames of evidence a debug log of a speech start during the agent's turn shows."""
 BANDS = 16
 """The band double-talk detector's bands: 500 Hz wide over 0-8 kHz (the 10 ms frame's FFT bins
 1-80, 100 Hz apart, five to a band)."""
@@ -193,8 +200,13 @@ class AudioRouter:
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._dt_ref = np.zeros(0, dtype=np.float64)
-        self._mic_end: float | None = None  # clock time of the last block's end, counted in samples
+        self._mic = MicClock(MIC_RATE_HZ, window_s=MIC_CLOCK_WINDOW_S)
+        self._done: float | None = None  # clock time the last block was done (`process`)
+        self._mic_late = 0.0  # the last block's arrival minus its sample-counted end (s)
         self.mic_realigned = 0
+        self._trace: deque[str] = deque(maxlen=TRACE_FRAMES)
+        """The evidence of the last VAD frames while the canceller runs, logged (debug) with
+        each speech start in that time: bounded, and built only when debug logging is on."""
         self.echo_blocks = 0
         """Blocks the echo canceller processed (it runs only while the agent speaks + the tail)."""
         # Wake words fire only if the VAD hears speech in the last second: noise that fools a
@@ -225,9 +237,11 @@ class AudioRouter:
     async def process(self, block: Pcm16) -> None:
         loop = asyncio.get_running_loop()
         arrived = self._now() if self._now is not None else None  # before the hop to the model thread
-        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived)
+        waited = arrived is None or self._done is None or arrived - self._done > BACKLOG_S
+        events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived, waited)
         for event in events:
             self._post(event)
+        self._done = self._now() if self._now is not None else None
 
     def _set_listening(self, on: bool) -> None:
         if on != self._listening:
@@ -260,11 +274,14 @@ class AudioRouter:
             self._wake_chunks.clear()
             self._recent = np.zeros(0, dtype=np.int16)
 
-    def _process_sync(self, block: Pcm16, arrived: float | None = None) -> list[DeviceEvent]:
-        """Runs on the model thread; `arrived`: when the block came in (clock time, its end)."""
+    def _process_sync(
+        self, block: Pcm16, arrived: float | None = None, waited: bool = True
+    ) -> list[DeviceEvent]:
+        """Runs on the model thread; `arrived`: when the block came in (clock time, its end);
+        `waited`: not at once after the last block was done (then it was queued: a backlog)."""
         self._apply_pending()
         realigned = self.mic_realigned
-        end_t = self._mic_clock(block.size, arrived)
+        end_t = self._mic_clock(block.size, arrived, waited)
         if self.mic_realigned != realigned and self._echo_engaged:
             self._restart_linear()
         events: list[DeviceEvent] = []
@@ -314,10 +331,31 @@ class AudioRouter:
                 )
                 if residual_prob is not None:
                     raw_prob = residual_prob if raw_prob is None else max(raw_prob, residual_prob)
-            events.extend(
-                self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob)
-            )
+            decided = self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob)
+            if talk_over_s is not None and _LOGGER.isEnabledFor(logging.DEBUG):
+                self._trace_frame(t, prob, talk_over_s, double_talk, raw_prob, decided)
+            events.extend(decided)
         return events
+
+    def _trace_frame(
+        self,
+        t: float,
+        prob: float,
+        talk_over_s: float,
+        double_talk: bool,
+        raw_prob: float | None,
+        decided: list[EndpointEvent],
+    ) -> None:
+        dt = self._residual_dt
+        learned = None if dt is None else dt.learned_db
+        self._trace.append(
+            f"t={t:.3f} over={talk_over_s:.2f} vad={prob:.2f} dt={int(double_talk)}"
+            f" res={'-' if raw_prob is None else f'{raw_prob:.2f}'}"
+            f" learned={'-' if learned is None else f'{learned:.1f}'} late={self._mic_late * 1e3:.0f}ms"
+            f" realigned={self.mic_realigned} restarts={self.linear_restarts}"
+        )
+        if any(isinstance(e, SpeechStarted) for e in decided):
+            _LOGGER.debug("speech start while the agent speaks:\n  %s", "\n  ".join(self._trace))
 
     def _raw_probability(self, frame: Pcm16, t_start: float, t_end: float) -> float | None:
         """The raw VAD's probability for a frame the band detector marks (None: not marked)."""
@@ -337,19 +375,18 @@ class AudioRouter:
         self.residual_vad_frames += 1
         return prob if self._residual_dt.during(t_start, t_end) else None
 
-    def _mic_clock(self, n: int, arrived: float | None) -> float | None:
-        """When the block ends on the appliance clock, counted in samples from the first block:
-        the echo canceller's reference must advance with the microphone's samples, not jitter
-        with the event loop's scheduling. Re-read from the clock only when the two disagree by
-        more than `REALIGN_S` (dropped microphone blocks, a stall)."""
+    def _mic_clock(self, n: int, arrived: float | None, waited: bool = True) -> float | None:
+        """When the block ends on the appliance clock, counted in samples (`core.micclock`): the
+        echo canceller's reference must advance with the microphone's samples, not jitter with
+        the event loop's scheduling nor jump with a stall's late blocks; only a shift that lasts
+        (dropped microphone blocks) moves it."""
         if arrived is None:
             return None
-        expected = None if self._mic_end is None else self._mic_end + n / MIC_RATE_HZ
-        if expected is None or abs(arrived - expected) > REALIGN_S:
-            self.mic_realigned += expected is not None
-            expected = arrived
-        self._mic_end = expected
-        return expected
+        before = self._mic.offset
+        end = self._mic.block_end(n, arrived, waited)
+        self._mic_late = 0.0 if before is None else arrived - (before + self._mic.samples / MIC_RATE_HZ)
+        self.mic_realigned = self._mic.jumps
+        return end
 
     def _cancel_echo(self, block: Pcm16, end_t: float | None, start: int = 0) -> Pcm16:
         """While the agent speaks and for `echo_tail_s` after, the block minus its echo."""

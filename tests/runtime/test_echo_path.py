@@ -304,26 +304,32 @@ def test_the_canceller_runs_while_the_agent_speaks_and_for_the_echo_tail_only() 
 
 
 def test_the_reference_advances_with_the_microphone_samples_not_the_event_loop_jitter() -> None:
-    """Blocks arrive late by a varying few ms (the event loop is busy); the canceller's reference
-    still advances exactly one block per block. A stall of the input (0.5 s) re-reads the clock."""
+    """Blocks arrive late by a varying few ms (the event loop is busy), then the process stalls
+    0.5 s and the blocks held up arrive in a burst: the canceller's reference still advances
+    exactly one block per block (`core.micclock`). Samples lost (a lasting shift of 0.4 s) move
+    it once the blocks from before have left the 2 s window."""
     clock = [0.0]
     playback = FakePlayback()
     playback.playing = True
     router = _router(clock, playback, CountingCanceller())
     router.set_listening(True)
     jitter = [0.0, 0.012, 0.003, 0.019, 0.001, 0.015, 0.0, 0.008]
+    arrivals = [0.08 * (k + 1) + late for k, late in enumerate(jitter)]
+    resume = 0.08 * 9 + 0.5  # block 8 and those after it wait for the stall's end
+    arrivals += [max(0.08 * (k + 1), resume + 0.02 * (k - 8)) for k in range(8, 30)]
+    shifted = [0.08 * (k + 1) + 0.4 for k in range(30, 60)]
 
     async def main() -> None:
-        for k, late in enumerate(jitter):
-            clock[0] = 0.08 * (k + 1) + late
+        for t in arrivals + shifted:
+            clock[0] = t
             await router.process(np.ones(1280, np.int16))
-        clock[0] += 0.5 + 0.08  # the input stalled for half a second
-        await router.process(np.ones(1280, np.int16))
 
     asyncio.run(main())
     starts = [t for t, _ in playback.asked]
-    np.testing.assert_allclose(np.diff(starts[: len(jitter)]), 0.08, atol=1e-9)
-    assert router.mic_realigned == 1 and starts[-1] == pytest.approx(clock[0] - 0.08)
+    lookback = CountingCanceller().lookback_samples / RATE
+    np.testing.assert_allclose(starts[:54], [0.08 * k - lookback for k in range(54)], atol=1e-9)
+    np.testing.assert_allclose(starts[54:], [0.08 * k + 0.4 - lookback for k in range(54, 60)], atol=1e-9)
+    assert router.mic_realigned == 1
 
 
 class RecordingLinear:
@@ -343,10 +349,10 @@ class RecordingLinear:
         self.calls.append("pause")
 
 
-def test_a_stall_of_the_input_restarts_the_linear_filter() -> None:
-    """The clock re-read after a stall moves the reference against the microphone: the filter's
-    residual would be the whole echo (a false double talk), so it forgets its history and its
-    detector settles again; plain jitter does not restart it."""
+def test_a_lasting_shift_of_the_input_restarts_the_linear_filter_a_stall_does_not() -> None:
+    """Samples lost move the reference against the microphone: the filter's residual would be
+    the whole echo (a false double talk), so it forgets its history and its detector settles
+    again. A stall whose blocks arrive in a burst moves nothing and restarts nothing."""
     from appliance.core.doubletalk import linear_residual_config
 
     clock = [0.0]
@@ -362,19 +368,20 @@ def test_a_stall_of_the_input_restarts_the_linear_filter() -> None:
         residual_vad=SpeechVad(),
     )
     router.set_listening(True)
+    arrivals = [0.08 * (k + 1) + late for k, late in enumerate([0.0, 0.012, 0.003, 0.019])]
+    arrivals += [max(0.08 * (k + 1), 0.4 + 0.5 + 0.02 * (k - 4)) for k in range(4, 20)]  # a stall
+    arrivals += [0.08 * (k + 1) + 0.4 for k in range(20, 60)]  # 0.4 s of samples lost
 
     async def main() -> None:
-        for k, late in enumerate([0.0, 0.012, 0.003, 0.019]):
-            clock[0] = 0.08 * (k + 1) + late
+        for t in arrivals:
+            clock[0] = t
             await router.process(np.ones(1280, np.int16))
-        clock[0] += 0.5 + 0.08  # the input stalled for half a second
-        await router.process(np.ones(1280, np.int16))
-        clock[0] += 0.08
-        await router.process(np.ones(1280, np.int16))
 
     asyncio.run(main())
     assert router.mic_realigned == 1 and router.linear_restarts == 1
-    assert linear.calls == ["process"] * 4 + ["pause"] + ["process"] * 2
+    restart = linear.calls.index("pause")
+    assert linear.calls == ["process"] * restart + ["pause"] + ["process"] * (60 - restart)
+    assert restart == 44  # the first block whose 2 s window holds only shifted arrivals
 
 
 # ------------------------------------------------------------------ room simulation
@@ -467,6 +474,38 @@ def test_the_echo_microphone_adds_the_scaled_room_echo() -> None:
     out = np.concatenate(asyncio.run(_collect(mic))).astype(np.float64)
     expected_echo = np.concatenate([np.zeros(480), fftconvolve(played, ir)])[: out.size] * 2.0 * 32768
     np.testing.assert_allclose(out, np.clip(np.rint(100 + expected_echo), -32768, 32767), atol=1.0)
+
+
+def test_the_simulated_echo_stays_on_the_microphones_samples_through_a_stall() -> None:
+    """The input stalls 0.5 s after its 5th block and the blocks held up come in a burst: the
+    echo is still the playback convolved with the room, sample for sample (a room's echo does
+    not jump when the appliance is late reading it)."""
+
+    class Source:
+        sample_rate_hz = RATE
+        dropped_blocks = 0
+
+        async def frames(self) -> Any:
+            for k in range(30):
+                clock.t = max(0.08 * (k + 1), 0.08 * 6 + 0.5 + 0.01 * (k - 5)) if k >= 5 else 0.08 * (k + 1)
+                yield np.zeros(1280, np.int16)
+
+        async def close(self) -> None:
+            return None
+
+    class Clock:
+        t = 0.0
+
+        def now(self) -> float:
+            return self.t
+
+    clock = Clock()
+    played = np.random.default_rng(5).standard_normal(3 * RATE) * 0.05
+    ir = impulse_response(SMALL)
+    mic = EchoMicrophone(Source(), Timeline(played), clock, gain=1.0, delay_s=0.03, impulse_response=ir)
+    out = np.concatenate(asyncio.run(_collect(mic))).astype(np.float64)
+    expected_echo = np.concatenate([np.zeros(480), fftconvolve(played, ir)])[: out.size] * 32768
+    np.testing.assert_allclose(out, np.clip(np.rint(expected_echo), -32768, 32767), atol=1.0)
 
 
 # ------------------------------------------------------------------ impulse response files
