@@ -727,8 +727,140 @@ def cpu_table(quick: bool = False) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# the whole appliance in real time, with injected stalls (opt-in: `--only agent.echo.stalls`)
+
+STALL_P = 0.04
+"""Each 80 ms microphone block has this chance of a stall after it while the canceller runs."""
+STALL_S = (0.05, 0.6)
+"""A stall sleeps this long (uniform)."""
+STALL_AFTER_BLOCKS = 60
+"""No stall in the first blocks (the wake word and the request: the reply is what is tested)."""
+STALL_ROWS: tuple[tuple[str, float, str, int], ...] = (
+    ("small", 1.0, "loop", 23),
+    ("small", 2.0, "model", 13),
+    ("living", 1.0, "loop", 7),
+    ("living", 1.0, "model", 11),
+    ("hall", 1.0, "loop", 17),
+)
+"""(room, gain, where the stalls happen, seed): `loop` the event loop between the microphone and
+the router, `model` the model thread after the router's block (the seeds of the `aec6` runs)."""
+
+
+@dataclass
+class _StallProbe:
+    """Per run: the stalls injected and each block's end on the router's timeline and the true
+    one (the echo is rendered at each block's true capture time, as a real room does)."""
+
+    where: str
+    rng: Any
+    stalls: list[float] = field(default_factory=list)
+    true_ends: list[float] = field(default_factory=list)
+    router_ends: list[float] = field(default_factory=list)
+
+    def stall(self) -> None:
+        if self.rng.random() < STALL_P:
+            s = self.rng.uniform(*STALL_S)
+            self.stalls.append(s)
+            time.sleep(s)  # the stall itself: this thread does nothing else meanwhile
+
+    def error_s(self) -> float:
+        k = min(len(self.true_ends), len(self.router_ends))
+        err = np.abs(np.array(self.router_ends[:k]) - np.array(self.true_ends[:k]))
+        return float(err.max()) if k else 0.0
+
+
+def _stalled_run(room: str, gain: float, probe: _StallProbe, settings: Settings) -> ApplianceEcho:
+    """`appliance_run` (quiet) with `probe`'s stalls injected: the benchmark wraps the echo
+    simulator's microphone and the router's block step for the run, and restores them after."""
+    from appliance.ports import MIC_RATE_HZ
+    from appliance.runtime import echo_simulation
+    from appliance.runtime import router as router_mod
+
+    mic_cls, router_cls = echo_simulation.EchoMicrophone, router_mod.AudioRouter
+    orig_frames, orig_clock, orig_sync = mic_cls.frames, router_cls._mic_clock, router_cls._process_sync
+
+    async def frames(self: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        t0, to_clock = loop.time(), self._clock.now() - loop.time()
+        samples = 0
+        async for block in self._inner.frames():
+            samples += block.size
+            end = t0 + samples / MIC_RATE_HZ + to_clock  # the true capture time (a real-time input)
+            probe.true_ends.append(end)
+            start = end - block.size / MIC_RATE_HZ - self.delay_s
+            echo_pcm = self._echo.render(start, block.size) * (self.gain * 32768.0)
+            mixed = np.clip(block.astype(np.float64) + echo_pcm, -32768, 32767)
+            if probe.where == "loop" and samples > STALL_AFTER_BLOCKS * block.size:
+                probe.stall()
+            yield np.rint(mixed).astype(np.int16)
+
+    def mic_clock(self: Any, n: int, arrived: float | None, waited: bool = True) -> float | None:
+        end: float | None = orig_clock(self, n, arrived, waited)
+        if end is not None:
+            probe.router_ends.append(end)
+        return end
+
+    def process_sync(self: Any, block: Pcm16, arrived: float | None = None, waited: bool = True) -> Any:
+        out = orig_sync(self, block, arrived, waited)
+        if probe.where == "model" and self.samples_in > STALL_AFTER_BLOCKS * block.size:
+            probe.stall()
+        return out
+
+    setattr(mic_cls, "frames", frames)  # noqa: B010 - patched for this run only, restored below
+    setattr(router_cls, "_mic_clock", mic_clock)  # noqa: B010
+    setattr(router_cls, "_process_sync", process_sync)  # noqa: B010
+    try:
+        return appliance_run("webrtc", room, gain, False, settings)
+    finally:
+        setattr(mic_cls, "frames", orig_frames)  # noqa: B010
+        setattr(router_cls, "_mic_clock", orig_clock)  # noqa: B010
+        setattr(router_cls, "_process_sync", orig_sync)  # noqa: B010
+
+
+def stall_table(quick: bool = False) -> list[Row]:
+    """Echo in a room, the whole appliance in real time, with stalls: self-interruptions"""
+    import random
+
+    runs = 1 if quick else int(os.environ.get("ECHO_STALL_RUNS", "4"))
+    rows: list[Row] = []
+    for room, gain, where, seed in STALL_ROWS[:1] if quick else STALL_ROWS:
+        interrupted = turns = errors = 0
+        stalls: list[float] = []
+        worst = 0.0
+        load = os.getloadavg()[0]
+        for i in range(runs):
+            probe = _StallProbe(where, random.Random(seed * 1000 + i))
+            result = _stalled_run(room, gain, probe, FULL)
+            interrupted += result.self_interruptions > 0
+            turns += result.agent_turns
+            errors += result.errors
+            stalls.extend(probe.stalls)
+            worst = max(worst, probe.error_s())
+        rows.append(
+            {
+                "room": _room(room).label,
+                "gain": gain,
+                "stalls on": "event loop" if where == "loop" else "model thread",
+                "seed": seed,
+                "runs": runs,
+                "runs self-interrupted": interrupted,
+                "agent turns": turns,
+                "stalls injected": len(stalls),
+                "longest stall ms": _ms(max(stalls, default=0.0)),
+                "max block-time error ms": _ms(worst),
+                "load": f"{load:.1f}-{os.getloadavg()[0]:.1f}",
+                "errors": errors,
+                "verdict": "ERROR" if errors or turns < runs else ("PASS" if interrupted == 0 else "FAIL"),
+            }
+        )
+    return rows
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "agent.echo": echo_table,
     "agent.echo.appliance": appliance_table,
     "agent.echo.cpu": cpu_table,
 }
+OPT_IN_BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {"agent.echo.stalls": stall_table}
+"""Run only when named exactly (`--only agent.echo.stalls`): 5 rows × 4 real-time runs, ~8 min."""

@@ -40,13 +40,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     **local_agent.BENCHMARKS,
     **agent_session.BENCHMARKS,
     **echo.BENCHMARKS,
+    **echo.OPT_IN_BENCHMARKS,
     **voices.BENCHMARKS,
     **remote.BENCHMARKS,
     **soak.BENCHMARKS,
     **wakeword.BENCHMARKS,
     **knowledge.BENCHMARKS,
 }
-OPT_IN: frozenset[str] = soak.OPT_IN
+OPT_IN: frozenset[str] = soak.OPT_IN | frozenset(echo.OPT_IN_BENCHMARKS)
 """Run only when named exactly with --only (long wall-clock runs such as the real-time soak)."""
 
 
