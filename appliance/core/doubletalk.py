@@ -54,6 +54,11 @@ class DoubleTalkConfig:
     settle_s: float = 0.0
     """Once the playback envelope rises over `playback_floor` (the start of an agent turn, or
     of speech after a silence in it), no frame is double talk for this long."""
+    pause_floor: float | None = None
+    """A frame whose own playback energy is under this (mean square, full scale 1.0) is a pause
+    in the playback even while the envelope, decaying from the speech before it, is still over
+    `playback_floor`: the settling (`settle_s`) starts over after it (None: only the envelope
+    counts)."""
 
 
 @dataclass
@@ -86,6 +91,8 @@ class DoubleTalkDetector:
             self._turn_start = None
         elif self._turn_start is None:
             self._turn_start = t_end - FRAME_S
+        elif cfg.pause_floor is not None and playback_energy < cfg.pause_floor:
+            self._turn_start = t_end  # a pause: the playback starts over after this frame
         double_talk = False
         if self._envelope >= cfg.playback_floor and self._turn_start is not None:
             level = 10.0 * math.log10(max(mic_energy, 1e-12) / self._envelope)
@@ -145,7 +152,12 @@ def linear_residual_config(margin_db: float) -> DoubleTalkConfig:
     is the echo itself) and falls 10-20 dB in 1-2 s (6 dB/s came within 11 dB in quiet sessions).
     The floor and the settling: at the start of a turn, or of speech after a silence, the
     estimate is tiny or just rising and the residual as loud as it (up to 12 dB over the learned
-    level in quiet sessions without them)."""
+    level in quiet sessions without them). A pause shorter than the envelope's fall to the floor
+    (60 dB/s from the agent's speech: about 0.5 s) settles too (`pause_floor`): in the real-time
+    appliance a stall delayed the agent's next sentence by 0.1-0.6 s, the estimate fell under
+    -50 dBFS for 40-110 ms while the envelope stayed at -19 to -27 dBFS, and 40-80 ms after the
+    playback came back the residual rose to the estimate's level for 2-5 frames (10 dB over the
+    learned level: marked; the residual VAD read 1.0 and the agent interrupted itself)."""
     return DoubleTalkConfig(
         margin_db=margin_db,
         delay_s=0.1,
@@ -156,6 +168,7 @@ def linear_residual_config(margin_db: float) -> DoubleTalkConfig:
         playback_floor=1e-5,
         hold_s=0.1,
         settle_s=0.2,
+        pause_floor=1e-5,
     )
 
 
