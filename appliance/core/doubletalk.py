@@ -57,8 +57,10 @@ class DoubleTalkConfig:
     pause_floor: float | None = None
     """A frame whose own playback energy is under this (mean square, full scale 1.0) is a pause
     in the playback even while the envelope, decaying from the speech before it, is still over
-    `playback_floor`: the settling (`settle_s`) starts over after it (None: only the envelope
-    counts)."""
+    `playback_floor`: for `settle_s` after it the margin is `pause_margin_db` higher (not in the
+    pause itself: a user speaking into it is judged as before; None: only the envelope counts)."""
+    pause_margin_db: float = 10.0
+    """The margin's rise for `settle_s` after a pause in the playback (`pause_floor`)."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class DoubleTalkDetector:
     """(audio time, level dB) of frames with playback, waiting `learn_after_s` to teach."""
     _decisions: deque[tuple[float, bool]] = field(default_factory=deque)
     _turn_start: float | None = None
+    _pause_end: float | None = None
 
     def update(self, mic_energy: float, playback_energy: float, t_end: float) -> bool:
         """One 10 ms frame ending at audio time `t_end`: the mean-square energies of the raw
@@ -91,18 +94,25 @@ class DoubleTalkDetector:
             self._turn_start = None
         elif self._turn_start is None:
             self._turn_start = t_end - FRAME_S
-        elif cfg.pause_floor is not None and playback_energy < cfg.pause_floor:
-            self._turn_start = t_end  # a pause: the playback starts over after this frame
+        if cfg.pause_floor is not None and playback_energy < cfg.pause_floor:
+            self._pause_end = t_end  # a pause: the playback starts over after this frame
         double_talk = False
         if self._envelope >= cfg.playback_floor and self._turn_start is not None:
             level = 10.0 * math.log10(max(mic_energy, 1e-12) / self._envelope)
+            margin = cfg.margin_db
+            if (
+                self._pause_end is not None
+                and self._pause_end < t_end
+                and t_end - self._pause_end < cfg.settle_s - 1e-9
+            ):
+                margin += cfg.pause_margin_db  # the playback came back after a pause
             if playback_energy >= cfg.playback_floor:
                 self._pending.append((t_end, level))
             double_talk = (
                 self.learned_db is not None
                 and self.learned_s >= cfg.min_learned_s - 1e-9
                 and t_end - self._turn_start >= cfg.settle_s - 1e-9
-                and level > self.learned_db + cfg.margin_db
+                and level > self.learned_db + margin
             )
         self._decisions.append((t_end, double_talk))
         while self._decisions and self._decisions[0][0] < t_end - 1.0:
@@ -128,6 +138,7 @@ class DoubleTalkDetector:
         self._pending.clear()
         self._decisions.clear()
         self._turn_start = None
+        self._pause_end = None
 
     def during(self, t_start: float, t_end: float) -> bool:
         """Was any frame ending in (t_start - `hold_s`, t_end] double talk? (The last second is
@@ -153,11 +164,13 @@ def linear_residual_config(margin_db: float) -> DoubleTalkConfig:
     The floor and the settling: at the start of a turn, or of speech after a silence, the
     estimate is tiny or just rising and the residual as loud as it (up to 12 dB over the learned
     level in quiet sessions without them). A pause shorter than the envelope's fall to the floor
-    (60 dB/s from the agent's speech: about 0.5 s) settles too (`pause_floor`): in the real-time
-    appliance a stall delayed the agent's next sentence by 0.1-0.6 s, the estimate fell under
-    -50 dBFS for 40-110 ms while the envelope stayed at -19 to -27 dBFS, and 40-80 ms after the
-    playback came back the residual rose to the estimate's level for 2-5 frames (10 dB over the
-    learned level: marked; the residual VAD read 1.0 and the agent interrupted itself)."""
+    (60 dB/s from the agent's speech: about 0.5 s) raises the margin by 10 dB for those 0.2 s
+    (`pause_floor`, `pause_margin_db`): in the real-time appliance a stall delayed the agent's
+    next words, the estimate fell under -50 dBFS for 30-110 ms while the envelope stayed at -19
+    to -27 dBFS, and 40-80 ms after the playback came back the residual rose to the estimate's
+    level for 2-5 frames (10.3-10.6 dB over the learned level: marked; the residual VAD read 1.0
+    and the agent interrupted itself). No decision at all after such pauses instead cost 2
+    barge-ins in time of 108 in `agent.echo`."""
     return DoubleTalkConfig(
         margin_db=margin_db,
         delay_s=0.1,
