@@ -169,8 +169,9 @@ def linear_residual_config(margin_db: float) -> DoubleTalkConfig:
     next words, the estimate fell under -50 dBFS for 30-110 ms while the envelope stayed at -19
     to -27 dBFS, and 40-80 ms after the playback came back the residual rose to the estimate's
     level for 2-5 frames (10.3-10.6 dB over the learned level: marked; the residual VAD read 1.0
-    and the agent interrupted itself). No decision at all after such pauses instead cost 2
-    barge-ins in time of 108 in `agent.echo`."""
+    and the agent interrupted itself). The cost in `agent.echo`: 2 of 108 talk-overs no longer
+    in time (101/108; the user starting just after the agent resumed; no decision at all after
+    such pauses cost the same 2)."""
     return DoubleTalkConfig(
         margin_db=margin_db,
         delay_s=0.1,
