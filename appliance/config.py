@@ -208,13 +208,15 @@ class VadConfig(_Device):
     microphone (before the canceller, which can suppress a user starting over loud agent speech)
     counts for the rule too. None (the default): off, no second VAD — in real time it once made
     the agent interrupt itself early in a turn (benchmarks/README.md, `agent.echo`)."""
-    barge_in_linear_echo_db: Annotated[Num, between(3, 30, "dB")] | None = 10.0
+    barge_in_linear_echo_db: Annotated[Num, between(3, 30, "dB")] | None = None
     """Our own linear echo estimate as barge-in evidence (`adapters/linear_echo.py`, an adaptive
     filter on the raw microphone with the playback as its reference; what the session hears is
     still the canceller's output): in frames where the filter's residual rises this many dB over
     its echo estimate, above the level the echo alone has shown, a second VAD on that residual
     counts for the rule at any time of the turn (it catches the user who starts over loud agent
-    speech, whom the canceller suppresses). None: off (no filter, no second VAD)."""
+    speech, whom the canceller suppresses); 10 was measured. None (the default): off, no filter,
+    no second VAD — in real time, with the room echo of the hall at gain 1.0 and nobody talking,
+    it made the agent interrupt itself early in a reply (benchmarks/README.md, `agent.echo`)."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0

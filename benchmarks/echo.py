@@ -69,16 +69,18 @@ BANDS = "webrtc + band double talk"
 estimate (as it was measured)."""
 NO_LINEAR = "webrtc, no linear echo"
 """The canceller without our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db:
-null`; the default until this one): `webrtc` (the default) adds the filter on the raw microphone
-whose residual, risen over its echo estimate, marks frames in which a second VAD on the residual
-counts."""
+null`, the default): the same as `webrtc` since the estimate is off by default."""
+LINEAR = "webrtc + linear echo"
+"""The canceller with our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db: 10`;
+off by default): the filter on the raw microphone whose residual, risen over its echo estimate,
+marks frames in which a second VAD on the residual counts."""
 LINEAR_MARGIN_DB = 10.0
-PATH_MODES = (*MODES, NO_LINEAR, BANDS, SLOW_RULE)
+PATH_MODES = (*MODES, LINEAR, BANDS, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
 barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
 WITH_LINEAR = "webrtc + linear echo filter + residual VAD"
-"""The CPU table's row with what the linear echo estimate adds (on by default,
+"""The CPU table's row with what the linear echo estimate adds (off by default,
 `appliance.vad.barge_in_linear_echo_db`): the adaptive filter, the residual's energies and
 detector, the second Silero VAD on the residual."""
 WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"
@@ -300,6 +302,10 @@ def run_session_path(
         linear = None
     if mode == NO_LINEAR:
         mode = "webrtc"
+    if mode == LINEAR:
+        from appliance.core.doubletalk import linear_residual_config
+
+        mode, linear = "webrtc", linear_residual_config(LINEAR_MARGIN_DB)
     if mode == SLOW_RULE:
         # as the config has it: without the barge-in rule there is no band detector to feed
         mode, endpoint, bands = "webrtc", dataclasses.replace(endpoint, barge_in_min_speech_s=None), None

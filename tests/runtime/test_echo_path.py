@@ -135,7 +135,7 @@ def test_the_band_double_talk_setting(vad: dict[str, Any], min_bands: int | None
 @pytest.mark.parametrize(
     ("vad", "margin_db"),
     [
-        ({}, 10.0),  # the default: on
+        ({}, None),  # the default: off
         ({"barge_in_linear_echo_db": 10}, 10.0),
         ({"barge_in_linear_echo_db": 12.5}, 12.5),
         ({"barge_in_linear_echo_db": None}, None),  # off: no filter, no second VAD
@@ -830,9 +830,10 @@ def test_the_vad_on_our_linear_residual_speaks_in_frames_where_it_rises_over_the
 @pytest.mark.parametrize(
     ("appliance", "built"),
     [
-        ({}, True),  # the default: the canceller and the filter beside it
-        ({"audio": {"echo_cancellation": "gate"}}, False),  # no barge-in rule with gating
-        ({"audio": {"echo_cancellation": "off"}}, False),
+        ({}, False),  # the default: the canceller without the filter
+        ({"vad": {"barge_in_linear_echo_db": 10}}, True),  # the canceller and the filter beside it
+        ({"audio": {"echo_cancellation": "gate"}, "vad": {"barge_in_linear_echo_db": 10}}, False),
+        ({"audio": {"echo_cancellation": "off"}, "vad": {"barge_in_linear_echo_db": 10}}, False),
         ({"vad": {"barge_in_linear_echo_db": None}}, False),
     ],
 )
