@@ -30,6 +30,17 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+BACKLOG_S = 0.005
+"""A block that arrives within this of the last one being done was already queued (a backlog):
+its arrival is no measure of its end (`MicClock.block_end`'s `waited`, see `waited_for`)."""
+
+
+def waited_for(arrived: float | None, last_done: float | None) -> bool:
+    """Was the reader waiting for a block that arrived at `arrived`, the last one being done at
+    `last_done` (clock times; None: unknown, or no block yet)? False: it was queued behind a
+    backlog."""
+    return arrived is None or last_done is None or arrived - last_done > BACKLOG_S
+
 
 @dataclass
 class MicClock:

@@ -21,16 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from appliance.core.micclock import MicClock
+from appliance.core.micclock import MicClock, waited_for
 from appliance.ports import MIC_RATE_HZ, Clock, Microphone, Pcm16, PlaybackReference
 
 MAX_IR_S = 2.0
 """Longest impulse response accepted (after trimming trailing silence): RT60 0.8 s rooms need
 about 1 s."""
 MAX_DRIFT_PPM = 1000.0
-MIC_CLOCK_WINDOW_S = 2.0
-BACKLOG_S = 0.005
-"""The echo's timeline, as the router's (`runtime.router.MIC_CLOCK_WINDOW_S`, `BACKLOG_S`)."""
 DRIFT_RESTART_S = 3.0
 """The simulated drift starts over after the speaker has been silent this long (more than any
 accepted impulse response): an output stream that restarts between two agent turns."""
@@ -116,11 +113,11 @@ class EchoMicrophone:
         # A room's echo is continuous: the echo timeline advances with the microphone's samples,
         # from the blocks' arrivals at their earliest (`core.micclock`: a block late behind a
         # stall did not end late; only a lasting shift, dropped blocks, moves it).
-        timeline = MicClock(MIC_RATE_HZ, window_s=MIC_CLOCK_WINDOW_S)
+        timeline = MicClock(MIC_RATE_HZ)  # as the router's
         asked: float | None = None  # when the reader asked for this block
         async for block in self._inner.frames():
             now = self._clock.now()
-            end = timeline.block_end(block.size, now, asked is None or now - asked > BACKLOG_S)
+            end = timeline.block_end(block.size, now, waited_for(now, asked))
             start = end - block.size / MIC_RATE_HZ - self.delay_s
             echo = self._echo.render(start, block.size) * (self.gain * 32768.0)
             mixed = np.clip(block.astype(np.float64) + echo, -32768, 32767)

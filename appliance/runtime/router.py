@@ -28,7 +28,7 @@ from appliance.core.doubletalk import (
     DoubleTalkDetector,
 )
 from appliance.core.endpointing import Endpointer, EndpointEvent, SpeechStarted
-from appliance.core.micclock import MicClock
+from appliance.core.micclock import MicClock, waited_for
 from appliance.core.wakeword import WakeWordGate
 from appliance.ports import MIC_RATE_HZ, EchoCanceller, Pcm16, VoiceActivityDetector, WakeWordDetector
 
@@ -46,11 +46,6 @@ class RouterStats:
 ECHO_TAIL_S = 1.0
 """The echo canceller keeps running this long after the speaker falls silent: a room's
 reverberation (RT60 up to about 0.8 s) and the output device's latency come back after it."""
-MIC_CLOCK_WINDOW_S = 2.0
-BACKLOG_S = 0.005
-"""A block that arrives within this of the last one being done was queued (a backlog): its
-arrival is no measure of its end (`core.micclock.MicClock.block_end`'s `waited`)."""
-"""See `AudioRouter._mic_clock` and `core.micclock.MicClock.window_s`."""
 TRACE_FRAMES = 12
 """VAD frames of evidence a debug log of a speech start during the agent's turn shows."""
 BANDS = 16
@@ -200,7 +195,7 @@ class AudioRouter:
         self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
         self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
         self._dt_ref = np.zeros(0, dtype=np.float64)
-        self._mic = MicClock(MIC_RATE_HZ, window_s=MIC_CLOCK_WINDOW_S)
+        self._mic = MicClock(MIC_RATE_HZ)
         self._done: float | None = None  # clock time the last block was done (`process`)
         self._mic_late = 0.0  # the last block's arrival minus its sample-counted end (s)
         self.mic_realigned = 0
@@ -237,7 +232,7 @@ class AudioRouter:
     async def process(self, block: Pcm16) -> None:
         loop = asyncio.get_running_loop()
         arrived = self._now() if self._now is not None else None  # before the hop to the model thread
-        waited = arrived is None or self._done is None or arrived - self._done > BACKLOG_S
+        waited = waited_for(arrived, self._done)
         events = await loop.run_in_executor(self._executor, self._process_sync, block, arrived, waited)
         for event in events:
             self._post(event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.core.micclock import MicClock
+from appliance.core.micclock import MicClock, waited_for
 
 RATE = 16000
 BLOCK = 1280  # 80 ms
@@ -96,3 +96,20 @@ def test_a_late_block_waited_for_alone_in_a_backlog_does_not_move_the_timeline()
         ends.append(clock.block_end(BLOCK, end + (0.4 if behind else 0.0), waited=waited))
     assert ends == pytest.approx(true_ends, abs=1e-9)
     assert clock.jumps == 0
+
+
+@pytest.mark.parametrize(
+    ("arrived", "last_done", "waited"),
+    [
+        (1.000, None, True),  # the first block
+        (None, 0.9, True),  # no clock: nothing to judge by
+        (1.000, 0.920, True),  # the reader waited 80 ms for it
+        (1.000, 0.996, False),  # there 4 ms after the last was done: queued behind a backlog
+        (1.000, 0.9999, False),
+        (1.000, 0.994, True),
+    ],
+)
+def test_a_block_there_at_once_after_the_last_was_queued(
+    arrived: float | None, last_done: float | None, waited: bool
+) -> None:
+    assert waited_for(arrived, last_done) is waited
