@@ -112,6 +112,38 @@ class _Chunker:
         self._buf = np.zeros(0, dtype=np.int16)
 
 
+class _PairedFrames:
+    """Two aligned float signals (a microphone and what it is compared with) re-blocked into
+    whole frames of `size` samples; the samples short of a frame wait for the next block."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._a: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        self._b: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+
+    def push(
+        self, a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], start: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[float]]:
+        """The whole frames of `a` and `b` (shape (frames, size) each) and each frame's end on
+        the audio clock (s); `start`: the blocks' first sample, counted like `samples_in`."""
+        first_end = start - self._a.size + self.size
+        a, b = np.concatenate([self._a, a]), np.concatenate([self._b, b])
+        whole = a.size // self.size
+        self._a, self._b = a[whole * self.size :], b[whole * self.size :]
+        ends = [(first_end + i * self.size) / MIC_RATE_HZ for i in range(whole)]
+        cut = whole * self.size
+        return a[:cut].reshape(whole, self.size), b[:cut].reshape(whole, self.size), ends
+
+    def clear(self) -> None:
+        self._a = np.zeros(0, dtype=np.float64)
+        self._b = np.zeros(0, dtype=np.float64)
+
+
+def _energies(frames: npt.NDArray[np.float64]) -> list[float]:
+    """Each frame's mean square (full scale 1.0)."""
+    return [float(e) for e in np.mean(frames**2, axis=1)]
+
+
 class AudioRouter:
     def __init__(
         self,
@@ -187,14 +219,11 @@ class AudioRouter:
         self._residual_vad = residual_vad if self._linear is not None else None
         self._residual_chunks = _Chunker(vad.frame_samples)
         self._residual: Pcm16 | None = None  # the last block's residual (None: the raw block)
-        self._lin_res = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
-        self._lin_est = np.zeros(0, dtype=np.float64)
+        self._residual_frames = _PairedFrames(round(FRAME_S * MIC_RATE_HZ))  # residual, estimate
         self.residual_vad_frames = 0
         self.linear_restarts = 0
         self.raw_vad_frames = 0
-        self._dt_frame = round(FRAME_S * MIC_RATE_HZ)
-        self._dt_mic = np.zeros(0, dtype=np.float64)  # samples short of a whole 10 ms frame
-        self._dt_ref = np.zeros(0, dtype=np.float64)
+        self._dt_frames = _PairedFrames(round(FRAME_S * MIC_RATE_HZ))  # raw microphone, playback
         self._mic = MicClock(MIC_RATE_HZ)
         self._done: float | None = None  # clock time the last block was done (`process`)
         self._mic_late = 0.0  # the last block's arrival minus its sample-counted end (s)
@@ -414,39 +443,25 @@ class AudioRouter:
         assert self._linear is not None and self._residual_dt is not None
         res, est = self._linear.process(block.astype(np.float64) / 32768.0, played.astype(np.float64))
         self._residual = np.clip(np.rint(res * 32768.0), -32768, 32767).astype(np.int16)
-        n = self._dt_frame
-        first_end = start - self._lin_res.size + n
-        res = np.concatenate([self._lin_res, res])
-        est = np.concatenate([self._lin_est, est])
-        whole = res.size // n
-        if whole:
-            res_e = np.mean(res[: whole * n].reshape(whole, n) ** 2, axis=1)
-            est_e = np.mean(est[: whole * n].reshape(whole, n) ** 2, axis=1)
-            for i in range(whole):
-                self._residual_dt.update(float(res_e[i]), float(est_e[i]), (first_end + i * n) / MIC_RATE_HZ)
-        self._lin_res, self._lin_est = res[whole * n :], est[whole * n :]
+        res_f, est_f, ends = self._residual_frames.push(res, est, start)
+        for res_e, est_e, t in zip(_energies(res_f), _energies(est_f), ends, strict=True):
+            self._residual_dt.update(res_e, est_e, t)
 
     def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
         """Feed the detector the 10 ms energies of the raw block and of the playback over it
         (`start`: the block's first sample, counted like `samples_in`)."""
-        mic = np.concatenate([self._dt_mic, block.astype(np.float64) / 32768.0])
-        ref = np.concatenate([self._dt_ref, played.astype(np.float64)])
-        n = self._dt_frame
-        whole = mic.size // n
-        first_end = start - self._dt_mic.size + n
-        if whole:
-            mic_e = np.mean(mic[: whole * n].reshape(whole, n) ** 2, axis=1)
-            ref_e = np.mean(ref[: whole * n].reshape(whole, n) ** 2, axis=1)
-            mic_b = ref_b = None
-            if self._bands is not None:
-                mic_b, ref_b = band_energies(mic[: whole * n]), band_energies(ref[: whole * n])
-            for i in range(whole):
-                t = (first_end + i * n) / MIC_RATE_HZ
-                if self._double_talk is not None:
-                    self._double_talk.update(float(mic_e[i]), float(ref_e[i]), t)
-                if self._bands is not None and mic_b is not None and ref_b is not None:
-                    self._bands.update(mic_b[i].tolist(), ref_b[i].tolist(), t)
-        self._dt_mic, self._dt_ref = mic[whole * n :], ref[whole * n :]
+        mic_f, ref_f, ends = self._dt_frames.push(
+            block.astype(np.float64) / 32768.0, played.astype(np.float64), start
+        )
+        if not ends:
+            return
+        if self._double_talk is not None:
+            for mic_e, ref_e, t in zip(_energies(mic_f), _energies(ref_f), ends, strict=True):
+                self._double_talk.update(mic_e, ref_e, t)
+        if self._bands is not None:
+            mic_b, ref_b = band_energies(mic_f.reshape(-1)), band_energies(ref_f.reshape(-1))
+            for i, t in enumerate(ends):
+                self._bands.update(mic_b[i].tolist(), ref_b[i].tolist(), t)
 
     def _pause_double_talk(self) -> None:
         if self._raw_vad is not None:
@@ -456,8 +471,7 @@ class AudioRouter:
             self._bands.pause()
         if self._double_talk is not None:
             self._double_talk.pause()
-        self._dt_mic = np.zeros(0, dtype=np.float64)
-        self._dt_ref = np.zeros(0, dtype=np.float64)
+        self._dt_frames.clear()
 
     def _restart_linear(self) -> None:
         """The next block does not follow the last one (the turn ended, or the microphone clock
@@ -469,8 +483,7 @@ class AudioRouter:
             self._linear.pause()
             self._residual_dt.pause()
             self._residual_vad.reset()
-            self._lin_res = np.zeros(0, dtype=np.float64)
-            self._lin_est = np.zeros(0, dtype=np.float64)
+            self._residual_frames.clear()
 
     def _would_fire(self, scores: dict[str, float]) -> bool:
         rules = self._gate.rules
