@@ -448,29 +448,37 @@ async def _collect(mic: EchoMicrophone) -> list[Pcm16]:
     return [block async for block in mic.frames()]
 
 
+class _ManualClock:
+    t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class _ScriptedSource:
+    """80 ms blocks of `value`, each arriving at its time in `arrivals` on `clock`."""
+
+    sample_rate_hz = RATE
+    dropped_blocks = 0
+
+    def __init__(self, clock: _ManualClock, arrivals: list[float], value: int = 0) -> None:
+        self._clock, self._arrivals, self._value = clock, arrivals, value
+
+    async def frames(self) -> Any:
+        for t in self._arrivals:
+            self._clock.t = t
+            yield np.full(1280, self._value, np.int16)
+
+    async def close(self) -> None:
+        return None
+
+
 def test_the_echo_microphone_adds_the_scaled_room_echo() -> None:
-    class Source:
-        sample_rate_hz = RATE
-        dropped_blocks = 0
-
-        async def frames(self) -> Any:
-            for _ in range(10):
-                clock.t += 0.08
-                yield np.full(1280, 100, np.int16)
-
-        async def close(self) -> None:
-            return None
-
-    class Clock:
-        t = 0.0
-
-        def now(self) -> float:
-            return self.t
-
-    clock = Clock()
+    clock = _ManualClock()
+    source = _ScriptedSource(clock, [0.08 * (k + 1) for k in range(10)], value=100)
     played = np.random.default_rng(3).standard_normal(RATE) * 0.05
     ir = impulse_response(SMALL)
-    mic = EchoMicrophone(Source(), Timeline(played), clock, gain=2.0, delay_s=0.03, impulse_response=ir)
+    mic = EchoMicrophone(source, Timeline(played), clock, gain=2.0, delay_s=0.03, impulse_response=ir)
     out = np.concatenate(asyncio.run(_collect(mic))).astype(np.float64)
     expected_echo = np.concatenate([np.zeros(480), fftconvolve(played, ir)])[: out.size] * 2.0 * 32768
     np.testing.assert_allclose(out, np.clip(np.rint(100 + expected_echo), -32768, 32767), atol=1.0)
@@ -481,28 +489,15 @@ def test_the_simulated_echo_stays_on_the_microphones_samples_through_a_stall() -
     echo is still the playback convolved with the room, sample for sample (a room's echo does
     not jump when the appliance is late reading it)."""
 
-    class Source:
-        sample_rate_hz = RATE
-        dropped_blocks = 0
-
-        async def frames(self) -> Any:
-            for k in range(30):
-                clock.t = max(0.08 * (k + 1), 0.08 * 6 + 0.5 + 0.01 * (k - 5)) if k >= 5 else 0.08 * (k + 1)
-                yield np.zeros(1280, np.int16)
-
-        async def close(self) -> None:
-            return None
-
-    class Clock:
-        t = 0.0
-
-        def now(self) -> float:
-            return self.t
-
-    clock = Clock()
+    clock = _ManualClock()
+    arrivals = [
+        max(0.08 * (k + 1), 0.08 * 6 + 0.5 + 0.01 * (k - 5)) if k >= 5 else 0.08 * (k + 1) for k in range(30)
+    ]
     played = np.random.default_rng(5).standard_normal(3 * RATE) * 0.05
     ir = impulse_response(SMALL)
-    mic = EchoMicrophone(Source(), Timeline(played), clock, gain=1.0, delay_s=0.03, impulse_response=ir)
+    mic = EchoMicrophone(
+        _ScriptedSource(clock, arrivals), Timeline(played), clock, gain=1.0, delay_s=0.03, impulse_response=ir
+    )
     out = np.concatenate(asyncio.run(_collect(mic))).astype(np.float64)
     expected_echo = np.concatenate([np.zeros(480), fftconvolve(played, ir)])[: out.size] * 32768
     np.testing.assert_allclose(out, np.clip(np.rint(expected_echo), -32768, 32767), atol=1.0)
