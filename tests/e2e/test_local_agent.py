@@ -113,6 +113,16 @@ def types(events: Events) -> list[str]:
     return [e["type"] for e in events]
 
 
+def timeline(events: Events, last: int = 30) -> str:
+    """The run's last events in one line each (time, type, their words): what a failed real-time
+    check prints, so that a rare failure in CI says what the appliance heard and did."""
+    lines = []
+    for e in events[-last:]:
+        said = next((v for k, v in e.items() if k not in ("type", "t") and isinstance(v, str)), "")
+        lines.append(f"{e.get('t', 0.0):8.2f} {e['type']} {said[:60]}")
+    return "\n".join(lines)
+
+
 def audio_texts(events: Events) -> list[str]:
     return [e["text"] for e in events if e["type"] == "audio"]
 
@@ -235,7 +245,7 @@ def test_barge_in_interrupts_and_truncates_history(
     audio = concat(question, silence(4.0), say("Stop, stop please."), silence(4.0))
     events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=echo)
     t = types(events)
-    assert "interruption" in t and "agent_response_correction" in t, t
+    assert "interruption" in t and "agent_response_correction" in t, timeline(events)
     correction = next(e for e in events if e["type"] == "agent_response_correction")
     assert correction["original_agent_response"] == LONG
     spoken = correction["corrected_agent_response"]
@@ -272,7 +282,7 @@ def test_the_agent_does_not_interrupt_itself_on_its_own_echo(
     config["appliance"]["vad"] = {"playback_gating": gating}
     audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(10.0))
     events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=0.5)
-    assert ("interruption" in types(events)) is self_interrupts
+    assert ("interruption" in types(events)) is self_interrupts, timeline(events)
 
 
 @pytest.mark.parametrize(("room", "gain"), [("small", 2.0), ("hall", 1.0)])
@@ -294,9 +304,9 @@ def test_the_canceller_keeps_the_agent_from_interrupting_itself_on_a_room_echo(
     config = scripted_config(scripted.url)
     audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(10.0))
     events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=gain, echo_ir=ir)
-    assert "interruption" not in types(events)
+    assert "interruption" not in types(events), timeline(events)
     assert [e["agent_response"] for e in events if e["type"] == "agent_response"][:1] == [STORY]
-    assert "speech_started" not in types(events)[types(events).index("agent_response") :]
+    assert "speech_started" not in types(events)[types(events).index("agent_response") :], timeline(events)
 
 
 # ---------------------------------------------------------------------- turn timeout, tools
