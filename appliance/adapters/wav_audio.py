@@ -274,6 +274,14 @@ class _Pacer:
         if delay > 0:
             await asyncio.sleep(delay)
 
+    async def deliver(self, block: Pcm16, realtime: bool) -> Pcm16:
+        """The block once it is due in real time, or after one turn of the event loop."""
+        if realtime:
+            await self.wait(block.size)
+        else:
+            await asyncio.sleep(0)
+        return block
+
 
 class WavFileMicrophone:
     """A WAV file as the microphone: 16 kHz mono int16 blocks of `block_ms`, then the end.
@@ -326,19 +334,12 @@ class WavFileMicrophone:
             remaining = remaining - got if got == n else 0  # a short read: the file was truncated
             out = resampler.process(decode_samples(raw, fmt), last=remaining == 0)
             for block in assembler.push(out):
-                yield await self._deliver(block, pacer)
+                yield await pacer.deliver(block, self.realtime)
         if self._closed:
             return
         tail = assembler.flush()
         if tail is not None:
-            yield await self._deliver(tail, pacer)
-
-    async def _deliver(self, block: Pcm16, pacer: _Pacer) -> Pcm16:
-        if self.realtime:
-            await pacer.wait(block.size)
-        else:
-            await asyncio.sleep(0)
-        return block
+            yield await pacer.deliver(tail, self.realtime)
 
     async def close(self) -> None:
         self._closed = True
@@ -485,10 +486,10 @@ class RawPipeMicrophone:
             pieces = self._raw_pieces(head)
         async for piece in pieces:
             for block in assembler.push(piece):
-                yield await self._deliver(block, pacer)
+                yield await pacer.deliver(block, self.realtime)
         tail = assembler.flush()
         if tail is not None and not self._closed:
-            yield await self._deliver(tail, pacer)
+            yield await pacer.deliver(tail, self.realtime)
 
     async def _raw_pieces(self, head: bytes) -> AsyncIterator[Pcm16]:
         carry = head
@@ -561,13 +562,6 @@ class RawPipeMicrophone:
         yield out
         if carry:
             _LOGGER.debug("WAV input ended with a partial frame (%d bytes); dropped", len(carry))
-
-    async def _deliver(self, block: Pcm16, pacer: _Pacer) -> Pcm16:
-        if self.realtime:
-            await pacer.wait(block.size)
-        else:
-            await asyncio.sleep(0)
-        return block
 
     async def close(self) -> None:
         self._closed = True
