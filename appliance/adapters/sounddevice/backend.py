@@ -95,21 +95,15 @@ class PortAudioBackend:
             return device_info(device, sd.query_hostapis())
 
     def open_input(self, request: StreamRequest) -> AudioStream:
-        with PA_LOCK:
-            stream: AudioStream = sd.InputStream(
-                device=request.device,
-                samplerate=request.sample_rate_hz,
-                channels=request.channels,
-                dtype="int16",
-                blocksize=request.block_frames,
-                callback=request.callback,
-                finished_callback=request.finished_callback,
-            )
-            return stream
+        return self._open(sd.InputStream, request)
 
     def open_output(self, request: StreamRequest) -> AudioStream:
+        return self._open(sd.OutputStream, request)
+
+    @staticmethod
+    def _open(kind: Callable[..., AudioStream], request: StreamRequest) -> AudioStream:
         with PA_LOCK:
-            stream: AudioStream = sd.OutputStream(
+            return kind(
                 device=request.device,
                 samplerate=request.sample_rate_hz,
                 channels=request.channels,
@@ -118,7 +112,6 @@ class PortAudioBackend:
                 callback=request.callback,
                 finished_callback=request.finished_callback,
             )
-            return stream
 
     def refresh(self) -> None:
         """Re-initialise PortAudio so it enumerates devices again.
