@@ -39,8 +39,7 @@ from appliance.wakeword_training.train import (
     TEST_PHRASES,
     TEST_SENTENCES,
     features_for,
-    score_windows,
-    sliding,
+    score_stream,
     train_word,
     trim,
 )
@@ -88,7 +87,7 @@ def _curves(
 ) -> dict[int, list[core.CurvePoint]]:
     """The threshold curve at each patience (the takes and negatives are scored once)."""
     per_take = ev.take_scores(model, extractor, takes)
-    streams = [score_windows(model, sliding(e)).tolist() for e in negatives]
+    streams = [score_stream(model, e).tolist() for e in negatives]
     thresholds = sorted({*core.default_thresholds(), *EXTRA_THRESHOLDS, *extra})
     return {
         p: core.threshold_curve(
@@ -224,7 +223,7 @@ def _enroll_row(
         result = enroll(folder, name, extractor, mine, val_neg)
         before = ev.peak_scores(model, extractor, others, 9, patience)
         after = ev.peak_scores(result.model_path, extractor, others, 9, patience)
-        streams = [score_windows(result.model_path, sliding(e)).tolist() for e in test_neg]
+        streams = [score_stream(result.model_path, e).tolist() for e in test_neg]
         fa = sum(core.count_activations(s, threshold, ev.REFRACTORY_FRAMES, patience) for s in streams)
     return {
         "enroll voice recall % before": 100 * float(np.mean([p >= threshold for p in before])),
@@ -259,7 +258,8 @@ def _confusions(
 def idle_cost_table(quick: bool = False) -> list[Row]:
     """CPU one more trained word adds to the idle openWakeWord detector (% of one core)."""
     from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
-    from appliance.wakeword_training.model import FEATURES, FRAMES, Mlp, to_onnx
+    from appliance.wakeword_training.model import FEATURES, Mlp, to_onnx
+    from appliance.wakeword_training.train import TrainSize
 
     models = _models_dir()
     features = models / "oww-features"
@@ -268,9 +268,11 @@ def idle_cost_table(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i in range(2):  # classifiers of the trained shape (hidden 32); the cost is the shape's
-            d = FRAMES * FEATURES
-            mlp = Mlp(rng.normal(0, 0.01, (d, 32)), np.zeros(32), rng.normal(0, 0.1, (32, 1)), np.zeros(1))
+        size = TrainSize()
+        for i in range(2):  # classifiers of the trained shape (frames, hidden); the cost is the shape's
+            d = size.context_frames * FEATURES
+            h = size.hidden
+            mlp = Mlp(rng.normal(0, 0.01, (d, h)), np.zeros(h), rng.normal(0, 0.1, (h, 1)), np.zeros(1))
             path = Path(tmp) / f"word{i}.onnx"
             path.write_bytes(to_onnx(mlp, f"word{i}"))
             paths.append(path)

@@ -31,8 +31,7 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment
 from appliance.wakeword_training.evaluate import RATE_HZ, pad_take
-from appliance.wakeword_training.model import FEATURES, FRAMES
-from appliance.wakeword_training.train import METADATA_SUFFIX, score_windows, sliding
+from appliance.wakeword_training.train import METADATA_SUFFIX, model_frames, score_windows, sliding
 
 FLOOR = 0.05
 # no negative window the classifier leans towards (p ≥ FLOOR) is lifted above this, nor above
@@ -63,9 +62,10 @@ def _normalize(windows: npt.NDArray[np.floating[Any]], center: Float) -> Float:
 
 def peak_windows(base: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16]) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(0)
+    frames = model_frames(base)
     out = []
     for take in takes:
-        windows = sliding(extractor.embeddings(pad_take(take, rng)))
+        windows = sliding(extractor.embeddings(pad_take(take, rng)), frames=frames)
         scores = score_windows(base, windows)
         out.append(windows[int(np.argmax(scores))])
     return np.stack(out).astype(np.float32)
@@ -86,10 +86,11 @@ def template_windows(
     room still finds a template close to it."""
     rng = np.random.default_rng(1)
     pad_rng = np.random.default_rng(0)
+    frames = model_frames(base)
     out: list[npt.NDArray[np.float32]] = []
     for take in takes:
         for clip in [take, *(_variation(take, rng) for _ in range(variants))]:
-            windows = sliding(extractor.embeddings(pad_take(clip, pad_rng)))
+            windows = sliding(extractor.embeddings(pad_take(clip, pad_rng)), frames=frames)
             peak = int(np.argmax(score_windows(base, windows)))
             out.extend(windows[min(max(peak + d, 0), len(windows) - 1)] for d in SHIFTS)
     return np.stack(out).astype(np.float32)
@@ -120,10 +121,13 @@ def enroll(
         ceiling = max(FLOOR, min(ceiling, float(written) - CEILING_MARGIN))
     enrolled = peak_windows(base, extractor, takes)
     variations = template_windows(base, extractor, takes)
-    negatives = np.concatenate([sliding(e, stride=2) for e in negative_streams]) if negative_streams else None
+    frames = model_frames(base)
+    negatives = (
+        np.concatenate([sliding(e, 2, frames) for e in negative_streams]) if negative_streams else None
+    )
     center = np.asarray(
         (negatives if negatives is not None and len(negatives) else enrolled)
-        .reshape(-1, FRAMES * FEATURES)
+        .reshape(-1, enrolled[0].size)
         .mean(axis=0),
         dtype=np.float64,
     )
@@ -170,7 +174,7 @@ def verifier_onnx(
     def const(tensor: str, value: Any, dtype: Any = np.float32) -> None:
         graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), tensor))
 
-    const("v_shape", [-1, FRAMES * FEATURES], np.int64)
+    const("v_shape", [-1, templates.shape[1]], np.int64)
     const("v_center", center)
     const("v_templates", templates.T)
     const("v_low", [s_low])
