@@ -18,14 +18,13 @@ from pathlib import Path
 from appliance.core import wakeword_training as core
 from appliance.paths import state_dir
 from appliance.wakeword_training import evaluate as ev
-from appliance.wakeword_training.model import FRAMES
 from appliance.wakeword_training.train import (
     CHUNK_S,
     RATE_HZ,
     features_for,
+    model_frames,
     negative_audio_chunk,
-    score_windows,
-    sliding,
+    score_stream,
 )
 from benchmarks.wakeword import NEGATIVE_HOURS, _models_dir
 
@@ -53,8 +52,9 @@ def fires(model: Path, threshold: float, patience: int, top: int) -> list[str]:
     lines: list[str] = []
     accepts: list[Event] = []
     others: list[Event] = []
+    reads = model_frames(model)
     for minute, emb in enumerate(streams):
-        scores = score_windows(model, sliding(emb)).tolist()
+        scores = score_stream(model, emb).tolist()
         for frame in core.activation_frames(scores, threshold, ev.REFRACTORY_FRAMES, patience):
             accepts.append((max(scores[max(0, frame - patience + 1) : frame + 1]), minute, frame))
         # the rest: peaks of runs (at the same patience) below the threshold, one per 2 s
@@ -74,7 +74,7 @@ def fires(model: Path, threshold: float, patience: int, top: int) -> list[str]:
     for label, events in listed:
         for score, minute, frame in events:
             frames = streams[minute].shape[0]
-            end_s = CHUNK_S - (frames - 1 - (frame + FRAMES - 1)) * core.FRAME_S
+            end_s = CHUNK_S - (frames - 1 - (frame + reads - 1)) * core.FRAME_S
             said = _said_over(minute, end_s, cache)
             lines.append(f"  {label} {score:.4f} min {minute} t={end_s:5.1f}s  {said}")
     return lines

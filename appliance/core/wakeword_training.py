@@ -228,3 +228,30 @@ def choose_operating_point(
     if within:
         return max(within, key=lambda ps: (ps[1].recall, -ps[1].false_accepts, -ps[0]))
     return min(suggested, key=lambda ps: (ps[1].false_accepts, -ps[1].recall, ps[0]))
+
+
+def verifier_low(
+    negatives: list[tuple[float, float]],
+    s_high: float,
+    ceiling: float = 0.5,
+    margin: float = 0.02,
+) -> float:
+    """The similarity `s_low` an enrolled word's verifier starts lifting at, from the negative
+    windows the classifier leans towards: (similarity to the templates, classifier score p).
+
+    The verifier returns p + (1 − p) · clip((s − s_low) / (s_high − s_low), 0, 1): the lowest
+    `s_low` (plus `margin`) with which no negative is lifted above `ceiling` (a negative already
+    at or above it is not lifted at all). When that leaves no span below `s_high`, no negative
+    may be lifted: `s_low` is then just above the most similar one."""
+    if not 0.0 < ceiling < 1.0:
+        raise ValueError("ceiling must be in (0, 1)")
+    plain = max((s for s, _ in negatives), default=0.0) + margin  # no negative lifted at all
+    low = 0.0
+    for s, p in negatives:
+        if p >= ceiling:
+            low = max(low, s)
+            continue
+        room = (ceiling - p) / (1.0 - p)  # the largest lift fraction that keeps it under the ceiling
+        low = max(low, (s - room * s_high) / (1.0 - room))  # (s − low) / (s_high − low) ≤ room
+    low = max(low + margin, 0.0)
+    return low if low + margin < s_high else max(plain, 0.0)

@@ -21,7 +21,7 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.evaluate import REFRACTORY_FRAMES, take_scores
-from appliance.wakeword_training.train import negative_audio_chunk, score_windows, sliding, trim
+from appliance.wakeword_training.train import negative_audio_chunk, score_stream, trim
 
 PATIENCES = (1, 2, 3)
 FA_BUDGET_PER_HOUR = 0.0
@@ -82,7 +82,7 @@ def calibrate(
         )
         emb = extractor.embeddings(chunk)
         frames += emb.shape[0]
-        streams.append(score_windows(model, sliding(emb)).tolist())
+        streams.append(score_stream(model, emb).tolist())
         step("calibration audio")
     seconds = frames * core.FRAME_S
     curves = {

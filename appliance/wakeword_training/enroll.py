@@ -10,8 +10,9 @@ p and the best cosine similarity s of the current window to a template, and retu
 so a window that sounds like the user saying the phrase (high s) and that the classifier already
 leans towards (p ≥ floor) is lifted towards 1, and everything else keeps the classifier's score.
 s_high is the lowest leave-one-out similarity among the enrolled takes' own peak windows; s_low
-is placed above the highest similarity of any negative window (generated speech and noise) the
-classifier gives at least `floor`, so negatives are not lifted. The base model is kept as NAME.base.onnx.
+is placed so that no negative window (generated speech and noise) the classifier gives at least
+`floor` is lifted above a ceiling under the word's threshold (`core.verifier_low`). The base
+model is kept as NAME.base.onnx.
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ import numpy.typing as npt
 
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.adapters.resample import resample
+from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment
 from appliance.wakeword_training.evaluate import RATE_HZ, pad_take
-from appliance.wakeword_training.model import FEATURES, FRAMES
-from appliance.wakeword_training.train import METADATA_SUFFIX, score_windows, sliding
+from appliance.wakeword_training.train import METADATA_SUFFIX, model_frames, score_windows, sliding
 
 FLOOR = 0.05
+# no negative window the classifier leans towards (p ≥ FLOOR) is lifted above this, nor above
+# the word's written threshold − CEILING_MARGIN (`core.verifier_low`); 0.5 instead (every lifted
+# negative under 0.5) left "hello lamp" enrolled at 85 % (80 % when no negative was lifted at all)
+LIFT_CEILING = 0.8
+CEILING_MARGIN = 0.1
 MIN_TAKES = 3
 MAX_TAKES = 10
 VARIANTS = 4  # room, gain, noise and speed variations of each take, templates besides the take
@@ -56,9 +62,10 @@ def _normalize(windows: npt.NDArray[np.floating[Any]], center: Float) -> Float:
 
 def peak_windows(base: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16]) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(0)
+    frames = model_frames(base)
     out = []
     for take in takes:
-        windows = sliding(extractor.embeddings(pad_take(take, rng)))
+        windows = sliding(extractor.embeddings(pad_take(take, rng)), frames=frames)
         scores = score_windows(base, windows)
         out.append(windows[int(np.argmax(scores))])
     return np.stack(out).astype(np.float32)
@@ -79,10 +86,11 @@ def template_windows(
     room still finds a template close to it."""
     rng = np.random.default_rng(1)
     pad_rng = np.random.default_rng(0)
+    frames = model_frames(base)
     out: list[npt.NDArray[np.float32]] = []
     for take in takes:
         for clip in [take, *(_variation(take, rng) for _ in range(variants))]:
-            windows = sliding(extractor.embeddings(pad_take(clip, pad_rng)))
+            windows = sliding(extractor.embeddings(pad_take(clip, pad_rng)), frames=frames)
             peak = int(np.argmax(score_windows(base, windows)))
             out.extend(windows[min(max(peak + d, 0), len(windows) - 1)] for d in SHIFTS)
     return np.stack(out).astype(np.float32)
@@ -105,12 +113,21 @@ def enroll(
                 f"{model} does not exist (train it first with 'appliance wakeword train')"
             )
         base.write_bytes(model.read_bytes())
+    meta_path = folder / f"{name}{METADATA_SUFFIX}"
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    written = meta.get("threshold")
+    ceiling = LIFT_CEILING
+    if isinstance(written, (int, float)) and not isinstance(written, bool):
+        ceiling = max(FLOOR, min(ceiling, float(written) - CEILING_MARGIN))
     enrolled = peak_windows(base, extractor, takes)
     variations = template_windows(base, extractor, takes)
-    negatives = np.concatenate([sliding(e, stride=2) for e in negative_streams]) if negative_streams else None
+    frames = model_frames(base)
+    negatives = (
+        np.concatenate([sliding(e, 2, frames) for e in negative_streams]) if negative_streams else None
+    )
     center = np.asarray(
         (negatives if negatives is not None and len(negatives) else enrolled)
-        .reshape(-1, FRAMES * FEATURES)
+        .reshape(-1, enrolled[0].size)
         .mean(axis=0),
         dtype=np.float64,
     )
@@ -119,25 +136,24 @@ def enroll(
     np.fill_diagonal(sims, -1.0)
     s_high = float(np.min(sims.max(axis=1)))
     templates = np.concatenate([primary, _normalize(variations, center)])
-    s_neg = 0.0
+    leaning: list[tuple[float, float]] = []  # (similarity, classifier score) of each
     if negatives is not None and len(negatives):
         p = score_windows(base, negatives)
-        leaning = negatives[p >= FLOOR]
-        if len(leaning):
-            s_neg = float(np.max(_normalize(leaning, center) @ templates.T))
-    s_low = max(s_neg + 0.02, 0.0)
+        if np.any(p >= FLOOR):
+            sims = (_normalize(negatives[p >= FLOOR], center) @ templates.T).max(axis=1)
+            leaning = list(zip(sims.tolist(), p[p >= FLOOR].tolist(), strict=True))
+    s_low = core.verifier_low(leaning, s_high, ceiling)
     if s_high <= s_low + 0.02:  # the takes are no more alike than the negatives: a narrow lift
         s_high = s_low + 0.02
     blob = verifier_onnx(base, templates, center, s_low, s_high, name)
     model.write_bytes(blob)
-    meta_path = folder / f"{name}{METADATA_SUFFIX}"
-    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     meta["enrollment"] = {
         "takes": len(takes),
         "templates": int(templates.shape[0]),
         "s_low": round(s_low, 4),
         "s_high": round(s_high, 4),
         "floor": FLOOR,
+        "ceiling": round(ceiling, 4),
     }
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Enrollment(model, base, len(takes), s_low, s_high)
@@ -158,7 +174,7 @@ def verifier_onnx(
     def const(tensor: str, value: Any, dtype: Any = np.float32) -> None:
         graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), tensor))
 
-    const("v_shape", [-1, FRAMES * FEATURES], np.int64)
+    const("v_shape", [-1, templates.shape[1]], np.int64)
     const("v_center", center)
     const("v_templates", templates.T)
     const("v_low", [s_low])

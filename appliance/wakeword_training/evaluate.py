@@ -15,7 +15,7 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, score_windows, sliding, trim
+from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, score_stream, trim
 
 RATE_HZ = 16000
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
@@ -49,7 +49,7 @@ def take_scores(
 ) -> list[list[float]]:
     """The frame scores of each padded take."""
     rng = np.random.default_rng(seed)
-    return [score_windows(model, sliding(extractor.embeddings(pad_take(t, rng)))).tolist() for t in takes]
+    return [score_stream(model, extractor.embeddings(pad_take(t, rng))).tolist() for t in takes]
 
 
 def peak_scores(
@@ -106,7 +106,7 @@ def evaluate(
 ) -> Evaluation:
     """The curve at the default thresholds and `extra_thresholds` (e.g. the trained one)."""
     peaks = peak_scores(model, extractor, positives, patience_frames=patience_frames)
-    streams = [score_windows(model, sliding(e)).tolist() for e in negative_streams]
+    streams = [score_stream(model, e).tolist() for e in negative_streams]
     hours = negative_seconds / 3600
     thresholds = sorted({*core.default_thresholds(), *extra_thresholds})
     curve = core.threshold_curve(peaks, streams, hours, thresholds, REFRACTORY_FRAMES, patience_frames)

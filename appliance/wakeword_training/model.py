@@ -19,7 +19,7 @@ Float = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Mlp:
-    w1: Float  # [1536, hidden], standardization folded in
+    w1: Float  # [frames × 96 (1536), hidden], standardization folded in
     b1: Float  # [hidden]
     w2: Float  # [hidden, 1]
     b2: Float  # [1]
@@ -91,7 +91,8 @@ def to_onnx(model: Mlp, name: str) -> bytes:
     def init(array: Float, tensor: str) -> onnx.TensorProto:
         return numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), tensor)
 
-    shape = numpy_helper.from_array(np.array([-1, FRAMES * FEATURES], dtype=np.int64), "shape")
+    frames = model.w1.shape[0] // FEATURES  # FRAMES, or the `context_frames` it was trained on
+    shape = numpy_helper.from_array(np.array([-1, frames * FEATURES], dtype=np.int64), "shape")
     nodes = [
         helper.make_node("Reshape", ["input", "shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "w1"], ["h1"]),
@@ -104,7 +105,7 @@ def to_onnx(model: Mlp, name: str) -> bytes:
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FRAMES, FEATURES])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", frames, FEATURES])],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
         [shape, init(model.w1, "w1"), init(model.b1, "b1"), init(model.w2, "w2"), init(model.b2, "b2")],
     )

@@ -25,7 +25,7 @@ from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
 
 RATE_HZ = 16000
 CHUNK_S = 60.0
-WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s)
+WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s); each 1,280 samples more is one embedding more
 T = TypeVar("T")
 Windows = npt.NDArray[np.float32]
 
@@ -305,6 +305,10 @@ class TrainSize:
     calibration_minutes: int = 32
     calibration_takes: int = 24
     calibration_carriers: int = 0  # `carrier_phrases` in the calibration split's own words among its texts
+    # embeddings (80 ms each) the classifier reads: openWakeWord's models read 16 (1.28 s, about
+    # 2 s of audio with the embedding's own reach); the idle loop computes every embedding anyway,
+    # so more costs only classifier input
+    context_frames: int = FRAMES
 
 
 TINY = TrainSize(
@@ -379,21 +383,31 @@ class Progress:
             self._bar.close()
 
 
+def window_samples(frames: int = FRAMES) -> int:
+    """Samples of audio that give exactly `frames` embeddings."""
+    return WINDOW_SAMPLES + (frames - FRAMES) * 1280
+
+
 def features_for(models_dir: Path) -> OpenWakeWordFeatures:
     features = models_dir / "oww-features"
     return OpenWakeWordFeatures(features / "melspectrogram.onnx", features / "embedding_model.onnx")
 
 
 def place(
-    take: Pcm16, rng: np.random.Generator, max_tail_s: float = 0.24, before: Pcm16 | None = None
+    take: Pcm16,
+    rng: np.random.Generator,
+    max_tail_s: float = 0.24,
+    before: Pcm16 | None = None,
+    window: int = WINDOW_SAMPLES,
 ) -> Pcm16:
-    """`take` in a 2 s window, ending 0–`max_tail_s` before the window's end (silence around);
-    with `before`, the end of that speech 0.05–0.3 s before the take (the rest of the window)."""
-    take = np.asarray(take[-WINDOW_SAMPLES:], dtype=np.int16)
+    """`take` in a window of `window` samples (2 s), ending 0–`max_tail_s` before the window's end
+    (silence around); with `before`, the end of that speech 0.05–0.3 s before the take (the rest
+    of the window)."""
+    take = np.asarray(take[-window:], dtype=np.int16)
     tail = int(rng.uniform(0, max_tail_s) * RATE_HZ)
-    tail = min(tail, WINDOW_SAMPLES - take.shape[0])
-    out = np.zeros(WINDOW_SAMPLES, dtype=np.int16)
-    end = WINDOW_SAMPLES - tail
+    tail = min(tail, window - take.shape[0])
+    out = np.zeros(window, dtype=np.int16)
+    end = window - tail
     start = end - take.shape[0]
     out[start:end] = take
     if before is not None and before.size:
@@ -403,11 +417,13 @@ def place(
     return out
 
 
-def positive_windows(extractor: OpenWakeWordFeatures, clip: npt.NDArray[np.float64], frames: int) -> Windows:
-    """The last `frames` 16-frame windows of `clip` (a `place`d take followed by
+def positive_windows(
+    extractor: OpenWakeWordFeatures, clip: npt.NDArray[np.float64], frames: int, context: int = FRAMES
+) -> Windows:
+    """The last `frames` `context`-frame windows of `clip` (a `place`d take followed by
     `(frames - 1) * 1280` samples of its room): one window per 80 ms after the phrase's end."""
     emb = extractor.embeddings(augment.to_pcm(clip))
-    return sliding(emb[-(FRAMES + frames - 1) :])
+    return sliding(emb[-(context + frames - 1) :], frames=context)
 
 
 def placed_positive(
@@ -416,6 +432,7 @@ def placed_positive(
     frames: int,
     speed_range: float,
     before: Pcm16 | None = None,
+    window: int = WINDOW_SAMPLES,
 ) -> npt.NDArray[np.float64]:
     """`take` (at a random speed, half the time) ending 0–0.16 s before the end of a 2 s window,
     followed by `frames - 1` frames of quiet, then augmented as a whole (the room goes on).
@@ -424,7 +441,7 @@ def placed_positive(
         factor = float(rng.uniform(1 - speed_range, 1 + speed_range))
         take = resample(take, int(RATE_HZ * factor), RATE_HZ)  # faster and higher when factor > 1
     tail_samples = (frames - 1) * 1280
-    clip = np.concatenate([place(take, rng, 0.16, before), np.zeros(tail_samples, np.int16)])
+    clip = np.concatenate([place(take, rng, 0.16, before, window), np.zeros(tail_samples, np.int16)])
     return augment.augment(clip, rng)
 
 
@@ -436,18 +453,20 @@ def trim(audio: Pcm16, level: int = 200) -> Pcm16:
     return audio[max(0, loud[0] - 800) : loud[-1] + 800]
 
 
-def window_set(extractor: OpenWakeWordFeatures, clips: Iterable[npt.NDArray[np.float64]]) -> Windows:
-    """The 16×96 feature window of each 2 s clip."""
-    out = [extractor.embeddings(augment.to_pcm(c))[-FRAMES:] for c in clips]
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, FRAMES, 96), np.float32)
+def window_set(
+    extractor: OpenWakeWordFeatures, clips: Iterable[npt.NDArray[np.float64]], frames: int = FRAMES
+) -> Windows:
+    """The `frames`×96 feature window at the end of each clip (`window_samples(frames)` long)."""
+    out = [extractor.embeddings(augment.to_pcm(c))[-frames:] for c in clips]
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, frames, 96), np.float32)
 
 
-def sliding(embeddings: Windows, stride: int = 1) -> Windows:
-    """Every 16-frame window of a long embedding stream, one per `stride` frames."""
-    n = embeddings.shape[0] - FRAMES + 1
+def sliding(embeddings: Windows, stride: int = 1, frames: int = FRAMES) -> Windows:
+    """Every `frames`-frame window of a long embedding stream, one per `stride` frames."""
+    n = embeddings.shape[0] - frames + 1
     if n <= 0:
-        return np.zeros((0, FRAMES, 96), np.float32)
-    idx = np.arange(0, n, stride)[:, None] + np.arange(FRAMES)[None, :]
+        return np.zeros((0, frames, 96), np.float32)
+    idx = np.arange(0, n, stride)[:, None] + np.arange(frames)[None, :]
     return np.asarray(embeddings[idx], dtype=np.float32)
 
 
@@ -547,6 +566,7 @@ def build_dataset(
     phrase: str, size: TrainSize, seed: int, extractor: OpenWakeWordFeatures, progress: Progress
 ) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any]]:
     rng = np.random.default_rng(seed)
+    ctx, window = size.context_frames, window_samples(size.context_frames)
     pos_voices = synth.voices(False, size.positive_voices, seed)
     leads = lead_ins(size, seed)
     pos_windows: list[Windows] = []
@@ -554,45 +574,48 @@ def build_dataset(
         take = trim(synth.say(phrase, voice))
         for a in range(size.positive_augments):
             if size.positive_frames <= 1 and size.speed_range <= 0:  # one window per take
-                pos_windows.append(window_set(extractor, [augment.augment(place(take, rng), rng)]))
+                clip = augment.augment(place(take, rng, window=window), rng)
+                pos_windows.append(window_set(extractor, [clip], ctx))
                 continue
             before = leads[(k * size.positive_augments + a) % len(leads)] if leads else None
             if before is not None and rng.random() >= size.speech_before:
                 before = None
-            clip = placed_positive(take, rng, size.positive_frames, size.speed_range, before)
-            pos_windows.append(positive_windows(extractor, clip, size.positive_frames))
-    positives = np.concatenate(pos_windows) if pos_windows else np.zeros((0, FRAMES, 96), np.float32)
+            clip = placed_positive(take, rng, size.positive_frames, size.speed_range, before, window)
+            pos_windows.append(positive_windows(extractor, clip, size.positive_frames, ctx))
+    positives = np.concatenate(pos_windows) if pos_windows else np.zeros((0, ctx, 96), np.float32)
     # the phrase cut short: the window ends 0.3–0.6 s before the phrase does (must not fire yet)
     early: list[npt.NDArray[np.float64]] = []
     for voice in pos_voices[:: max(1, len(pos_voices) // 30)]:
         take = trim(synth.say(phrase, voice))
         cut = int(rng.uniform(0.3, 0.6) * RATE_HZ)
         if take.shape[0] > cut + 3200:
-            early.append(augment.augment(place(take[:-cut], rng, 0.05), rng))
+            early.append(augment.augment(place(take[:-cut], rng, 0.05, window=window), rng))
     near = core.near_misses(phrase, size.near_miss_limit)
     neg_clips: list[npt.NDArray[np.float64]] = []
     near_voices = synth.voices(False, size.near_miss_voices, seed + 1)
     for text in _each(near, progress, "near misses"):
         for voice in near_voices:
-            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng, window=window), rng))
     carriers = carrier_phrases(phrase, size.carrier_limit) if size.carrier_voices > 0 else []
     carrier_clips: list[npt.NDArray[np.float64]] = []
     carrier_voices = synth.voices(False, size.carrier_voices, seed + 5) if carriers else []
     for text in _each(carriers, progress, "carrier phrases"):
         for voice in carrier_voices:
-            carrier_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+            carrier_clips.append(
+                augment.augment(place(trim(synth.say(text, voice)), rng, window=window), rng)
+            )
     other_voices = synth.voices(False, size.other_phrase_voices, seed + 2)
     others = [t for t in OTHER_PHRASES if core.normalize_phrase(t) != phrase][: size.other_phrases]
     for text in _each(others, progress, "other phrases"):
         for voice in other_voices:
-            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng), rng))
+            neg_clips.append(augment.augment(place(trim(synth.say(text, voice)), rng, window=window), rng))
     for _ in range(size.noise_clips):
         level = float(rng.uniform(2, 3000))
-        neg_clips.append(augment.room_noise(WINDOW_SAMPLES, rng, level))
+        neg_clips.append(augment.room_noise(window, rng, level))
     progress.step("noise")
-    negatives = window_set(extractor, [*neg_clips, *early])
+    negatives = window_set(extractor, [*neg_clips, *early], ctx)
     if carrier_clips:
-        carrier_windows = window_set(extractor, carrier_clips)
+        carrier_windows = window_set(extractor, carrier_clips, ctx)
         negatives = np.concatenate([negatives, *([carrier_windows] * max(1, size.carrier_repeat))])
     speech_voices = synth.voices(False, size.speech_voices, seed + 3)
     speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
@@ -605,7 +628,7 @@ def build_dataset(
         chunk = negative_audio_chunk(index, seed + 200, heldout=False)
         streams.append(extractor.embeddings(resample(chunk, int(RATE_HZ * factor), RATE_HZ)))
         progress.step("general speech")
-    speech_windows = np.concatenate([sliding(e, stride=2) for e in streams])
+    speech_windows = np.concatenate([sliding(e, 2, ctx) for e in streams])
     progress.step("general speech")
     x = np.concatenate([positives, negatives, speech_windows])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows))])
@@ -710,6 +733,7 @@ def train_word(
             "negative_weight": size.negative_weight,
             "carrier_voices": size.carrier_voices,
             "carrier_repeat": size.carrier_repeat,
+            "context_frames": size.context_frames,
             "l2": size.l2,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
@@ -722,13 +746,32 @@ def train_word(
     return TrainResult(name, text, model_path, metadata_path, threshold, patience, metadata)
 
 
-def score_windows(model_path: Path, windows: Windows) -> npt.NDArray[np.float64]:
-    """Scores of feature windows by the exported ONNX model (as the detector runs it)."""
+def _session(model_path: Path) -> Any:
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+
+def _run(session: Any, windows: Windows) -> npt.NDArray[np.float64]:
     if windows.shape[0] == 0:
         return np.zeros(0)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: windows[i : i + 1024]})[0][:, 0] for i in range(0, len(windows), 1024)]
     return np.concatenate(out).astype(np.float64)
+
+
+def score_windows(model_path: Path, windows: Windows) -> npt.NDArray[np.float64]:
+    """Scores of feature windows by the exported ONNX model (as the detector runs it)."""
+    return _run(_session(model_path), windows)
+
+
+def model_frames(model_path: Path) -> int:
+    """How many embeddings the classifier reads (its input's second dimension)."""
+    return int(_session(model_path).get_inputs()[0].shape[1])
+
+
+def score_stream(model_path: Path, embeddings: Windows, stride: int = 1) -> npt.NDArray[np.float64]:
+    """The score of every window of an embedding stream the model reads (one per `stride`
+    frames), as the detector computes one per 80 ms frame."""
+    session = _session(model_path)
+    return _run(session, sliding(embeddings, stride, int(session.get_inputs()[0].shape[1])))

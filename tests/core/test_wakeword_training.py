@@ -18,6 +18,7 @@ from appliance.core.wakeword_training import (
     suggest_threshold,
     sustained_peak,
     threshold_curve,
+    verifier_low,
 )
 
 
@@ -271,3 +272,38 @@ def test_near_misses_leave_out_what_sounds_like_the_phrase(phrase: str, homophon
         assert sounds_same(item, phrase)
         assert item not in got
     assert not [n for n in got if sounds_same(n, phrase)]
+
+
+def _lifted(s: float, p: float, s_low: float, s_high: float) -> float:
+    """The enrolled verifier's score (`enroll.verifier_onnx`) of a window the classifier leans to."""
+    return p + (1 - p) * min(1.0, max(0.0, (s - s_low) / (s_high - s_low)))
+
+
+@pytest.mark.parametrize(
+    ("negatives", "s_high", "ceiling", "expected"),
+    [
+        ([], 0.8, 0.8, 0.02),  # nothing leans: lift from just above 0
+        ([(0.7, 0.9)], 0.8, 0.8, 0.72),  # at or over the ceiling already: never lifted
+        ([(0.7, 0.18)], 0.9, 1e-9, 0.72),  # a ceiling under every score: no lift for any (the old rule)
+        ([(0.75, 0.3)], 0.7, 0.8, 0.77),  # more similar than the takes: just above it, no lift
+        ([(0.6, 0.5), (0.3, 0.05)], 0.8, 0.5, 0.62),  # the ones at the ceiling keep theirs
+    ],
+)
+def test_verifier_low(
+    negatives: list[tuple[float, float]], s_high: float, ceiling: float, expected: float
+) -> None:
+    assert verifier_low(negatives, s_high, ceiling) == pytest.approx(expected)
+
+
+def test_verifier_low_lifts_no_negative_over_the_ceiling() -> None:
+    negatives = [(0.70, 0.18), (0.667, 0.11), (0.577, 0.081), (0.538, 0.597)]  # "hello lamp"'s
+    s_low = verifier_low(negatives, 0.776, 0.8)
+    assert s_low < 0.70  # the most similar one is lifted, ...
+    assert max(_lifted(s, p, s_low, 0.776) for s, p in negatives) < 0.8  # ... not to the ceiling
+    # without the margin the tightest one would reach the ceiling exactly
+    assert max(_lifted(s, p, s_low - 0.02, 0.776) for s, p in negatives) == pytest.approx(0.8)
+
+
+def test_verifier_low_refuses_a_ceiling_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="ceiling"):
+        verifier_low([], 0.8, 1.0)

@@ -65,6 +65,43 @@ def test_positive_windows_are_the_frames_after_the_phrase(models_dir: Path) -> N
     assert faster.shape[0] == WINDOW_SAMPLES
 
 
+def test_a_longer_context_reads_more_embeddings(models_dir: Path, tmp_path: Path) -> None:
+    from appliance.testing.speech import espeak_say
+    from appliance.wakeword_training.model import Mlp, to_onnx
+    from appliance.wakeword_training.train import (
+        features_for,
+        model_frames,
+        placed_positive,
+        positive_windows,
+        score_stream,
+        sliding,
+        window_samples,
+    )
+
+    extractor = features_for(models_dir)
+    take = espeak_say("hello lamp", "en-us+m3")
+    clip = placed_positive(take, np.random.default_rng(0), 3, 0.0, window=window_samples(28))
+    assert clip.shape[0] == window_samples(28) + 2 * 1280
+    pcm = np.clip(np.round(clip), -32768, 32767).astype(np.int16)
+    emb = extractor.embeddings(pcm)
+    assert extractor.embeddings(pcm[: window_samples(28)]).shape[0] == 28  # exactly the context
+    windows = positive_windows(extractor, clip, 3, 28)
+    assert windows.shape == (3, 28, 96) and np.array_equal(windows[-1], emb[-28:])
+    rng = np.random.default_rng(0)
+    mlp = Mlp(rng.normal(0, 0.01, (28 * 96, 4)), np.zeros(4), rng.normal(0, 0.1, (4, 1)), np.zeros(1))
+    path = tmp_path / "w.onnx"
+    path.write_bytes(to_onnx(mlp, "w"))
+    assert model_frames(path) == 28
+    scores = score_stream(path, emb)  # one score per frame once 28 embeddings are there
+    assert scores.shape == (emb.shape[0] - 27,)
+    assert np.allclose(scores, mlp.scores(sliding(emb, frames=28)), atol=1e-5)
+    features = models_dir / "oww-features"
+    detector = OpenWakeWordDetector(
+        [WakeWordModelFile("w", path)], features / "melspectrogram.onnx", features / "embedding_model.onnx"
+    )
+    assert set(detector.scores(pcm[:1280])) == {"w"}
+
+
 def test_speech_before_ends_shortly_before_the_phrase() -> None:
     from appliance.wakeword_training.train import WINDOW_SAMPLES, place
 
@@ -196,7 +233,9 @@ def test_enroll_lifts_the_enrolled_voice_and_not_the_negatives(
         assert meta[key] == trained_meta[key]
     # each take's peak, plus its peak and neighbours in itself and 4 variations: 3 + 3 × 5 × 3
     assert meta["enrollment"]["templates"] == 48
-    # negatives: exactly the base scores (the verifier lifts none of them)
+    # no negative the classifier leans towards is lifted over 0.8 nor over the threshold − 0.1
+    assert meta["enrollment"]["ceiling"] == round(max(FLOOR, min(0.8, meta["threshold"] - 0.1)), 4)
+    # negatives: exactly the base scores (none leans towards the word, so none is lifted)
     windows = sliding(streams[0])
     base = score_windows(result.base_path, windows)
     assert np.allclose(score_windows(result.model_path, windows), base, atol=1e-6)
