@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FRAME_S = 0.01
@@ -92,12 +93,17 @@ class DoubleTalkDetector:
     _leak_end: float | None = None
 
     def update(
-        self, mic_energy: float, playback_energy: float, t_end: float, explained: float | None = None
+        self,
+        mic_energy: float,
+        playback_energy: float,
+        t_end: float,
+        explained: float | Callable[[], float] | None = None,
     ) -> bool:
         """One 10 ms frame ending at audio time `t_end`: the mean-square energies of the raw
         microphone and of the playback over it (full scale 1.0); `explained`: the share (0-1)
         of the microphone frame's energy that a short filter on the playback frame reproduces
-        (None: not measured). True: double talk."""
+        (None: not measured; a callable is asked only for a frame over the margin, the one
+        place it decides). True: double talk."""
         cfg = self.config
         self._recent_playback.append(playback_energy)
         while len(self._recent_playback) > max(1, round(cfg.delay_s / FRAME_S) + 1):
@@ -129,7 +135,10 @@ class DoubleTalkDetector:
                 and t_end - self._turn_start >= cfg.settle_s - 1e-9
                 and level > self.learned_db + margin
             )
-            leak = cfg.max_explained is not None and explained is not None and explained >= cfg.max_explained
+            leak = False
+            if over and cfg.max_explained is not None and explained is not None:
+                share = explained() if callable(explained) else explained
+                leak = share >= cfg.max_explained
             if over and leak:
                 self._leak_end = t_end
             elif over and self._leak_end is not None and t_end - self._leak_end < cfg.leak_hold_s - 1e-9:

@@ -9,6 +9,7 @@ never used concurrently) and posts only outcomes (`WakeWordDetected`, `SpeechSta
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -165,6 +166,10 @@ def explained_share(
     energy = np.einsum("fn,fn->f", residual, residual)
     share = np.einsum("fj,fj->f", cross, coef) / np.maximum(energy, 1e-15)
     return [float(x) for x in np.clip(share, 0.0, 1.0)]
+
+
+def _explained_one(residual: npt.NDArray[np.float64], estimate: npt.NDArray[np.float64]) -> float:
+    return explained_share(residual[None, :], estimate[None, :])[0]
 
 
 def _energies(frames: npt.NDArray[np.float64]) -> list[float]:
@@ -474,12 +479,9 @@ class AudioRouter:
         res_f, est_f, ends = self._residual_frames.push(res, est, start)
         if not ends:
             return
-        shares: list[float | None] = (
-            [None] * len(ends)
-            if self._residual_dt.config.max_explained is None
-            else list(explained_share(res_f, est_f))
-        )
-        for res_e, est_e, t, share in zip(_energies(res_f), _energies(est_f), ends, shares, strict=True):
+        asked = self._residual_dt.config.max_explained is not None
+        for k, (res_e, est_e, t) in enumerate(zip(_energies(res_f), _energies(est_f), ends, strict=True)):
+            share = functools.partial(_explained_one, res_f[k], est_f[k]) if asked else None
             self._residual_dt.update(res_e, est_e, t, share)
 
     def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:

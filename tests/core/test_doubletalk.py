@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -195,6 +196,21 @@ def test_a_residual_the_estimate_explains_is_not_double_talk(
         if det.update(res, e, 5.0 + (i + 1) * F, None if explained is None else explained[i])
     ]
     assert found == marked
+
+
+def test_the_explained_share_is_asked_only_for_frames_over_the_margin() -> None:
+    """The router passes a callable (a least-squares fit per frame): the detector asks it only
+    where it decides, a frame over the margin."""
+    det = DoubleTalkDetector(linear_residual_config(10.0))
+    asked: list[float] = []
+
+    def share(t: float) -> Callable[[], float]:
+        return lambda: asked.append(t) or 0.1
+
+    est = db(-25.0)
+    frames = [(est * db(-20.0), est)] * 500 + [(est * db(-5.0), est)] * 2 + [(est * db(-20.0), est)] * 2
+    found = [i for i, (r, e) in enumerate(frames) if det.update(r, e, (i + 1) * F, share((i + 1) * F))]
+    assert found == [500, 501] and asked == pytest.approx([5.01, 5.02])
 
 
 def test_after_a_leak_the_margin_is_higher_while_the_filter_reconverges() -> None:
