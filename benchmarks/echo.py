@@ -21,6 +21,7 @@ echo_cancellation: gate`) and the canceller (`webrtc`) side by side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from appliance.testing.router_capture import RouterCapture, capturing
 from benchmarks.common import (
     RATE_HZ,
     _appliance_config,
@@ -552,14 +554,24 @@ def _echo_config(url: str, mode: str) -> Any:
         prompt.update(llm="custom-llm", custom_llm={"url": url, "model_id": "scripted-model"})
         appliance = raw["appliance"]
         appliance["local"]["llm"] = {"backend": "openai"}
-        appliance.setdefault("audio", {})["echo_cancellation"] = mode
+        if mode == LINEAR:  # the estimate on, whatever the default
+            appliance.setdefault("vad", {})["barge_in_linear_echo_db"] = LINEAR_MARGIN_DB
+        appliance.setdefault("audio", {})["echo_cancellation"] = "webrtc" if mode == LINEAR else mode
         raw["conversation_config"]["turn"]["turn_timeout"] = 30  # no re-prompt within a run
 
     return _appliance_config(overrides)
 
 
-def appliance_run(mode: str, room: str, gain: float, talk_over: bool, settings: Settings) -> ApplianceEcho:
-    """Wake word + "Tell me a story." + (silence, or "Stop" over the reply), in real time."""
+def appliance_run(
+    mode: str,
+    room: str,
+    gain: float,
+    talk_over: bool,
+    settings: Settings,
+    capture: RouterCapture | None = None,
+) -> ApplianceEcho:
+    """Wake word + "Tell me a story." + (silence, or "Stop" over the reply), in real time;
+    `capture`: what the router receives is recorded there (`appliance.testing.router_capture`)."""
     from appliance.adapters.openai_llm import OpenAiCompatibleLlm
     from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
     from appliance.testing.rooms import cache_dir, write_ir_wav
@@ -587,9 +599,10 @@ def appliance_run(mode: str, room: str, gain: float, talk_over: bool, settings: 
         models = dataclasses.replace(
             preloaded, local_models=dataclasses.replace(preloaded.local_models, llm=llm, concurrent_llm=True)
         )
-        events = run_appliance(
-            _echo_config(server.url, mode), models, audio, realtime=True, echo=gain, echo_ir=ir_wav
-        )
+        with capturing(capture) if capture is not None else contextlib.nullcontext():
+            events = run_appliance(
+                _echo_config(server.url, mode), models, audio, realtime=True, echo=gain, echo_ir=ir_wav
+            )
     interruptions = [e["t"] for e in events if e["type"] == "interruption"]
     transcripts = [e["user_transcript"] for e in events if e["type"] == "user_transcript"]
     if stop_at_s is None:
@@ -776,7 +789,14 @@ class _StallProbe:
         return float(err.max()) if k else 0.0
 
 
-def _stalled_run(room: str, gain: float, probe: _StallProbe, settings: Settings) -> ApplianceEcho:
+def _stalled_run(
+    room: str,
+    gain: float,
+    probe: _StallProbe,
+    settings: Settings,
+    mode: str = "webrtc",
+    capture: RouterCapture | None = None,
+) -> ApplianceEcho:
     """`appliance_run` (quiet) with `probe`'s stalls injected: the benchmark wraps the echo
     simulator's microphone and the router's block step for the run, and restores them after."""
     from appliance.ports import MIC_RATE_HZ
@@ -817,7 +837,7 @@ def _stalled_run(room: str, gain: float, probe: _StallProbe, settings: Settings)
     setattr(router_cls, "_mic_clock", mic_clock)  # noqa: B010
     setattr(router_cls, "_process_sync", process_sync)  # noqa: B010
     try:
-        return appliance_run("webrtc", room, gain, False, settings)
+        return appliance_run(mode, room, gain, False, settings, capture)
     finally:
         setattr(mic_cls, "frames", orig_frames)  # noqa: B010
         setattr(router_cls, "_mic_clock", orig_clock)  # noqa: B010
@@ -829,6 +849,8 @@ def stall_table(quick: bool = False) -> list[Row]:
     import random
 
     runs = 1 if quick else int(os.environ.get("ECHO_STALL_RUNS", "4"))
+    mode = os.environ.get("ECHO_STALL_MODE", "webrtc")  # "webrtc + linear echo": the estimate on
+    keep = os.environ.get("ECHO_CAPTURE_DIR")  # self-interrupted runs' captures are saved there
     rows: list[Row] = []
     for room, gain, where, seed in STALL_ROWS[:1] if quick else STALL_ROWS:
         interrupted = turns = errors = 0
@@ -837,7 +859,10 @@ def stall_table(quick: bool = False) -> list[Row]:
         load = os.getloadavg()[0]
         for i in range(runs):
             probe = _StallProbe(where, random.Random(seed * 1000 + i))
-            result = _stalled_run(room, gain, probe, FULL)
+            capture = RouterCapture() if keep else None
+            result = _stalled_run(room, gain, probe, FULL, mode, capture)
+            if capture is not None and keep and result.self_interruptions:
+                capture.save(Path(keep) / f"stalls-{room}-{gain:g}-{where}-{seed}-{i}.npz")
             interrupted += result.self_interruptions > 0
             turns += result.agent_turns
             errors += result.errors
@@ -847,6 +872,7 @@ def stall_table(quick: bool = False) -> list[Row]:
             {
                 "room": _room(room).label,
                 "gain": gain,
+                "mode": mode,
                 "stalls on": "event loop" if where == "loop" else "model thread",
                 "seed": seed,
                 "runs": runs,
@@ -870,3 +896,56 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
 }
 OPT_IN_BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {"agent.echo.stalls": stall_table}
 """Run only when named exactly (`--only agent.echo.stalls`): 5 rows × 4 real-time runs, ~8 min."""
+
+
+def replay_capture(capture: RouterCapture, linear: Any = "captured", from_chunks: bool = False) -> Any:
+    """`appliance.testing.router_capture.replay` through a router built as the captured one was
+    (the preloaded models; fresh canceller, filter and VAD twins, as `build_loop` makes them);
+    `linear`: the linear estimate's `DoubleTalkConfig` to use instead (None: off)."""
+    from appliance.adapters.linear_echo import LinearEchoFilter
+    from appliance.core.doubletalk import BandDoubleTalkConfig, DoubleTalkConfig
+    from appliance.core.endpointing import EndpointConfig, Endpointer
+    from appliance.core.wakeword import WakeWordGate
+    from appliance.runtime.app import build_echo_canceller
+    from appliance.runtime.router import AudioRouter
+    from appliance.testing.router_capture import replay
+
+    cfg = capture.settings
+    preloaded = _preloaded()
+    config = _appliance_config()
+    linear_cfg = (
+        (DoubleTalkConfig(**cfg["linear_echo"]) if cfg["linear_echo"] else None)
+        if linear == "captured"
+        else linear
+    )
+    bands = BandDoubleTalkConfig(**cfg["band_double_talk"]) if cfg["band_double_talk"] else None
+    executor = ThreadPoolExecutor(max_workers=1)
+
+    def build(playback: Any, now: Callable[[], float]) -> Any:
+        preloaded.detector.reset()
+        preloaded.vad.reset()
+        return AudioRouter(
+            detector=preloaded.detector,
+            gate=WakeWordGate(config.wake_word_rules()),
+            vad=preloaded.vad,
+            endpointer=Endpointer(EndpointConfig(**cfg["endpoint"])),
+            executor=executor,
+            post=lambda event: None,
+            wake_vad_gate=cfg["wake_vad_gate"],
+            playback=playback,
+            echo=build_echo_canceller(cfg["echo"]) if cfg["echo"] else None,
+            now=now,
+            echo_tail_s=cfg["echo_tail_s"],
+            double_talk=DoubleTalkConfig(**cfg["double_talk"]) if cfg["double_talk"] else None,
+            band_double_talk=bands,
+            raw_vad=preloaded.vad.twin() if bands is not None else None,
+            raw_vad_always=cfg["raw_vad_always"],
+            linear_echo=linear_cfg,
+            linear_filter=LinearEchoFilter() if linear_cfg is not None else None,
+            residual_vad=preloaded.vad.twin() if linear_cfg is not None else None,
+        )
+
+    try:
+        return replay(capture, build, from_chunks)
+    finally:
+        executor.shutdown(wait=True)

@@ -18,8 +18,12 @@ from a late block instead (what this replaces: "re-read when the two disagree by
 up to 0.2 s of it behind for good; the canceller then let its own voice through, and the agent
 interrupted itself (benchmarks/README.md, `agent.echo.appliance`, living room under load). Only
 a shift that lasts longer than `window_s` in the blocks the reader waited for (samples lost: the
-input queue overflowed, the device restarted) moves the offset: the timeline follows it then,
-counted in `jumps` when it moves more than `jump_s`.
+input queue overflowed, the device restarted) moves the offset later, and only when it is
+more than `jump_s` (samples are lost in whole device periods or blocks): the timeline follows it
+then, counted in `jumps`. The least lateness of 2 s of blocks wanders by a few ms with the load;
+following it (as this did before) moved the reference 0.3-2.5 ms (5-40 samples) at a time
+against a continuous microphone, and our linear echo filter, misaligned by that, let the agent's
+echo through as a user (captured in real time and replayed: benchmarks/README.md, `agent.echo`).
 
 Pure: block sizes and arrival times in, block end times out.
 """
@@ -51,7 +55,7 @@ class MicClock:
     80: 1 s); a lasting shift is followed this much later."""
     jump_s: float = 0.02
     """A move of the offset by more than this counts in `jumps` (the reference moved against
-    the microphone: an adaptive echo filter restarts)."""
+    the microphone: an adaptive echo filter restarts); a later offset by less is held."""
     samples: int = 0
     """Samples counted so far (the end of the last block)."""
     offset: float | None = None
@@ -82,10 +86,17 @@ class MicClock:
         while self._waited and self._waited[0] <= oldest:
             self._waited.popleft()
         # every candidate bounds the offset from above: down at once; up (samples lost) only
-        # on the evidence of enough blocks waited for in the window
+        # on the evidence of enough blocks waited for in the window, and only by more than
+        # `jump_s`: the least lateness of 2 s of blocks wanders by a few ms with the load
         least = self._candidates[0][1] if self._candidates else math.inf
         enough = len(self._waited) * n_samples >= self.min_waited * self.window_s * self.rate_hz
-        offset = least if self.offset is None or (enough and least < math.inf) else min(self.offset, least)
+        lasting = (
+            enough
+            and least < math.inf
+            and self.offset is not None
+            and least - self.offset > self.jump_s + 1e-9
+        )
+        offset = least if self.offset is None or least < self.offset or lasting else self.offset
         if self.offset is not None and abs(offset - self.offset) > self.jump_s + 1e-9:
             self.jumps += 1
         self.offset = offset

@@ -9,6 +9,7 @@ never used concurrently) and posts only outcomes (`WakeWordDetected`, `SpeechSta
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -137,6 +138,38 @@ class _PairedFrames:
     def clear(self) -> None:
         self._a = np.zeros(0, dtype=np.float64)
         self._b = np.zeros(0, dtype=np.float64)
+
+
+EXPLAIN_LAGS = 4
+"""`explained_share`: the filter on the estimate has taps at -4..+4 samples."""
+
+
+def explained_share(
+    residual: npt.NDArray[np.float64], estimate: npt.NDArray[np.float64], lags: int = EXPLAIN_LAGS
+) -> list[float]:
+    """Per frame (rows of the two [frame, sample] arrays): the share of the residual's energy
+    that a least-squares filter on the estimate (taps at -lags..+lags samples, within the
+    frame) reproduces. A misadjusted linear echo filter leaks a linear copy of its estimate
+    (near 1); a user's voice is not one (near 0)."""
+    frames, n = residual.shape
+    cols = np.zeros((frames, n, 2 * lags + 1), dtype=np.float64)
+    for j, k in enumerate(range(-lags, lags + 1)):
+        if k >= 0:
+            cols[:, k:, j] = estimate[:, : n - k]
+        else:
+            cols[:, : n + k, j] = estimate[:, -k:]
+    gram = np.einsum("fnj,fnk->fjk", cols, cols)
+    ridge = 1e-9 * np.trace(gram, axis1=1, axis2=2) + 1e-15
+    gram += ridge[:, None, None] * np.eye(2 * lags + 1)
+    cross = np.einsum("fnj,fn->fj", cols, residual)
+    coef = np.linalg.solve(gram, cross[:, :, None])[:, :, 0]
+    energy = np.einsum("fn,fn->f", residual, residual)
+    share = np.einsum("fj,fj->f", cross, coef) / np.maximum(energy, 1e-15)
+    return [float(x) for x in np.clip(share, 0.0, 1.0)]
+
+
+def _explained_one(residual: npt.NDArray[np.float64], estimate: npt.NDArray[np.float64]) -> float:
+    return explained_share(residual[None, :], estimate[None, :])[0]
 
 
 def _energies(frames: npt.NDArray[np.float64]) -> list[float]:
@@ -444,8 +477,12 @@ class AudioRouter:
         res, est = self._linear.process(block.astype(np.float64) / 32768.0, played.astype(np.float64))
         self._residual = np.clip(np.rint(res * 32768.0), -32768, 32767).astype(np.int16)
         res_f, est_f, ends = self._residual_frames.push(res, est, start)
-        for res_e, est_e, t in zip(_energies(res_f), _energies(est_f), ends, strict=True):
-            self._residual_dt.update(res_e, est_e, t)
+        if not ends:
+            return
+        asked = self._residual_dt.config.max_explained is not None
+        for k, (res_e, est_e, t) in enumerate(zip(_energies(res_f), _energies(est_f), ends, strict=True)):
+            share = functools.partial(_explained_one, res_f[k], est_f[k]) if asked else None
+            self._residual_dt.update(res_e, est_e, t, share)
 
     def _detect_double_talk(self, block: Pcm16, played: npt.NDArray[np.float32], start: int) -> None:
         """Feed the detector the 10 ms energies of the raw block and of the playback over it

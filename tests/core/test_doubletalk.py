@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -120,13 +121,14 @@ def test_the_linear_residual_configuration() -> None:
     """Our own filter's residual against its echo estimate (`adapters/linear_echo.py`)."""
     cfg = linear_residual_config(10.0)
     assert cfg.margin_db == 10.0
-    assert (cfg.hold_s, cfg.settle_s, cfg.forget_db_per_s, cfg.pause_floor, cfg.pause_margin_db) == (
+    assert (cfg.hold_s, cfg.settle_s, cfg.forget_db_per_s, cfg.pause_floor, cfg.leak_hold_s) == (
         0.1,
         0.2,
         3.0,
         1e-5,
-        10.0,
+        0.5,
     )
+    assert (cfg.max_explained, cfg.pause_max_explained) == (0.8, 0.3)
     det = DoubleTalkDetector(cfg)
     # the filter converging (the residual is the echo: 0 dB) for 0.5 s, then 15 dB under its
     # estimate; what the convergence taught is forgotten at 3 dB/s (the learning lags 0.5 s)
@@ -147,8 +149,11 @@ def test_a_short_pause_in_the_playback_raises_the_linear_detectors_margin(pause_
     at -52 dBFS, the residual equal to it: the microphone silent) while the envelope, falling
     60 dB/s from -18 dBFS, stays far over the -50 dBFS floor; the playback comes back and 40 ms
     later the residual reaches the estimate's level (+0.5 dB: 10.5 dB over the learned level)
-    for 5 frames. `pause_floor` None: the envelope alone, as before."""
-    cfg = dataclasses.replace(linear_residual_config(10.0), pause_floor=pause_floor)
+    for 5 frames. `pause_floor` None: the envelope alone. (The linear residual's own setting
+    asks the estimate instead of raising the margin: `pause_max_explained`, below.)"""
+    cfg = dataclasses.replace(
+        linear_residual_config(10.0), pause_floor=pause_floor, pause_max_explained=None, max_explained=None
+    )
     det = DoubleTalkDetector(cfg)
     est = db(-18.0)
     assert run([(est * db(-10.0), est)] * 500, det) == []  # 5 s of speech, converged
@@ -163,6 +168,101 @@ def test_a_short_pause_in_the_playback_raises_the_linear_detectors_margin(pause_
     # 0.2 s after the pause (5.04 s) the margin is back to 10 dB
     assert run([(est * db(-10.0), est)] * 10, det, t0=5.15) == []
     assert run([(est * db(0.5), est)] * 3, det, t0=5.25) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("explained", "marked"),
+    [
+        (None, [0, 1, 2, 3, 4]),  # not measured: the energies alone decide
+        ([0.05, 0.4, 0.66, 0.79, 0.3], [0, 1, 2, 3, 4]),  # a user's onset (measured 0.00-0.66)
+        ([0.99, 1.0, 0.98, 0.99, 1.0], []),  # leakage: a linear copy of the estimate
+        ([0.99, 0.99, 0.2, 0.3, 0.99], [2, 3]),  # a user starting within the leakage
+    ],
+)
+def test_a_residual_the_estimate_explains_is_not_double_talk(
+    explained: list[float] | None, marked: list[int]
+) -> None:
+    """Captured in real time (small room, gain 1.0, nobody talking) and replayed: the echo path
+    moved by one sample against the filter (a new playback chunk), the residual rose to 11-22 dB
+    over its learned level, 4 dB over its own estimate, for 7 frames, and the residual VAD read
+    0.96: the agent interrupted itself. 0.98-1.00 of those frames' energy was a short filter on
+    the estimate (`max_explained` 0.8)."""
+    cfg = linear_residual_config(10.0)
+    assert cfg.max_explained == 0.8
+    det = DoubleTalkDetector(cfg)
+    est = db(-25.0)
+    assert run([(est * db(-20.0), est)] * 500, det) == []  # converged: the residual 20 dB under it
+    frames = [(est * db(4.0), est)] * 5  # 24 dB over the learned level
+    found = [
+        i
+        for i, (res, e) in enumerate(frames)
+        if det.update(res, e, 5.0 + (i + 1) * F, None if explained is None else explained[i])
+    ]
+    assert found == marked
+
+
+@pytest.mark.parametrize(
+    ("explained", "marked"),
+    [
+        (0.73, []),  # the agent's next words, its echo placed a sample off: leakage
+        (0.35, []),
+        (0.13, [0]),  # a user starting just after the agent resumed (measured 0.03-0.13)
+        (None, [0]),  # not measured: the energies alone
+    ],
+)
+def test_after_a_pause_in_the_playback_a_frame_counts_only_if_the_estimate_hardly_explains_it(
+    explained: float | None, marked: list[int]
+) -> None:
+    """Captured in real time (small room, gain 2.0, the model thread stalled) and replayed: the
+    playback paused 90 ms (the estimate at -52 to -70 dBFS), the agent's next words came back, and
+    30 ms later the residual rose 11.2 dB over the learned level, 0.73 explained by the estimate
+    (under `max_explained` 0.8): the residual VAD read 0.89-0.96 and the agent interrupted itself.
+    For `settle_s` after such a pause a frame counts only under `pause_max_explained` (0.3)."""
+    det = DoubleTalkDetector(linear_residual_config(10.0))
+    est = db(-20.0)
+    assert run([(est * db(-16.0), est)] * 500, det) == []  # the learned level -16 dB
+    pause = [(db(-63.0), db(-63.0))] * 9
+    assert run(pause, det, t0=5.0) == []
+    found = det.update(est * db(-16.0 + 11.2), est, 5.12, explained)
+    assert ([0] if found else []) == marked
+
+
+def test_the_explained_share_is_asked_only_for_frames_over_the_margin() -> None:
+    """The router passes a callable (a least-squares fit per frame): the detector asks it only
+    where it decides, a frame over the margin."""
+    det = DoubleTalkDetector(linear_residual_config(10.0))
+    asked: list[float] = []
+
+    def share(t: float) -> Callable[[], float]:
+        return lambda: asked.append(t) or 0.1
+
+    est = db(-25.0)
+    frames = [(est * db(-20.0), est)] * 500 + [(est * db(-5.0), est)] * 2 + [(est * db(-20.0), est)] * 2
+    found = [i for i, (r, e) in enumerate(frames) if det.update(r, e, (i + 1) * F, share((i + 1) * F))]
+    assert found == [500, 501] and asked == pytest.approx([5.01, 5.02])
+
+
+def test_after_a_leak_the_margin_is_higher_while_the_filter_reconverges() -> None:
+    """The echo path moved a sample under a converged filter (white noise through the router:
+    `tests/runtime/test_echo_path.py`): 0.45 s of leakage 12-15 dB over the learned level, all
+    explained, then a partly re-converged copy leaks 11-12 dB, 0.63-0.73 explained. For 0.5 s
+    after the last explained leak the margin is 10 dB higher: not double talk; a user 21 dB
+    over the level is."""
+    det = DoubleTalkDetector(linear_residual_config(10.0))
+    est = db(-25.0)
+    assert run([(est * db(-20.0), est)] * 500, det) == []
+    leak = [(est * db(-20.0 + 14.0), est)] * 45
+    assert [i for i, (r, e) in enumerate(leak) if det.update(r, e, 5.0 + (i + 1) * F, 0.99)] == []
+    partly = [(est * db(-20.0 + 12.0), est)] * 3
+    assert [i for i, (r, e) in enumerate(partly) if det.update(r, e, 5.45 + (i + 1) * F, 0.7)] == []
+    assert det.update(est * db(-20.0 + 21.0), est, 5.5, 0.3)
+    # the leak has taught its level by now; 15 dB over it is double talk once 0.5 s have passed
+    # since the last leaking frame (5.45 s)
+    assert not det.update(est * db(-20.0), est, 5.92, 0.3)  # the echo alone again
+    assert det.learned_db == pytest.approx(-6.0, abs=0.1)  # the leak's level, learned by now
+    user = est * db(det.learned_db + 15.0)
+    assert not det.update(user, est, 5.94, 0.3)
+    assert det.update(user, est, 5.96, 0.3)
 
 
 # --- the band detector: 4 bands here (the router feeds 16), explicit energies per band -------

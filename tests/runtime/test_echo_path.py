@@ -822,6 +822,74 @@ def test_the_vad_on_our_linear_residual_speaks_in_frames_where_it_rises_over_the
     assert vad.frames == len(endpointer.raw_probs)
 
 
+@pytest.mark.parametrize("max_explained", [0.8, None])
+def test_our_linear_filter_leaking_after_the_echo_path_moved_a_sample_is_not_a_talker(
+    max_explained: float | None,
+) -> None:
+    """As above, but no second talker: at 4 s the echo path moves by one sample (captured in
+    real time: a new playback chunk placed one sample off). The converged filter leaks a linear
+    copy of its estimate, 3 dB over it: 'double talk' on the energies; the estimate explains
+    that residual (`router.explained_share` near 1), so no frame is marked and the agent does
+    not interrupt itself. Without the check (None) it does."""
+    import dataclasses
+
+    from appliance.adapters.linear_echo import LinearEchoFilter
+    from appliance.core.doubletalk import linear_residual_config
+    from appliance.core.endpointing import SpeechStarted
+
+    clock = [0.0]
+    playback = NoisePlayback()
+    endpointer = RecordingEndpointer()
+    endpointer.config = EndpointConfig(barge_in_min_speech_s=0.06)
+    started: list[float] = []
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer,
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
+        playback=playback,
+        echo=CountingCanceller(),
+        now=lambda: clock[0],
+        linear_echo=dataclasses.replace(linear_residual_config(10.0), max_explained=max_explained),
+        linear_filter=LinearEchoFilter(),
+        residual_vad=SpeechVad(),
+    )
+    router.set_listening(True)
+    before = np.concatenate([np.zeros(48), playback.noise])  # the echo path: 3 ms
+    after = np.concatenate([np.zeros(49), playback.noise])  # one sample more
+
+    async def main() -> None:
+        for i in range(56):
+            clock[0] += 0.08
+            path = before if i < 50 else after
+            echo = 0.25 * path[i * 1280 : (i + 1) * 1280].astype(np.float64)
+            await router.process(np.rint(echo * 32768.0).astype(np.int16))
+
+    asyncio.run(main())
+    given = [t for t, p in endpointer.raw_probs if p is not None]
+    if max_explained is None:
+        assert given and min(given) > 4.0 and len(started) == 1
+    else:
+        assert given == [] and started == []
+
+
+def test_the_share_of_a_residual_its_estimate_explains() -> None:
+    from appliance.runtime.router import explained_share
+
+    rng = np.random.default_rng(3)
+    estimate = rng.normal(0.0, 0.1, (3, 160))
+    shifted = np.concatenate([np.zeros((1, 2)), estimate[:1, :-2]], axis=1)  # 2 samples late
+    voice = rng.normal(0.0, 0.1, (1, 160))
+    residual = np.concatenate([-0.5 * shifted, voice, 0.3 * shifted + voice])
+    shares = explained_share(residual, estimate[[0, 1, 0]])
+    assert shares[0] == pytest.approx(1.0, abs=1e-6)
+    assert shares[1] < 0.15  # a voice the estimate knows nothing of: chance, 9 taps of 160
+    assert 0.05 < shares[2] < 0.3  # the voice dominates a little leakage
+    assert explained_share(np.zeros((1, 160)), np.zeros((1, 160))) == [0.0]
+
+
 @pytest.mark.parametrize(
     ("appliance", "built"),
     [
