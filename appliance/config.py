@@ -198,6 +198,10 @@ class VadConfig(_Device):
     speech at or above `barge_in_threshold` this long interrupts it (faster than `min_speech_s`,
     which still applies too). None: only `min_speech_s`."""
     barge_in_threshold: Annotated[Num, between(0.05, 0.99)] = 0.8
+    min_speech_converging_s: Annotated[Num, between(0.03, 2, "seconds")] | None = 0.4
+    """While the agent speaks and the canceller has run less than 1.5 s of its turn (it is still
+    converging and lets some of the agent's voice through), `min_speech_s` is this long instead
+    (the longer of the two counts). None: `min_speech_s` throughout."""
     barge_in_double_talk_db: Annotated[Num, between(1, 30, "dB")] | None = 6.0
     """Before those 2.5 s the same rule counts the frames in which the raw microphone is this
     many dB louder, against the playback, than the echo alone has been (a second talker:
@@ -552,6 +556,7 @@ class Config:
             min_speech_s=vad.min_speech_s,
             barge_in_min_speech_s=vad.barge_in_min_speech_s,
             barge_in_threshold=vad.barge_in_threshold,
+            converging_min_speech_s=vad.min_speech_converging_s,
             end_silence_s=self.end_silence_s,
             max_utterance_s=vad.max_utterance_s,
             preroll_s=vad.preroll_s,

@@ -68,6 +68,15 @@ class EndpointConfig:
     for 1-3 s into the first turn of a room at 50 cm). Before that, only frames the raw
     microphone marks as double talk count (`Endpointer.process`'s `double_talk`)."""
 
+    converging_min_speech_s: float | None = None
+    """For the first `converging_s` of the canceller's run in an agent's turn, the normal rule needs
+    this much speech instead of `min_speech_s` (None: `min_speech_s`): a fresh canceller lets the
+    agent's own voice through while it converges, and in the hall at 50 cm the VAD on its output
+    read it as speech for 0.2 s, 0.6-1.0 s into the first reply (4 captured real-time runs).
+    Frames with double-talk evidence still start speech through the barge-in rule; in the echo
+    tail after the agent's words (`Endpointer.process`'s `playing` False) `min_speech_s` holds."""
+    converging_s: float = 1.5
+
     pause_report_s: float | None = None
     """Silence after speech that reports `SpeechPaused` (the audio so far, for a speculative
     turn) before the end decision; None: never. At 0.2 s or more the paused audio is exactly
@@ -160,6 +169,7 @@ class Endpointer:
         talk_over_s: float | None = None,
         double_talk: bool = False,
         raw_prob: float | None = None,
+        playing: bool = True,
     ) -> list[EndpointEvent]:
         """`talk_over_s`: how long the echo canceller has been removing the agent's voice from the
         microphone in the current agent turn, at the end of this frame (None: it is not running;
@@ -172,7 +182,8 @@ class Endpointer:
         echo filter, given only for frames in which that residual rises over the filter's echo
         estimate (`core.doubletalk.linear_residual_config`): the canceller can suppress a user who
         starts over loud agent speech, so such a frame at or above `barge_in_threshold` counts for
-        the barge-in rule too."""
+        the barge-in rule too. `playing`: the agent's voice is in this frame's echo reference (False:
+        only its echo tail); `converging_min_speech_s` holds only then."""
         frame_s = len(frame) / (BYTES_PER_SAMPLE * SAMPLE_RATE_HZ)
         cfg = self.config
         out: list[EndpointEvent] = []
@@ -202,7 +213,14 @@ class Endpointer:
                 and self._barge_in_run_s > 0.0
                 and self._barge_in_run_s >= cfg.barge_in_min_speech_s - 1e-9
             )
-            if fast or self._speech_run_s >= cfg.min_speech_s - 1e-9:
+            converging = (
+                cfg.converging_min_speech_s is not None
+                and talk_over_s is not None
+                and talk_over_s < cfg.converging_s - 1e-9
+                and playing
+            )
+            min_speech_s = cfg.converging_min_speech_s if converging else cfg.min_speech_s
+            if fast or self._speech_run_s >= max(cfg.min_speech_s, min_speech_s or 0.0) - 1e-9:
                 self._in_speech = True
                 self._start_t = t_end - max(self._speech_run_s, self._barge_in_run_s)
                 self._barge_in_run_s = 0.0

@@ -219,6 +219,8 @@ class AudioRouter:
         self._echo_since: float | None = None
         """Audio time the canceller started on the current agent turn (None: not running); the
         endpointer's barge-in rule reads how long it has run."""
+        self._audible = False
+        """The agent's voice is in this block's echo reference (not only its echo tail)."""
         self._barge_in_rule = echo is not None and echo.name != "gate"
         """Gating leaves too much echo for the faster rule: with a pure 30 ms echo at gain 2
         (the case it handles) the rule made it interrupt itself; it keeps the normal rule."""
@@ -354,6 +356,7 @@ class AudioRouter:
             block, start = rest
         was_engaged = self._echo_engaged
         raw = block
+        self._audible = False
         self._residual = None
         block = self._cancel_echo(block, end_t, start)
         if not self._echo_engaged:
@@ -388,7 +391,9 @@ class AudioRouter:
                 )
                 if residual_prob is not None:
                     raw_prob = residual_prob if raw_prob is None else max(raw_prob, residual_prob)
-            decided = self._endpointer.process(prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob)
+            decided = self._endpointer.process(
+                prob, frame.tobytes(), t, talk_over_s, double_talk, raw_prob, playing=self._audible
+            )
             if talk_over_s is not None and _LOGGER.isEnabledFor(logging.DEBUG):
                 self._trace_frame(t, prob, talk_over_s, double_talk, raw_prob, decided)
             events.extend(decided)
@@ -454,7 +459,8 @@ class AudioRouter:
         lookback = echo.lookback_samples
         t0 = now - (block.size + lookback) / MIC_RATE_HZ
         reference = playback.reference(t0, block.size + lookback)
-        if playback.playing or np.any(reference):
+        self._audible = bool(playback.playing or np.any(reference))
+        if self._audible:
             self._last_playing_t = now
         if self._last_playing_t is None or now - self._last_playing_t > self._echo_tail_s:
             if self._echo_engaged:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from appliance.core.endpointing import (
@@ -343,3 +345,38 @@ def test_a_barge_in_start_keeps_the_speech_frames_and_the_preroll() -> None:
     # the preroll (0.6 s: 19 frames, the last 2 of them the speech that started it), the 8 speech
     # frames after, 0.2 s of the trailing silence
     assert len(ended[0].audio) == (19 + 8) * FRAME_SAMPLES * 2 + int(0.2 * 16000) * 2
+
+
+CONVERGING = dataclasses.replace(BARGE_IN, converging_min_speech_s=0.4, converging_s=1.5)
+
+
+# the canceller starts at 0; frames 16.. (from 0.512 s) carry the VAD's reading
+@pytest.mark.parametrize(
+    ("cfg", "probs", "playing", "starts"),
+    [
+        # 7 frames at 0.7 (0.224 s) 0.5 s into the turn: the fresh canceller's leak, not a user
+        (CONVERGING, seq((0.0, 16), (0.7, 7), (0.0, 77)), True, []),
+        # ... the same without the rule: the normal rule starts speech (the self-interruption)
+        (BARGE_IN, seq((0.0, 16), (0.7, 7), (0.0, 77)), True, [0.736]),
+        # 13 frames (0.416 s >= 0.4) do start speech within the window
+        (CONVERGING, seq((0.0, 16), (0.7, 13), (0.0, 71)), True, [0.928]),
+        # in the echo tail (the agent's words are over) the normal rule holds
+        (CONVERGING, seq((0.0, 16), (0.7, 7), (0.0, 77)), False, [0.736]),
+        # after 1.5 s of the turn the normal rule holds again (frames 50.. from 1.6 s)
+        (CONVERGING, seq((0.0, 50), (0.7, 7), (0.0, 43)), True, [1.824]),
+        # a run that began in the window and goes on past it starts speech at the window's end
+        (CONVERGING, seq((0.0, 40), (0.7, 8), (0.0, 52)), True, [1.504]),
+        # double-talk-free barge-in rule frames (>= 0.8 for 2 frames) after 2.5 s are unaffected
+        (CONVERGING, seq((0.0, 85), (0.85, 2), (0.0, 13)), True, [2.784]),
+    ],
+)
+def test_a_converging_canceller_needs_longer_speech_while_the_agent_is_heard(
+    cfg: EndpointConfig, probs: list[float], playing: bool, starts: list[float]
+) -> None:
+    ep = Endpointer(cfg)
+    got: list[float] = []
+    for i, p in enumerate(probs):
+        t_end = (i + 1) * FRAME_S
+        events = ep.process(p, frame(), t_end, t_end, playing=playing)
+        got += [round(t_end, 3) for ev in events if isinstance(ev, SpeechStarted)]
+    assert got == starts

@@ -585,6 +585,7 @@ class RecordingEndpointer(Endpointer):
         self.talk_over: list[tuple[float, float | None]] = []
         self.double_talk: list[tuple[float, bool]] = []
         self.raw_probs: list[tuple[float, float | None]] = []
+        self.playing: list[tuple[float, bool]] = []
 
     def process(
         self,
@@ -594,11 +595,13 @@ class RecordingEndpointer(Endpointer):
         talk_over_s: float | None = None,
         double_talk: bool = False,
         raw_prob: float | None = None,
+        playing: bool = True,
     ) -> list[Any]:
         self.talk_over.append((round(t_end, 3), None if talk_over_s is None else round(talk_over_s, 3)))
         self.double_talk.append((round(t_end, 3), double_talk))
         self.raw_probs.append((round(t_end, 3), raw_prob))
-        return super().process(prob, frame, t_end, talk_over_s, double_talk, raw_prob)
+        self.playing.append((round(t_end, 3), playing))
+        return super().process(prob, frame, t_end, talk_over_s, double_talk, raw_prob, playing)
 
 
 class GatingCanceller(CountingCanceller):
@@ -646,6 +649,10 @@ def test_the_endpointer_hears_how_long_the_canceller_has_run_in_the_agents_turn(
         pytest.approx(0.016),
         pytest.approx(0.048),
     ]
+    # it hears whether the agent's words are in the frame's block (not in the tail after them: the
+    # blocks from 3.6 s on hold no playback once the canceller's lookback has passed)
+    assert all(p for t, p in endpointer.playing if 0.48 < t <= 3.6)
+    assert not any(p for t, p in endpointer.playing if 3.76 < t <= 4.4)
 
 
 @pytest.mark.parametrize(("engine", "detector"), [("fake", True), ("fake", False), ("gate", True)])
