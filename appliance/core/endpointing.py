@@ -72,10 +72,11 @@ class EndpointConfig:
     """For the first `converging_s` of the canceller's run in an agent's turn, the normal rule needs
     this much speech instead of `min_speech_s` (None: `min_speech_s`): a fresh canceller lets the
     agent's own voice through while it converges, and in the hall at 50 cm the VAD on its output
-    read it as speech for 0.2 s, 0.6-1.0 s into the first reply (4 captured real-time runs).
+    read it as speech for 0.2 s, 0.6-1.0 s into the first reply (4 captured real-time runs), in
+    the small room at gain 2.0 from 1.4 s (2 runs under load; a 1.5 s window left them).
     Frames with double-talk evidence still start speech through the barge-in rule; in the echo
     tail after the agent's words (`Endpointer.process`'s `playing` False) `min_speech_s` holds."""
-    converging_s: float = 1.5
+    converging_s: float = 2.0
 
     pause_report_s: float | None = None
     """Silence after speech that reports `SpeechPaused` (the audio so far, for a speculative

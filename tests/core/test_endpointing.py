@@ -347,7 +347,7 @@ def test_a_barge_in_start_keeps_the_speech_frames_and_the_preroll() -> None:
     assert len(ended[0].audio) == (19 + 8) * FRAME_SAMPLES * 2 + int(0.2 * 16000) * 2
 
 
-CONVERGING = dataclasses.replace(BARGE_IN, converging_min_speech_s=0.4, converging_s=1.5)
+CONVERGING = dataclasses.replace(BARGE_IN, converging_min_speech_s=0.4)  # for the first 2 s
 
 
 # the canceller starts at 0; frames 16.. (from 0.512 s) carry the VAD's reading
@@ -362,10 +362,10 @@ CONVERGING = dataclasses.replace(BARGE_IN, converging_min_speech_s=0.4, convergi
         (CONVERGING, seq((0.0, 16), (0.7, 13), (0.0, 71)), True, [0.928]),
         # in the echo tail (the agent's words are over) the normal rule holds
         (CONVERGING, seq((0.0, 16), (0.7, 7), (0.0, 77)), False, [0.736]),
-        # after 1.5 s of the turn the normal rule holds again (frames 50.. from 1.6 s)
-        (CONVERGING, seq((0.0, 50), (0.7, 7), (0.0, 43)), True, [1.824]),
+        # after 2 s of the turn the normal rule holds again (frames 66.. from 2.08 s)
+        (CONVERGING, seq((0.0, 65), (0.7, 7), (0.0, 28)), True, [2.304]),
         # a run that began in the window and goes on past it starts speech at the window's end
-        (CONVERGING, seq((0.0, 40), (0.7, 8), (0.0, 52)), True, [1.504]),
+        (CONVERGING, seq((0.0, 56), (0.7, 8), (0.0, 36)), True, [2.016]),
         # double-talk-free barge-in rule frames (>= 0.8 for 2 frames) after 2.5 s are unaffected
         (CONVERGING, seq((0.0, 85), (0.85, 2), (0.0, 13)), True, [2.784]),
     ],
