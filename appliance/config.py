@@ -199,7 +199,7 @@ class VadConfig(_Device):
     which still applies too). None: only `min_speech_s`."""
     barge_in_threshold: Annotated[Num, between(0.05, 0.99)] = 0.8
     min_speech_converging_s: Annotated[Num, between(0.03, 2, "seconds")] | None = 0.4
-    """While the agent speaks and the canceller has run less than 1.5 s of its turn (it is still
+    """While the agent speaks and the canceller has run less than 2 s of its turn (it is still
     converging and lets some of the agent's voice through), `min_speech_s` is this long instead
     (the longer of the two counts). None: `min_speech_s` throughout."""
     barge_in_double_talk_db: Annotated[Num, between(1, 30, "dB")] | None = 6.0
@@ -212,15 +212,15 @@ class VadConfig(_Device):
     microphone (before the canceller, which can suppress a user starting over loud agent speech)
     counts for the rule too. None (the default): off, no second VAD — in real time it once made
     the agent interrupt itself early in a turn (benchmarks/README.md, `agent.echo`)."""
-    barge_in_linear_echo_db: Annotated[Num, between(3, 30, "dB")] | None = None
+    barge_in_linear_echo_db: Annotated[Num, between(3, 30, "dB")] | None = 10.0
     """Our own linear echo estimate as barge-in evidence (`adapters/linear_echo.py`, an adaptive
     filter on the raw microphone with the playback as its reference; what the session hears is
     still the canceller's output): in frames where the filter's residual rises this many dB over
     its echo estimate, above the level the echo alone has shown, a second VAD on that residual
     counts for the rule at any time of the turn (it catches the user who starts over loud agent
-    speech, whom the canceller suppresses); 10 was measured. None (the default): off, no filter,
-    no second VAD — in real time, with the room echo of the hall at gain 1.0 and nobody talking,
-    it made the agent interrupt itself early in a reply (benchmarks/README.md, `agent.echo`)."""
+    speech, whom the canceller suppresses); 10 (the default) was measured. None: off, no filter, no
+    second VAD (the agent then notices a user talking over it later: benchmarks/README.md,
+    `agent.echo`)."""
     end_silence_s: Annotated[Num, between(0.1, 5, "seconds")] | None = None
     max_utterance_s: Annotated[Num, between(1, 120, "seconds")] = 15.0
     no_speech_timeout_s: Annotated[Num, between(1, 60, "seconds")] = 8.0

@@ -71,18 +71,18 @@ BANDS = "webrtc + band double talk"
 estimate (as it was measured)."""
 NO_LINEAR = "webrtc, no linear echo"
 """The canceller without our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db:
-null`, the default): the same as `webrtc` since the estimate is off by default."""
+null`; on by default since stop 13): the default before."""
 LINEAR = "webrtc + linear echo"
-"""The canceller with our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db: 10`;
-off by default): the filter on the raw microphone whose residual, risen over its echo estimate,
-marks frames in which a second VAD on the residual counts."""
+"""The canceller with our own linear echo estimate (`appliance.vad.barge_in_linear_echo_db: 10`,
+the default: the same as `webrtc`): the filter on the raw microphone whose residual, risen over
+its echo estimate, marks frames in which a second VAD on the residual counts."""
 LINEAR_MARGIN_DB = 10.0
-PATH_MODES = (*MODES, LINEAR, BANDS, SLOW_RULE)
+PATH_MODES = (*MODES, NO_LINEAR, BANDS, SLOW_RULE)
 FIXED_WAIT = "webrtc, fixed wait"
 """The canceller with the barge-in rule held for the fixed 2.5 s (`appliance.vad.
 barge_in_double_talk_db: null`): no double-talk detection on the raw microphone."""
 WITH_LINEAR = "webrtc + linear echo filter + residual VAD"
-"""The CPU table's row with what the linear echo estimate adds (off by default,
+"""The CPU table's row with what the linear echo estimate adds (on by default,
 `appliance.vad.barge_in_linear_echo_db`): the adaptive filter, the residual's energies and
 detector, the second Silero VAD on the residual."""
 WITH_BANDS = "webrtc + band double talk + raw-microphone VAD"

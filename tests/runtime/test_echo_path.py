@@ -135,7 +135,7 @@ def test_the_band_double_talk_setting(vad: dict[str, Any], min_bands: int | None
 @pytest.mark.parametrize(
     ("vad", "margin_db"),
     [
-        ({}, None),  # the default: off
+        ({}, 10.0),  # the default: on
         ({"barge_in_linear_echo_db": 10}, 10.0),
         ({"barge_in_linear_echo_db": 12.5}, 12.5),
         ({"barge_in_linear_echo_db": None}, None),  # off: no filter, no second VAD
@@ -900,8 +900,9 @@ def test_the_share_of_a_residual_its_estimate_explains() -> None:
 @pytest.mark.parametrize(
     ("appliance", "built"),
     [
-        ({}, False),  # the default: the canceller without the filter
-        ({"vad": {"barge_in_linear_echo_db": 10}}, True),  # the canceller and the filter beside it
+        ({}, True),  # the default: the canceller and the filter beside it
+        ({"vad": {"barge_in_linear_echo_db": 10}}, True),
+        ({"audio": {"echo_cancellation": "gate"}}, False),
         ({"audio": {"echo_cancellation": "gate"}, "vad": {"barge_in_linear_echo_db": 10}}, False),
         ({"audio": {"echo_cancellation": "off"}, "vad": {"barge_in_linear_echo_db": 10}}, False),
         ({"vad": {"barge_in_linear_echo_db": None}}, False),
