@@ -604,6 +604,31 @@ class RecordingEndpointer(Endpointer):
         return super().process(prob, frame, t_end, talk_over_s, double_talk, raw_prob, playing)
 
 
+def _talk_over_router(
+    clock: list[float], playback: Any, started: list[float], echo: Any, **extra: Any
+) -> tuple[AudioRouter, RecordingEndpointer]:
+    """A router whose own VAD hears nothing and whose endpointer has the barge-in rule: what makes
+    a barge-in is the evidence `extra` configures (bands, the linear residual); `started` gets
+    each speech start's time."""
+    from appliance.core.endpointing import SpeechStarted
+
+    endpointer = RecordingEndpointer()
+    endpointer.config = EndpointConfig(barge_in_min_speech_s=0.06)
+    router = AudioRouter(
+        detector=NeverWakes(),
+        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
+        vad=QuietVad(),
+        endpointer=endpointer,
+        executor=ThreadPoolExecutor(1),
+        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
+        playback=playback,
+        echo=echo,
+        now=lambda: clock[0],
+        **extra,
+    )
+    return router, endpointer
+
+
 class GatingCanceller(CountingCanceller):
     name = "gate"
 
@@ -725,25 +750,16 @@ def test_the_raw_microphones_vad_speaks_in_frames_whose_bands_show_a_second_talk
     canceller's output VAD says nothing (it suppressed the talker); the raw VAD, asked about the
     frames the bands mark, makes the barge-in."""
     from appliance.core.doubletalk import BandDoubleTalkConfig
-    from appliance.core.endpointing import SpeechStarted
 
     clock = [0.0]
     playback = NoisePlayback()
-    cfg = EndpointConfig(barge_in_min_speech_s=0.06)
-    endpointer = RecordingEndpointer()
-    endpointer.config = cfg
     vad = SpeechVad()
     started: list[float] = []
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=endpointer,
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
-        playback=playback,
-        echo=CountingCanceller(),
-        now=lambda: clock[0],
+    router, endpointer = _talk_over_router(
+        clock,
+        playback,
+        started,
+        CountingCanceller(),
         band_double_talk=BandDoubleTalkConfig(),
         raw_vad=vad if raw_vad else None,
         raw_vad_always=always,
@@ -783,24 +799,16 @@ def test_the_vad_on_our_linear_residual_speaks_in_frames_where_it_rises_over_the
     residual, counted in those frames, makes the barge-in."""
     from appliance.adapters.linear_echo import LinearEchoFilter
     from appliance.core.doubletalk import linear_residual_config
-    from appliance.core.endpointing import SpeechStarted
 
     clock = [0.0]
     playback = NoisePlayback()
-    endpointer = RecordingEndpointer()
-    endpointer.config = EndpointConfig(barge_in_min_speech_s=0.06)
     vad = SpeechVad()
     started: list[float] = []
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=endpointer,
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
-        playback=playback,
-        echo=GatingCanceller() if engine == "gate" else CountingCanceller(),
-        now=lambda: clock[0],
+    router, endpointer = _talk_over_router(
+        clock,
+        playback,
+        started,
+        GatingCanceller() if engine == "gate" else CountingCanceller(),
         linear_echo=linear_residual_config(10.0),
         linear_filter=LinearEchoFilter() if linear else None,
         residual_vad=vad,
@@ -842,23 +850,15 @@ def test_our_linear_filter_leaking_after_the_echo_path_moved_a_sample_is_not_a_t
 
     from appliance.adapters.linear_echo import LinearEchoFilter
     from appliance.core.doubletalk import linear_residual_config
-    from appliance.core.endpointing import SpeechStarted
 
     clock = [0.0]
     playback = NoisePlayback()
-    endpointer = RecordingEndpointer()
-    endpointer.config = EndpointConfig(barge_in_min_speech_s=0.06)
     started: list[float] = []
-    router = AudioRouter(
-        detector=NeverWakes(),
-        gate=WakeWordGate({"hey_jarvis": WakeWordRule("hey_jarvis")}),
-        vad=QuietVad(),
-        endpointer=endpointer,
-        executor=ThreadPoolExecutor(1),
-        post=lambda event: started.extend([event.t] if isinstance(event, SpeechStarted) else []),
-        playback=playback,
-        echo=CountingCanceller(),
-        now=lambda: clock[0],
+    router, endpointer = _talk_over_router(
+        clock,
+        playback,
+        started,
+        CountingCanceller(),
         linear_echo=dataclasses.replace(linear_residual_config(10.0), max_explained=max_explained),
         linear_filter=LinearEchoFilter(),
         residual_vad=SpeechVad(),
