@@ -214,14 +214,15 @@ class Endpointer:
                 and self._barge_in_run_s > 0.0
                 and self._barge_in_run_s >= cfg.barge_in_min_speech_s - 1e-9
             )
-            converging = (
+            min_speech_s = cfg.min_speech_s
+            if (
                 cfg.converging_min_speech_s is not None
+                and playing
                 and talk_over_s is not None
                 and talk_over_s < cfg.converging_s - 1e-9
-                and playing
-            )
-            min_speech_s = cfg.converging_min_speech_s if converging else cfg.min_speech_s
-            if fast or self._speech_run_s >= max(cfg.min_speech_s, min_speech_s or 0.0) - 1e-9:
+            ):
+                min_speech_s = max(min_speech_s, cfg.converging_min_speech_s)
+            if fast or self._speech_run_s >= min_speech_s - 1e-9:
                 self._in_speech = True
                 self._start_t = t_end - max(self._speech_run_s, self._barge_in_run_s)
                 self._barge_in_run_s = 0.0
