@@ -275,7 +275,7 @@ def _confusions(
 def idle_cost_table(quick: bool = False) -> list[Row]:
     """CPU one more trained word adds to the idle openWakeWord detector (% of one core)."""
     from appliance.adapters.openwakeword_detector import OpenWakeWordDetector, WakeWordModelFile
-    from appliance.wakeword_training.model import FEATURES, Mlp, to_onnx
+    from appliance.wakeword_training.model import FEATURES, Ensemble, Mlp, to_onnx
     from appliance.wakeword_training.train import TrainSize
 
     models = _models_dir()
@@ -286,12 +286,15 @@ def idle_cost_table(quick: bool = False) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         size = TrainSize()
-        for i in range(2):  # classifiers of the trained shape (frames, hidden); the cost is the shape's
+        for i in range(2):  # classifiers of the trained shape (frames, hidden, members): its cost
             d = size.context_frames * FEATURES
             h = size.hidden
-            mlp = Mlp(rng.normal(0, 0.01, (d, h)), np.zeros(h), rng.normal(0, 0.1, (h, 1)), np.zeros(1))
+            mlps = tuple(
+                Mlp(rng.normal(0, 0.01, (d, h)), np.zeros(h), rng.normal(0, 0.1, (h, 1)), np.zeros(1))
+                for _ in range(size.members)
+            )
             path = Path(tmp) / f"word{i}.onnx"
-            path.write_bytes(to_onnx(mlp, f"word{i}"))
+            path.write_bytes(to_onnx(mlps[0] if len(mlps) == 1 else Ensemble(mlps), f"word{i}"))
             paths.append(path)
         audio = rng.normal(0, 300, frames * 1280).astype(np.int16).reshape(frames, 1280)
         base = [WakeWordModelFile("hey_jarvis", sorted((models / "hey_jarvis").glob("*.onnx"))[0])]

@@ -21,11 +21,12 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wake_word_points import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.model import FRAMES, to_onnx, train_mlp
+from appliance.wakeword_training.model import FRAMES, Ensemble, Mlp, to_onnx, train_mlp
 
 RATE_HZ = 16000
 CHUNK_S = 60.0
 WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s); each 1,280 samples more is one embedding more
+MEMBER_SEED_STEP = 1000  # ensemble member k draws its data with seed + k × this (member 0: seed)
 T = TypeVar("T")
 Windows = npt.NDArray[np.float32]
 
@@ -301,6 +302,9 @@ class TrainSize:
     speed_speech_minutes: int = 8  # more general-speech negatives, each minute at ×(1 ± speed_range)
     negative_weight: float = 4.0  # the negatives' total weight against the positives' in training
     l2: float = 0.01  # weight decay: more keeps the classifier from fitting the training voices only
+    # each training step hides this share of each window's embeddings (`train_mlp`): no single
+    # 80 ms frame decides, as when a voice training never heard says one part of the phrase oddly
+    frame_dropout: float = 0.2
     # the calibration split the written threshold and patience are chosen on (`calibrate`)
     calibration_minutes: int = 32
     calibration_takes: int = 24
@@ -309,6 +313,15 @@ class TrainSize:
     # 2 s of audio with the embedding's own reach); the idle loop computes every embedding anyway,
     # so more costs only classifier input
     context_frames: int = FRAMES
+    # classifiers, each fitted on its own draw of the data (voices, augmentation, near misses,
+    # carriers; the general speech shared), exported as one model that averages their scores
+    members: int = 1
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"members must be 1 or more, got {self.members}")
+        if not 0.0 <= self.frame_dropout < 1.0:
+            raise ValueError(f"frame_dropout must be in [0, 1), got {self.frame_dropout}")
 
 
 TINY = TrainSize(
@@ -563,8 +576,16 @@ def _each(items: list[T], progress: Progress, label: str) -> Iterator[T]:
 
 
 def build_dataset(
-    phrase: str, size: TrainSize, seed: int, extractor: OpenWakeWordFeatures, progress: Progress
-) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any]]:
+    phrase: str,
+    size: TrainSize,
+    seed: int,
+    extractor: OpenWakeWordFeatures,
+    progress: Progress,
+    speech_windows: Windows | None = None,
+) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any], Windows]:
+    """The training windows `x`, their labels `y` (1 positive), what they hold (`info`) and the
+    general-speech windows among them, which another ensemble member may reuse
+    (`speech_windows`: given, no speech is synthesized again)."""
     rng = np.random.default_rng(seed)
     ctx, window = size.context_frames, window_samples(size.context_frames)
     pos_voices = synth.voices(False, size.positive_voices, seed)
@@ -618,17 +639,22 @@ def build_dataset(
         carrier_windows = window_set(extractor, carrier_clips, ctx)
         negatives = np.concatenate([negatives, *([carrier_windows] * max(1, size.carrier_repeat))])
     speech_voices = synth.voices(False, size.speech_voices, seed + 3)
-    speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
-    streams = [extractor.embeddings(speech)]
-    for index in range(size.speech_minutes):
-        streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
-        progress.step("general speech")
-    for index in range(size.speed_speech_minutes):  # faster and higher, or slower and lower
-        factor = float(rng.uniform(1 - size.speed_range, 1 + size.speed_range))
-        chunk = negative_audio_chunk(index, seed + 200, heldout=False)
-        streams.append(extractor.embeddings(resample(chunk, int(RATE_HZ * factor), RATE_HZ)))
-        progress.step("general speech")
-    speech_windows = np.concatenate([sliding(e, 2, ctx) for e in streams])
+    speech_seconds = 0.0
+    if speech_windows is not None:
+        speech_voices = []  # this member reuses another's speech
+    else:
+        speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
+        speech_seconds = speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S
+        streams = [extractor.embeddings(speech)]
+        for index in range(size.speech_minutes):
+            streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
+            progress.step("general speech")
+        for index in range(size.speed_speech_minutes):  # faster and higher, or slower and lower
+            factor = float(rng.uniform(1 - size.speed_range, 1 + size.speed_range))
+            chunk = negative_audio_chunk(index, seed + 200, heldout=False)
+            streams.append(extractor.embeddings(resample(chunk, int(RATE_HZ * factor), RATE_HZ)))
+            progress.step("general speech")
+        speech_windows = np.concatenate([sliding(e, 2, ctx) for e in streams])
     progress.step("general speech")
     x = np.concatenate([positives, negatives, speech_windows])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows))])
@@ -636,12 +662,35 @@ def build_dataset(
         "positive_windows": len(positives),
         "near_miss_and_noise_windows": len(negatives),
         "speech_windows": len(speech_windows),
-        "speech_seconds": round(speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S, 1),
+        "speech_seconds": round(speech_seconds, 1),
         "near_misses": near,
         "carrier_phrases": len(carriers),
         "voices": sorted({v.label for v in [*pos_voices, *near_voices, *other_voices, *speech_voices]}),
     }
-    return x, y, info
+    return x, y, info, speech_windows
+
+
+def _fit_member(x: Windows, y: npt.NDArray[np.float64], size: TrainSize, seed: int) -> Mlp:
+    """One classifier on one draw of the data, with `size.hard_negative_rounds` rounds of
+    fitting again with the negatives it still likes (score ≥ 0.05) repeated 4 times."""
+    fit = functools.partial(
+        train_mlp,
+        seed=seed,
+        hidden=size.hidden,
+        epochs=size.epochs,
+        negative_weight=size.negative_weight,
+        l2=size.l2,
+        frame_dropout=size.frame_dropout,
+    )
+    model = fit(x, y)
+    for _ in range(size.hard_negative_rounds):
+        hard = (y < 0.5) & (model.scores(x) >= 0.05)
+        if not hard.any():
+            break
+        x = np.concatenate([x, *([x[hard]] * 4)])
+        y = np.concatenate([y, *([y[hard]] * 4)])
+        model = fit(x, y)
+    return model
 
 
 def train_word(
@@ -663,33 +712,41 @@ def train_word(
     n_near = len(core.near_misses(text, size.near_miss_limit))
     minutes = size.speech_minutes + size.speed_speech_minutes
     n_carriers = len(carrier_phrases(text, size.carrier_limit)) if size.carrier_voices > 0 else 0
-    steps = size.positive_voices + n_near + n_carriers + size.other_phrases + minutes + 3
+    per_member = size.positive_voices + n_near + n_carriers + size.other_phrases + 3
+    steps = per_member * size.members + minutes
     progress = Progress(steps + max(1, size.calibration_minutes) + 1, show_progress)
     try:
-        x, y, info = build_dataset(text, size, seed, extractor, progress)
-        data_s = clock() - started
-        fit = functools.partial(
-            train_mlp,
-            seed=seed,
-            hidden=size.hidden,
-            epochs=size.epochs,
-            negative_weight=size.negative_weight,
-            l2=size.l2,
-        )
-        model = fit(x, y)
-        for _ in range(size.hard_negative_rounds):  # again, with the negatives it still likes repeated
-            hard = (y < 0.5) & (model.scores(x) >= 0.05)
-            if not hard.any():
-                break
-            x = np.concatenate([x, *([x[hard]] * 4)])
-            y = np.concatenate([y, *([y[hard]] * 4)])
-            model = fit(x, y)
-        progress.step("training")
-        scores = model.scores(x)
-        pos, neg = scores[y > 0.5], scores[y < 0.5]
+        members: list[Mlp] = []
+        speech: Windows | None = None
+        totals: dict[str, int] = {}
+        pos_list: list[npt.NDArray[np.float64]] = []
+        neg_list: list[npt.NDArray[np.float64]] = []
+        info: dict[str, Any] = {}
+        data_s = 0.0
+        for k in range(size.members):  # each on its own draw of the data; the general speech shared
+            member_seed = seed + MEMBER_SEED_STEP * k
+            t0 = clock()
+            x, y, member_info, speech = build_dataset(text, size, member_seed, extractor, progress, speech)
+            data_s += clock() - t0
+            info = info or member_info
+            for key in ("positive_windows", "near_miss_and_noise_windows", "speech_windows"):
+                totals[key] = totals.get(key, 0) + int(member_info[key])
+            info["voices"] = sorted({*info["voices"], *member_info["voices"]})
+            model = _fit_member(x, y, size, member_seed)
+            progress.step("training")
+            scores = model.scores(x)
+            pos_list.append(scores[y > 0.5])
+            neg_list.append(scores[y < 0.5])
+            members.append(model)
+            del x, y
+        info.update(totals)
+        final: Mlp | Ensemble = members[0] if len(members) == 1 else Ensemble(tuple(members))
+        # the training figures below are each member's on its own data (the ensemble's score
+        # differs): how far each fitted its set
+        pos, neg = np.concatenate(pos_list), np.concatenate(neg_list)
         out_dir.mkdir(parents=True, exist_ok=True)
         model_path = out_dir / f"{name}.onnx"
-        blob = to_onnx(model, name)
+        blob = to_onnx(final, name)
         model_path.write_bytes(blob)
         from appliance.wakeword_training.calibrate import calibrate
 
@@ -734,7 +791,9 @@ def train_word(
             "carrier_voices": size.carrier_voices,
             "carrier_repeat": size.carrier_repeat,
             "context_frames": size.context_frames,
+            "members": size.members,
             "l2": size.l2,
+            "frame_dropout": size.frame_dropout,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),

@@ -77,3 +77,13 @@ def test_an_ensemble_needs_members_of_one_input_size() -> None:
         )
     with pytest.raises(ValueError):
         Ensemble(())
+
+
+@pytest.mark.parametrize("field, value", [("members", 0), ("frame_dropout", 1.0), ("frame_dropout", -0.2)])
+def test_a_training_size_out_of_range_is_refused(field: str, value: float) -> None:
+    import dataclasses
+
+    from appliance.wakeword_training.train import TrainSize
+
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(TrainSize(), **{field: value})

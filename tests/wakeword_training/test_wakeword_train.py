@@ -137,6 +137,28 @@ def test_the_detector_loads_the_trained_model(trained: tuple[Path, Path], models
     assert scores[-1]["hello_lamp"] > 0.0  # past the warm-up: the classifier ran
 
 
+def test_an_ensemble_trains_each_member_on_its_own_draw(
+    trained: tuple[Path, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import onnx
+
+    from appliance.wakeword_training.train import model_frames
+
+    size = dataclasses.replace(MICRO, members=2)
+    result = train_word("hello lamp", "hl", tmp_path, models_dir, seed=3, size=size, show_progress=False)
+    meta = json.loads(result.metadata_path.read_text())["training"]
+    graph = onnx.load(str(result.model_path)).graph
+    w1 = next(t for t in graph.initializer if t.name == "w1")
+    assert meta["members"] == 2 and list(w1.dims) == [16 * 96, 2 * MICRO.hidden]
+    assert [n.op_type for n in graph.node][-1] == "ReduceMean" and model_frames(result.model_path) == 16
+    # the second member has voices of its own (seed + 1000), the general speech is shared
+    one = json.loads((trained[0] / "hello_lamp.wakeword.json").read_text())["training"]  # MICRO, seed 3
+    assert meta["speech_windows"] == 2 * one["speech_windows"]
+    assert set(one["voices"]) < set(meta["voices"])
+
+
 def test_config_with_custom_dir_resolves_the_word(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from appliance.config import load_config_text
     from appliance.models.manifest import load_manifest
