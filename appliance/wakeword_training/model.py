@@ -40,7 +40,7 @@ class Mlp:
 
 @dataclass(frozen=True)
 class Ensemble:
-    """MLPs of the same input shape whose scores are averaged."""
+    """MLPs of the same input shape whose scores are averaged (in the exported graph)."""
 
     members: tuple[Mlp, ...]
 
@@ -48,8 +48,11 @@ class Ensemble:
         if not self.members or len({m.w1.shape[0] for m in self.members}) != 1:
             raise ValueError("an ensemble needs one or more MLPs of the same input size")
 
-    def scores(self, x: npt.NDArray[np.floating]) -> Float:
-        return np.asarray(np.mean([m.scores(x) for m in self.members], axis=0), dtype=np.float64)
+
+def check_frame_dropout(p: float) -> None:
+    """`frame_dropout` must hide less than every frame (and not a negative share)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"frame_dropout must be in [0, 1), got {p}")
 
 
 def train_mlp(
@@ -66,8 +69,7 @@ def train_mlp(
 ) -> Mlp:
     """Fit on windows `x` [n, frames, 96] with labels `y` (1 positive, 0 negative); with
     `frame_dropout` p, each step hides each embedding of each window with probability p."""
-    if not 0.0 <= frame_dropout < 1.0:
-        raise ValueError(f"frame_dropout must be in [0, 1), got {frame_dropout}")
+    check_frame_dropout(frame_dropout)
     rng = np.random.default_rng(seed)
     masks = np.random.default_rng([seed, 1])  # its own stream: the weights' draw is unchanged
     n, frames = x.shape[0], x.shape[1]

@@ -21,7 +21,7 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wake_word_points import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.model import FRAMES, Ensemble, Mlp, to_onnx, train_mlp
+from appliance.wakeword_training.model import FRAMES, Ensemble, Mlp, check_frame_dropout, to_onnx, train_mlp
 
 RATE_HZ = 16000
 CHUNK_S = 60.0
@@ -320,8 +320,7 @@ class TrainSize:
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ValueError(f"members must be 1 or more, got {self.members}")
-        if not 0.0 <= self.frame_dropout < 1.0:
-            raise ValueError(f"frame_dropout must be in [0, 1), got {self.frame_dropout}")
+        check_frame_dropout(self.frame_dropout)
 
 
 TINY = TrainSize(
@@ -638,11 +637,10 @@ def build_dataset(
     if carrier_clips:
         carrier_windows = window_set(extractor, carrier_clips, ctx)
         negatives = np.concatenate([negatives, *([carrier_windows] * max(1, size.carrier_repeat))])
-    speech_voices = synth.voices(False, size.speech_voices, seed + 3)
+    speech_voices: list[synth.Voice] = []  # none when this member reuses another's speech
     speech_seconds = 0.0
-    if speech_windows is not None:
-        speech_voices = []  # this member reuses another's speech
-    else:
+    if speech_windows is None:
+        speech_voices = synth.voices(False, size.speech_voices, seed + 3)
         speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
         speech_seconds = speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S
         streams = [extractor.embeddings(speech)]
@@ -717,21 +715,17 @@ def train_word(
     progress = Progress(steps + max(1, size.calibration_minutes) + 1, show_progress)
     try:
         members: list[Mlp] = []
+        infos: list[dict[str, Any]] = []
         speech: Windows | None = None
-        totals: dict[str, int] = {}
         pos_list: list[npt.NDArray[np.float64]] = []
         neg_list: list[npt.NDArray[np.float64]] = []
-        info: dict[str, Any] = {}
         data_s = 0.0
         for k in range(size.members):  # each on its own draw of the data; the general speech shared
             member_seed = seed + MEMBER_SEED_STEP * k
             t0 = clock()
             x, y, member_info, speech = build_dataset(text, size, member_seed, extractor, progress, speech)
             data_s += clock() - t0
-            info = info or member_info
-            for key in ("positive_windows", "near_miss_and_noise_windows", "speech_windows"):
-                totals[key] = totals.get(key, 0) + int(member_info[key])
-            info["voices"] = sorted({*info["voices"], *member_info["voices"]})
+            infos.append(member_info)
             model = _fit_member(x, y, size, member_seed)
             progress.step("training")
             scores = model.scores(x)
@@ -739,7 +733,12 @@ def train_word(
             neg_list.append(scores[y < 0.5])
             members.append(model)
             del x, y
-        info.update(totals)
+        counts = ("positive_windows", "near_miss_and_noise_windows", "speech_windows")
+        info = {
+            **infos[0],
+            **{key: sum(int(i[key]) for i in infos) for key in counts},
+            "voices": sorted({v for i in infos for v in i["voices"]}),
+        }
         final: Mlp | Ensemble = members[0] if len(members) == 1 else Ensemble(tuple(members))
         # the training figures below are each member's on its own data (the ensemble's score
         # differs): how far each fitted its set
