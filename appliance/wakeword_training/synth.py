@@ -21,8 +21,10 @@ RATE_HZ = 16000
 MAX_TEXT_CHARS = 400
 
 # espeak-ng English accents and voice variants, split into the ones training uses and the ones
-# kept out of training to measure how a model generalizes to voices it never heard.
-TRAIN_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+# kept out of training to measure how a model generalizes to voices it never heard. British
+# English is "en": espeak-ng (1.51) reads "en-gb" as the same voice but drops any "+variant"
+# after it, so every "en-gb+m3" would be one voice.
+TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 HELDOUT_ACCENTS = ("en-gb-x-rp", "en-029")
 TRAIN_VARIANTS = (
     "m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f3", "f5", "Alex", "Andy", "Annie", "adam",

@@ -104,3 +104,24 @@ def test_calibration_carriers_are_among_its_texts(monkeypatch: pytest.MonkeyPatc
     for index in (0, 1, 2):
         train.negative_audio_chunk(index, 1, split="calibration", exclude="hello lamp")
     assert said and not carriers & set(said)
+
+
+@pytest.mark.skipif(not synth.espeak_available(), reason="espeak-ng is not installed")
+def test_every_accent_and_variant_is_a_voice_of_its_own() -> None:
+    """Each accent with a variant sounds unlike the accent alone, and each variant changes the
+    voice: an accent that silently drops its "+variant" (espeak-ng's "en-gb") would make every
+    voice drawn in it one voice."""
+    phrase = "hello lamp"
+    plain = synth.Voice("espeak", "en-us")
+    for accent in {*synth.TRAIN_ACCENTS, *synth.HELDOUT_ACCENTS}:
+        alone = synth.say(phrase, synth.Voice("espeak", accent))
+        varied = synth.say(phrase, synth.Voice("espeak", f"{accent}+m3"))
+        assert alone.size and varied.size and not _same(alone, varied), accent
+    reference = synth.say(phrase, plain)
+    for variant in {*synth.TRAIN_VARIANTS, *synth.HELDOUT_VARIANTS, *synth.CALIBRATION_VARIANTS}:
+        audio = synth.say(phrase, synth.Voice("espeak", f"en-us+{variant}"))
+        assert audio.size and not _same(audio, reference), variant
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
