@@ -7,7 +7,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,9 @@ RATE_HZ = 16000
 CHUNK_S = 60.0
 WINDOW_SAMPLES = 32000  # exactly 16 embeddings (2 s); each 1,280 samples more is one embedding more
 MEMBER_SEED_STEP = 1000  # ensemble member k draws its data with seed + k × this (member 0: seed)
+POOL_SEED = 400  # the hard-negative pool's speech: seed + this (the training speech: + 100, + 200)
+HARD_SCORE = 0.05  # a negative window the classifier scores at least this is a hard negative
+HARD_REPEAT = 4  # each hard negative joins the next fit this many times more
 T = TypeVar("T")
 Windows = npt.NDArray[np.float32]
 
@@ -284,6 +287,10 @@ class TrainSize:
     other_phrases: int = len(OTHER_PHRASES)
     speech_minutes: int = 16  # generated speech and noise in training voices, as negatives
     hard_negative_rounds: int = 1
+    # minutes of general speech in training voices that no fit reads whole: each hard round adds
+    # its windows the classifier still scores >= HARD_SCORE (a wider net for the speech that sounds
+    # like the phrase, at the cost of scoring it rather than of fitting on it)
+    hard_negative_pool_minutes: int = 48
     near_miss_limit: int = core.MAX_NEAR_MISSES
     # "carrier" negatives (`carrier_phrases`: "hey garden", "garden computer"), each in this many
     # training voices, their windows counted `carrier_repeat` times (more weight)
@@ -320,10 +327,14 @@ class TrainSize:
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ValueError(f"members must be 1 or more, got {self.members}")
+        if self.hard_negative_pool_minutes < 0:
+            minutes = self.hard_negative_pool_minutes
+            raise ValueError(f"hard_negative_pool_minutes must be 0 or more, got {minutes}")
         check_frame_dropout(self.frame_dropout)
 
 
 TINY = TrainSize(
+    hard_negative_pool_minutes=0,
     positive_voices=12,
     positive_augments=2,
     near_miss_voices=2,
@@ -342,6 +353,7 @@ TINY = TrainSize(
     carrier_voices=0,
 )
 MICRO = TrainSize(
+    hard_negative_pool_minutes=0,
     positive_voices=7,
     positive_augments=2,
     near_miss_voices=1,
@@ -668,9 +680,26 @@ def build_dataset(
     return x, y, info, speech_windows
 
 
-def _fit_member(x: Windows, y: npt.NDArray[np.float64], size: TrainSize, seed: int) -> Mlp:
+def negative_pool(
+    size: TrainSize, seed: int, extractor: OpenWakeWordFeatures, progress: Progress
+) -> list[Windows]:
+    """The hard-negative pool: `size.hard_negative_pool_minutes` minutes of general speech in
+    training voices (its own draw), as each minute's embedding stream (the windows are cut only
+    to be scored, a minute at a time)."""
+    streams = []
+    for index in range(size.hard_negative_pool_minutes):
+        streams.append(extractor.embeddings(negative_audio_chunk(index, seed + POOL_SEED, heldout=False)))
+        progress.step("hard negative pool")
+    return streams
+
+
+def _fit_member(
+    x: Windows, y: npt.NDArray[np.float64], size: TrainSize, seed: int, pool: Sequence[Windows] = ()
+) -> tuple[Mlp, int]:
     """One classifier on one draw of the data, with `size.hard_negative_rounds` rounds of
-    fitting again with the negatives it still likes (score ≥ 0.05) repeated 4 times."""
+    fitting again with the negatives it still likes (score >= HARD_SCORE), in its data and in the
+    `pool` (embedding streams of speech it was not fitted on), each repeated HARD_REPEAT times.
+    Returns the classifier and how many pool windows it was fitted on."""
     fit = functools.partial(
         train_mlp,
         seed=seed,
@@ -680,15 +709,22 @@ def _fit_member(x: Windows, y: npt.NDArray[np.float64], size: TrainSize, seed: i
         l2=size.l2,
         frame_dropout=size.frame_dropout,
     )
+    ctx = int(x.shape[1])
     model = fit(x, y)
+    pooled = 0
     for _ in range(size.hard_negative_rounds):
-        hard = (y < 0.5) & (model.scores(x) >= 0.05)
-        if not hard.any():
+        hard = [x[(y < 0.5) & (model.scores(x) >= HARD_SCORE)]]
+        for stream in pool:
+            windows = sliding(stream, 2, ctx)
+            hard.append(windows[model.scores(windows) >= HARD_SCORE])
+        found = np.concatenate(hard)
+        if not len(found):
             break
-        x = np.concatenate([x, *([x[hard]] * 4)])
-        y = np.concatenate([y, *([y[hard]] * 4)])
+        pooled += len(found) - len(hard[0])
+        x = np.concatenate([x, *([found] * HARD_REPEAT)])
+        y = np.concatenate([y, np.zeros(len(found) * HARD_REPEAT)])
         model = fit(x, y)
-    return model
+    return model, pooled
 
 
 def train_word(
@@ -711,7 +747,7 @@ def train_word(
     minutes = size.speech_minutes + size.speed_speech_minutes
     n_carriers = len(carrier_phrases(text, size.carrier_limit)) if size.carrier_voices > 0 else 0
     per_member = size.positive_voices + n_near + n_carriers + size.other_phrases + 3
-    steps = per_member * size.members + minutes
+    steps = per_member * size.members + minutes + size.hard_negative_pool_minutes
     progress = Progress(steps + max(1, size.calibration_minutes) + 1, show_progress)
     try:
         members: list[Mlp] = []
@@ -720,13 +756,18 @@ def train_word(
         pos_list: list[npt.NDArray[np.float64]] = []
         neg_list: list[npt.NDArray[np.float64]] = []
         data_s = 0.0
+        pooled = 0
+        t0 = clock()
+        pool = negative_pool(size, seed, extractor, progress)  # shared by the members
+        data_s += clock() - t0
         for k in range(size.members):  # each on its own draw of the data; the general speech shared
             member_seed = seed + MEMBER_SEED_STEP * k
             t0 = clock()
             x, y, member_info, speech = build_dataset(text, size, member_seed, extractor, progress, speech)
             data_s += clock() - t0
             infos.append(member_info)
-            model = _fit_member(x, y, size, member_seed)
+            model, from_pool = _fit_member(x, y, size, member_seed, pool)
+            pooled += from_pool
             progress.step("training")
             scores = model.scores(x)
             pos_list.append(scores[y > 0.5])
@@ -793,6 +834,8 @@ def train_word(
             "members": size.members,
             "l2": size.l2,
             "frame_dropout": size.frame_dropout,
+            "hard_negative_pool_minutes": size.hard_negative_pool_minutes,
+            "hard_negative_pool_windows": pooled,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),

@@ -87,3 +87,40 @@ def test_a_training_size_out_of_range_is_refused(field: str, value: float) -> No
 
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TrainSize(), **{field: value})
+
+
+def _pool_stream(
+    pattern: np.ndarray, decoy: float, seed: int, blocks: int = 40, noise: float = 1.0
+) -> np.ndarray:
+    """An embedding stream of `blocks` window-long blocks: noise, every other block the positives'
+    pattern at `decoy` strength (speech that sounds a little like the phrase)."""
+    rng = np.random.default_rng(seed)
+    frames = pattern.shape[0]
+    out = rng.normal(0, noise, (blocks * frames, 96))
+    for b in range(0, blocks, 2):
+        out[b * frames : (b + 1) * frames] += decoy * pattern
+    return out.astype(np.float32)
+
+
+def test_the_hard_round_mines_the_pool_for_what_the_first_fit_still_likes() -> None:
+    from appliance.wakeword_training.train import TrainSize, _fit_member, sliding
+
+    frames = 6
+    x, y = _windows(0, frames)
+    pattern = np.random.default_rng(0).normal(0, 1, (frames, 96))  # the positives' (as `_windows`)
+    size = TrainSize(hidden=8, epochs=60, l2=1e-3, frame_dropout=0.0)
+    plain, none_pooled = _fit_member(x, y, size, seed=3)
+    assert none_pooled == 0
+    # decoys the first fit scores high: they join the second fit, which then scores them lower
+    decoys = [_pool_stream(pattern, 0.7, seed) for seed in (10, 11)]
+    mined, pooled = _fit_member(x, y, size, seed=3, pool=decoys)
+    windows = np.concatenate([sliding(s, 2, frames) for s in decoys])
+    assert pooled > 0
+    assert mined.scores(windows).mean() < plain.scores(windows).mean() - 0.1
+    assert mined.scores(x)[y > 0.5].min() > 0.5  # the phrase itself still fires
+    # a quiet pool, nothing the first fit likes: nothing added, the same classifier
+    quiet_pool = [_pool_stream(pattern, 0.0, 12, noise=0.2)]
+    quiet, none_added = _fit_member(x, y, size, seed=3, pool=quiet_pool)
+    assert none_added == 0 and np.array_equal(quiet.w1, plain.w1)
+    with pytest.raises(ValueError, match="hard_negative_pool_minutes"):
+        TrainSize(hard_negative_pool_minutes=-1)
