@@ -7,10 +7,14 @@ would make the same seed give different models); Piper's variety comes from leng
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +43,15 @@ HELDOUT_PIPER_LENGTHS = (0.85, 1.3)
 # accents besides the held-out ones), and Piper lengths of their own.
 CALIBRATION_VARIANTS = ("Gene", "Michael", "Mike", "Lee", "aunty", "rob", "iven", "Jacky", "Andrea", "steph2")
 CALIBRATION_PIPER_LENGTHS = (0.75, 1.25)
+# Training also speaks in voices of its own making: espeak-ng variant files "rv0" … with random
+# formant frequencies (75–145 %), strengths and widths, a pitch range, some with flutter or
+# breath, each inside the spans the training variants above cover (their F1–F5 frequencies run
+# 75–145 %). Speakers none of the fixed variants is: a model that has heard only 32 timbres
+# misses voices unlike all of them. They live in a private copy of espeak-ng's data folder (links
+# to the rest), which only the training voices' espeak-ng calls read.
+RANDOM_VARIANTS = 64
+RANDOM_VARIANT_SEED = 12345
+RANDOM_VARIANT_PREFIX = "rv"
 
 
 @dataclass(frozen=True)
@@ -63,9 +76,10 @@ def espeak_available() -> bool:
 
 
 def voices(heldout: bool, count: int, seed: int, piper: bool = True) -> list[Voice]:
-    """`count` voices drawn (deterministically from `seed`) from the training or held-out sets."""
+    """`count` voices drawn (deterministically from `seed`) from the training or held-out sets;
+    the training set includes the random variants when this espeak-ng can load them."""
     accents = HELDOUT_ACCENTS if heldout else TRAIN_ACCENTS
-    variants = HELDOUT_VARIANTS if heldout else TRAIN_VARIANTS
+    variants = HELDOUT_VARIANTS if heldout else TRAIN_VARIANTS + random_variant_names()
     lengths = HELDOUT_PIPER_LENGTHS if heldout else TRAIN_PIPER_LENGTHS
     return _draw(accents, variants, lengths, count, seed, piper)
 
@@ -105,8 +119,87 @@ def say(text: str, voice: Voice) -> Pcm16:
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
     argv = [exe, "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text]
-    result = subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    env = None
+    if voice.name.split("+")[-1].startswith(RANDOM_VARIANT_PREFIX):
+        data = _random_variant_data()
+        if data is None:
+            raise RuntimeError(f"espeak-ng cannot load the random variant of {voice.label}")
+        env = {**os.environ, "ESPEAK_DATA_PATH": str(data)}
+    result = subprocess.run(argv, check=True, capture_output=True, timeout=30, env=env)
     return _wav_bytes(result.stdout)
+
+
+def random_variant(k: int) -> str:
+    """The text of random variant `k`'s espeak-ng voice file (the same for every k on every
+    machine: all are drawn in order from one seeded stream)."""
+    return _random_variant_files()[k]
+
+
+@functools.cache
+def _random_variant_files() -> tuple[str, ...]:
+    rng = np.random.default_rng(RANDOM_VARIANT_SEED)
+    files = []
+    for k in range(RANDOM_VARIANTS):
+        lines = ["language variant", f"name {RANDOM_VARIANT_PREFIX}{k}"]
+        lines.append(f"gender {'male' if rng.random() < 0.5 else 'female'}")
+        low = int(rng.integers(62, 200))
+        lines.append(f"pitch {low} {low + int(rng.integers(20, 190))}")
+        for n in range(6):  # formant n: frequency, strength, width (% of the default voice's)
+            freq, strength, width = rng.integers(75, 146), rng.integers(60, 121), rng.integers(60, 151)
+            lines.append(f"formant {n} {int(freq)} {int(strength)} {int(width)}")
+        if rng.random() < 0.3:
+            lines.append(f"flutter {int(rng.integers(0, 20))}")
+        if rng.random() < 0.3:
+            lines.append("breath " + " ".join(str(int(rng.integers(0, 40))) for _ in range(4)))
+        files.append("\n".join(lines) + "\n")
+    return tuple(files)
+
+
+def random_variant_names() -> tuple[str, ...]:
+    """The random variants' names, or none when espeak-ng's data folder cannot be found."""
+    if _random_variant_data() is None:
+        return ()
+    return tuple(f"{RANDOM_VARIANT_PREFIX}{k}" for k in range(RANDOM_VARIANTS))
+
+
+def espeak_data_dir() -> Path | None:
+    """espeak-ng's data folder ('Data at:' in its --version), or None."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if "Data at:" not in out:
+        return None
+    path = Path(out.split("Data at:", 1)[1].strip())
+    return path if (path / "voices" / "!v").is_dir() else None
+
+
+@functools.cache
+def _random_variant_data() -> Path | None:
+    """A private espeak-ng data folder (ESPEAK_DATA_PATH) with the random variants beside links
+    to everything else; removed when the process exits. None when espeak-ng's folder is unknown."""
+    data = espeak_data_dir()
+    if data is None:
+        return None
+    root = Path(tempfile.mkdtemp(prefix="appliance-espeak-"))
+    atexit.register(shutil.rmtree, root, True)
+    copy = root / "espeak-ng-data"
+    variants = copy / "voices" / "!v"
+    variants.mkdir(parents=True)
+    for item in data.iterdir():
+        if item.name != "voices":
+            (copy / item.name).symlink_to(item)
+    for item in (data / "voices").iterdir():
+        if item.name != "!v":
+            (copy / "voices" / item.name).symlink_to(item)
+    for item in (data / "voices" / "!v").iterdir():
+        (variants / item.name).symlink_to(item)
+    for k, text in enumerate(_random_variant_files()):
+        (variants / f"{RANDOM_VARIANT_PREFIX}{k}").write_text(text, encoding="utf-8")
+    return root
 
 
 def _wav_bytes(data: bytes) -> Pcm16:

@@ -834,6 +834,7 @@ def train_word(
             "members": size.members,
             "l2": size.l2,
             "frame_dropout": size.frame_dropout,
+            "random_variants": len(synth.random_variant_names()),
             "hard_negative_pool_minutes": size.hard_negative_pool_minutes,
             "hard_negative_pool_windows": pooled,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),

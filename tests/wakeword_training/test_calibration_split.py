@@ -118,10 +118,49 @@ def test_every_accent_and_variant_is_a_voice_of_its_own() -> None:
         varied = synth.say(phrase, synth.Voice("espeak", f"{accent}+m3"))
         assert alone.size and varied.size and not _same(alone, varied), accent
     reference = synth.say(phrase, plain)
-    for variant in {*synth.TRAIN_VARIANTS, *synth.HELDOUT_VARIANTS, *synth.CALIBRATION_VARIANTS}:
+    made = synth.random_variant_names()
+    assert made, "espeak-ng's data folder was not found: no random variants"
+    for variant in {*synth.TRAIN_VARIANTS, *synth.HELDOUT_VARIANTS, *synth.CALIBRATION_VARIANTS, *made[:4]}:
         audio = synth.say(phrase, synth.Voice("espeak", f"en-us+{variant}"))
         assert audio.size and not _same(audio, reference), variant
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def test_random_variants_stay_inside_the_training_variants_spans() -> None:
+    texts = [synth.random_variant(k) for k in range(synth.RANDOM_VARIANTS)]
+    assert len(set(texts)) == len(texts)
+    for k, text in enumerate(texts):
+        lines = [line.split() for line in text.splitlines()]
+        assert ["name", f"rv{k}"] in lines
+        formants = [[int(v) for v in line[1:]] for line in lines if line[0] == "formant"]
+        assert [f[0] for f in formants] == list(range(6))
+        for _, freq, strength, width in formants:
+            assert 75 <= freq <= 145 and 60 <= strength <= 120 and 60 <= width <= 150
+        [pitch] = [line for line in lines if line[0] == "pitch"]
+        assert 62 <= int(pitch[1]) < int(pitch[2])
+
+
+@pytest.mark.skipif(not synth.espeak_available(), reason="espeak-ng is not installed")
+def test_only_training_speaks_in_random_variants() -> None:
+    made = set(synth.random_variant_names())
+    assert made and _variants(synth.voices(False, 300, 1, piper=False)) & made
+    assert not _variants(synth.voices(True, 300, 1, piper=False)) & made
+    assert not _variants(synth.calibration_voices(300, 1, piper=False)) & made
+
+
+@pytest.mark.skipif(not synth.espeak_available(), reason="espeak-ng is not installed")
+def test_without_espeak_ng_s_data_folder_training_keeps_the_fixed_variants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(synth, "espeak_data_dir", lambda: None)
+    synth._random_variant_data.cache_clear()
+    try:
+        assert synth.random_variant_names() == ()
+        assert _variants(synth.voices(False, 300, 1, piper=False)) <= set(synth.TRAIN_VARIANTS)
+        with pytest.raises(RuntimeError, match="random variant"):
+            synth.say("hello", synth.Voice("espeak", "en+rv3"))
+    finally:
+        synth._random_variant_data.cache_clear()
