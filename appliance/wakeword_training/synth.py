@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.adapters.resample import resample
+from appliance.paths import state_dir
 from appliance.ports import Pcm16
 
 RATE_HZ = 16000
@@ -179,13 +181,43 @@ def espeak_data_dir() -> Path | None:
 
 @functools.cache
 def _random_variant_data() -> Path | None:
-    """A private espeak-ng data folder (ESPEAK_DATA_PATH) with the random variants beside links
-    to everything else; removed when the process exits. None when espeak-ng's folder is unknown."""
+    """A private espeak-ng data folder (for ESPEAK_DATA_PATH) with the random variants beside
+    links to everything else: made once per espeak-ng data folder and set of variants under the
+    state folder and reused (a training stopped by a signal leaves nothing behind); in a temporary
+    folder, removed at exit, when the state folder is not writable. None when espeak-ng's data
+    folder is unknown."""
     data = espeak_data_dir()
     if data is None:
         return None
-    root = Path(tempfile.mkdtemp(prefix="appliance-espeak-"))
-    atexit.register(shutil.rmtree, root, True)
+    files = _random_variant_files()
+    key = hashlib.sha256("\0".join([str(data), *files]).encode()).hexdigest()[:16]
+    final = state_dir() / "espeak-variants" / key
+    if _complete(final, data, files):
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".making-", dir=final.parent))
+    except OSError:
+        work = Path(tempfile.mkdtemp(prefix="appliance-espeak-"))
+        atexit.register(shutil.rmtree, work, True)
+        _fill(work, data, files)
+        return work
+    try:
+        _fill(work, data, files)
+        if _complete(final, data, files):  # another training made it meanwhile
+            return final
+        if final.exists():  # incomplete (an espeak-ng upgrade moved its folder): made again
+            shutil.rmtree(final, ignore_errors=True)
+        work.rename(final)
+    except OSError:
+        if not _complete(final, data, files):
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _fill(root: Path, data: Path, files: tuple[str, ...]) -> None:
     copy = root / "espeak-ng-data"
     variants = copy / "voices" / "!v"
     variants.mkdir(parents=True)
@@ -197,9 +229,23 @@ def _random_variant_data() -> Path | None:
             (copy / "voices" / item.name).symlink_to(item)
     for item in (data / "voices" / "!v").iterdir():
         (variants / item.name).symlink_to(item)
-    for k, text in enumerate(_random_variant_files()):
+    for k, text in enumerate(files):
         (variants / f"{RANDOM_VARIANT_PREFIX}{k}").write_text(text, encoding="utf-8")
-    return root
+
+
+def _complete(root: Path, data: Path, files: tuple[str, ...]) -> bool:
+    """`root` holds every random variant and its links still lead into `data`."""
+    copy = root / "espeak-ng-data"
+    try:
+        if not (copy / "phontab").exists() or not (copy / "phontab").resolve().is_relative_to(data.resolve()):
+            return False
+        variants = copy / "voices" / "!v"
+        return all(
+            (variants / f"{RANDOM_VARIANT_PREFIX}{k}").read_text(encoding="utf-8") == text
+            for k, text in enumerate(files)
+        )
+    except OSError:
+        return False
 
 
 def _wav_bytes(data: bytes) -> Pcm16:

@@ -3,6 +3,8 @@ voices and texts that neither training nor the benchmark's validation and test s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -162,5 +164,29 @@ def test_without_espeak_ng_s_data_folder_training_keeps_the_fixed_variants(
         assert _variants(synth.voices(False, 300, 1, piper=False)) <= set(synth.TRAIN_VARIANTS)
         with pytest.raises(RuntimeError, match="random variant"):
             synth.say("hello", synth.Voice("espeak", "en+rv3"))
+    finally:
+        synth._random_variant_data.cache_clear()
+
+
+@pytest.mark.skipif(not synth.espeak_available(), reason="espeak-ng is not installed")
+def test_the_random_variants_folder_is_made_once_and_made_again_when_stale(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Under the state folder, one per espeak-ng folder and set of variants (a training stopped
+    by a signal leaves no temporary folder behind); a folder that lost a variant is made again."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    synth._random_variant_data.cache_clear()
+    try:
+        first = synth._random_variant_data()
+        assert first is not None and first.parent == tmp_path / "appliance" / "espeak-variants"
+        synth._random_variant_data.cache_clear()
+        assert synth._random_variant_data() == first  # reused
+        (first / "espeak-ng-data" / "voices" / "!v" / "rv7").write_text("broken")
+        synth._random_variant_data.cache_clear()
+        assert synth._random_variant_data() == first
+        assert (first / "espeak-ng-data" / "voices" / "!v" / "rv7").read_text() == synth.random_variant(7)
+        assert [p.name for p in first.parent.iterdir()] == [first.name]  # no work folder left
+        assert synth.say("hello lamp", synth.Voice("espeak", "en+rv7")).size
     finally:
         synth._random_variant_data.cache_clear()
