@@ -204,12 +204,10 @@ def _random_variant_data() -> Path | None:
         return work
     try:
         _fill(work, data, files)
-        if _complete(final, data, files):  # another training made it meanwhile
-            return final
-        if final.exists():  # incomplete (an espeak-ng upgrade moved its folder): made again
+        if not _complete(final, data, files):  # still missing, or stale (espeak-ng moved): replaced
             shutil.rmtree(final, ignore_errors=True)
-        work.rename(final)
-    except OSError:
+            work.rename(final)
+    except OSError:  # another training renamed its folder first
         if not _complete(final, data, files):
             raise
     finally:

@@ -656,9 +656,7 @@ def build_dataset(
         speech = long_speech(list(SENTENCES[: size.speech_sentences]), speech_voices, rng)
         speech_seconds = speech.shape[0] / RATE_HZ + size.speech_minutes * CHUNK_S
         streams = [extractor.embeddings(speech)]
-        for index in range(size.speech_minutes):
-            streams.append(extractor.embeddings(negative_audio_chunk(index, seed + 100, heldout=False)))
-            progress.step("general speech")
+        streams += speech_minutes(size.speech_minutes, seed + 100, extractor, progress, "general speech")
         for index in range(size.speed_speech_minutes):  # faster and higher, or slower and lower
             factor = float(rng.uniform(1 - size.speed_range, 1 + size.speed_range))
             chunk = negative_audio_chunk(index, seed + 200, heldout=False)
@@ -680,16 +678,15 @@ def build_dataset(
     return x, y, info, speech_windows
 
 
-def negative_pool(
-    size: TrainSize, seed: int, extractor: OpenWakeWordFeatures, progress: Progress
+def speech_minutes(
+    minutes: int, seed: int, extractor: OpenWakeWordFeatures, progress: Progress, label: str
 ) -> list[Windows]:
-    """The hard-negative pool: `size.hard_negative_pool_minutes` minutes of general speech in
-    training voices (its own draw), as each minute's embedding stream (the windows are cut only
-    to be scored, a minute at a time)."""
+    """`minutes` minutes of general speech and noise in training voices (`negative_audio_chunk`
+    with `seed`), as each minute's embedding stream."""
     streams = []
-    for index in range(size.hard_negative_pool_minutes):
-        streams.append(extractor.embeddings(negative_audio_chunk(index, seed + POOL_SEED, heldout=False)))
-        progress.step("hard negative pool")
+    for index in range(minutes):
+        streams.append(extractor.embeddings(negative_audio_chunk(index, seed, heldout=False)))
+        progress.step(label)
     return streams
 
 
@@ -758,7 +755,11 @@ def train_word(
         data_s = 0.0
         pooled = 0
         t0 = clock()
-        pool = negative_pool(size, seed, extractor, progress)  # shared by the members
+        # the hard-negative pool, shared by the members: kept as embedding streams, cut into
+        # windows only to be scored
+        pool = speech_minutes(
+            size.hard_negative_pool_minutes, seed + POOL_SEED, extractor, progress, "hard negative pool"
+        )
         data_s += clock() - t0
         for k in range(size.members):  # each on its own draw of the data; the general speech shared
             member_seed = seed + MEMBER_SEED_STEP * k
