@@ -119,6 +119,9 @@ class Settings:
     story_sentences: int = len(STORY)
     talk_after_reply_s: float = 4.0
     cpu_audio_s: float = 20.0
+    realtime: bool = True
+    """`agent.echo.appliance` runs in real time; False (the suite's smoke check of the table's
+    code) runs it on the file clock, where echo timing is not the device's: not a measurement."""
 
 
 FULL = Settings()
@@ -601,7 +604,12 @@ def appliance_run(
         )
         with capturing(capture) if capture is not None else contextlib.nullcontext():
             events = run_appliance(
-                _echo_config(server.url, mode), models, audio, realtime=True, echo=gain, echo_ir=ir_wav
+                _echo_config(server.url, mode),
+                models,
+                audio,
+                realtime=settings.realtime,
+                echo=gain,
+                echo_ir=ir_wav,
             )
     interruptions = [e["t"] for e in events if e["type"] == "interruption"]
     transcripts = [e["user_transcript"] for e in events if e["type"] == "user_transcript"]
