@@ -277,10 +277,10 @@ def carrier_phrases(phrase: str, limit: int, carriers: tuple[str, ...] = CARRIER
 class TrainSize:
     """How much data to make (the CLI default fits the 10-minute budget on a 2-core box)."""
 
-    # voices the phrase is synthesized in (piper lengths first, then espeak-ng draws): 280 rather
-    # than 140 lifted "hello lamp"'s best recall at <= 1 test false accept by 1-8 points on two data
-    # draws, "hey computer" unchanged, for ~40 CPU s more
-    positive_voices: int = 280
+    # voices the phrase is synthesized in (piper lengths first, then espeak-ng draws): 560 rather
+    # than 140 lifted "hello lamp"'s best recall at <= 1 test false accept by 5-10 points on two
+    # data draws (280: 1-8), "hey computer" within a take, for ~120 CPU s more
+    positive_voices: int = 560
     positive_augments: int = 3
     near_miss_voices: int = 14
     other_phrase_voices: int = 6
