@@ -46,11 +46,20 @@ HELDOUT_PIPER_LENGTHS = (0.85, 1.3)
 CALIBRATION_VARIANTS = ("Gene", "Michael", "Mike", "Lee", "aunty", "rob", "iven", "Jacky", "Andrea", "steph2")
 CALIBRATION_PIPER_LENGTHS = (0.75, 1.25)
 # Training also speaks in voices of its own making: espeak-ng variant files "rv0" … with random
-# formant frequencies (75–145 %), strengths and widths, a pitch range, some with flutter or
-# breath, each inside the spans the training variants above cover (their F1–F5 frequencies run
-# 75–145 %). Speakers none of the fixed variants is: a model that has heard only 32 timbres
-# misses voices unlike all of them. They live in a private copy of espeak-ng's data folder (links
-# to the rest), which only the training voices' espeak-ng calls read.
+# frequencies (50–150 % of the default voice's), strengths (30–150 %; 10–150 % for the upper five)
+# and widths (40–180 %) for all nine formants, a pitch range, some with flutter or breath.
+# Speakers none of the fixed variants is: a model that has heard only 32 timbres misses voices
+# unlike all of them. The spans are wider than the fixed training variants' lower formants
+# (F0–F3 at 80–145 % in all but a few): drawn inside those (75–145 %, strengths 60–120 %, widths
+# 60–150 %, six formants), "hello lamp" still missed voices with a formant far outside them (a
+# first formant at half the default, weak upper formants); the fixed variants' upper formants
+# already run 10–167 % with strengths from 0. They live in a private copy of espeak-ng's data
+# folder (links to the rest), which only the training voices' espeak-ng calls read.
+RANDOM_FORMANTS = 9
+RANDOM_FREQUENCY = (50, 150)
+RANDOM_STRENGTH = (30, 150)  # formants 0-3; the upper ones from RANDOM_WEAK_STRENGTH
+RANDOM_WEAK_STRENGTH = 10
+RANDOM_WIDTH = (40, 180)
 RANDOM_VARIANTS = 64
 RANDOM_VARIANT_SEED = 12345
 RANDOM_VARIANT_PREFIX = "rv"
@@ -146,8 +155,11 @@ def _random_variant_files() -> tuple[str, ...]:
         lines.append(f"gender {'male' if rng.random() < 0.5 else 'female'}")
         low = int(rng.integers(62, 200))
         lines.append(f"pitch {low} {low + int(rng.integers(20, 190))}")
-        for n in range(6):  # formant n: frequency, strength, width (% of the default voice's)
-            freq, strength, width = rng.integers(75, 146), rng.integers(60, 121), rng.integers(60, 151)
+        for n in range(RANDOM_FORMANTS):  # formant n: frequency, strength, width (% of the default's)
+            freq = rng.integers(RANDOM_FREQUENCY[0], RANDOM_FREQUENCY[1] + 1)
+            weakest = RANDOM_STRENGTH[0] if n < 4 else RANDOM_WEAK_STRENGTH
+            strength = rng.integers(weakest, RANDOM_STRENGTH[1] + 1)
+            width = rng.integers(RANDOM_WIDTH[0], RANDOM_WIDTH[1] + 1)
             lines.append(f"formant {n} {int(freq)} {int(strength)} {int(width)}")
         if rng.random() < 0.3:
             lines.append(f"flutter {int(rng.integers(0, 20))}")
