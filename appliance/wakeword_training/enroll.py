@@ -35,10 +35,13 @@ from appliance.wakeword_training.train import METADATA_SUFFIX, model_frames, sco
 
 FLOOR = 0.05
 # no negative window the classifier leans towards (p ≥ FLOOR) is lifted above this, nor above
-# the word's written threshold − CEILING_MARGIN (`core.verifier_low`); 0.5 instead (every lifted
-# negative under 0.5) left "hello lamp" enrolled at 85 % (80 % when no negative was lifted at all)
-LIFT_CEILING = 0.8
-CEILING_MARGIN = 0.1
+# the word's written threshold − CEILING_MARGIN (`core.verifier_low`). 0.8 and 0.1 let a test
+# negative of "hey computer" (2 h of held-out speech; the verifier calibrated on another 2 h) up
+# to its 0.9 threshold: one false accept more than before enrolling; at 0.7 and 0.2 none more
+# for all three benchmark phrases, the enrolled voice still at 100 % (0.6: the same); 0.5 once left
+# "hello lamp" enrolled at 85 % (80 % when no negative was lifted at all)
+LIFT_CEILING = 0.7
+CEILING_MARGIN = 0.2
 MIN_TAKES = 3
 MAX_TAKES = 10
 VARIANTS = 4  # room, gain, noise and speed variations of each take, templates besides the take
