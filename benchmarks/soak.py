@@ -527,7 +527,8 @@ def run_soak(settings: SoakSettings, *, log: Callable[[str], None] | None = None
         started = False
         try:
             while proc.poll() is None:
-                time.sleep(settings.sample_every_s)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=settings.sample_every_s)  # a sample period, less if it ends
                 for line in tail.lines():
                     try:
                         event = json.loads(line)

@@ -266,25 +266,23 @@ def test_barge_in_interrupts_and_truncates_history(
         assert "stop" in words(second[-1]["content"])
 
 
-@pytest.mark.parametrize(("gating", "self_interrupts"), [(True, False), (False, True)])
-def test_the_agent_does_not_interrupt_itself_on_its_own_echo(
+def test_without_a_canceller_the_agent_interrupts_itself_on_its_own_echo(
     preloaded: Preloaded,
     tmp_path: Path,
     scripted: ScriptedOpenAiServer,
     say: Callable[[str], np.ndarray],
-    gating: bool,
-    self_interrupts: bool,
 ) -> None:
-    """The speaker comes back into the microphone at gain 0.5; nobody talks over the agent.
-    Without playback gating the agent takes its own voice for the user's (the control case,
-    within its first seconds: its input stops 4 s after the question instead of after the story)."""
+    """The control case of the canceller's tests below: the speaker comes back into the
+    microphone at gain 0.5, nobody talks over the agent, and without playback gating (no
+    canceller) the agent takes its own voice for the user's within its first seconds (its input
+    stops 4 s after the question). The same echo with the default canceller, through simulated
+    rooms and at up to 4 times this gain, interrupts nothing (the next test)."""
     scripted.add(text_reply(*[w + " " for w in STORY.split()]), text_reply("Yes?"))
     config = scripted_config(scripted.url)
-    config["appliance"]["vad"] = {"playback_gating": gating}
-    tail_s = 4.0 if self_interrupts else 10.0
-    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(tail_s))
+    config["appliance"]["vad"] = {"playback_gating": False}
+    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(4.0))
     events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=0.5)
-    assert ("interruption" in types(events)) is self_interrupts, timeline(events)
+    assert "interruption" in types(events), timeline(events)
 
 
 @pytest.mark.parametrize(("room", "gain"), [("small", 2.0), ("hall", 1.0)])
