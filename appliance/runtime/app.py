@@ -374,6 +374,14 @@ class ProcessStop:
             return
         self.exit_now(f"second {name.removeprefix('signal_').upper()}: exiting now")
 
+    @property
+    def own_process(self) -> bool:
+        return self._own
+
+    def exit_after_the_run(self, signum: int, _frame: object = None) -> None:
+        """A signal handler once the run is over (its files closed): exit at once."""
+        self.exit_now(f"{signal.Signals(signum).name} as the run ended: exiting now")
+
     def ran_out(self) -> None:
         """The run is over (files closed): only busy worker threads can still hold the exit."""
         with self._cond:
@@ -499,6 +507,7 @@ async def run_async(
     )
     aio = asyncio.get_running_loop()
     stopper = ProcessStop(wiring, own_process=own_process)
+    before = _signal_handlers()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             name = f"signal_{signal.Signals(sig).name.lower()}"
@@ -519,7 +528,32 @@ async def run_async(
         if own_process:
             _let_workers_go(service.models)
         stopper.ran_out()
+        _release_signals(aio, stopper, before)
     return result
+
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _signal_handlers() -> dict[int, Any]:
+    return {sig: signal.getsignal(sig) for sig in _SIGNALS}
+
+
+def _release_signals(aio: asyncio.AbstractEventLoop, stopper: ProcessStop, before: dict[int, Any]) -> None:
+    """Take the run's signal handlers off the loop while it is still open. asyncio closes its
+    self-pipe before it removes them, and a signal in between (a second SIGTERM while the run
+    ends, a reload) is written to the closed pipe: "Exception ignored when trying to write to
+    the signal wakeup fd", a traceback on stderr. After this the handlers are what they were
+    before the run, except that a run owning its process (its files are closed now) exits at
+    once on SIGTERM / SIGINT, as `exit_process` does."""
+    for sig in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            aio.remove_signal_handler(sig)  # the last one also unsets the wakeup fd
+        with contextlib.suppress(ValueError, TypeError, OSError):  # not the main thread; a C handler
+            if stopper.own_process and sig != getattr(signal, "SIGHUP", None):
+                signal.signal(sig, stopper.exit_after_the_run)
+            elif before.get(sig) is not None:
+                signal.signal(sig, before[sig])
 
 
 def _let_workers_go(models: Preloaded) -> None:

@@ -3,8 +3,10 @@ or a stop that outlives its guard, exits at once with the events file and out.wa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import threading
 import wave
 from pathlib import Path
@@ -120,3 +122,63 @@ def test_the_output_wav_is_valid_at_every_moment(tmp_path: Path) -> None:
     speaker._write(np.ones(320, np.int16))  # dropped after the close
     with wave.open(str(tmp_path / "out.wav"), "rb") as w:
         assert w.getnframes() == 960
+
+
+def _run_handlers(loop: object, stopper: ProcessStop) -> None:
+    """As `run_async` does: the stop signals and SIGHUP on the loop."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, lambda: None)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("own_process", [False, True])
+def test_the_run_takes_its_signal_handlers_off_the_loop_before_it_closes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    own_process: bool,
+) -> None:
+    """asyncio closes its self-pipe before it removes its signal handlers: a signal in between
+    (a second SIGTERM as the run ends) went to the closed pipe and printed "Exception ignored
+    when trying to write to the signal wakeup fd" with a traceback. The run releases them while
+    the loop is open: no wakeup fd is left; the handlers from before come back, except that a
+    run owning its process exits at once on SIGTERM / SIGINT."""
+    assert threading.current_thread() is threading.main_thread()  # signal handlers need it
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    w, _ = wiring(tmp_path)
+    stopper = ProcessStop(w, own_process=own_process)
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not called")
+
+    saved = app._signal_handlers()
+    try:
+        for sig in saved:
+            signal.signal(sig, mine)
+        before = app._signal_handlers()
+
+        async def run() -> int:
+            loop = asyncio.get_running_loop()
+            _run_handlers(loop, stopper)
+            app._release_signals(loop, stopper, before)
+            return signal.set_wakeup_fd(-1)  # the fd asyncio had set, if it were still set
+
+        assert asyncio.run(run()) == -1
+        term, hup = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+        assert hup is mine
+        if not own_process:
+            assert term is mine and signal.getsignal(signal.SIGINT) is mine
+            return
+        assert term == stopper.exit_after_the_run and signal.getsignal(signal.SIGINT) == term
+        with pytest.raises(Exited) as exited:
+            stopper.exit_after_the_run(signal.SIGTERM)
+        assert exited.value.code == 0
+        assert "appliance: SIGTERM as the run ended: exiting now" in capsys.readouterr().err
+        assert_complete(tmp_path, frames=0)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        w.events.close()
