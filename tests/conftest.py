@@ -12,6 +12,34 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+MAX_WORKERS = 4
+"""The suite was measured at 2 workers on 2 cores with a training beside it (timed tests kept
+their margins); more than 4 adds little and loads every model once more per worker."""
+GIB_PER_WORKER = 4
+"""A worker peaks at about 2.2 GiB (its models, llama.cpp, a subprocess appliance): with the
+headroom, this much memory per worker."""
+
+
+def workers_for(cpus: int, memory_gib: float) -> int:
+    """How many `-n auto` workers: one per CPU this process may use and per `GIB_PER_WORKER` of
+    memory, at most `MAX_WORKERS`, at least one."""
+    return max(1, min(cpus, int(memory_gib // GIB_PER_WORKER), MAX_WORKERS))
+
+
+def _memory_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return workers_for(len(os.sched_getaffinity(0)), _memory_gib())
+
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
