@@ -284,8 +284,15 @@ def test_the_sdk_session_ends_when_the_agent_calls_end_call() -> None:
 
 def test_both_clients_send_the_documented_client_messages() -> None:
     with FakeElevenLabsServer(replace(FakeOptions(scenario="conversation"), ping_interval_s=0.2)) as server:
-        run_sdk(server, wait_for=lambda r: len(r.responses) >= 2)
-        run_ours(server, wait_for=lambda r: len(r.of("agent_response")) >= 2)
+        # both replies whole before the end: an SDK ended while audio still streams stops reading,
+        # its websocket's receive buffer fills and its close waits out the 10 s close timeout
+        run_sdk(
+            server,
+            wait_for=lambda r: len(r.responses) >= 2 and all_audio_out(server, 0, r.audio.output_chunks),
+        )
+        run_ours(
+            server, wait_for=lambda r: len(r.of("agent_response")) >= 2 and all_audio_out(server, 1, r.audio)
+        )
         sdk_record, our_record = server.records
     for record in (sdk_record, our_record):
         kinds = record.types()
