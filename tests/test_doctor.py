@@ -30,6 +30,7 @@ from appliance.doctor import (
     measure_levels,
     needed_models,
 )
+from appliance.testing.fakes import refused_port
 
 KEY = "sk_test_doctor_0123456789"
 SIGNED = "wss://example.invalid/v1/convai/conversation?agent_id=agent_1&conversation_signature=SECRETSIG123"
@@ -263,13 +264,8 @@ def test_dns_failure_and_a_closed_port() -> None:
     dns = agent_checks(remote("wss://agents.example.invalid"), {}, timeout_s=3)
     assert [c.name for c in dns] == ["DNS"] and dns[0].outcome is Outcome.FAIL
     assert "does not resolve" in dns[0].detail and "resolv.conf" in (dns[0].fix or "")
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    closed = agent_checks(remote(f"ws://127.0.0.1:{port}"), {}, timeout_s=2)
+    with refused_port() as port:  # nothing listens there
+        closed = agent_checks(remote(f"ws://127.0.0.1:{port}"), {}, timeout_s=2)
     assert closed[-1].name == "connection" and closed[-1].outcome is Outcome.FAIL
 
 
@@ -329,7 +325,6 @@ def test_llm_check_names_the_llm_and_asks_a_custom_llm_for_one_token() -> None:
 
 def test_doctor_fails_when_the_custom_llm_is_down_or_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     """`appliance doctor` used to say "all good" with the LLM server down (issue 9 point 13)."""
-    import socket
 
     import appliance.doctor as doctor
     from appliance.testing.openai_server import ScriptedOpenAiServer, error_reply, text_reply
@@ -346,10 +341,8 @@ def test_doctor_fails_when_the_custom_llm_is_down_or_broken(monkeypatch: pytest.
         config = custom_llm_config(server.url)
         up_code, up_out = run(config)
         broken_code, broken_out = run(config)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    down_code, down_out = run(custom_llm_config(f"http://127.0.0.1:{port}/v1"))
+    with refused_port() as port:
+        down_code, down_out = run(custom_llm_config(f"http://127.0.0.1:{port}/v1"))
     assert up_code == 0 and up_out[-1] == "\nall good", up_out
     assert broken_code == 1 and any(line.startswith("[FAIL] LLM: ") for line in broken_out)
     assert "problem(s): LLM." in broken_out[-1]

@@ -10,8 +10,10 @@ fall-through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -106,3 +108,13 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str, *, s
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not within {timeout_s} s")
         await asyncio.sleep(step_s)
+
+
+@contextlib.contextmanager
+def refused_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A TCP port on `host` that refuses connections while the block runs: bound here but not
+    listening, so a connection gets ECONNREFUSED and no other process (a test on another
+    worker) can take the port meanwhile, as it could one merely found free and closed again."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        yield int(sock.getsockname()[1])

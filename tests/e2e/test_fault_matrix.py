@@ -23,11 +23,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +43,7 @@ import pytest
 import yaml
 
 from appliance.testing.fake_elevenlabs import FakeElevenLabsServer, FakeOptions
-from appliance.testing.fakes import wait_until
+from appliance.testing.fakes import refused_port, wait_until
 from appliance.testing.faults import (
     SESSION_STATES,
     STATE_REACHED,
@@ -595,12 +595,6 @@ def responder(fault: Reply | None) -> Callable[[RecordedRequest], Reply]:
     return pick
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def example() -> np.ndarray:
     audio, rate = read_wav(EXAMPLE)
@@ -629,9 +623,10 @@ def preloaded(models_dir: Path) -> Any:
     from appliance.runtime.local_agent import load_local_models
 
     os.environ["APPLIANCE_MODELS_DIR"] = str(models_dir)
-    cfg = load_config_text(yaml.safe_dump(config(f"http://127.0.0.1:{free_port()}/v1")), "matrix.yaml")
-    detector, vad = load_listeners(cfg)
-    return Preloaded(detector, vad, load_local_models(cfg))
+    with refused_port() as port:
+        cfg = load_config_text(yaml.safe_dump(config(f"http://127.0.0.1:{port}/v1")), "matrix.yaml")
+        detector, vad = load_listeners(cfg)
+        return Preloaded(detector, vad, load_local_models(cfg))
 
 
 def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
@@ -667,8 +662,8 @@ def run_local(
     from appliance.config import load_config_text
     from appliance.runtime import app
 
-    with ScriptedOpenAiServer(responder=responder(fault.llm)) as server:
-        url = f"http://127.0.0.1:{free_port()}/v1" if fault.refused else server.url
+    with ScriptedOpenAiServer(responder=responder(fault.llm)) as server, contextlib.ExitStack() as stack:
+        url = f"http://127.0.0.1:{stack.enter_context(refused_port())}/v1" if fault.refused else server.url
         cfg = load_config_text(yaml.safe_dump(config(url)), str(tmp_path / "config.yaml"))
         # the adapter's own deadline, shortened to keep the hang row short
         llm = OpenAiCompatibleLlm(url, "scripted-model", None, timeout_s=fault.llm_timeout_s)

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import yaml
 from appliance.config import load_config, load_config_text
 from appliance.runtime.app import Preloaded, RunOptions, load_listeners, run_async
 from appliance.testing.fake_elevenlabs import FakeElevenLabsServer, FakeOptions, tone_voice
+from appliance.testing.fakes import refused_port
 from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
 from appliance.testing.speech import concat, read_wav, silence, write_wav
 
@@ -213,18 +213,13 @@ def test_a_stalled_server_is_replaced_and_the_conversation_goes_on(
     assert "Paris." in [e["agent_response"] for e in of(events, "agent_response")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_remote_mode_ends_the_session_clearly_when_the_server_is_unreachable(
     listeners: tuple[Any, Any], tmp_path: Path, question_wav: np.ndarray
 ) -> None:
     config = remote_config(FakeElevenLabsServer(), reconnect_attempts=2)
-    config["appliance"]["remote"]["base_url"] = f"ws://127.0.0.1:{_free_port()}"
-    events, _ = run_inprocess(listeners, tmp_path, config, question_wav)
+    with refused_port() as port:
+        config["appliance"]["remote"]["base_url"] = f"ws://127.0.0.1:{port}"
+        events, _ = run_inprocess(listeners, tmp_path, config, question_wav)
     assert [e["attempt"] for e in of(events, "reconnecting")] == [1, 2]
     assert of(events, "error")[-1]["code"] == "network_error"
     assert [e["reason"] for e in of(events, "session_ended")] == ["network_error"]
@@ -355,17 +350,17 @@ def test_auto_mode_answers_on_the_local_agent_when_the_server_is_down(
     whisper: Any,
 ) -> None:
     scripted.add(text_reply("The local agent says Paris."))
-    down = f"ws://127.0.0.1:{_free_port()}"
-    events = auto_run(
-        listeners,
-        local_models,
-        tmp_path,
-        scripted,
-        FakeElevenLabsServer(),
-        question_wav,
-        base_url=down,
-        reconnect_attempts=1,
-    )
+    with refused_port() as port:
+        events = auto_run(
+            listeners,
+            local_models,
+            tmp_path,
+            scripted,
+            FakeElevenLabsServer(),
+            question_wav,
+            base_url=f"ws://127.0.0.1:{port}",
+            reconnect_attempts=1,
+        )
     t = types(events)
     assert (
         t.index("reconnecting") < t.index("failover") < t.index("user_transcript") < t.index("agent_response")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from appliance.errors import ModelError
 from appliance.models.commands import cli_fetch, cli_list, cli_provision, cli_verify
 from appliance.models.manifest import Manifest, ModelKind, default_models_dir, load_manifest
 from appliance.models.store import STAMP_FILE, ModelState, ModelStore, find_custom_wakewords
+from appliance.testing.fakes import refused_port
 
 OWW_WHEEL_DIR = Path("/tmp/oww")
 EXPECTED: dict[str, tuple[ModelKind, list[str]]] = {
@@ -408,17 +408,15 @@ def test_fetch_http_404_is_retryable(
 
 def test_fetch_connection_refused_is_retryable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    url = f"http://127.0.0.1:{port}/w.onnx"
-    store = ModelStore(
-        tmp_path / "store",
-        write_manifest(tmp_path / "m.yaml", model_entry("net", [file_entry("w.onnx", b"x", url)])),
-        env={},
-    )
-    with pytest.raises(ModelError) as info:
-        store.fetch("net", progress=False)
+    with refused_port() as port:  # nothing listens there
+        url = f"http://127.0.0.1:{port}/w.onnx"
+        store = ModelStore(
+            tmp_path / "store",
+            write_manifest(tmp_path / "m.yaml", model_entry("net", [file_entry("w.onnx", b"x", url)])),
+            env={},
+        )
+        with pytest.raises(ModelError) as info:
+            store.fetch("net", progress=False)
     assert info.value.retryable
     assert str(info.value) == f"download of {url} failed: [Errno 111] Connection refused"
 

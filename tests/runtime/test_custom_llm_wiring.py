@@ -23,7 +23,14 @@ from appliance.ports import LlmOutput, Pcm16, TextDelta
 from appliance.runtime.local_agent import LocalModels, custom_llm_client, local_session_factory
 from appliance.runtime.local_session import LocalAgentSession
 from appliance.runtime.timers import Timers
-from appliance.testing.fakes import FixedClock, FixedStt, RecordingEvents, RecordingSpeaker, until
+from appliance.testing.fakes import (
+    FixedClock,
+    FixedStt,
+    RecordingEvents,
+    RecordingSpeaker,
+    refused_port,
+    until,
+)
 from appliance.testing.openai_server import ScriptedOpenAiServer, text_reply
 
 PROMPT = "You are a test agent in conversation {{system__conversation_id}}."
@@ -211,13 +218,9 @@ def answering(status: int = 200, body: bytes = b"", hang: bool = False) -> Itera
         httpd.server_close()
 
 
-def closed_port_url() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+def closed_port_url(stack: contextlib.ExitStack) -> str:
+    """A URL whose port refuses connections until `stack` closes."""
+    return f"http://127.0.0.1:{stack.enter_context(refused_port())}/v1"
 
 
 @pytest.mark.parametrize(
@@ -238,7 +241,9 @@ def test_start_warns_clearly_when_the_custom_llm_does_not_answer_and_comes_up(
         "hang": {"hang": True},
     }
     with contextlib.ExitStack() as stack:
-        url = closed_port_url() if server == "down" else stack.enter_context(answering(**answers[server]))
+        url = (
+            closed_port_url(stack) if server == "down" else stack.enter_context(answering(**answers[server]))
+        )
         access = custom_llm_access(custom_config(url))
         assert access is not None
         started = time.monotonic()
