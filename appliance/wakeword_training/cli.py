@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
     wsub = ww.add_subparsers(dest="wakeword_command", metavar="ACTION")
     train = wsub.add_parser(
         "train",
-        help="synthesize takes of a phrase and train a classifier for it (7-8 minutes on 2 x86 cores)",
+        help="synthesize takes of a phrase and train a classifier for it (6-8 minutes on 2 x86 cores)",
         description="Train a wake word from text alone: synthesized takes (Piper, espeak-ng), room "
         "augmentation, near misses and general speech as negatives, a small classifier on "
         "openWakeWord's features, then a threshold and patience chosen on calibration audio and takes "
