@@ -388,19 +388,25 @@ def test_fetch_stops_at_the_manifest_size(server: Server, tmp_path: Path) -> Non
     assert leftovers(tmp_path / "store" / "net") == []
 
 
-def test_fetch_http_404_is_retryable(
-    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    url = f"{server.base_url}/absent.onnx"
+def failed_fetch(tmp_path: Path, filename: str, url: str) -> tuple[ModelStore, ModelError]:
+    """A store whose model "net" downloads `filename` from `url`, and the error its fetch raises."""
     store = ModelStore(
         tmp_path / "store",
-        write_manifest(tmp_path / "m.yaml", model_entry("net", [file_entry("absent.onnx", b"x", url)])),
+        write_manifest(tmp_path / "m.yaml", model_entry("net", [file_entry(filename, b"x", url)])),
         env={},
     )
     with pytest.raises(ModelError) as info:
         store.fetch("net", progress=False)
-    assert info.value.retryable and info.value.code == "model_download_failed"
-    assert str(info.value) == f"download of {url} failed: HTTP 404 File not found"
+    return store, info.value
+
+
+def test_fetch_http_404_is_retryable(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"{server.base_url}/absent.onnx"
+    store, error = failed_fetch(tmp_path, "absent.onnx", url)
+    assert error.retryable and error.code == "model_download_failed"
+    assert str(error) == f"download of {url} failed: HTTP 404 File not found"
     assert cli_fetch(store, ["net"], False) == 1
     assert "temporary: try again" in capsys.readouterr().out
     assert leftovers(tmp_path / "store" / "net") == []
@@ -410,15 +416,9 @@ def test_fetch_connection_refused_is_retryable(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with refused_port() as port:  # nothing listens there
         url = f"http://127.0.0.1:{port}/w.onnx"
-        store = ModelStore(
-            tmp_path / "store",
-            write_manifest(tmp_path / "m.yaml", model_entry("net", [file_entry("w.onnx", b"x", url)])),
-            env={},
-        )
-        with pytest.raises(ModelError) as info:
-            store.fetch("net", progress=False)
-    assert info.value.retryable
-    assert str(info.value) == f"download of {url} failed: [Errno 111] Connection refused"
+        _, error = failed_fetch(tmp_path, "w.onnx", url)
+    assert error.retryable
+    assert str(error) == f"download of {url} failed: [Errno 111] Connection refused"
 
 
 def test_fetch_without_url_says_how_to_provision(tmp_path: Path) -> None:
