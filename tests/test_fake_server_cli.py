@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import re
+import select
 import subprocess
 import sys
 import time
@@ -15,9 +16,6 @@ from websockets.sync.client import connect
 
 
 def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "FAKE_KEY": "sk_cli_0123456789"}
     proc = subprocess.Popen(
         [
@@ -26,7 +24,7 @@ def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
             "appliance",
             "fake-server",
             "--port",
-            str(port),
+            "0",  # any free port: the first line says which (no other process can take it meanwhile)
             "--scenario",
             "conversation",
             "--voice",
@@ -44,6 +42,14 @@ def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
         env=env,
     )
     try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the fake server did not say where it listens"
+        first = proc.stdout.readline()
+        found = re.search(r"on ws://127\.0\.0\.1:(\d+) ", first)
+        assert found, first
+        port = int(found.group(1))
+        assert port > 0 and f"appliance.remote.base_url: ws://127.0.0.1:{port}" in first
         base = f"http://127.0.0.1:{port}/v1/convai/conversation/get-signed-url?agent_id=agent_cli"
         deadline = time.monotonic() + 20
         while True:
@@ -72,8 +78,7 @@ def test_the_fake_server_runs_from_the_cli_with_a_private_agent() -> None:
             assert err.code == 401
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    assert f"ws://127.0.0.1:{port}" in out
+        proc.communicate(timeout=10)
 
 
 def test_the_fake_server_runs_the_scenario_object_it_is_given() -> None:

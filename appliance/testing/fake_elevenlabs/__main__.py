@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the fake server in the foreground until interrupted."""
     p = argparse.ArgumentParser(prog="appliance fake-server", description=main.__doc__)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="0: any free port (the first line says which)")
     p.add_argument("--scenario", default="conversation", choices=sorted(SCENARIOS))
     p.add_argument("--agent-id", help="accept only this agent id (default: any)")
     p.add_argument(
@@ -81,13 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         server.on_connection_end = write
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    print(
-        f"fake ElevenLabs server on ws://{args.host}:{args.port} (scenario {args.scenario}); "
-        f"appliance.remote.base_url: ws://{args.host}:{args.port}",
-        flush=True,
-    )
+
+    def listening(port: int) -> None:
+        print(
+            f"fake ElevenLabs server on ws://{args.host}:{port} (scenario {args.scenario}); "
+            f"appliance.remote.base_url: ws://{args.host}:{port}",
+            flush=True,
+        )
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve())
+        asyncio.run(server.serve(on_listening=listening))
     return 0
 
 

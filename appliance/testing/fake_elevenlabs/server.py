@@ -116,8 +116,9 @@ class FakeElevenLabsServer:
             self._error = err
             self._ready.set()
 
-    async def serve(self) -> None:
-        """Serve until `stop()` (or cancellation); sets `port` once listening."""
+    async def serve(self, on_listening: Callable[[int], None] | None = None) -> None:
+        """Serve until `stop()` (or cancellation); sets `port` once listening and then calls
+        `on_listening` with it (port 0 asks for any free one)."""
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
         async with serve(
@@ -132,6 +133,8 @@ class FakeElevenLabsServer:
             self._server = server
             self._port = int(next(iter(server.sockets)).getsockname()[1])
             self._ready.set()
+            if on_listening is not None:
+                on_listening(self._port)
             await server.wait_closed()
 
     # ------------------------------------------------------------ HTTP + handshake
