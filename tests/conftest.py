@@ -38,7 +38,9 @@ def _memory_gib() -> float:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    return workers_for(len(os.sched_getaffinity(0)), _memory_gib())
+    from appliance.runtime.cpus import usable_cpus  # affinity and any CPU quota (pi-class)
+
+    return workers_for(int(usable_cpus()), _memory_gib())
 
 
 @pytest.fixture(scope="session")

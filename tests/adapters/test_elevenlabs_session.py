@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from appliance.core.playout import Backoff
 from appliance.logs import MASK
 from appliance.runtime.clock import MonotonicClock
 from appliance.testing.fake_elevenlabs import FakeElevenLabsServer, FakeOptions, tone, tone_voice
+from appliance.testing.fakes import refused_port
 
 RATE = 16000
 BLOCK = 1280  # 80 ms microphone blocks
@@ -463,23 +463,19 @@ async def test_a_stalled_server_is_detected_and_replaced() -> None:
     assert error["code"] == "remote_connection_lost" and "stalled" in error["message"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @aio
 async def test_past_the_retry_budget_the_session_ends_with_network_error() -> None:
     events, spk = Events(), RecordingSpeaker()
-    settings = replace(FAST, base_url=f"ws://127.0.0.1:{_free_port()}", reconnect_attempts=2)
-    session = ElevenLabsAgentSession(
-        settings, InitiationData(), speaker=spk, events=events, stopwatch=MonotonicClock(), rng=lambda: 0.0
-    )
-    started = time.monotonic()
-    await session.start()
-    async with asyncio.timeout(5):
-        assert await session.closed() == "network_error"
+    with refused_port() as port:
+        settings = replace(FAST, base_url=f"ws://127.0.0.1:{port}", reconnect_attempts=2)
+        clock = MonotonicClock()
+        session = ElevenLabsAgentSession(
+            settings, InitiationData(), speaker=spk, events=events, stopwatch=clock, rng=lambda: 0.0
+        )
+        started = time.monotonic()
+        await session.start()
+        async with asyncio.timeout(5):
+            assert await session.closed() == "network_error"
     assert time.monotonic() - started < 2.0  # never stuck
     assert not session.busy
     assert [e["attempt"] for e in events.of("reconnecting")] == [1, 2]

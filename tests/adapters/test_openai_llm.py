@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ import pytest
 from appliance.adapters.openai_llm import OpenAiCompatibleLlm, _SseEvents
 from appliance.errors import AgentError
 from appliance.ports import LanguageModel, LlmOutput, TextDelta, ToolCallRequest
+from appliance.testing.fakes import refused_port
 from appliance.testing.openai_server import (
     Reply,
     ScriptedOpenAiServer,
@@ -183,20 +183,15 @@ def test_unauthorized_mentions_the_key_but_never_its_value() -> None:
 
 
 def test_connection_refused_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    llm_url = f"http://127.0.0.1:{port}/v1"
-
-    async def body() -> list[LlmOutput]:
+    async def body(llm_url: str) -> list[LlmOutput]:
         llm = OpenAiCompatibleLlm(llm_url, model=None, api_key=None)
         try:
             return await collect(llm)
         finally:
             await llm.aclose()
 
-    with pytest.raises(AgentError) as info:
-        run(body)
+    with refused_port() as port, pytest.raises(AgentError) as info:
+        run(lambda: body(f"http://127.0.0.1:{port}/v1"))
     assert info.value.code == "llm_unreachable"
     assert info.value.retryable
 

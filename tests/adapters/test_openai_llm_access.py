@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ import pytest
 from appliance.adapters.openai_llm import OpenAiCompatibleLlm, probe_llm
 from appliance.errors import AgentError
 from appliance.logs import MASK
+from appliance.testing.fakes import refused_port
 from appliance.testing.openai_server import ScriptedOpenAiServer, error_reply, hang_reply, text_reply
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -35,12 +35,6 @@ def chat(url: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> l
             await llm.aclose()
 
     return asyncio.run(asyncio.wait_for(main(), 15))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_key_configured_headers_and_per_conversation_headers_are_sent() -> None:
@@ -132,6 +126,7 @@ def test_probe_failures_name_the_cause() -> None:
     assert refused.fix is not None and "APPLIANCE_LLM_API_KEY" in refused.fix
     assert not hung.ok and hung.detail == f"the LLM at {server.url} gave no answer within 0.5 s"
     assert took < 1.5
-    down = probe_llm(f"http://127.0.0.1:{closed_port()}/v1", None, None, timeout_s=3)
+    with refused_port() as port:
+        down = probe_llm(f"http://127.0.0.1:{port}/v1", None, None, timeout_s=3)
     assert not down.ok and down.detail.startswith("cannot reach the LLM at http://127.0.0.1:")
     assert down.fix is not None and "custom_llm.url" in down.fix
