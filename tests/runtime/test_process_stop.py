@@ -124,10 +124,10 @@ def test_the_output_wav_is_valid_at_every_moment(tmp_path: Path) -> None:
         assert w.getnframes() == 960
 
 
-def _run_handlers(loop: object, stopper: ProcessStop) -> None:
+def _run_handlers(loop: asyncio.AbstractEventLoop) -> None:
     """As `run_async` does: the stop signals and SIGHUP on the loop."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, lambda: None)  # type: ignore[attr-defined]
+        loop.add_signal_handler(sig, lambda: None)
 
 
 @pytest.mark.parametrize("own_process", [False, True])
@@ -162,7 +162,7 @@ def test_the_run_takes_its_signal_handlers_off_the_loop_before_it_closes(
 
         async def run() -> int:
             loop = asyncio.get_running_loop()
-            _run_handlers(loop, stopper)
+            _run_handlers(loop)
             app._release_signals(loop, stopper, before)
             return signal.set_wakeup_fd(-1)  # the fd asyncio had set, if it were still set
 
