@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.evaluate import REFRACTORY_FRAMES, take_scores
-from appliance.wakeword_training.train import negative_audio_chunk, score_stream, trim
+from appliance.wakeword_training.train import ModelSource, negative_audio_chunk, score_stream, trim
 
 PATIENCES = (1, 2, 3)
 FA_BUDGET_PER_HOUR = 0.0
@@ -61,7 +60,7 @@ def calibration_takes(phrase: str, count: int, seed: int) -> list[Pcm16]:
 
 
 def calibrate(
-    model: Path,
+    model: ModelSource,
     extractor: OpenWakeWordFeatures,
     phrase: str,
     seed: int,

@@ -33,6 +33,12 @@ def add_parser(sub: Any) -> None:
     train.add_argument("--seed", type=int, default=0, metavar="N", help="same seed, same model (default 0)")
     train.add_argument("--out", metavar="DIR", help="output folder (default: the configured custom_dir)")
     train.add_argument("--quick", action="store_true", help="a tiny data set: checks the setup in ~1 minute")
+    train.add_argument(
+        "--replace",
+        action="store_true",
+        help="train anew a word of that name already in the folder (its enrollment is dropped; the "
+        "old files stay until the new ones are ready)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     en = wsub.add_parser(
         "enroll",
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from appliance.wakeword_training.train import TINY, TrainSize, train_word
+    from appliance.wakeword_training.train import TINY, TrainSize, train_word, word_files
 
     try:
         phrase = core.normalize_phrase(args.phrase)
@@ -126,10 +132,17 @@ def _train(args: argparse.Namespace) -> int:
             ["--out: give an output folder, or set appliance.wake_words.custom_dir in --config"],
             source="appliance wakeword train",
         )
+    taken = word_files(out, name)
+    if taken and not args.replace:
+        raise ConfigError(
+            [f"{taken[0]} already exists: choose another --name, or give --replace to train {name} "
+             "anew (its enrollment, if any, is dropped)"],
+            source="appliance wakeword train",
+        )  # fmt: skip
     started = time.monotonic()
     result = train_word(
         phrase, name, out, models_dir, seed=args.seed, size=TINY if args.quick else TrainSize(),
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, replace=args.replace,
     )  # fmt: skip
     print(f"wrote {result.model_path} and {result.metadata_path} in {time.monotonic() - started:.0f} s")
     cal = result.metadata.get("calibration", {})

@@ -31,7 +31,14 @@ from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment
 from appliance.wakeword_training.evaluate import RATE_HZ, pad_take
-from appliance.wakeword_training.train import METADATA_SUFFIX, model_frames, score_windows, sliding
+from appliance.wakeword_training.train import (
+    BASE_SUFFIX,
+    METADATA_SUFFIX,
+    model_frames,
+    score_windows,
+    sliding,
+    write_atomic,
+)
 
 FLOOR = 0.05
 # no negative window the classifier leans towards (p ≥ FLOOR) is lifted above this, nor above
@@ -109,13 +116,13 @@ def enroll(
     if not MIN_TAKES <= len(takes) <= MAX_TAKES:
         raise ValueError(f"enrolling needs {MIN_TAKES}–{MAX_TAKES} takes, got {len(takes)}")
     model = folder / f"{name}.onnx"
-    base = folder / f"{name}.base.onnx"
+    base = folder / f"{name}{BASE_SUFFIX}"
     if not base.is_file():
         if not model.is_file():
             raise FileNotFoundError(
                 f"{model} does not exist (train it first with 'appliance wakeword train')"
             )
-        base.write_bytes(model.read_bytes())
+        write_atomic(base, model.read_bytes())
     meta_path = folder / f"{name}{METADATA_SUFFIX}"
     meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     written = meta.get("threshold")
@@ -149,7 +156,7 @@ def enroll(
     if s_high <= s_low + 0.02:  # the takes are no more alike than the negatives: a narrow lift
         s_high = s_low + 0.02
     blob = verifier_onnx(base, templates, center, s_low, s_high, name)
-    model.write_bytes(blob)
+    write_atomic(model, blob)
     meta["enrollment"] = {
         "takes": len(takes),
         "templates": int(templates.shape[0]),
@@ -158,7 +165,7 @@ def enroll(
         "floor": FLOOR,
         "ceiling": round(ceiling, 4),
     }
-    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return Enrollment(model, base, len(takes), s_low, s_high)
 
 

@@ -15,7 +15,7 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.train import CHUNK_S, negative_audio_chunk, score_stream, trim
+from appliance.wakeword_training.train import CHUNK_S, ModelSource, negative_audio_chunk, score_stream, trim
 
 RATE_HZ = 16000
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
@@ -45,7 +45,7 @@ def pad_take(take: Pcm16, rng: np.random.Generator) -> Pcm16:
 
 
 def take_scores(
-    model: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0
+    model: ModelSource, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0
 ) -> list[list[float]]:
     """The frame scores of each padded take."""
     rng = np.random.default_rng(seed)
@@ -53,7 +53,11 @@ def take_scores(
 
 
 def peak_scores(
-    model: Path, extractor: OpenWakeWordFeatures, takes: list[Pcm16], seed: int = 0, patience_frames: int = 1
+    model: ModelSource,
+    extractor: OpenWakeWordFeatures,
+    takes: list[Pcm16],
+    seed: int = 0,
+    patience_frames: int = 1,
 ) -> list[float]:
     """The highest threshold each padded take fires at (`core.sustained_peak`)."""
     return [core.sustained_peak(s, patience_frames) for s in take_scores(model, extractor, takes, seed)]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,10 @@ HARD_SCORE = 0.05  # a negative window the classifier scores at least this is a 
 HARD_REPEAT = 4  # each hard negative joins the next fit this many times more
 T = TypeVar("T")
 Windows = npt.NDArray[np.float32]
+ModelSource: TypeAlias = Path | bytes
+"""A classifier: its ONNX file, or the bytes of one not written yet (training calibrates its
+model before it writes anything)."""
+BASE_SUFFIX = ".base.onnx"  # NAME.base.onnx: the trained model an enrolled NAME.onnx was built on
 
 OTHER_PHRASES = (
     "hey jarvis", "alexa", "okay google", "hey siri", "hey mycroft", "good morning", "good night",
@@ -745,10 +750,18 @@ def train_word(
     size: TrainSize | None = None,
     show_progress: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    replace: bool = False,
 ) -> TrainResult:
-    """Train a wake word for `phrase` and write `<name>.onnx` and `<name>.wakeword.json`."""
+    """Train a wake word for `phrase` and write `<name>.onnx` and `<name>.wakeword.json`, only
+    once it is trained and calibrated, each all at once. A word of that name already in `out_dir`
+    is refused before anything slow starts (`FileExistsError`), unless `replace`: then its files
+    stay as they were until the new ones take their place, and an enrollment of it
+    (`<name>.base.onnx`, the trained model it was built on) is dropped with it."""
     size = size or TrainSize()
     text = core.normalize_phrase(phrase)
+    taken = word_files(out_dir, name)
+    if taken and not replace:
+        raise FileExistsError(f"{taken[0]} already exists")
     started = clock()
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
@@ -796,15 +809,12 @@ def train_word(
         # the training figures below are each member's on its own data (the ensemble's score
         # differs): how far each fitted its set
         pos, neg = np.concatenate(pos_list), np.concatenate(neg_list)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model_path = out_dir / f"{name}.onnx"
         blob = to_onnx(final, name)
-        model_path.write_bytes(blob)
         from appliance.wakeword_training.calibrate import calibrate
 
         trained_s = clock() - started
         cal = calibrate(
-            model_path,
+            blob,
             extractor,
             text,
             seed,
@@ -855,15 +865,41 @@ def train_word(
             "total_seconds": round(clock() - started, 1),
         },
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / f"{name}.onnx"
     metadata_path = out_dir / f"{name}{METADATA_SUFFIX}"
-    metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(model_path, blob)
+    write_atomic(metadata_path, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+    (out_dir / f"{name}{BASE_SUFFIX}").unlink(missing_ok=True)  # enrolled on the model replaced
     return TrainResult(name, text, model_path, metadata_path, threshold, patience, metadata)
 
 
-def _session(model_path: Path) -> Any:
+def word_files(folder: Path, name: str) -> list[Path]:
+    """The files of a word `name` in `folder`: its model, metadata and enrollment base."""
+    paths = (folder / f"{name}.onnx", folder / f"{name}{METADATA_SUFFIX}", folder / f"{name}{BASE_SUFFIX}")
+    return [p for p in paths if p.exists()]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` into `path` all at once: whoever reads it (the appliance starting up) finds the old
+    file or the new one, never a part; after a crash or a power cut, no half-written file either."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _session(model: ModelSource) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
 
 
 def _run(session: Any, windows: Windows) -> npt.NDArray[np.float64]:
@@ -874,18 +910,18 @@ def _run(session: Any, windows: Windows) -> npt.NDArray[np.float64]:
     return np.concatenate(out).astype(np.float64)
 
 
-def score_windows(model_path: Path, windows: Windows) -> npt.NDArray[np.float64]:
+def score_windows(model: ModelSource, windows: Windows) -> npt.NDArray[np.float64]:
     """Scores of feature windows by the exported ONNX model (as the detector runs it)."""
-    return _run(_session(model_path), windows)
+    return _run(_session(model), windows)
 
 
-def model_frames(model_path: Path) -> int:
+def model_frames(model: ModelSource) -> int:
     """How many embeddings the classifier reads (its input's second dimension)."""
-    return int(_session(model_path).get_inputs()[0].shape[1])
+    return int(_session(model).get_inputs()[0].shape[1])
 
 
-def score_stream(model_path: Path, embeddings: Windows, stride: int = 1) -> npt.NDArray[np.float64]:
+def score_stream(model: ModelSource, embeddings: Windows, stride: int = 1) -> npt.NDArray[np.float64]:
     """The score of every window of an embedding stream the model reads (one per `stride`
     frames), as the detector computes one per 80 ms frame."""
-    session = _session(model_path)
+    session = _session(model)
     return _run(session, sliding(embeddings, stride, int(session.get_inputs()[0].shape[1])))

@@ -205,21 +205,60 @@ def test_cli_train_refuses_an_empty_phrase(tmp_path: Path, capsys: pytest.Captur
     assert "PHRASE" in capsys.readouterr().err
 
 
+def test_cli_train_refuses_a_word_that_is_already_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before anything slow starts, and the word's files are left as they were."""
+    for name in ("hey_computer.onnx", "hello_lamp.base.onnx"):
+        (tmp_path / name).write_bytes(b"the user's")
+    for phrase, name in (("hey computer", "hey_computer"), ("hello lamp", "hello_lamp")):
+        assert main(["wakeword", "train", phrase, "--out", str(tmp_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}." in err and "already exists" in err and "--replace" in err
+    with pytest.raises(FileExistsError, match=r"hey_computer\.onnx already exists"):
+        train_word("hey computer", "hey_computer", tmp_path, tmp_path / "no models", size=MICRO)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hello_lamp.base.onnx", "hey_computer.onnx"]
+    assert {p.read_bytes() for p in tmp_path.iterdir()} == {b"the user's"}
+
+
 def test_the_cli_writes_the_same_model_bytes_for_the_same_seed(
     trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The fixture's phrase, seed and size through the CLI, replacing an enrolled word of that name
+    (--replace): its files stay as they were while it trains and calibrates, then the new ones take
+    their place and its enrollment base goes."""
+    import appliance.wakeword_training.calibrate as calibrate
     import appliance.wakeword_training.train as train
 
     monkeypatch.setattr(train, "TINY", MICRO)  # --quick, made smaller still for the test
     a, out = trained
-    code = main(
-        ["wakeword", "train", "Hello  Lamp", "--quick", "--seed", "3", "--out", str(out), "--no-progress"]
-    )
+    old = {
+        "hello_lamp.onnx": b"old model",
+        "hello_lamp.wakeword.json": b"{}",
+        "hello_lamp.base.onnx": b"its enrollment base",
+    }
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    during: list[dict[str, bytes]] = []
+    real = calibrate.calibrate
+
+    def watched(*args: object, **kwargs: object) -> object:
+        during.append({p.name: p.read_bytes() for p in out.iterdir()})
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(calibrate, "calibrate", watched)
+    code = main(["wakeword", "train", "Hello  Lamp", "--quick", "--seed", "3", "--out", str(out),
+                 "--no-progress", "--replace"])  # fmt: skip
     assert code == 0
+    assert during == [old]
+    assert sorted(p.name for p in out.iterdir()) == ["hello_lamp.onnx", "hello_lamp.wakeword.json"]
     # the same phrase, seed and size as the fixture's `train_word`: the same bytes
     assert (out / "hello_lamp.onnx").read_bytes() == (a / "hello_lamp.onnx").read_bytes()
     meta = json.loads((out / "hello_lamp.wakeword.json").read_text())
     assert meta["name"] == "hello_lamp" and meta["phrase"] == "hello lamp" and meta["seed"] == 3
+    fixture = json.loads((a / "hello_lamp.wakeword.json").read_text())
+    for key in ("model_sha256", "threshold", "patience_frames"):  # calibrated from the same bytes
+        assert meta[key] == fixture[key]
     printed = capsys.readouterr().out
     assert "- name: hello_lamp" in printed
     assert f"threshold {meta['threshold']}, patience {meta['patience_frames']} frame(s)" in printed
