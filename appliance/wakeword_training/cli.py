@@ -132,6 +132,7 @@ def _train(args: argparse.Namespace) -> int:
             ["--out: give an output folder, or set appliance.wake_words.custom_dir in --config"],
             source="appliance wakeword train",
         )
+    _writable_folder(out, "--out" if args.out else "custom_dir", "appliance wakeword train")
     taken = word_files(out, name)
     if taken and not args.replace:
         raise ConfigError(
@@ -158,6 +159,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_folder(folder: Path, flag: str, source: str) -> None:
+    """`folder` exists (made if missing) and takes a new file: checked before anything slow starts,
+    not when the result is written minutes later."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError([f"{flag}: {folder} is a file, not a folder"], source=source)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            [f"{flag}: cannot write into {folder} ({err.strerror or err})"], source=source
+        ) from None
+
+
 def _enroll(args: argparse.Namespace) -> int:
     from appliance.adapters.resample import resample
     from appliance.audio_files import read_wav
@@ -175,6 +193,7 @@ def _enroll(args: argparse.Namespace) -> int:
         )
     if not (folder / f"{args.name}.onnx").is_file():
         raise ConfigError([f"NAME: {folder / args.name}.onnx does not exist (train it first)"], source=source)
+    _writable_folder(folder, "--dir" if args.dir else "custom_dir", source)
     if args.record is not None:
         if args.wavs:
             raise ConfigError(["--record: record takes or give WAV files, not both"], source=source)

@@ -200,6 +200,22 @@ def test_cli_train_refuses_without_an_output_folder(capsys: pytest.CaptureFixtur
     assert "--out" in capsys.readouterr().err
 
 
+def test_cli_train_refuses_a_folder_it_cannot_write_into_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not minutes later, when the model is written."""
+    a_file = tmp_path / "a file"
+    a_file.write_bytes(b"the user's")
+    assert main(["wakeword", "train", "hey computer", "--out", str(a_file), "--no-progress"]) == 2
+    assert f"--out: {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert main(["wakeword", "train", "hey computer", "--out", str(a_file / "words")]) == 2
+    assert f"--out: cannot write into {a_file / 'words'} (Not a directory)" in capsys.readouterr().err
+    assert a_file.read_bytes() == b"the user's"
+    created = tmp_path / "new" / "words"  # a missing folder is made (and left empty until the end)
+    assert main(["wakeword", "train", "?!", "--out", str(created)]) == 2  # refused for its phrase
+    assert not created.exists()
+
+
 def test_cli_train_refuses_an_empty_phrase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["wakeword", "train", "?!", "--out", str(tmp_path)]) == 2
     assert "PHRASE" in capsys.readouterr().err
