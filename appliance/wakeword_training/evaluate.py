@@ -4,6 +4,7 @@ audio, the threshold curve and a suggested threshold (`appliance wakeword evalua
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,14 @@ from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.core import wakeword_training as core
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
-from appliance.wakeword_training.train import CHUNK_S, ModelSource, negative_audio_chunk, score_stream, trim
+from appliance.wakeword_training.train import (
+    CHUNK_S,
+    ModelSource,
+    negative_audio_chunk,
+    score_stream,
+    trim,
+    write_atomic,
+)
 
 RATE_HZ = 16000
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
@@ -82,19 +90,36 @@ def negative_embeddings(
             version = "v3" if split == "validation" else "v2"  # v3: the validation split's own texts
             key = hashlib.sha256(f"{version}:{split}:{seed}:{index}".encode()).hexdigest()[:16]
             path = cache_dir / f"negative-{key}.npy"
-            if path.is_file():
-                out.append(np.load(path))
+            cached = _load_cached(path)
+            if cached is not None:
+                out.append(cached)
                 if on_chunk:
                     on_chunk(index + 1, chunks)
                 continue
         emb = extractor.embeddings(negative_audio_chunk(index, seed, split=split))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, emb)
+            buffer = io.BytesIO()
+            np.save(buffer, emb)
+            write_atomic(path, buffer.getvalue())  # an evaluation stopped meanwhile leaves no part
         out.append(emb)
         if on_chunk:
             on_chunk(index + 1, chunks)
     return out
+
+
+def _load_cached(path: Path) -> npt.NDArray[np.float32] | None:
+    """A cached chunk's embeddings; None when there is none or it cannot be read (a cache written
+    before writes were atomic may hold a part of one: it is made again)."""
+    if not path.is_file():
+        return None
+    try:
+        emb = np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None
+    if emb.ndim != 2 or emb.shape[1] != 96:
+        return None
+    return np.asarray(emb, dtype=np.float32)
 
 
 def evaluate(
