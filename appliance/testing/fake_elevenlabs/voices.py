@@ -29,6 +29,8 @@ def tone_voice(text: str) -> Pcm16:
 
 
 def piper_voice(text: str) -> Pcm16:
-    from appliance.testing.speech import piper_say
+    """Piper's joe without its sampling noise: the same text gives the same samples on every run,
+    so a test that listens to the agent (whisper) hears the same words every time."""
+    from appliance.testing.speech import piper_say_exact
 
-    return piper_say(text)
+    return piper_say_exact(text)
