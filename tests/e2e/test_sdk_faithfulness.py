@@ -23,7 +23,13 @@ from elevenlabs.conversational_ai.conversation import (
 from appliance.adapters.elevenlabs.session import ElevenLabsAgentSession, RemoteSettings
 from appliance.core.elevenlabs_protocol import InitiationData
 from appliance.runtime.clock import MonotonicClock
-from appliance.testing.fake_elevenlabs import ConnectionRecord, FakeElevenLabsServer, FakeOptions, tone
+from appliance.testing.fake_elevenlabs import (
+    ConnectionRecord,
+    FakeElevenLabsServer,
+    FakeOptions,
+    tone,
+    tone_voice,
+)
 from appliance.testing.fakes import wait_until
 
 RATE = 16000
@@ -232,6 +238,16 @@ def test_the_sdk_and_the_appliance_see_what_the_fake_sends_tools_and_signed_urls
     assert b"".join(ours.audio) == b"".join(sdk.audio.output_chunks)  # the same samples
 
 
+def stale_chunks(record: ConnectionRecord) -> list[int]:
+    """Bytes of each audio chunk the fake sent after its interruption for the interrupted reply
+    (event_id <= the cut): a client drops them."""
+    if "agent_response_correction" not in record.sent_types:
+        return []
+    cut = sent(record, "interruption")[0]["interruption_event"]["event_id"]
+    audio_before = record.sent_types[: record.sent_types.index("agent_response_correction")].count("audio")
+    return [n for eid, n in record.audio_sent[audio_before:] if eid <= cut]
+
+
 def test_the_sdk_sees_interruptions_and_drops_the_stale_audio_as_the_appliance_does() -> None:
     story = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     options = FakeOptions(
@@ -250,21 +266,32 @@ def test_the_sdk_sees_interruptions_and_drops_the_stale_audio_as_the_appliance_d
             callback_agent_response_correction=lambda a, b: run.corrections.append((a, b)),
         )
         conversation.start_session()
-        wait_until(lambda: len(run.responses) >= 2, 15.0, "two agent responses through the SDK")
+        okay_bytes = 2 * len(tone_voice("Okay."))  # the fake's default voice, 16-bit PCM
+
+        def okay_played() -> bool:
+            # the second reply's audio all sent and played: ended while it still streams, the SDK
+            # stops reading and the comparison below misses its last chunks
+            if len(run.responses) < 2 or not server.records or not server.records[0].audio_sent:
+                return False
+            record = server.records[0]
+            last = record.audio_sent[-1][0]
+            if sum(n for eid, n in record.audio_sent if eid == last) < okay_bytes:
+                return False
+            played = len(b"".join(run.audio.output_chunks))
+            return played >= sum(n for _, n in record.audio_sent) - sum(stale_chunks(record))
+
+        wait_until(okay_played, 15.0, "two agent responses through the SDK, the second one's audio played")
         conversation.end_session()
         conversation.wait_for_session_end()
         (record,) = server.records
-    (interruption,) = sent(record, "interruption")
-    cut = interruption["interruption_event"]["event_id"]
+    assert len(sent(record, "interruption")) == 1
     (correction,) = sent(record, "agent_response_correction")
     event = correction["agent_response_correction_event"]
     assert run.corrections == [(event["original_agent_response"], event["corrected_agent_response"])]
     assert run.audio.interrupts == 1
     assert run.responses == [story, "Okay."]
     # the SDK dropped the chunk the fake sent after the interruption (event_id <= the cut)
-    stale_at = record.sent_types.index("agent_response_correction")
-    audio_before = record.sent_types[:stale_at].count("audio")
-    stale = [n for eid, n in record.audio_sent[audio_before:] if eid <= cut]
+    stale = stale_chunks(record)
     assert len(stale) == 1
     assert len(b"".join(run.audio.output_chunks)) == sum(n for _, n in record.audio_sent) - stale[0]
     # ... and so does the appliance's session (same rule): see test_elevenlabs_session.py
