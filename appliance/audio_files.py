@@ -21,9 +21,14 @@ def joe_voice_paths() -> tuple[Path, Path]:
 
 
 def read_wav(path: Path) -> tuple[Pcm16, int]:
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
+    """Samples (mono, 16-bit) and rate of a PCM WAV file; ValueError when it is not one (OSError
+    when it cannot be read)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as err:
+        raise ValueError(f"{path}: not a PCM WAV file ({err})") from None
     if width != 2:
         raise ValueError(f"{path}: expected 16-bit PCM")
     data = np.frombuffer(raw, dtype="<i2")

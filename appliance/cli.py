@@ -30,6 +30,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_AUDIO = 4
+EXIT_INTERRUPTED = 130  # a `wakeword` command stopped by Ctrl-C (SIGINT) before it finished
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -176,6 +177,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, except that `wakeword enroll NAME --dir D a.wav b.wav` (the README's
+    order) keeps its WAVs: argparse (3.11) fills the WAV list, empty, together with NAME, and would
+    call the WAVs after an option unrecognized."""
+    args, extra = parser.parse_known_args(argv)
+    enroll = getattr(args, "wakeword_command", None) == "enroll"
+    if extra and enroll and not any(a.startswith("-") for a in extra):
+        args.wavs = [*args.wavs, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["fake-server"]:  # a test tool: `python -m appliance.testing.fake_elevenlabs`
@@ -183,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return fake_server(args_list[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, args_list)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -227,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(redact(str(err)), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if args.command == "wakeword":  # a training or enrollment cut short is not a success
+            print("appliance wakeword: interrupted before it finished", file=sys.stderr)
+            return EXIT_INTERRUPTED
         return EXIT_OK
     except Exception as err:  # a bug: one line for the user, the traceback only at DEBUG
         _LOGGER.debug("unexpected error", exc_info=True)
