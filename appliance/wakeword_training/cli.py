@@ -93,6 +93,11 @@ def add_parser(sub: Any) -> None:
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+MAX_NEGATIVE_MINUTES = 120.0  # enroll's calibration audio (default 10; each minute ~285 KB cached)
+MAX_NEGATIVE_HOURS = 24.0  # evaluate's generated negative audio (~17 MB cached an hour)
+MAX_HELDOUT_TAKES = 1000
+
+
 def _dirs(config_path: str | None) -> tuple[Path | None, Path]:
     from appliance.config import load_config, resolve_models_dir
 
@@ -121,10 +126,8 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError([f"PHRASE: {err}"], source="appliance wakeword train") from None
     name = args.name or core.phrase_name(phrase)
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(
-            [f"--name: {name!r} may only use letters, digits, _ and -"], source="appliance wakeword train"
-        )
+    _check_name(name, "--name", "appliance wakeword train")
+    _check_seed(args.seed, "appliance wakeword train")
     custom, models_dir = _dirs(args.config)
     out = Path(args.out).expanduser() if args.out else custom
     if out is None:
@@ -154,9 +157,75 @@ def _train(args: argparse.Namespace) -> int:
     )
     print("use it with (the word runs at the metadata's threshold and patience unless you set them):")
     print("  appliance:\n    wake_words:")
-    print(f"      custom_dir: {out}")
+    print(f"      custom_dir: {out.resolve()}")
     print(f"      words:\n        - name: {name}")
     return 0
+
+
+def _check_name(name: str, flag: str, source: str) -> None:
+    """A word's name: letters, digits, _ and - only (a file name in its folder, nothing else)."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError([f"{flag}: {name!r} may only use letters, digits, _ and -"], source=source)
+
+
+def _check_seed(seed: int, source: str) -> None:
+    if seed < 0:
+        raise ConfigError([f"--seed: give a whole number 0 or more, got {seed}"], source=source)
+
+
+def _check_range(value: float, low: float, high: float, flag: str, unit: str, source: str) -> None:
+    """`low` < `value` <= `high` (so also not NaN)."""
+    if not low < value <= high:
+        raise ConfigError([f"{flag}: {value:g} is outside {low:g}–{high:g} {unit}"], source=source)
+
+
+def _read_metadata(folder: Path, name: str, source: str) -> dict[str, Any]:
+    """NAME.wakeword.json as a JSON object ({} when there is none); a clear error before anything
+    slow when it is not one."""
+    from appliance.wake_word_points import read_operating_point
+    from appliance.wakeword_training.train import METADATA_SUFFIX
+
+    path = folder / f"{name}{METADATA_SUFFIX}"
+    if not path.is_file():
+        return {}
+    try:
+        read_operating_point(path)
+    except ValueError as err:
+        raise ConfigError([str(err)], source=source) from None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _read_wavs(items: list[Path], flag: str, source: str) -> list[Any]:
+    """The WAV files as 16 kHz mono; a file that is not 16-bit PCM WAV or holds no audio is an error
+    naming it."""
+    from appliance.adapters.resample import resample
+    from appliance.audio_files import read_wav
+    from appliance.wakeword_training.evaluate import RATE_HZ
+
+    out = []
+    for item in items:
+        try:
+            audio, rate = read_wav(item)
+        except (OSError, ValueError, EOFError) as err:
+            raise ConfigError(
+                [f"{flag} {item}: cannot read it as 16-bit PCM WAV ({err})"], source=source
+            ) from None
+        if audio.size == 0:
+            raise ConfigError([f"{flag} {item}: holds no audio"], source=source)
+        out.append(resample(audio, rate, RATE_HZ) if rate != RATE_HZ else audio)
+    return out
+
+
+def _wav_dir(folder: str, flag: str, source: str) -> list[Any]:
+    """Every .wav (any case) in `folder`, read (see `_read_wavs`)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError([f"{flag}: {path} is not a folder"], source=source)
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() == ".wav" and f.is_file())
+    if not files:
+        raise ConfigError([f"{flag}: {path} has no .wav files"], source=source)
+    return _read_wavs(files, flag, source)
 
 
 def _writable_folder(folder: Path, flag: str, source: str) -> None:
@@ -177,14 +246,16 @@ def _writable_folder(folder: Path, flag: str, source: str) -> None:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from appliance.adapters.resample import resample
-    from appliance.audio_files import read_wav
+    import numpy as np
+
     from appliance.paths import state_dir
     from appliance.wakeword_training import evaluate as ev
-    from appliance.wakeword_training.enroll import MAX_TAKES, MIN_TAKES, enroll
+    from appliance.wakeword_training.enroll import MAX_TAKES, MIN_TAKES, base_model, enroll
+    from appliance.wakeword_training.recording import check_take
     from appliance.wakeword_training.train import features_for
 
     source = "appliance wakeword enroll"
+    _check_name(args.name, "NAME", source)
     custom, models_dir = _dirs(args.config)
     folder = Path(args.dir).expanduser() if args.dir else custom
     if folder is None:
@@ -194,6 +265,8 @@ def _enroll(args: argparse.Namespace) -> int:
     if not (folder / f"{args.name}.onnx").is_file():
         raise ConfigError([f"NAME: {folder / args.name}.onnx does not exist (train it first)"], source=source)
     _writable_folder(folder, "--dir" if args.dir else "custom_dir", source)
+    _read_metadata(folder, args.name, source)
+    _check_range(args.negative_minutes, 0, MAX_NEGATIVE_MINUTES, "--negative-minutes", "minutes", source)
     if args.record is not None:
         if args.wavs:
             raise ConfigError(["--record: record takes or give WAV files, not both"], source=source)
@@ -209,16 +282,23 @@ def _enroll(args: argparse.Namespace) -> int:
         raise ConfigError(["--input: only with --record N"], source=source)
     elif not MIN_TAKES <= len(args.wavs) <= MAX_TAKES:
         raise ConfigError([f"WAV: give {MIN_TAKES}–{MAX_TAKES} takes, got {len(args.wavs)}"], source=source)
-    takes = _record(args) if args.record is not None else []
-    for item in args.wavs:
-        try:
-            audio, rate = read_wav(Path(item))
-        except (OSError, ValueError, EOFError) as err:
-            raise ConfigError(
-                [f"WAV {item}: cannot read it as 16-bit PCM WAV ({err})"], source=source
-            ) from None
-        takes.append(resample(audio, rate, ev.RATE_HZ) if rate != ev.RATE_HZ else audio)
-    extractor = features_for(models_dir)
+    takes = []
+    for item, audio in zip(args.wavs, _read_wavs([Path(w) for w in args.wavs], "WAV", source), strict=True):
+        check = check_take(audio)
+        if check.audio is None:  # a file trimmed tight to the phrase: not "cut off", with quiet around
+            quiet = np.zeros(int(0.3 * ev.RATE_HZ), np.int16)
+            padded = check_take(np.concatenate([quiet, audio, quiet]))
+            check = padded if padded.audio is not None else check
+        if check.audio is None:
+            raise ConfigError([f"WAV {item}: {check.problem}"], source=source)
+        takes.append(check.audio)
+    try:
+        base_model(folder, args.name)
+    except ValueError as err:
+        raise ConfigError([f"NAME: {err}; train it again with --replace"], source=source) from None
+    extractor = features_for(models_dir)  # a missing feature model, before the takes are recorded
+    if args.record is not None:
+        takes = _record(args)
     streams = ev.negative_embeddings(
         extractor, args.negative_minutes / 60, 1, state_dir() / "wakeword-eval", split="validation"
     )
@@ -269,10 +349,14 @@ def _record(args: argparse.Namespace) -> list[Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import math
+
     from appliance.wakeword_training import evaluate as ev
-    from appliance.wakeword_training.train import METADATA_SUFFIX, features_for
+    from appliance.wakeword_training.train import features_for
 
     source = "appliance wakeword evaluate"
+    _check_name(args.name, "NAME", source)
+    _check_seed(args.seed, source)
     custom, models_dir = _dirs(args.config)
     folder = Path(args.dir).expanduser() if args.dir else custom
     if folder is None:
@@ -288,18 +372,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(["give exactly one of --positive DIR and --heldout N"], source=source)
     if (args.negative is None) == (args.negative_hours is None):
         raise ConfigError(["give exactly one of --negative DIR and --negative-hours H"], source=source)
+    if not 0 <= args.max_fa_per_hour < math.inf:
+        raise ConfigError([f"--max-fa-per-hour: give 0 or more, got {args.max_fa_per_hour:g}"], source=source)
+    if args.heldout is not None and not 1 <= args.heldout <= MAX_HELDOUT_TAKES:
+        raise ConfigError([f"--heldout: give 1–{MAX_HELDOUT_TAKES} takes, got {args.heldout}"], source=source)
+    if args.negative_hours is not None:
+        _check_range(args.negative_hours, 0, MAX_NEGATIVE_HOURS, "--negative-hours", "hours", source)
+    phrase = ""
+    if args.heldout is not None:
+        phrase = str(_read_metadata(folder, args.name, source).get("phrase") or "")
+        if not phrase.strip():
+            raise ConfigError(
+                [f"--heldout: the phrase is not in {args.name}.wakeword.json (a word trained here has it); "
+                 "give --positive DIR instead"],
+                source=source,
+            )  # fmt: skip
+    # the folders are read before anything slow: an unreadable file is an error at once
+    positives = _wav_dir(args.positive, "--positive", source) if args.positive is not None else []
+    negatives = _wav_dir(args.negative, "--negative", source) if args.negative is not None else []
     extractor = features_for(models_dir)
-    if args.positive is not None:
-        positives, _ = ev.read_wav_dir(Path(args.positive))
-    else:
-        meta_path = folder / f"{args.name}{METADATA_SUFFIX}"
-        if not meta_path.is_file():
-            raise ConfigError([f"--heldout: {meta_path} (the phrase) does not exist"], source=source)
-        phrase = json.loads(meta_path.read_text(encoding="utf-8"))["phrase"]
-        positives = ev.heldout_takes(str(phrase), args.heldout, args.seed + 1000)
+    if args.heldout is not None:
+        positives = ev.heldout_takes(phrase, args.heldout, args.seed + 1000)
     if args.negative is not None:
-        audio, seconds = ev.read_wav_dir(Path(args.negative))
-        streams = [extractor.embeddings(a) for a in audio]
+        streams = ev.clip_embeddings(extractor, negatives, args.seed)
+        seconds = sum(a.shape[0] for a in negatives) / ev.RATE_HZ
     else:
         from appliance.paths import state_dir
 

@@ -17,6 +17,7 @@ model is kept as NAME.base.onnx.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,7 @@ def enroll(
     if not MIN_TAKES <= len(takes) <= MAX_TAKES:
         raise ValueError(f"enrolling needs {MIN_TAKES}–{MAX_TAKES} takes, got {len(takes)}")
     model = folder / f"{name}.onnx"
-    base = folder / f"{name}{BASE_SUFFIX}"
-    if not base.is_file():
-        if not model.is_file():
-            raise FileNotFoundError(
-                f"{model} does not exist (train it first with 'appliance wakeword train')"
-            )
-        write_atomic(base, model.read_bytes())
+    base = base_model(folder, name)
     meta_path = folder / f"{name}{METADATA_SUFFIX}"
     meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     written = meta.get("threshold")
@@ -167,6 +162,34 @@ def enroll(
     }
     write_atomic(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return Enrollment(model, base, len(takes), s_low, s_high)
+
+
+def base_model(folder: Path, name: str) -> Path:
+    """NAME.base.onnx, the trained model enrolling builds on: made from NAME.onnx the first time;
+    a base the metadata's `model_sha256` says is stale (left from an enrollment of the word a
+    retrain replaced, when it stopped before removing it) is made again from the new NAME.onnx.
+    FileNotFoundError without a model, ValueError when neither file is the trained model."""
+    model = folder / f"{name}.onnx"
+    base = folder / f"{name}{BASE_SUFFIX}"
+    meta_path = folder / f"{name}{METADATA_SUFFIX}"
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    trained = meta.get("model_sha256")  # the trained model's; enrolling keeps it
+    if base.is_file() and isinstance(trained, str) and _sha256(base.read_bytes()) != trained:
+        if not (model.is_file() and _sha256(model.read_bytes()) == trained):
+            names = f"{base.name} nor {model.name}"
+            raise ValueError(f"neither {names} is the trained model {meta_path.name} names")
+        base.unlink()
+    if not base.is_file():
+        if not model.is_file():
+            raise FileNotFoundError(
+                f"{model} does not exist (train it first with 'appliance wakeword train')"
+            )
+        write_atomic(base, model.read_bytes())
+    return base
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def verifier_onnx(

@@ -153,16 +153,17 @@ def heldout_takes(phrase: str, count: int, seed: int) -> list[Pcm16]:
     return takes
 
 
-def read_wav_dir(directory: Path) -> tuple[list[Pcm16], float]:
-    """Every *.wav in a folder as 16 kHz mono, and their total seconds."""
-    from appliance.adapters.resample import resample
-    from appliance.audio_files import read_wav
-
-    files = sorted(directory.glob("*.wav"))
-    if not files:
-        raise FileNotFoundError(f"{directory} has no .wav files")
+def clip_embeddings(
+    extractor: OpenWakeWordFeatures, clips: list[Pcm16], seed: int = 0
+) -> list[npt.NDArray[np.float32]]:
+    """Each negative clip's embedding stream, after 2 s of quiet room (as `pad_take` gives a
+    positive): the detector needs 2 s of audio before its first score, so without it a clip's
+    first 2 s (all of a short clip) would never be scored, though counted in the hours."""
+    rng = np.random.default_rng(seed)
+    lead = 2 * RATE_HZ
     out = []
-    for f in files:
-        audio, rate = read_wav(f)
-        out.append(resample(audio, rate, RATE_HZ) if rate != RATE_HZ else audio)
-    return out, sum(a.shape[0] for a in out) / RATE_HZ
+    for clip in clips:
+        padded = np.concatenate([augment.room_noise(lead, rng, 20.0), np.asarray(clip, np.float64)])
+        emb = extractor.embeddings(augment.to_pcm(padded))
+        out.append(emb)
+    return out

@@ -875,8 +875,14 @@ def train_word(
 
 
 def word_files(folder: Path, name: str) -> list[Path]:
-    """The files of a word `name` in `folder`: its model, metadata and enrollment base."""
-    paths = (folder / f"{name}.onnx", folder / f"{name}{METADATA_SUFFIX}", folder / f"{name}{BASE_SUFFIX}")
+    """The files of a word `name` in `folder`: its model, metadata and enrollment base, or a
+    microWakeWord model of that name (which a NAME.onnx would take the place of)."""
+    paths = (
+        folder / f"{name}.onnx",
+        folder / f"{name}{METADATA_SUFFIX}",
+        folder / f"{name}{BASE_SUFFIX}",
+        folder / f"{name}.tflite",
+    )
     return [p for p in paths if p.exists()]
 
 
