@@ -301,6 +301,10 @@ STORY = (
 )
 EXAMPLE_WAKE_END_S = 2.3
 """The bundled recording: "Hey Jarvis." up to here, then "What is the capital of France?"."""
+STOP_BOUND_S = 2.0
+"""A stop completes within 2 s whatever is in flight (issue 9)."""
+STOP_MARGIN_S = 1.0
+"""Process teardown and a loaded test machine: the subprocess must be gone within bound + margin."""
 
 
 @dataclasses.dataclass

@@ -47,6 +47,8 @@ from appliance.testing.fakes import refused_port, wait_until
 from appliance.testing.faults import (
     SESSION_STATES,
     STATE_REACHED,
+    STOP_BOUND_S,
+    STOP_MARGIN_S,
     STORY,
     FailWhen,
     FaultyMicrophone,
@@ -103,10 +105,6 @@ def endless_sentences(count: int = 64) -> list[str]:
     return [" ".join(rng.sample(WORDS, 6)).capitalize() + ". " for _ in range(count)]
 
 
-STOP_BOUND_S = 2.0
-"""A stop completes within 2 s whatever is in flight (issue 9)."""
-STOP_MARGIN_S = 1.0
-"""Process teardown and a loaded test machine: the subprocess must be gone within bound + margin."""
 RUN_LIMIT_S = 150.0
 """An in-process run that has not ended by then is wedged (the row fails instead of hanging)."""
 
