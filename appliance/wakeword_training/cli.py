@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
         type=float,
         default=10.0,
         metavar="M",
-        help="calibration audio (default 10, cached)",
+        help="calibration audio, at most 120 (default 10, cached)",
     )
     ev = wsub.add_parser(
         "evaluate",
@@ -85,7 +85,13 @@ def add_parser(sub: Any) -> None:
         "--heldout", type=int, metavar="N", help="N synthesized held-out takes (needs the phrase metadata)"
     )
     ev.add_argument("--negative", metavar="DIR", help="WAVs that must not fire the word")
-    ev.add_argument("--negative-hours", type=float, metavar="H", help="generated negative speech and noise")
+    ev.add_argument(
+        "--negative-hours",
+        type=float,
+        metavar="H",
+        help="generated negative speech and noise, at most 24 (cached under the state folder, which "
+        "keeps to 512 MB beyond one run, the least recently used dropped first)",
+    )
     ev.add_argument(
         "--max-fa-per-hour", type=float, default=0.5, metavar="R", help="budget for the suggestion"
     )

@@ -3,8 +3,10 @@ audio, the threshold curve and a suggested threshold (`appliance wakeword evalua
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ from appliance.wakeword_training.train import (
 
 RATE_HZ = 16000
 REFRACTORY_FRAMES = 25  # 2 s, the default refractory_s
+# the generated negatives' cache (~17 MB an hour of audio), beyond what one run uses itself
+CACHE_MAX_BYTES = 512 * 2**20
 PATIENCE_FRAMES = 1  # the default patience_frames
 
 
@@ -84,12 +88,14 @@ def negative_embeddings(
     files so a second evaluation reads them back."""
     chunks = max(1, round(hours * 3600 / CHUNK_S))
     out = []
+    used: set[Path] = set()
     for index in range(chunks):
         path = None
         if cache_dir is not None:
             version = "v3" if split == "validation" else "v2"  # v3: the validation split's own texts
             key = hashlib.sha256(f"{version}:{split}:{seed}:{index}".encode()).hexdigest()[:16]
             path = cache_dir / f"negative-{key}.npy"
+            used.add(path)
             cached = _load_cached(path)
             if cached is not None:
                 out.append(cached)
@@ -105,7 +111,31 @@ def negative_embeddings(
         out.append(emb)
         if on_chunk:
             on_chunk(index + 1, chunks)
+    if cache_dir is not None:
+        trim_cache(cache_dir, used)
     return out
+
+
+def trim_cache(cache_dir: Path, keep: set[Path], max_bytes: int = CACHE_MAX_BYTES) -> None:
+    """Delete the least recently used cached chunks (not those in `keep`, the ones just used)
+    until the cache holds at most `max_bytes`."""
+    entries = []
+    for path in cache_dir.glob("negative-*.npy"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        entries.append((path in keep, st.st_mtime, st.st_size, path))
+    total = sum(size for _, _, size, _ in entries)
+    for kept, _, size, path in sorted(entries, key=lambda e: (e[0], e[1])):
+        if total <= max_bytes or kept:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
+    for path in keep:  # used now: the most recent, whether made or read back
+        with contextlib.suppress(OSError):
+            os.utime(path)
 
 
 def _load_cached(path: Path) -> npt.NDArray[np.float32] | None:

@@ -27,3 +27,28 @@ def test_a_cut_chunk_is_made_again(models_dir: Path, tmp_path: Path) -> None:
     [again] = negative_embeddings(extractor, 1 / 60, 5, tmp_path, split="test")
     assert np.array_equal(again, first)
     assert cached.read_bytes() == data and [p.name for p in tmp_path.iterdir()] == [cached.name]
+
+
+def test_the_cache_keeps_to_its_size_dropping_the_least_recently_used(tmp_path: Path) -> None:
+    import os
+
+    from appliance.wakeword_training.evaluate import trim_cache
+
+    sizes = {"a": 400, "b": 300, "c": 200, "d": 500, "e": 100}
+    for age, (name, size) in enumerate(sizes.items()):  # a oldest ... e newest
+        path = tmp_path / f"negative-{name}.npy"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1000 + age, 1000 + age))
+    (tmp_path / "other.txt").write_bytes(b"y" * 5000)  # not the cache's: never touched
+    kept = {tmp_path / "negative-a.npy", tmp_path / "negative-d.npy"}  # just used: never dropped
+    trim_cache(tmp_path, kept, max_bytes=1100)
+    # 1500 bytes: b (oldest not kept) goes, 1200; then c, 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "negative-a.npy",
+        "negative-d.npy",
+        "negative-e.npy",
+        "other.txt",
+    ]
+    assert all(os.stat(p).st_mtime > 2000 for p in kept)  # touched: the most recently used now
+    trim_cache(tmp_path, kept, max_bytes=10)  # over budget with only the kept ones left: they stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["negative-a.npy", "negative-d.npy", "other.txt"]
