@@ -10,14 +10,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 import yaml
 
+import appliance.adapters.wav_audio
+import appliance.runtime.app
 from appliance.config import load_config, load_config_text
 from appliance.core.conversation import OutputKind
 from appliance.runtime.app import Preloaded, RunOptions, preload, run_async
@@ -75,6 +78,76 @@ def scripted() -> Iterator[ScriptedOpenAiServer]:
         yield server
 
 
+@dataclasses.dataclass
+class Cue:
+    """The rest of a real-time input, placed on the agent's speech instead of at a fixed offset:
+    after the input's first part, silence until the agent has been heard for `heard_s` seconds
+    (the speech it started playing, by its `audio` events; 0: its first audio), then `then`. On
+    a loaded machine the agent starts speaking later (transcription, LLM and TTS take longer),
+    which moved a fixed offset against its words. If the agent is not heard that long within
+    `give_up_s`, `then` follows anyway (the test's checks then say what happened)."""
+
+    heard_s: float
+    then: np.ndarray
+    give_up_s: float = 30.0
+    at: float | None = None
+    """The appliance clock's time when `then` began (for the test's checks and messages)."""
+
+
+class CuedMicrophone:
+    """The input as a real-time microphone (80 ms blocks paced by the wall clock, as
+    `WavFileMicrophone(realtime=True)`): `first`, then the cue's silence and `then`."""
+
+    sample_rate_hz = RATE
+    duration_s = None  # not known in advance: the run's output is not padded to it
+
+    def __init__(self, first: np.ndarray, cue: Cue) -> None:
+        self.dropped_blocks = 0
+        self.clock: Any = None  # the run's clock (set once `open_audio` made it)
+        self.spoken: list[tuple[float, float]] = []  # (start, duration) of the agent's audio
+        self._first = first
+        self._cue = cue
+        self._closed = False
+
+    def heard(self) -> float:
+        """Seconds of the agent's speech played so far (not the chimes: no `audio` events)."""
+        now = self.clock.now()
+        return sum(min(max(now - start, 0.0), duration) for start, duration in self.spoken)
+
+    async def frames(self) -> AsyncIterator[np.ndarray]:
+        block = RATE * 80 // 1000
+        loop = asyncio.get_running_loop()
+        start: float | None = None
+        sent = 0
+
+        async def paced(piece: np.ndarray) -> np.ndarray:
+            nonlocal start, sent
+            start = loop.time() if start is None else start
+            sent += piece.size
+            delay = start + sent / RATE - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return piece
+
+        for i in range(0, self._first.size, block):
+            if self._closed:
+                return
+            yield await paced(self._first[i : i + block])
+        give_up = loop.time() + self._cue.give_up_s
+        while not self._closed and loop.time() < give_up:
+            if self.spoken and self.heard() >= self._cue.heard_s:
+                break
+            yield await paced(np.zeros(block, dtype=np.int16))
+        self._cue.at = self.clock.now()
+        for i in range(0, self._cue.then.size, block):
+            if self._closed:
+                return
+            yield await paced(self._cue.then[i : i + block])
+
+    async def close(self) -> None:
+        self._closed = True
+
+
 def run_inprocess(
     preloaded: Preloaded,
     tmp_path: Path,
@@ -84,8 +157,10 @@ def run_inprocess(
     realtime: bool,
     echo: float | None = None,
     echo_ir: Path | None = None,
+    cue: Cue | None = None,
 ) -> tuple[Events, Path]:
-    """The real appliance loop in this process, with the shared models (LLM per config)."""
+    """The real appliance loop in this process, with the shared models (LLM per config). With
+    `cue` (real time only), `audio` is the input's first part and the cue places the rest."""
     from appliance.adapters.openai_llm import OpenAiCompatibleLlm
 
     cfg = load_config_text(yaml.safe_dump(config, allow_unicode=True), "test.yaml")
@@ -106,8 +181,31 @@ def run_inprocess(
         simulate_echo=echo,
         simulate_echo_ir=str(echo_ir) if echo_ir else None,
     )
-    asyncio.run(run_async(cfg, options, models))
+    if cue is None:
+        asyncio.run(run_async(cfg, options, models))
+    else:
+        assert realtime, "a cue places input on the agent's speech in real time"
+        mic = CuedMicrophone(audio, cue)
+        open_audio = appliance.runtime.app.open_audio
+
+        def open_cued(config: Any, options: RunOptions) -> Any:
+            with mock.patch.object(appliance.adapters.wav_audio, "WavFileMicrophone", lambda *_, **__: mic):
+                wiring = open_audio(config, options)
+            mic.clock, emit = wiring.clock, wiring.events.emit
+
+            def noting(type: str, **fields: Any) -> None:
+                if type == "audio":  # emitted as the segment starts playing
+                    mic.spoken.append((wiring.clock.now(), fields["duration_s"]))
+                emit(type, **fields)
+
+            wiring.events.emit = noting  # type: ignore[method-assign]
+            return wiring
+
+        with mock.patch.object(appliance.runtime.app, "open_audio", open_cued):
+            asyncio.run(run_async(cfg, options, models))
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    if cue is not None:
+        print(f"the cued input began at {cue.at} s")
     return events, out
 
 
@@ -269,11 +367,18 @@ def test_barge_in_interrupts_and_truncates_history(
     scripted.add(text_reply(*[w + " " for w in LONG.split()]), text_reply("Okay, I stopped."))
     config = scripted_config(scripted.url)
     question = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."))
-    # the user talks over the agent about 4 s after the question ends
-    audio = concat(question, silence(4.0), say("Stop, stop please."), silence(4.0))
-    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=echo)
+    # the user talks over the agent once it has spoken for 3.3 s (into its third piece of speech,
+    # which begins ~3.0 s in and lasts ~1.6 s), wherever that falls: at a fixed 4 s after the
+    # question the agent had ~3.5 s to start speaking (transcription, LLM, TTS), less under load
+    cue = Cue(3.3, concat(say("Stop, stop please."), silence(4.0)))
+    events, _ = run_inprocess(preloaded, tmp_path, config, question, realtime=True, echo=echo, cue=cue)
     t = types(events)
     assert "interruption" in t and "agent_response_correction" in t, timeline(events)
+    # it is the talk-over that interrupts (not the agent's echo before it)
+    assert cue.at is not None and next(e for e in events if e["type"] == "interruption")["t"] >= cue.at, (
+        cue.at,
+        timeline(events),
+    )
     correction = next(e for e in events if e["type"] == "agent_response_correction")
     assert correction["original_agent_response"] == LONG
     spoken = correction["corrected_agent_response"]
