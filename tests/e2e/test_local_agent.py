@@ -408,13 +408,15 @@ def test_without_a_canceller_the_agent_interrupts_itself_on_its_own_echo(
     """The control case of the canceller's tests below: the speaker comes back into the
     microphone at gain 0.5, nobody talks over the agent, and without playback gating (no
     canceller) the agent takes its own voice for the user's within its first seconds (its input
-    stops 4 s after the question). The same echo with the default canceller, through simulated
-    rooms and at up to 4 times this gain, interrupts nothing (the next test)."""
+    stops 3.5 s after the agent is first heard, however long it took to start speaking). The
+    same echo with the default canceller, through simulated rooms and at up to 4 times this
+    gain, interrupts nothing (the next test)."""
     scripted.add(text_reply(*[w + " " for w in STORY.split()]), text_reply("Yes?"))
     config = scripted_config(scripted.url)
     config["appliance"]["vad"] = {"playback_gating": False}
-    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(4.0))
-    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=0.5)
+    question = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."))
+    cue = Cue(0.0, silence(3.5))
+    events, _ = run_inprocess(preloaded, tmp_path, config, question, realtime=True, echo=0.5, cue=cue)
     assert "interruption" in types(events), timeline(events)
 
 
