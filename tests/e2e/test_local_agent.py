@@ -431,14 +431,19 @@ def test_the_canceller_keeps_the_agent_from_interrupting_itself_on_a_room_echo(
 ) -> None:
     """The agent's voice comes back through a simulated room (`--simulate-echo-ir`: the smallest
     room at gain 2.0; RT60 0.8 s at 50 cm at gain 1.0); nobody talks over it. The default
-    canceller keeps it from taking its own voice for the user's through the whole story."""
+    canceller keeps it from taking its own voice for the user's through the whole story: the
+    input lasts until the speaker has played 8 s of it (about 9 s long), then 2 s more (its
+    end and the room's echo tail), however late a loaded machine makes it start."""
     from appliance.testing.rooms import ROOMS, impulse_response, write_ir_wav
 
     ir = write_ir_wav(tmp_path / "room.wav", impulse_response(next(r for r in ROOMS if r.name == room)))
     scripted.add(text_reply(*[w + " " for w in STORY.split()]), text_reply("Yes?"))
     config = scripted_config(scripted.url)
-    audio = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."), silence(10.0))
-    events, _ = run_inprocess(preloaded, tmp_path, config, audio, realtime=True, echo=gain, echo_ir=ir)
+    question = concat(silence(1.0), say("Hey Jarvis!"), silence(0.5), say("Tell me a story."))
+    cue = Cue(8.0, silence(2.0))
+    events, _ = run_inprocess(
+        preloaded, tmp_path, config, question, realtime=True, echo=gain, echo_ir=ir, cue=cue
+    )
     assert "interruption" not in types(events), timeline(events)
     assert [e["agent_response"] for e in events if e["type"] == "agent_response"][:1] == [STORY]
     assert "speech_started" not in types(events)[types(events).index("agent_response") :], timeline(events)
