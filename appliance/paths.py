@@ -4,6 +4,8 @@ Under systemd the unit's `RuntimeDirectory=appliance` / `StateDirectory=applianc
 `$RUNTIME_DIRECTORY` (/run/appliance) and `$STATE_DIRECTORY` (/var/lib/appliance). Run by
 hand, the socket lives in `$XDG_CACHE_HOME/appliance` (~/.cache/appliance) and the state in
 `$XDG_STATE_HOME/appliance` (~/.local/state/appliance).
+
+`write_atomic` is how the appliance and its commands replace a file there (or anywhere).
 """
 
 from __future__ import annotations
@@ -54,3 +56,19 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def recordings_dir(env: Mapping[str, str] | None = None) -> Path:
     return state_dir(env) / "recordings"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` into `path` all at once: whoever reads it (the appliance starting up) finds the old
+    file or the new one, never a part; after a crash or a power cut, no half-written file either.
+    `mode`: a new file's permissions (before the umask)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import wave
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 from appliance.core.endpointing import UtteranceEnded
 from appliance.core.retention import Action, RetentionPolicy, StoredTurn, plan
+from appliance.paths import write_atomic
 from appliance.ports import MIC_RATE_HZ, AgentSession, Pcm16
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,14 +49,6 @@ class TurnRecord:
 class SweepResult:
     deleted: list[str] = field(default_factory=list)
     trimmed: list[str] = field(default_factory=list)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _wav_bytes(pcm: bytes) -> bytes:
@@ -93,7 +85,7 @@ class RecordingStore:
         wav_name = None
         if audio is not None:
             wav_name = stem + ".wav"
-            _write_private(self.directory / wav_name, _wav_bytes(audio))
+            write_atomic(self.directory / wav_name, _wav_bytes(audio), mode=0o600)
         meta = {
             "recorded_at": record.recorded_at,
             "recorded_at_utc": datetime.fromtimestamp(record.recorded_at, UTC).isoformat(),
@@ -106,7 +98,7 @@ class RecordingStore:
             "audio": wav_name,
         }
         path = self.directory / (stem + ".json")
-        _write_private(path, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
+        write_atomic(path, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"), mode=0o600)
         return path
 
     def sweep(self, policy: RetentionPolicy, now: float) -> SweepResult:
@@ -143,7 +135,7 @@ class RecordingStore:
                 meta["audio"] = None
             elif action is Action.DROP_TEXT:
                 meta["transcript"] = meta["reply"] = None
-            _write_private(path, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
+            write_atomic(path, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"), mode=0o600)
             result.trimmed.append(path.name)
         for wav_path in sorted(self.directory.glob("*.wav")):
             if wav_path.name in indexed:

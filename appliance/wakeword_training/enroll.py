@@ -29,6 +29,7 @@ import numpy.typing as npt
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.adapters.resample import resample
 from appliance.core import wakeword_training as core
+from appliance.paths import write_atomic
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment
 from appliance.wakeword_training.evaluate import RATE_HZ, pad_take
@@ -38,7 +39,6 @@ from appliance.wakeword_training.train import (
     model_frames,
     score_windows,
     sliding,
-    write_atomic,
 )
 
 FLOOR = 0.05

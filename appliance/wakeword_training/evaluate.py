@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.core import wakeword_training as core
+from appliance.paths import write_atomic
 from appliance.ports import Pcm16
 from appliance.wakeword_training import augment, synth
 from appliance.wakeword_training.train import (
@@ -24,7 +25,6 @@ from appliance.wakeword_training.train import (
     negative_audio_chunk,
     score_stream,
     trim,
-    write_atomic,
 )
 
 RATE_HZ = 16000

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ import numpy.typing as npt
 from appliance.adapters.openwakeword_detector import OpenWakeWordFeatures
 from appliance.adapters.resample import resample
 from appliance.core import wakeword_training as core
+from appliance.paths import write_atomic
 from appliance.ports import Pcm16
 from appliance.wake_word_points import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
@@ -884,21 +884,6 @@ def word_files(folder: Path, name: str) -> list[Path]:
         folder / f"{name}.tflite",
     )
     return [p for p in paths if p.exists()]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`data` into `path` all at once: whoever reads it (the appliance starting up) finds the old
-    file or the new one, never a part; after a crash or a power cut, no half-written file either."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _session(model: ModelSource) -> Any:

@@ -1,4 +1,4 @@
-"""A trained or enrolled model replaces a file all at once: the old one or the new one, never a part."""
+"""Files replaced all at once (`appliance.paths.write_atomic`): the old one or the new one, never a part."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.wakeword_training.train import write_atomic
+from appliance.paths import write_atomic
 
 
 def test_writes_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
@@ -32,3 +32,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_part(
         write_atomic(target, b"new bytes")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["w.onnx"]
+
+
+def test_a_new_file_gets_the_mode_asked_for(tmp_path: Path) -> None:
+    """The recorder's private files (0o600) and the trained models (0o644) share it."""
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "private.json", b"{}", mode=0o600)
+        write_atomic(tmp_path / "model.onnx", b"model")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
