@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from appliance.adapters.llama_cpp_llm import (
 from appliance.adapters.openai_llm import OpenAiCompatibleLlm
 from appliance.errors import AgentError, ModelError
 from appliance.ports import LanguageModel, LlmOutput, TextDelta, ToolCallRequest
+from appliance.testing.faults import stop_timed
 
 T = TypeVar("T")
 
@@ -430,18 +432,9 @@ def _start_server(model: Path, log: Path, attempts: int = 3) -> tuple[subprocess
             if attempt == attempts:
                 raise
         except BaseException:
-            _stop(proc)
+            stop_timed(proc, signal.SIGTERM, 5.0)
             raise
     raise AssertionError("unreachable")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 @pytest.mark.models
@@ -471,4 +464,4 @@ def test_llama_cpp_server_through_the_openai_adapter(tmp_path: Path) -> None:
         assert len([o for o in out if isinstance(o, TextDelta)]) >= 2
         assert "Paris" in text
     finally:
-        _stop(proc)
+        stop_timed(proc, signal.SIGTERM, 5.0)
