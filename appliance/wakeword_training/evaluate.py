@@ -75,6 +75,14 @@ def peak_scores(
     return [core.sustained_peak(s, patience_frames) for s in take_scores(model, extractor, takes, seed)]
 
 
+def chunk_key(split: str, seed: int, index: int, piper: bool) -> str:
+    """The cache name of one generated negative minute: what makes its audio (every eighth minute
+    has Piper's voice among its speakers when Piper is installed, espeak-ng's only otherwise)."""
+    version = "v3" if split == "validation" else "v2"  # v3: the validation split's own texts
+    text = f"{version}:{split}:{seed}:{index}" + ("" if piper else ":espeak-only")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def negative_embeddings(
     extractor: OpenWakeWordFeatures,
     hours: float,
@@ -92,9 +100,7 @@ def negative_embeddings(
     for index in range(chunks):
         path = None
         if cache_dir is not None:
-            version = "v3" if split == "validation" else "v2"  # v3: the validation split's own texts
-            key = hashlib.sha256(f"{version}:{split}:{seed}:{index}".encode()).hexdigest()[:16]
-            path = cache_dir / f"negative-{key}.npy"
+            path = cache_dir / f"negative-{chunk_key(split, seed, index, synth.piper_available())}.npy"
             used.add(path)
             cached = _load_cached(path)
             if cached is not None:
