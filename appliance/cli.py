@@ -2,10 +2,11 @@
 
 Exit codes (stable, scripts rely on them):
   0  success
-  1  runtime failure, or `models verify`/`fetch` found a problem
+  1  runtime failure, or a `models` command found a problem
   2  usage error or invalid configuration
   3  a model is missing or cannot be loaded
   4  an audio device is missing or failed
+  130  a `wakeword` command stopped by Ctrl-C before it finished
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="appliance",
         description="Always-on voice assistant: wake word, VAD, ElevenLabs Agents or an offline local agent.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 model missing, 4 audio device error.",
+        epilog=(
+            "Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 model missing, 4 audio device error, "
+            "130 a wakeword command stopped by Ctrl-C."
+        ),
     )
     p.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

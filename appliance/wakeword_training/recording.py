@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, AudioDeviceError
 from appliance.ports import Microphone, Pcm16
 
 RATE_HZ = 16000
@@ -90,9 +90,8 @@ async def _read_samples(blocks: AsyncIterator[Pcm16], samples: int, deadline_s: 
     except StopAsyncIteration:
         pass
     except TimeoutError:
-        raise ApplianceError(
-            f"the microphone delivered no audio for {deadline_s:g} s; check it with `appliance devices`",
-            code="audio_device",
+        raise AudioDeviceError(
+            f"the microphone delivered no audio for {deadline_s:g} s; check it with `appliance devices`"
         ) from None
     audio = np.concatenate(parts) if parts else np.zeros(0, np.int16)
     return audio[:samples].astype(np.int16, copy=False)
@@ -116,9 +115,7 @@ async def record_takes(
             say(f"say it now ({len(takes) + 1}/{count})")
             audio = await _read_samples(blocks, samples, take_s + STALL_S)
             if audio.size == 0:
-                raise ApplianceError(
-                    f"the microphone input ended after {len(takes)} of {count} takes", code="audio_device"
-                )
+                raise AudioDeviceError(f"the microphone input ended after {len(takes)} of {count} takes")
             check = check_take(audio, microphone.sample_rate_hz)
             if check.audio is not None:
                 takes.append(check.audio)
@@ -132,9 +129,7 @@ async def record_takes(
                 )
             say(f"take refused: {check.problem}; once more")
             if audio.size < samples:
-                raise ApplianceError(
-                    f"the microphone input ended after {len(takes)} of {count} takes", code="audio_device"
-                )
+                raise AudioDeviceError(f"the microphone input ended after {len(takes)} of {count} takes")
     finally:
         await microphone.close()
     return takes

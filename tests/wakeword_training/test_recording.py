@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, AudioDeviceError
 from appliance.ports import Pcm16
 from appliance.wakeword_training.recording import RATE_HZ, check_take, record_takes
 
@@ -99,7 +99,7 @@ def test_retries_are_bounded() -> None:
 
 def test_an_input_that_ends_early_is_an_error_not_a_short_enrollment() -> None:
     mic = BlockMicrophone(take(good(1), good(2)))
-    with pytest.raises(ApplianceError, match="ended after 2 of 3 takes"):
+    with pytest.raises(AudioDeviceError, match="ended after 2 of 3 takes"):  # exit 4, as a device
         asyncio.run(record_takes(mic, 3, lambda _: None, take_s=3.0))
 
 
@@ -118,5 +118,5 @@ def test_a_stalled_microphone_hits_the_take_deadline() -> None:
         finally:
             recording.STALL_S = old
 
-    with pytest.raises(ApplianceError, match="delivered no audio"):
+    with pytest.raises(AudioDeviceError, match="delivered no audio"):
         asyncio.run(run())

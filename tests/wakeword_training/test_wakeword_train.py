@@ -361,6 +361,14 @@ def test_cli_enroll_records_takes_from_the_microphone_input(
     assert (tmp_path / "hello_lamp.base.onnx").is_file()
     assert main(["wakeword", "enroll", "hello_lamp", "--dir", str(tmp_path), "--record", "2"]) == 2
     assert "--record: give 3–10 takes, got 2" in capsys.readouterr().err
+    # an input that ends before the third take: the audio device's exit code, the word untouched
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    short = write_wav(tmp_path / "short.wav", np.concatenate([spoken[0], spoken[1]]))
+    args = ["--dir", str(tmp_path), "--record", "3", "--input", str(short)]
+    code = main(["wakeword", "enroll", "hello_lamp", *args])
+    assert code == 4
+    assert "ended after 2 of 3 takes" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.name != "short.wav"} == before
 
 
 def test_validation_test_and_training_negatives_speak_different_texts() -> None:
