@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger("appliance")
 
 
+def config_after_action(action: argparse.ArgumentParser) -> None:
+    """`--config FILE` after the action as well as before it (`appliance wakeword train P -c F`,
+    `appliance kb search Q -c F`); not given there, the value given before the action (or none)
+    stays."""
+    action.add_argument(
+        "--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help="the same as before the action"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="appliance",

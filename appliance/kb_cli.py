@@ -11,12 +11,15 @@ KB_HELP = "inspect the local knowledge base (conversation_config.agent.prompt.kn
 
 
 def add_kb_parser(sub: Any) -> None:
+    from appliance.cli import config_after_action
+
     kb = sub.add_parser("kb", help=KB_HELP)
     kb.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (default: embedded default)")
     kb.add_argument("--cache-dir", metavar="DIR", help="index cache folder (default: <state dir>/knowledge)")
     ksub = kb.add_subparsers(dest="kb_command", metavar="ACTION")
-    ksub.add_parser("list", help="documents, chunks and index state")
+    config_after_action(ksub.add_parser("list", help="documents, chunks and index state"))
     search = ksub.add_parser("search", help="what a user turn with this question would retrieve, with scores")
+    config_after_action(search)
     search.add_argument("question")
     search.add_argument("--json", action="store_true", help="the knowledge_retrieved event fields as JSON")
 

@@ -15,6 +15,8 @@ from appliance.errors import ConfigError
 
 
 def add_parser(sub: Any) -> None:
+    from appliance.cli import config_after_action
+
     ww = sub.add_parser("wakeword", help="train a custom wake word from text, or measure one")
     ww.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (custom_dir, models_dir)")
     wsub = ww.add_subparsers(dest="wakeword_command", metavar="ACTION")
@@ -40,6 +42,7 @@ def add_parser(sub: Any) -> None:
         "old files stay until the new ones are ready)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    config_after_action(train)
     en = wsub.add_parser(
         "enroll",
         help="adapt a trained word to 3-10 takes of your own voice (a verifier in the model)",
@@ -48,6 +51,7 @@ def add_parser(sub: Any) -> None:
         "Generated negative speech calibrates the verifier so that it lifts no negative window.",
     )
     en.add_argument("name", metavar="NAME")
+    config_after_action(en)
     en.add_argument("wavs", nargs="*", metavar="WAV", help="takes of you saying the phrase")
     en.add_argument(
         "--record",
@@ -79,6 +83,7 @@ def add_parser(sub: Any) -> None:
         "of generated speech and noise, cached), print the threshold curve and suggest a threshold.",
     )
     ev.add_argument("name", metavar="NAME")
+    config_after_action(ev)
     ev.add_argument("--dir", metavar="DIR", help="folder with NAME.onnx (default: the configured custom_dir)")
     ev.add_argument("--positive", metavar="DIR", help="WAV takes of the phrase")
     ev.add_argument(

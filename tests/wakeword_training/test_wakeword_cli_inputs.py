@@ -43,6 +43,26 @@ def test_enroll_takes_wavs_after_its_options_as_the_readme_writes_them() -> None
 
 
 @pytest.mark.parametrize(
+    ("argv", "config"),
+    [
+        (["wakeword", "--config", "a.yaml", "train", "hi"], "a.yaml"),
+        (["wakeword", "train", "hi", "--config", "a.yaml"], "a.yaml"),
+        (["wakeword", "train", "hi", "-c", "a.yaml", "--quick"], "a.yaml"),
+        (["wakeword", "-c", "a.yaml", "train", "hi", "-c", "b.yaml"], "b.yaml"),  # the later one
+        (["wakeword", "train", "hi"], None),
+        (["wakeword", "enroll", "n", "--dir", "w", "-c", "a.yaml", "x.wav"], "a.yaml"),
+        (["wakeword", "evaluate", "n", "--heldout", "3", "--config", "a.yaml"], "a.yaml"),
+        (["kb", "search", "when do you open", "--config", "a.yaml"], "a.yaml"),
+        (["kb", "--config", "a.yaml", "list"], "a.yaml"),
+        (["kb", "list", "-c", "a.yaml"], "a.yaml"),
+        (["kb", "list"], None),
+    ],
+)
+def test_config_may_come_after_the_action(argv: list[str], config: str | None) -> None:
+    assert parse_args(_parser(), argv).config == config
+
+
+@pytest.mark.parametrize(
     ("argv", "said"),
     [
         (["--heldout", "0", "--negative-hours", "1"], "--heldout: give 1–1000 takes, got 0"),
