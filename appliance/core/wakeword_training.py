@@ -230,6 +230,32 @@ def choose_operating_point(
     return min(suggested, key=lambda ps: (ps[1].false_accepts, -ps[1].recall, ps[0]))
 
 
+def keep_recall(
+    curves: dict[int, list[CurvePoint]],
+    chosen: tuple[int, CurvePoint],
+    recall_floor: float,
+    max_false_accepts: int,
+) -> tuple[int, CurvePoint]:
+    """`chosen` (a patience and point of `curves`), unless its recall is under `recall_floor`: then,
+    of the points that reach the floor with at most `max_false_accepts`, the one with the fewest
+    false accepts (then the higher threshold, then the shorter patience). A word is for hearing its
+    phrase: no false accept at all can cost most of it when one sound-alike in the audio scores
+    near 1 ("hey cortana" for "hey computer"). If no point reaches the floor within that many,
+    `chosen` stays."""
+    point = chosen[1]
+    if point.recall >= recall_floor:
+        return chosen
+    reaching = [
+        (p, q)
+        for p, curve in sorted(curves.items())
+        for q in curve
+        if q.recall >= recall_floor and q.false_accepts <= max_false_accepts
+    ]
+    if not reaching:
+        return chosen
+    return min(reaching, key=lambda pq: (pq[1].false_accepts, -pq[1].threshold, pq[0]))
+
+
 def verifier_low(
     negatives: list[tuple[float, float]],
     s_high: float,

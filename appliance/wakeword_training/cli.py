@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from appliance.wakeword_training.calibrate import RECALL_FLOOR
     from appliance.wakeword_training.train import TINY, TrainSize, train_word, word_files
 
     try:
@@ -166,6 +167,16 @@ def _train(args: argparse.Namespace) -> int:
         f"{cal.get('negative_seconds', 0) / 60:.0f} min of calibration audio ({cal.get('false_accepts', 0)} "
         f"false accepts) and {cal.get('takes', 0)} takes in other voices (recall {cal.get('recall', 0):.0%})"
     )
+    if "no_false_accept_recall" in cal:
+        print(
+            f"  (with no false accept there it would hear only {cal['no_false_accept_recall']:.0%} of "
+            "the takes: a sound-alike in the calibration audio scores near 1)"
+        )
+    elif cal.get("recall", 1) < RECALL_FLOOR:
+        print(
+            f"warning: it hears only {cal.get('recall', 0):.0%} of the calibration takes; try another "
+            "--seed, a longer phrase, or `appliance wakeword enroll` with your own voice"
+        )
     print("use it with (the word runs at the metadata's threshold and patience unless you set them):")
     print("  appliance:\n    wake_words:")
     print(f"      custom_dir: {out.resolve()}")

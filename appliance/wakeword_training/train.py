@@ -841,6 +841,11 @@ def train_word(
             "false_accepts": cal.false_accepts,
             "false_accepts_per_hour": round(cal.false_accepts_per_hour, 3),
             "seconds": round(clock() - started - trained_s, 1),
+            **(
+                {}
+                if cal.no_false_accept_recall is None
+                else {"no_false_accept_recall": round(cal.no_false_accept_recall, 4)}
+            ),
         },
         "training": {
             **info,

@@ -10,6 +10,7 @@ from appliance.core.wakeword_training import (
     choose_operating_point,
     count_activations,
     default_thresholds,
+    keep_recall,
     near_misses,
     normalize_phrase,
     phrase_name,
@@ -221,6 +222,30 @@ def test_choose_operating_point(
     curves: dict[int, list[CurvePoint]], budget: float, expected: tuple[int, float]
 ) -> None:
     patience, point = choose_operating_point(curves, budget)
+    assert (patience, point.threshold) == expected
+
+
+@pytest.mark.parametrize(
+    ("curves", "expected"),
+    [
+        # the point with no false accept reaches the floor: it stays
+        ({1: _curve((0.9, 0.95, 1), (0.95, 0.9, 0))}, (1, 0.95)),
+        # it hears too little: the fewest false accepts that reach the floor (one), the higher
+        # threshold of those
+        ({1: _curve((0.9, 1.0, 2), (0.95, 0.95, 1), (0.97, 0.92, 1), (0.995, 0.6, 0))}, (1, 0.97)),
+        # across patiences: the fewer false accepts first, then the higher threshold
+        ({1: _curve((0.9, 0.95, 2), (0.995, 0.5, 0)), 2: _curve((0.85, 0.9, 1), (0.99, 0.6, 0))}, (2, 0.85)),
+        # equal on both: the shorter patience
+        ({1: _curve((0.9, 0.95, 1), (0.995, 0.5, 0)), 3: _curve((0.9, 0.92, 1), (0.995, 0.4, 0))}, (1, 0.9)),
+        # reaching the floor would take more false accepts than allowed: the chosen point stays
+        ({1: _curve((0.8, 0.95, 3), (0.99, 0.6, 0))}, (1, 0.99)),
+        # nothing reaches the floor: the chosen point stays
+        ({1: _curve((0.5, 0.85, 0), (0.9, 0.6, 0))}, (1, 0.5)),
+    ],
+)
+def test_keep_recall(curves: dict[int, list[CurvePoint]], expected: tuple[int, float]) -> None:
+    chosen = choose_operating_point(curves, 0.0)
+    patience, point = keep_recall(curves, chosen, recall_floor=0.9, max_false_accepts=2)
     assert (patience, point.threshold) == expected
 
 
