@@ -172,6 +172,10 @@ def _train(args: argparse.Namespace) -> int:
             f"  (with no false accept there it would hear only {cal['no_false_accept_recall']:.0%} of "
             "the takes: a sound-alike in the calibration audio scores near 1)"
         )
+    elif cal.get("recall", 1) < RECALL_FLOOR and args.quick:
+        print(
+            f"(--quick: a tiny data set to check the setup; it hears {cal.get('recall', 0):.0%} of the takes)"
+        )
     elif cal.get("recall", 1) < RECALL_FLOOR:
         print(
             f"warning: it hears only {cal.get('recall', 0):.0%} of the calibration takes; try another "

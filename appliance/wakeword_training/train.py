@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TextIO, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -396,23 +396,44 @@ class TrainResult:
 
 
 class Progress:
-    """A tqdm bar on stderr (silent when `enabled` is False)."""
+    """Training's progress on stderr: a tqdm bar on a terminal; elsewhere (a pipe, a file, the
+    journal) one line when a stage starts, since a redrawn bar there is kilobytes of carriage
+    returns (and fills a pipe nobody reads). Silent when `enabled` is False."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, stream: TextIO | None = None) -> None:
         self._bar: Any = None
-        if enabled:
+        self._stream = stream if stream is not None else sys.stderr
+        self._lines = enabled and not _is_terminal(self._stream)
+        self._total, self._done, self._label = total, 0, ""
+        self._started = time.monotonic()
+        if enabled and not self._lines:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=total, file=self._stream, unit="step", dynamic_ncols=True)
 
     def step(self, label: str, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.set_description(label[:40])
             self._bar.update(n)
+        elif self._lines:
+            if label != self._label:
+                elapsed = time.monotonic() - self._started
+                line = f"{label[:40]} (step {self._done + 1}/{self._total}, {elapsed:.0f} s)"
+                print(line, file=self._stream)
+                self._stream.flush()
+                self._label = label
+            self._done += n
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return False
 
 
 def window_samples(frames: int = FRAMES) -> int:
