@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from appliance.wakeword_training.calibrate import RECALL_FLOOR
+    from appliance.wakeword_training.memory import TRAIN_PEAK_BYTES, room_for_training
     from appliance.wakeword_training.train import TINY, TrainSize, train_word, word_files
 
     try:
@@ -155,6 +156,15 @@ def _train(args: argparse.Namespace) -> int:
              "anew (its enrollment, if any, is dropped)"],
             source="appliance wakeword train",
         )  # fmt: skip
+    room = None if args.quick else room_for_training()
+    if room is not None and room < TRAIN_PEAK_BYTES:
+        print(
+            f"warning: about {room / 2**20:,.0f} MB of memory is free here; training needs about "
+            f"{TRAIN_PEAK_BYTES / 2**20:,.0f} MB at its peak and may be killed for memory. Close other "
+            f"programs or add swap, or train on a bigger machine and copy {name}.onnx and "
+            f"{name}.wakeword.json into the custom folder",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     result = train_word(
         phrase, name, out, models_dir, seed=args.seed, size=TINY if args.quick else TrainSize(),
