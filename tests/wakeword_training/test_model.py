@@ -124,3 +124,20 @@ def test_the_hard_round_mines_the_pool_for_what_the_first_fit_still_likes() -> N
     assert none_added == 0 and np.array_equal(quiet.w1, plain.w1)
     with pytest.raises(ValueError, match="hard_negative_pool_minutes"):
         TrainSize(hard_negative_pool_minutes=-1)
+
+
+def test_normalizing_a_block_at_a_time_changes_no_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows are normalized `NORMALIZE_BLOCK` at a time (no float64 copy of them all): the
+    fitted weights are the same bits whatever the block, a last partial block included."""
+    import appliance.wakeword_training.model as model
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(50, 4, 96)) * 3 + 1).astype(np.float32)
+    y = (rng.random(50) < 0.3).astype(np.float64)
+    fitted = []
+    for block in (4096, 1, 7):  # all at once, one by one, 7 blocks and one of 1 window
+        monkeypatch.setattr(model, "NORMALIZE_BLOCK", block)
+        m = model.train_mlp(x, y, seed=2, hidden=4, epochs=5, frame_dropout=0.2)
+        fitted.append((m.w1, m.b1, m.w2, m.b2))
+    for other in fitted[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(fitted[0], other, strict=True))
