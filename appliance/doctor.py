@@ -34,6 +34,7 @@ from appliance.config import Config, custom_llm_access, display_url, read_secret
 from appliance.core.elevenlabs_protocol import agent_endpoint, signed_url_endpoint, signed_url_of
 from appliance.logs import redact, register_secret
 from appliance.ports import MIC_RATE_HZ
+from appliance.system_memory import read_meminfo
 
 API_KEY = "ELEVENLABS_API_KEY"
 SYSTEM_KEY_FILE = Path("/etc/appliance/elevenlabs_api_key")
@@ -604,19 +605,6 @@ def llm_checks(
 # ---------------------------------------------------------------- CPU and memory
 
 
-def _meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 def headroom_checks(
     model_bytes: int,
     *,
@@ -653,7 +641,7 @@ def headroom_checks(
                 "use the 64-bit Raspberry Pi OS: several model runtimes ship 64-bit wheels only",
             )
         )
-    info = _meminfo() if meminfo is None else meminfo
+    info = read_meminfo() if meminfo is None else meminfo
     available = info.get("MemAvailable")
     if available is None:
         checks.append(Check("memory", Outcome.SKIP, "/proc/meminfo not readable"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.system_memory import read_meminfo
+
 # `appliance wakeword train` with the default data set: 1,705 MB maximum resident set
 # (`/usr/bin/time -v appliance wakeword train "hey computer"`; 2,355 MB before `train_mlp`
 # normalized a block at a time), plus a margin
@@ -14,15 +16,7 @@ _UNLIMITED = 1 << 60  # cgroup v1 writes a number near 2^63 for "no limit"
 
 def _meminfo_room(meminfo: Path) -> int | None:
     """MemAvailable + SwapFree (bytes): what the system can give without killing anything."""
-    values: dict[str, int] = {}
-    try:
-        for line in meminfo.read_text().splitlines():
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                values[key] = int(parts[0]) * 1024
-    except OSError:
-        return None
+    values = read_meminfo(meminfo)
     if "MemAvailable" not in values:
         return None
     return values["MemAvailable"] + values.get("SwapFree", 0)

@@ -21,22 +21,23 @@ def _meminfo(tmp: Path, available_kb: int | None, swap_kb: int = 0) -> Path:
     return path
 
 
-def _v1(tmp: Path, limit: int, usage: int) -> tuple[Path, Path]:
-    folder = tmp / "cg" / "memory" / "pi"
-    folder.mkdir(parents=True)
-    (folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
-    (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
-    (tmp / "self_cgroup").write_text("5:devices:/\n4:memory:/pi\n0::/\n")
+def _cgroup(tmp: Path, folder: str, files: dict[str, str], self_lines: str) -> tuple[Path, Path]:
+    """A cgroup tree under tmp/cg with `files` in `folder`, and /proc/self/cgroup's `self_lines`."""
+    (tmp / "cg" / folder).mkdir(parents=True)
+    for name, value in files.items():
+        (tmp / "cg" / folder / name).write_text(f"{value}\n")
+    (tmp / "self_cgroup").write_text(self_lines)
     return tmp / "self_cgroup", tmp / "cg"
+
+
+def _v1(tmp: Path, limit: int, usage: int) -> tuple[Path, Path]:
+    files = {"memory.limit_in_bytes": str(limit), "memory.usage_in_bytes": str(usage)}
+    return _cgroup(tmp, "memory/pi", files, "5:devices:/\n4:memory:/pi\n0::/\n")
 
 
 def _v2(tmp: Path, limit: str, current: int) -> tuple[Path, Path]:
-    folder = tmp / "cg" / "system.slice" / "appliance.service"
-    folder.mkdir(parents=True)
-    (folder / "memory.max").write_text(f"{limit}\n")
-    (folder / "memory.current").write_text(f"{current}\n")
-    (tmp / "self_cgroup").write_text("0::/system.slice/appliance.service\n")
-    return tmp / "self_cgroup", tmp / "cg"
+    files = {"memory.max": limit, "memory.current": str(current)}
+    return _cgroup(tmp, "system.slice/appliance.service", files, "0::/system.slice/appliance.service\n")
 
 
 def test_the_system_memory_and_swap_without_a_cgroup_limit(tmp_path: Path) -> None:
