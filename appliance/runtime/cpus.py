@@ -15,18 +15,11 @@ import math
 import os
 from pathlib import Path
 
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+from appliance import cgroups
 
 
 def _quota_v2(directory: Path) -> float | None:
-    text = _read(directory / "cpu.max")
+    text = cgroups.read_text(directory / "cpu.max")
     if text is None:
         return None
     parts = text.split()
@@ -40,7 +33,8 @@ def _quota_v2(directory: Path) -> float | None:
 
 
 def _quota_v1(directory: Path) -> float | None:
-    quota, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+    quota = cgroups.read_text(directory / "cpu.cfs_quota_us")
+    period = cgroups.read_text(directory / "cpu.cfs_period_us")
     try:
         q, p = int(quota or ""), int(period or "")
     except ValueError:
@@ -48,35 +42,14 @@ def _quota_v1(directory: Path) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
-def cgroup_cpu_quota(proc_cgroup: str | None = None, root: Path = _CGROUP_ROOT) -> float | None:
+def cgroup_cpu_quota(proc_cgroup: str | None = None, root: Path = cgroups.ROOT) -> float | None:
     """The tightest CFS quota, in CPUs, over this process's cgroup and its parents; None: none.
     `proc_cgroup`: the text of /proc/self/cgroup (read when None)."""
-    text = proc_cgroup if proc_cgroup is not None else _read(Path("/proc/self/cgroup"))
-    if not text:
-        return None
-    quotas: list[float] = []
-    for line in text.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if not path.startswith("/"):
-            continue
-        if hierarchy == "0" and controllers == "":
-            mounts, read = [root], _quota_v2
-        elif "cpu" in controllers.split(","):
-            mounts, read = [root / controllers, root / "cpu", root / "cpu,cpuacct"], _quota_v1
-        else:
-            continue
-        mount = next((m for m in mounts if m.is_dir()), None)
-        if mount is None:
-            continue
-        directory = mount / path.lstrip("/")
-        while True:
-            quota = read(directory)
-            if quota is not None:
-                quotas.append(quota)
-            if directory == mount:
-                break
-            directory = directory.parent
+    quotas = [
+        quota
+        for directory, version in cgroups.directories("cpu", proc_cgroup, root, ("cpu,cpuacct",))
+        if (quota := (_quota_v2 if version == 2 else _quota_v1)(directory)) is not None
+    ]
     return min(quotas) if quotas else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance import cgroups
 from appliance.system_memory import read_meminfo
 
 # `appliance wakeword train` with the default data set: 1,705 MB maximum resident set
@@ -12,6 +13,11 @@ from appliance.system_memory import read_meminfo
 # normalized a block at a time), plus a margin
 TRAIN_PEAK_BYTES = 1_900 * 2**20
 _UNLIMITED = 1 << 60  # cgroup v1 writes a number near 2^63 for "no limit"
+# the limit's and the usage's file, by cgroup version
+_LIMIT_AND_USAGE = {
+    1: ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    2: ("memory.max", "memory.current"),
+}
 
 
 def _meminfo_room(meminfo: Path) -> int | None:
@@ -23,44 +29,26 @@ def _meminfo_room(meminfo: Path) -> int | None:
 
 
 def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None  # "max" (cgroup v2): no limit
+    text = cgroups.read_text(path)
+    return int(text) if text is not None and text.isdigit() else None  # "max" (cgroup v2): no limit
 
 
 def _cgroup_room(proc_cgroup: Path, cgroup_root: Path) -> int | None:
-    """The memory cgroup's limit minus its usage (bytes), None without a limit (v1 or v2)."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        relative = path.lstrip("/")
-        if "memory" in controllers.split(","):  # v1
-            folder = cgroup_root / "memory" / relative
-            limit = _read_int(folder / "memory.limit_in_bytes")
-            usage = _read_int(folder / "memory.usage_in_bytes")
-        elif controllers == "" and (cgroup_root / relative / "memory.max").exists():  # v2
-            folder = cgroup_root / relative
-            limit = _read_int(folder / "memory.max")
-            usage = _read_int(folder / "memory.current")
-        else:
-            continue
+    """The tightest memory cgroup limit minus its usage (bytes) over this process's cgroup and its
+    parents (v1 or v2), None without a limit."""
+    rooms = []
+    for folder, version in cgroups.directories("memory", cgroups.read_text(proc_cgroup) or "", cgroup_root):
+        limit_file, usage_file = _LIMIT_AND_USAGE[version]
+        limit = _read_int(folder / limit_file)
         if limit is not None and limit < _UNLIMITED:
-            return max(0, limit - (usage or 0))
-    return None
+            rooms.append(max(0, limit - (_read_int(folder / usage_file) or 0)))
+    return min(rooms) if rooms else None
 
 
 def room_for_training(
     meminfo: Path = Path("/proc/meminfo"),
     proc_cgroup: Path = Path("/proc/self/cgroup"),
-    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    cgroup_root: Path = cgroups.ROOT,
 ) -> int | None:
     """The bytes this process may still take: the system's (available memory and free swap) or its
     memory cgroup's, whichever is less; None if neither can be read."""

@@ -66,3 +66,11 @@ def test_a_cgroup_v2_limit_a_service_sets(tmp_path: Path) -> None:
 def test_nothing_readable_is_no_figure_not_a_guess(tmp_path: Path, available: str | None) -> None:
     meminfo = _meminfo(tmp_path, None) if available is None else tmp_path / "missing"
     assert room_for_training(meminfo, tmp_path / "no_cgroup", tmp_path / "no_root") is None
+
+
+def test_a_parent_cgroups_limit_binds_the_child(tmp_path: Path) -> None:
+    # a v2 slice with 1,500 MB over a service without its own limit: the tightest up the tree
+    cgroup, root = _v2(tmp_path, "max", 10 * MB)
+    (root / "system.slice" / "memory.max").write_text(f"{1500 * MB}\n")
+    (root / "system.slice" / "memory.current").write_text(f"{300 * MB}\n")
+    assert room_for_training(_meminfo(tmp_path, 20_000_000), cgroup, root) == 1200 * MB
