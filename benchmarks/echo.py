@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from appliance.runtime.cpus import cgroup_cpu_quota
 from appliance.testing.router_capture import RouterCapture, capturing
 from benchmarks.common import (
     RATE_HZ,
@@ -663,24 +664,6 @@ def appliance_table(quick: bool = False) -> list[Row]:
 # the canceller's CPU
 
 
-def _cpu_quota_cores() -> float | None:
-    """The CFS quota this process runs under (pi-class sets one), in cores; None if unlimited."""
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if "cpu" in controllers.split(","):
-                base = Path("/sys/fs/cgroup") / "cpu" / path.lstrip("/")
-                quota = int((base / "cpu.cfs_quota_us").read_text())
-                period = int((base / "cpu.cfs_period_us").read_text())
-                return quota / period if quota > 0 else None
-            if controllers == "":  # cgroup v2
-                text = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
-                return None if text[0] == "max" else int(text[0]) / int(text[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def cpu_table(quick: bool = False) -> list[Row]:
     """The echo canceller's CPU while the agent speaks (hall room, gain 1.0, 80 ms blocks)"""
     from appliance.adapters.linear_echo import LinearEchoFilter
@@ -701,7 +684,7 @@ def cpu_table(quick: bool = False) -> list[Row]:
         (i, np.clip(np.rint(echo.render(i / RATE_HZ - DEVICE_DELAY_S, block) * 32768.0), -32768, 32767))
         for i in range(0, played.size - block + 1, block)
     ]
-    quota = _cpu_quota_cores()
+    quota = cgroup_cpu_quota()
     rows: list[Row] = []
     modes = (*MODES, WITH_BANDS) if quick else (*MODES, WITH_BANDS, WITH_LINEAR)  # not in --quick
     for mode in modes:
