@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.core import wakeword_training as core
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, ModelError
 
 
 def add_parser(sub: Any) -> None:
@@ -142,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_name(name, "--name", "appliance wakeword train")
     _check_seed(args.seed, "appliance wakeword train")
     custom, models_dir = _dirs(args.config)
+    _need_espeak("appliance wakeword train")
     out = Path(args.out).expanduser() if args.out else custom
     if out is None:
         raise ConfigError(
@@ -196,6 +197,19 @@ def _train(args: argparse.Namespace) -> int:
     print(f"      custom_dir: {out.resolve()}")
     print(f"      words:\n        - name: {name}")
     return 0
+
+
+def _need_espeak(source: str) -> None:
+    """espeak-ng speaks the generated takes and negative audio: without it, a clear error at
+    once (exit 3) rather than a crash after the feature models load or the takes are recorded."""
+    from appliance.wakeword_training import synth
+
+    if not synth.espeak_available():
+        raise ModelError(
+            f"{source}: espeak-ng is not installed; the generated takes and negative audio are "
+            "spoken with it (sudo apt-get install espeak-ng, or run systemd/bootstrap.sh)",
+            code="speech_synthesizer_missing",
+        )
 
 
 def _check_name(name: str, flag: str, source: str) -> None:
@@ -303,6 +317,7 @@ def _enroll(args: argparse.Namespace) -> int:
     _writable_folder(folder, "--dir" if args.dir else "custom_dir", source)
     _read_metadata(folder, args.name, source)
     _check_range(args.negative_minutes, 0, MAX_NEGATIVE_MINUTES, "--negative-minutes", "minutes", source)
+    _need_espeak(source)  # the generated negatives the verifier is calibrated on
     if args.record is not None:
         if args.wavs:
             raise ConfigError(["--record: record takes or give WAV files, not both"], source=source)
@@ -426,6 +441,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     # the folders are read before anything slow: an unreadable file is an error at once
     positives = _wav_dir(args.positive, "--positive", source) if args.positive is not None else []
     negatives = _wav_dir(args.negative, "--negative", source) if args.negative is not None else []
+    if args.heldout is not None or args.negative_hours is not None:
+        _need_espeak(source)
     extractor = features_for(models_dir)
     if args.heldout is not None:
         positives = ev.heldout_takes(phrase, args.heldout, args.seed + 1000)

@@ -192,3 +192,28 @@ def test_ctrl_c_ends_a_wakeword_command_with_exit_130(
     monkeypatch.setattr(cli, "_train", interrupted)
     assert main(["wakeword", "train", "hey computer", "--out", "somewhere"]) == 130
     assert "appliance wakeword: interrupted before it finished" in capsys.readouterr().err
+
+
+def test_without_espeak_ng_the_commands_that_speak_stop_at_once_with_exit_3(
+    word: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import appliance.wakeword_training.train as train
+    from appliance.wakeword_training import synth
+
+    def slow(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the slow part without espeak-ng")
+
+    monkeypatch.setattr(synth, "espeak_available", lambda: False)
+    monkeypatch.setattr(train, "train_word", slow)
+    monkeypatch.setattr(train, "features_for", slow)
+    takes = [str(write_wav(tmp_path / f"{k}.wav", espeak_say("hello lamp", "en-029+m5"))) for k in range(3)]
+    for command in (
+        ["train", "hey there", "--out", str(tmp_path / "new")],
+        ["enroll", "hello_lamp", "--dir", str(word), *takes],
+        ["evaluate", "hello_lamp", "--dir", str(word), "--heldout", "3", "--negative-hours", "1"],
+    ):
+        assert main(["wakeword", *command]) == 3
+        err = capsys.readouterr().err
+        assert f"appliance wakeword {command[0]}: espeak-ng is not installed" in err
+        assert "apt-get install espeak-ng" in err
+    assert not (tmp_path / "new").exists() and not (word / "hello_lamp.base.onnx").exists()
