@@ -10,6 +10,10 @@ on data training never saw, split in two:
 - test (for reporting only, never tuned on): other held-out takes (seed 1000) and 2 hours of
   negative audio in held-out voices reading texts used nowhere else (seed 0), and noise.
 The test negatives are generated once and cached as features under the state folder.
+"held-out Flite speaker": 30 takes of Flite's `rms` (a voice built from one man's recordings,
+which training never uses; its other three speakers are among training's voices when Flite is
+installed) at five durations, room-augmented, at the written point: a kind of voice the espeak-ng
+held-out voices are not. Empty without Flite.
 Enrolling: 3 takes of one held-out voice (small pitch and speed changes, room augmentation), then
 recall on 20 more takes of that voice and false accepts on the test negatives with the enrolled
 model. "what fires" lists the near misses and test texts that fire the word in held-out voices.
@@ -49,6 +53,8 @@ PHRASES = ("hey computer", "okay kiosk", "hello lamp")
 NEGATIVE_HOURS = 2.05  # 123 one-minute chunks: each scores 59.3 s after the features warm up, so ≥ 2 h
 VALIDATION_HOURS = NEGATIVE_HOURS
 HELDOUT_TAKES = 60
+FLITE_DURATIONS = (0.8, 0.9, 1.0, 1.1, 1.25)
+FLITE_AUGMENTS = 6  # room-augmented takes of each duration
 ENROLL_TAKES = 3
 ENROLL_HELDOUT_TAKES = 20
 PATIENCES = (1, 2, 3)  # patience_frames tried on the validation split
@@ -147,6 +153,9 @@ def heldout_table(quick: bool = False, phrases: tuple[str, ...] | None = None) -
             )
             trained = _point(test_curves[written], result.threshold)
             after_speech = ev.peak_scores(model, extractor, _after_speech(test_takes, 3000), 1000, written)
+            flite_takes = _flite_takes(phrase, 1 if quick else FLITE_AUGMENTS, 7)
+            flite_peaks = ev.peak_scores(model, extractor, flite_takes, 1000, written)
+            flite_hits = [p >= result.threshold for p in flite_peaks]
             at = _point(test_curves[patience], chosen)
             enrolled = _enroll_row(
                 phrase, name, model, extractor, chosen, patience, val_neg, test_neg, test_s, quick
@@ -175,6 +184,9 @@ def heldout_table(quick: bool = False, phrases: tuple[str, ...] | None = None) -
                     "FA/h @trained": trained.false_accepts_per_hour,
                     "recall % after speech @trained": 100
                     * float(np.mean([p >= result.threshold for p in after_speech])),
+                    "held-out Flite speaker recall % @trained": (
+                        100 * float(np.mean(flite_hits)) if flite_hits else None
+                    ),
                     "suggested threshold": chosen,
                     "validation recall %": 100 * suggested.recall,
                     "validation FA/h": suggested.false_accepts_per_hour,
@@ -201,6 +213,20 @@ def _after_speech(takes: list[Pcm16], seed: int) -> list[Pcm16]:
         gap = augment.room_noise(int(rng.uniform(0.2, 0.5) * 16000), rng, 20.0)
         out.append(augment.to_pcm(np.concatenate([lead, gap, np.asarray(take, np.float64)])))
     return out
+
+
+def _flite_takes(phrase: str, augments: int, seed: int) -> list[Pcm16]:
+    """The phrase in the held-out Flite speaker at each of `FLITE_DURATIONS`, `augments` room
+    augmentations of each (none without Flite)."""
+    if not synth.flite_available():
+        return []
+    rng = np.random.default_rng(seed)
+    takes = []
+    for stretch in FLITE_DURATIONS:
+        voice = synth.Voice("flite", synth.HELDOUT_FLITE_SPEAKER, pitch=100, length_scale=stretch)
+        take = trim(synth.say(phrase, voice))
+        takes += [augment.to_pcm(augment.augment(take, rng)) for _ in range(augments)]
+    return takes
 
 
 def _voice_takes(phrase: str, count: int, seed: int) -> list[Pcm16]:

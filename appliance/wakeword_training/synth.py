@@ -1,4 +1,5 @@
-"""Synthesized speech for training and evaluation: espeak-ng voices and the registry Piper voice.
+"""Synthesized speech for training and evaluation: espeak-ng voices and the registry Piper voice;
+for the benchmark, a Flite speaker (a voice built from recordings).
 
 Every take is deterministic: espeak-ng has no randomness, and Piper runs with noise_scale and
 noise_w_scale 0 (its noise is drawn inside the ONNX graph without a seed, so any other value
@@ -63,27 +64,39 @@ RANDOM_WIDTH = (40, 180)
 RANDOM_VARIANTS = 64
 RANDOM_VARIANT_SEED = 12345
 RANDOM_VARIANT_PREFIX = "rv"
+# Flite (Debian's `flite`) speaks in voices built from recordings of one speaker each, unlike
+# espeak-ng's formant voices. Training does not use them; the benchmark measures a word on one
+# (`rms`, a man's voice) as a kind of voice its espeak-ng held-out voices are not. Flite does not
+# move rms's pitch, so its takes differ by duration only.
+HELDOUT_FLITE_SPEAKER = "rms"
 
 
 @dataclass(frozen=True)
 class Voice:
-    """One way of saying a text: an espeak-ng voice+variant with pitch and speed, or Piper."""
+    """One way of saying a text: an espeak-ng voice+variant with pitch and speed, Piper, or a
+    Flite speaker with a mean pitch (Hz) and a duration stretch."""
 
-    engine: str  # "espeak" or "piper"
-    name: str  # espeak: accent+variant; piper: the voice name
-    pitch: int = 50  # espeak -p 0–99
+    engine: str  # "espeak", "piper" or "flite"
+    name: str  # espeak: accent+variant; piper: the voice name; flite: the speaker
+    pitch: int = 50  # espeak -p 0–99; flite: mean F0 in Hz
     speed: int = 165  # espeak -s words per minute
-    length_scale: float = 1.0  # piper
+    length_scale: float = 1.0  # piper; flite: duration stretch
 
     @property
     def label(self) -> str:
         if self.engine == "piper":
             return f"piper:{self.name}@{self.length_scale:g}"
+        if self.engine == "flite":
+            return f"flite:{self.name}/f{self.pitch}/x{self.length_scale:g}"
         return f"espeak:{self.name}/p{self.pitch}/s{self.speed}"
 
 
 def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
+
+
+def flite_available() -> bool:
+    return shutil.which("flite") is not None
 
 
 def voices(heldout: bool, count: int, seed: int, piper: bool = True) -> list[Voice]:
@@ -126,6 +139,8 @@ def say(text: str, voice: Voice) -> Pcm16:
     text = " ".join(text.split())[:MAX_TEXT_CHARS]
     if voice.engine == "piper":
         return _piper(text, voice.length_scale)
+    if voice.engine == "flite":
+        return _flite(text, voice)
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -256,6 +271,18 @@ def _complete(root: Path, data: Path, files: tuple[str, ...]) -> bool:
         )
     except OSError:
         return False
+
+
+def _flite(text: str, voice: Voice) -> Pcm16:
+    exe = shutil.which("flite")
+    if exe is None:
+        raise RuntimeError("flite is not installed (apt-get install flite)")
+    with tempfile.TemporaryDirectory(prefix="appliance-flite-") as tmp:
+        out = Path(tmp) / "take.wav"
+        argv = [exe, "-voice", voice.name, "--setf", f"int_f0_target_mean={voice.pitch}"]
+        argv += ["--setf", f"duration_stretch={voice.length_scale:g}", "-t", text, "-o", str(out)]
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        return _wav_bytes(out.read_bytes())
 
 
 def _wav_bytes(data: bytes) -> Pcm16:
