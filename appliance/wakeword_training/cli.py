@@ -41,6 +41,20 @@ def add_parser(sub: Any) -> None:
         help="train anew a word of that name already in the folder (its enrollment is dropped; the "
         "old files stay until the new ones are ready)",
     )
+    train.add_argument(
+        "--negative-features",
+        metavar="FILE",
+        help="more negatives: a .npy of openWakeWord features of real speech, windows (N, 16, 96) or "
+        "one stream (T, 96), e.g. its ACAV100M or validation_set_features.npy download",
+    )
+    train.add_argument(
+        "--negative-feature-windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="how many windows of --negative-features to train on (default 5000; each adds about 42 KB "
+        "to the peak memory and a little training time)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     config_after_action(train)
     en = wsub.add_parser(
@@ -131,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from appliance.wakeword_training.calibrate import RECALL_FLOOR
-    from appliance.wakeword_training.memory import TRAIN_PEAK_BYTES, room_for_training
+    from appliance.wakeword_training.memory import TRAIN_PEAK_BYTES, WINDOW_BYTES, room_for_training
     from appliance.wakeword_training.train import TINY, TrainSize, train_word, word_files
 
     try:
@@ -149,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
             ["--out: give an output folder, or set appliance.wake_words.custom_dir in --config"],
             source="appliance wakeword train",
         )
+    features, windows = _negative_features(args)
     _writable_folder(out, "--out" if args.out else "custom_dir", "appliance wakeword train")
     taken = word_files(out, name)
     if taken and not args.replace:
@@ -158,10 +173,11 @@ def _train(args: argparse.Namespace) -> int:
             source="appliance wakeword train",
         )  # fmt: skip
     room = None if args.quick else room_for_training()
-    if room is not None and room < TRAIN_PEAK_BYTES:
+    peak = TRAIN_PEAK_BYTES + (0 if features is None else windows * WINDOW_BYTES)
+    if room is not None and room < peak:
         print(
             f"warning: about {room / 2**20:,.0f} MB of memory is free here; training needs about "
-            f"{TRAIN_PEAK_BYTES / 2**20:,.0f} MB at its peak and may be killed for memory. Close other "
+            f"{peak / 2**20:,.0f} MB at its peak and may be killed for memory. Close other "
             f"programs or add swap, or train on a bigger machine and copy {name}.onnx and "
             f"{name}.wakeword.json into the custom folder",
             file=sys.stderr,
@@ -169,7 +185,8 @@ def _train(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = train_word(
         phrase, name, out, models_dir, seed=args.seed, size=TINY if args.quick else TrainSize(),
-        show_progress=not args.no_progress, replace=args.replace,
+        show_progress=not args.no_progress, replace=args.replace, negative_features=features,
+        negative_feature_windows=windows,
     )  # fmt: skip
     print(f"wrote {result.model_path} and {result.metadata_path} in {time.monotonic() - started:.0f} s")
     cal = result.metadata.get("calibration", {})
@@ -197,6 +214,32 @@ def _train(args: argparse.Namespace) -> int:
     print(f"      custom_dir: {out.resolve()}")
     print(f"      words:\n        - name: {name}")
     return 0
+
+
+def _negative_features(args: argparse.Namespace) -> tuple[Path | None, int]:
+    """--negative-features and --negative-feature-windows, checked (the file's shape read, not
+    its windows) before anything slow."""
+    from appliance.wakeword_training import negative_features as nf
+    from appliance.wakeword_training.model import FRAMES
+
+    source = "appliance wakeword train"
+    windows = nf.DEFAULT_WINDOWS if args.negative_feature_windows is None else args.negative_feature_windows
+    if args.negative_features is None:
+        if args.negative_feature_windows is not None:
+            raise ConfigError(
+                ["--negative-feature-windows: only with --negative-features FILE"], source=source
+            )
+        return None, windows
+    if not 1 <= windows <= nf.MAX_WINDOWS:
+        raise ConfigError(
+            [f"--negative-feature-windows: give 1–{nf.MAX_WINDOWS:,} windows, got {windows}"], source=source
+        )
+    path = Path(args.negative_features).expanduser()
+    try:
+        nf.check(path, FRAMES)
+    except ValueError as err:
+        raise ConfigError([f"--negative-features: {err}"], source=source) from None
+    return path, windows
 
 
 def _need_espeak(source: str) -> None:

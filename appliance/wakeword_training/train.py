@@ -22,6 +22,7 @@ from appliance.paths import write_atomic
 from appliance.ports import Pcm16
 from appliance.wake_word_points import METADATA_SUFFIX as METADATA_SUFFIX
 from appliance.wakeword_training import augment, synth
+from appliance.wakeword_training import negative_features as negative_features_file
 from appliance.wakeword_training.model import FRAMES, Ensemble, Mlp, check_frame_dropout, to_onnx, train_mlp
 
 RATE_HZ = 16000
@@ -630,10 +631,12 @@ def build_dataset(
     extractor: OpenWakeWordFeatures,
     progress: Progress,
     speech_windows: Windows | None = None,
+    extra_negatives: Windows | None = None,
 ) -> tuple[Windows, npt.NDArray[np.float64], dict[str, Any], Windows]:
     """The training windows `x`, their labels `y` (1 positive), what they hold (`info`) and the
     general-speech windows among them, which another ensemble member may reuse
-    (`speech_windows`: given, no speech is synthesized again)."""
+    (`speech_windows`: given, no speech is synthesized again). `extra_negatives`: windows the
+    maker brought (`negative_features`), negatives as they are."""
     rng = np.random.default_rng(seed)
     ctx, window = size.context_frames, window_samples(size.context_frames)
     pos_voices = synth.voices(False, size.positive_voices, seed)
@@ -701,13 +704,15 @@ def build_dataset(
             progress.step("general speech")
         speech_windows = np.concatenate([sliding(e, 2, ctx) for e in streams])
     progress.step("general speech")
-    x = np.concatenate([positives, negatives, speech_windows])
-    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows))])
+    extra = extra_negatives if extra_negatives is not None else np.zeros((0, ctx, 96), np.float32)
+    x = np.concatenate([positives, negatives, speech_windows, extra])
+    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(speech_windows) + len(extra))])
     info = {
         "positive_windows": len(positives),
         "near_miss_and_noise_windows": len(negatives),
         "speech_windows": len(speech_windows),
         "speech_seconds": round(speech_seconds, 1),
+        "feature_file_windows": len(extra),
         "near_misses": near,
         "carrier_phrases": len(carriers),
         "voices": sorted({v.label for v in [*pos_voices, *near_voices, *other_voices, *speech_voices]}),
@@ -772,17 +777,24 @@ def train_word(
     show_progress: bool = True,
     clock: Callable[[], float] = time.monotonic,
     replace: bool = False,
+    negative_features: Path | None = None,
+    negative_feature_windows: int = negative_features_file.DEFAULT_WINDOWS,
 ) -> TrainResult:
     """Train a wake word for `phrase` and write `<name>.onnx` and `<name>.wakeword.json`, only
     once it is trained and calibrated, each all at once. A word of that name already in `out_dir`
     is refused before anything slow starts (`FileExistsError`), unless `replace`: then its files
     stay as they were until the new ones take their place, and an enrollment of it
-    (`<name>.base.onnx`, the trained model it was built on) is dropped with it."""
+    (`<name>.base.onnx`, the trained model it was built on) is dropped with it.
+    `negative_features`: a file of openWakeWord feature windows (`negative_features.check`:
+    ValueError before anything slow), of which `negative_feature_windows` join every member's
+    negatives."""
     size = size or TrainSize()
     text = core.normalize_phrase(phrase)
     taken = word_files(out_dir, name)
     if taken and not replace:
         raise FileExistsError(f"{taken[0]} already exists")
+    if negative_features is not None:
+        negative_features_file.check(negative_features, size.context_frames)
     started = clock()
     extractor = features_for(models_dir)
     n_near = len(core.near_misses(text, size.near_miss_limit))
@@ -805,11 +817,18 @@ def train_word(
         pool = speech_minutes(
             size.hard_negative_pool_minutes, seed + POOL_SEED, extractor, progress, "hard negative pool"
         )
+        extra = None
+        if negative_features is not None:
+            extra = negative_features_file.sample(
+                negative_features, negative_feature_windows, seed, size.context_frames
+            )
         data_s += clock() - t0
         for k in range(size.members):  # each on its own draw of the data; the general speech shared
             member_seed = seed + MEMBER_SEED_STEP * k
             t0 = clock()
-            x, y, member_info, speech = build_dataset(text, size, member_seed, extractor, progress, speech)
+            x, y, member_info, speech = build_dataset(
+                text, size, member_seed, extractor, progress, speech, extra
+            )
             data_s += clock() - t0
             infos.append(member_info)
             model, from_pool = _fit_member(x, y, size, member_seed, pool)
@@ -820,7 +839,7 @@ def train_word(
             neg_list.append(scores[y < 0.5])
             members.append(model)
             del x, y
-        counts = ("positive_windows", "near_miss_and_noise_windows", "speech_windows")
+        counts = ("positive_windows", "near_miss_and_noise_windows", "speech_windows", "feature_file_windows")
         info = {
             **infos[0],
             **{key: sum(int(i[key]) for i in infos) for key in counts},
@@ -885,6 +904,7 @@ def train_word(
             "random_variants": len(synth.random_variant_names()),
             "hard_negative_pool_minutes": size.hard_negative_pool_minutes,
             "hard_negative_pool_windows": pooled,
+            "feature_file": None if negative_features is None else negative_features.name,
             "train_recall_at_threshold": round(float(np.mean(pos >= threshold)), 4),
             "train_negative_accepts_at_threshold": int(np.sum(neg >= threshold)),
             "data_seconds": round(data_s, 1),
