@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,15 +103,11 @@ def test_train_refuses_bad_feature_options_before_anything_slow(
     extra: list[str],
     said: str,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    forbid_slow: Callable[..., None],
 ) -> None:
     import appliance.wakeword_training.train as train
 
-    def slow(*args: object, **kwargs: object) -> None:
-        raise AssertionError("started the slow part before refusing the input")
-
-    monkeypatch.setattr(train, "train_word", slow)
-    monkeypatch.setattr(train, "features_for", slow)
+    forbid_slow((train, "train_word"), (train, "features_for"))
     files = {
         "MISSING": tmp_path / "missing.npy",
         "BAD": _save(tmp_path / "bad.npy", np.zeros((4, 16, 95), np.float32)),

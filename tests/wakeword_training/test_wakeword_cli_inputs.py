@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +87,12 @@ def test_evaluate_refuses_bad_input_before_anything_slow(
     argv: list[str],
     said: str,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    forbid_slow: Callable[..., None],
 ) -> None:
     import appliance.wakeword_training.evaluate as ev
     import appliance.wakeword_training.train as train
 
-    def slow(*args: object, **kwargs: object) -> None:
-        raise AssertionError("started the slow part before refusing the input")
-
-    for module, name in ((train, "features_for"), (ev, "heldout_takes"), (ev, "negative_embeddings")):
-        monkeypatch.setattr(module, name, slow)
+    forbid_slow((train, "features_for"), (ev, "heldout_takes"), (ev, "negative_embeddings"))
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "JUNK").mkdir()
     (tmp_path / "JUNK" / "x.WAV").write_bytes(b"not a wav")  # the suffix in any case is read
@@ -195,17 +192,17 @@ def test_ctrl_c_ends_a_wakeword_command_with_exit_130(
 
 
 def test_without_espeak_ng_the_commands_that_speak_stop_at_once_with_exit_3(
-    word: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    word: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    forbid_slow: Callable[..., None],
 ) -> None:
     import appliance.wakeword_training.train as train
     from appliance.wakeword_training import synth
 
-    def slow(*args: object, **kwargs: object) -> None:
-        raise AssertionError("started the slow part without espeak-ng")
-
     monkeypatch.setattr(synth, "espeak_available", lambda: False)
-    monkeypatch.setattr(train, "train_word", slow)
-    monkeypatch.setattr(train, "features_for", slow)
+    forbid_slow((train, "train_word"), (train, "features_for"))
     takes = [str(write_wav(tmp_path / f"{k}.wav", espeak_say("hello lamp", "en-029+m5"))) for k in range(3)]
     for command in (
         ["train", "hey there", "--out", str(tmp_path / "new")],
