@@ -502,11 +502,13 @@ def test_speaker_reopens_after_the_stream_dies() -> None:
         backend.streams[0].request.finished_callback()  # the device went away
         assert await asyncio.wait_for(task, 2.0) is False
         task = asyncio.create_task(speaker.play(np.ones(100, dtype=np.int16), 16000))
-        await _until(lambda: len(backend.streams) == 2)
+        # the device reopens in a worker thread and the play is queued after it returns: a block
+        # pulled before that would be silence, and the play would then wait for the next one
+        await _until(lambda: len(backend.streams) == 2 and speaker.playing)
         assert backend.streams[0].closed
         out = np.zeros((320, 1), dtype=np.int16)
         backend.streams[1].request.callback(out, 320, None, None)
-        assert await task is True
+        assert await asyncio.wait_for(task, 2.0) is True
         await speaker.close()
 
     asyncio.run(run())
