@@ -358,7 +358,7 @@ async def test_stop_silences_now_and_closes() -> None:
             started = time.monotonic()
             await session.stop("stopped")
             assert await session.closed() == "stopped"
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.0  # a stop completes in under 2 s
     assert spk.stops and any(p.completed is False for p in spk.plays)
 
 
@@ -633,7 +633,7 @@ async def test_end_and_stop_cancel_every_connecting_state_at_once(state: str, ho
         await (session.end("stopped") if how == "end" else session.stop("stopped"))
         async with asyncio.timeout(5):
             assert await session.closed() == "stopped"
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.0  # a stop completes in under 2 s
         assert not session.busy
     assert not events.of("error")
 

@@ -322,7 +322,9 @@ def test_microphone_reconnects_after_open_failures_and_stream_loss() -> None:
         delays.append(attempt)
         return 0.01
 
-    mic = SounddeviceMicrophone("fake", backend=backend, backoff_s=backoff_s, stall_timeout_s=0.3)
+    # no stall can be seen until the stall phase below shortens it (a loaded machine may pause
+    # the test longer than a short timeout between two blocks it feeds)
+    mic = SounddeviceMicrophone("fake", backend=backend, backoff_s=backoff_s, stall_timeout_s=60.0)
     assert isinstance(mic, Microphone)
     states: list[tuple[StreamState, str | None]] = []
     mic.on_state_change(lambda state, reason: states.append((state, reason)))
@@ -356,6 +358,7 @@ def test_microphone_reconnects_after_open_failures_and_stream_loss() -> None:
         await _until(lambda: len(received) == 2)
 
         # The device stalls: no callback for longer than the stall timeout.
+        mic._stall_timeout_s = 0.3
         await _until(lambda: len(backend.streams) == 3 and mic.state == StreamState.OPEN, timeout_s=3.0)
         assert "no audio from the device" in (states[-2][1] or "")
         backend.streams[-1].request.callback(_block(3), 1280, None, None)

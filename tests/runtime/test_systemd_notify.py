@@ -180,8 +180,9 @@ def test_watchdog_pings_from_the_ticker_and_stops_while_the_event_loop_is_blocke
     ahead = [k for k, t in enumerate(before) if t - before[0] < k * interval - 1e-6]
     assert ahead == [], (ahead, [round(t - before[0], 3) for t in before])
     gaps = sorted(b - a for a, b in itertools.pairwise(before))
-    # and no slower (a busy test machine may delay a tick)
-    assert gaps[len(gaps) // 2] <= 0.13 and gaps[-1] < 0.3, gaps
+    # and not much slower (a busy test machine delays ticks: bounds with room for its jitter,
+    # still far from the 600 ms block)
+    assert gaps[len(gaps) // 2] <= 0.2 and gaps[-1] < 0.45, gaps
     # the first tick after the block pings (it is overdue), and the ticker resumed at once
     assert after[0] == min(t for t in ticks if t >= end)
-    assert after[0] - end < 0.1
+    assert after[0] - end < 0.3
