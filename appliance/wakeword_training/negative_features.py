@@ -50,6 +50,11 @@ def check(path: Path, context_frames: int) -> int:
     """The number of windows in `path`, or ValueError naming what is wrong: it must be a .npy
     array of floats shaped (N, frames, 96) with frames >= `context_frames` and N >= 1, or a
     stream (T, 96) with T >= `context_frames`."""
+    return _checked(path, context_frames)[1]
+
+
+def _checked(path: Path, context_frames: int) -> tuple[np.ndarray, int]:
+    """The memory-mapped array of `path` and its number of windows (`check`)."""
     array = _open(path)
     stream = array.ndim == 2 and array.shape[1] == EMBEDDING_DIMS
     windows = array.ndim == 3 and array.shape[2] == EMBEDDING_DIMS and array.shape[1] >= context_frames
@@ -64,15 +69,14 @@ def check(path: Path, context_frames: int) -> int:
     count = array.shape[0] - context_frames + 1 if stream else array.shape[0]
     if count < 1:
         raise ValueError(f"{path} holds no windows (a stream of {array.shape[0]} embeddings)")
-    return int(count)
+    return array, int(count)
 
 
 def sample(path: Path, windows: int, seed: int, context_frames: int) -> npt.NDArray[np.float32]:
     """`windows` windows of `path` (all of them if it holds fewer), drawn with `seed`, in file
     order, as float32 (the last `context_frames` frames of each; of a stream, the
     `context_frames` rows from each drawn start)."""
-    count = check(path, context_frames)
-    array = _open(path)
+    array, count = _checked(path, context_frames)
     take = min(windows, count)
     rng = np.random.default_rng([SAMPLE_SEED, seed])
     rows = np.sort(rng.choice(count, size=take, replace=False))
