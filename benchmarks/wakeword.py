@@ -10,10 +10,9 @@ on data training never saw, split in two:
 - test (for reporting only, never tuned on): other held-out takes (seed 1000) and 2 hours of
   negative audio in held-out voices reading texts used nowhere else (seed 0), and noise.
 The test negatives are generated once and cached as features under the state folder.
-"held-out Flite speaker": 30 takes of Flite's `rms` (a voice built from one man's recordings,
-which training never uses; its other three speakers are among training's voices when Flite is
-installed) at five durations, room-augmented, at the written point: a kind of voice the espeak-ng
-held-out voices are not. Empty without Flite.
+"held-out Flite speaker": 30 takes of Flite's `rms` (a voice built from one man's recordings;
+training and the splits use no Flite voice) at five durations, room-augmented, at the written
+point: a kind of voice the espeak-ng held-out voices are not. Empty without Flite.
 Enrolling: 3 takes of one held-out voice (small pitch and speed changes, room augmentation), then
 recall on 20 more takes of that voice and false accepts on the test negatives with the enrolled
 model. "what fires" lists the near misses and test texts that fire the word in held-out voices.
